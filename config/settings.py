@@ -1,0 +1,151 @@
+"""meterwatch's configuration: every ``METERWATCH_*`` variable, validated once at start-up.
+
+The settings object is frozen and passed in; nothing else reads the environment.
+Secrets are ``SecretStr`` so that a repr, a log line or a traceback never shows them.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from datetime import timedelta
+from typing import Any, Mapping
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_HOST_PORT = re.compile(r"^[A-Za-z0-9._\-\[\]:]+:(\d{1,5})$")
+_TOPIC_CHARS = re.compile(r"^[A-Za-z0-9._\-]*$")
+# "24h", "90m", "3600" (seconds); ISO 8601 durations ("PT24H") are also accepted by pydantic.
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)?$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class ConfigError(ValueError):
+    """A setting has a value meterwatch cannot run with; the message is one line for people."""
+
+
+class ProcessingGuarantee(str, enum.Enum):
+    EXACTLY_ONCE = "exactly_once"
+    AT_LEAST_ONCE = "at_least_once"
+
+
+class SecurityProtocol(str, enum.Enum):
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="METERWATCH_", frozen=True, extra="ignore")
+
+    kafka_bootstrap: str | None = None
+    topic_prefix: str = ""
+    app_id: str = "meterwatch"
+    partitions: int = Field(default=8, ge=1, le=10_000)
+    replication_factor: int = Field(default=1, ge=1, le=32)
+    web_port: int = Field(default=6066, ge=1, le=65535)
+    web_bind: str = "0.0.0.0"
+    web_host: str = "127.0.0.1"
+    data_dir: str = "./meterwatch-data"
+
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    smtp_from: str = "meterwatch@localhost"
+
+    dedupe_window: timedelta = timedelta(hours=24)
+    # None means "exactly_once where the broker supports transactions" (decided at start-up).
+    processing_guarantee: ProcessingGuarantee | None = None
+
+    kafka_security_protocol: SecurityProtocol = SecurityProtocol.PLAINTEXT
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+
+    log_format: str = Field(default="text", pattern="^(text|json)$")
+    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_is_host_ports(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        servers = [part.strip() for part in value.split(",")]
+        for server in servers:
+            match = _HOST_PORT.match(server)
+            if not match or not 1 <= int(match.group(1)) <= 65535:
+                raise ValueError(f"expected host:port[,host:port], not {server!r}")
+        return ",".join(servers)
+
+    @field_validator("topic_prefix", "app_id")
+    @classmethod
+    def _legal_in_topic_names(cls, value: str) -> str:
+        if not _TOPIC_CHARS.match(value):
+            raise ValueError("only letters, digits, '.', '_' and '-' are allowed in Kafka names")
+        return value
+
+    @field_validator("app_id")
+    @classmethod
+    def _app_id_not_empty(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("dedupe_window", mode="before")
+    @classmethod
+    def _duration_with_unit(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            match = _DURATION.match(value.strip())
+            if match:
+                return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"])
+        return value
+
+    @field_validator("dedupe_window")
+    @classmethod
+    def _window_positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be a positive duration")
+        return value
+
+    @property
+    def group_id(self) -> str:
+        """The consumer group; it carries the prefix so deployments sharing a cluster never meet."""
+        return f"{self.topic_prefix}{self.app_id}"
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    def internal_topic(self, name: str) -> str:
+        return f"{self.group_id}-{name}"
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as they may be logged."""
+        return {k: ("***" if isinstance(v, SecretStr) else v) for k, v in self.model_dump().items()}
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build the settings from ``environ`` (default: the process environment).
+
+    Raises ConfigError with one line naming the variable and what is wrong with it.
+    """
+    try:
+        if environ is None:
+            return Settings(**overrides)
+        prefixed = {k[len("METERWATCH_"):].lower(): v for k, v in environ.items() if k.startswith("METERWATCH_")}
+        return Settings(**{**prefixed, **overrides})
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"METERWATCH_{field.upper()}: {message} (got {_shown(first.get('input'), field)})") from None
+
+
+def _shown(value: Any, field: str) -> str:
+    if "password" in field:
+        return "***"
+    return repr(value)

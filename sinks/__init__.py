@@ -1,0 +1,1 @@
+"""Where meterwatch's outputs go: Kafka topics and email."""

@@ -1,0 +1,116 @@
+"""The Faust app, built by a factory from the settings (no module-level app, no autodiscovery)."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import faust
+
+from ..config import ProcessingGuarantee, Settings
+from .tables import Tables, declare_tables
+from .topics import TopicNames
+
+
+@dataclass(frozen=True)
+class Channels:
+    """The Faust topic objects (raw bytes in and out; meterwatch does its own JSON)."""
+
+    usage_events: faust.TopicT
+    usage_control: faust.TopicT
+    workspace_inbox: faust.TopicT
+    alerts: faust.TopicT
+    limits: faust.TopicT
+    notifications: faust.TopicT
+    dead_letter: faust.TopicT
+    command_results: faust.TopicT
+
+
+@dataclass(frozen=True)
+class Meterwatch:
+    app: faust.App
+    settings: Settings
+    guarantee: ProcessingGuarantee
+    names: TopicNames
+    channels: Channels
+    tables: Tables
+
+
+def create_app(settings: Settings, bootstrap: str, guarantee: ProcessingGuarantee) -> Meterwatch:
+    """Build the app with every topic, table, agent and web view registered."""
+    app = faust.App(
+        settings.group_id,
+        broker=[f"kafka://{server}" for server in bootstrap.split(",")],
+        broker_credentials=_credentials(settings),
+        store="memory://",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        processing_guarantee=guarantee.value,
+        # The default waits ~30 s for a group join; tests and restarts want seconds.
+        broker_session_timeout=10,
+        broker_heartbeat_interval=1,
+        consumer_auto_offset_reset="earliest",
+        web_port=settings.web_port,
+        web_bind=settings.web_bind,
+        web_host=settings.web_host,
+        datadir=str(Path(settings.data_dir) / settings.group_id),
+        autodiscover=False,
+        stream_wait_empty=False,
+        producer_acks=-1,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    names = TopicNames.for_settings(settings)
+    channels = _declare_channels(app, names, settings)
+    tables = declare_tables(app, settings)
+    built = Meterwatch(app, settings, guarantee, names, channels, tables)
+
+    # Imported here so that each module registers its own agents or views on this app only.
+    from . import control, counting, ingest, web
+
+    ingest.register(built)
+    control.register(built)
+    counting.register(built)
+    web.register(built)
+    return built
+
+
+def _declare_channels(app: faust.App, names: TopicNames, settings: Settings) -> Channels:
+    def raw(name: str, *, internal: bool = False) -> faust.TopicT:
+        return app.topic(
+            name,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.partitions if internal else None,
+            internal=internal,
+        )
+
+    return Channels(
+        usage_events=raw(names.usage_events),
+        usage_control=raw(names.usage_control),
+        workspace_inbox=raw(names.workspace_inbox, internal=True),
+        alerts=raw(names.alerts),
+        limits=raw(names.limits),
+        notifications=raw(names.notifications),
+        dead_letter=raw(names.dead_letter),
+        command_results=raw(names.command_results),
+    )
+
+
+def _credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    protocol = settings.kafka_security_protocol.value
+    if protocol == "PLAINTEXT":
+        return None
+    context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile) if "SSL" in protocol else None
+    if settings.kafka_sasl_mechanism:
+        password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username or "",
+            password=password,
+            ssl_context=context,
+            mechanism=settings.kafka_sasl_mechanism,
+        )
+    return faust.SSLCredentials(context)

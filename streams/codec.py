@@ -1,0 +1,102 @@
+"""Table values to bytes and back (orjson), kept apart from the core that defines them."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any
+
+import orjson
+
+from ..core.contracts import ContractTerms, Price, WorkspaceProfile
+from ..core.metering import MetricTally, PeriodTally, WorkspaceUsage
+from ..core.periods import BillingCycle, BillingPeriod
+
+
+def encode_usage(usage: WorkspaceUsage) -> bytes:
+    return orjson.dumps(
+        {
+            "applied_through": usage.applied_through,
+            "tallies": {metric: [_period_tally(t) for t in tally.periods] for metric, tally in usage.tallies.items()},
+        }
+    )
+
+
+def decode_usage(raw: bytes | None) -> WorkspaceUsage:
+    if not raw:
+        return WorkspaceUsage()
+    data = orjson.loads(raw)
+    tallies = {
+        metric: MetricTally(metric, tuple(_read_period_tally(t) for t in periods))
+        for metric, periods in data["tallies"].items()
+    }
+    return WorkspaceUsage(tallies=MappingProxyType(tallies), applied_through=data["applied_through"])
+
+
+def _period_tally(tally: PeriodTally) -> dict[str, Any]:
+    return {
+        "start": tally.period.start.isoformat(),
+        "end": tally.period.end.isoformat(),
+        "usage": tally.usage,
+        "last_updated": tally.last_updated.isoformat() if tally.last_updated else None,
+        "daily": {day.isoformat(): n for day, n in tally.daily.items()},
+        "conversations": sorted(tally.conversations),
+        "seats_carried_in": tally.seats_carried_in,
+    }
+
+
+def _read_period_tally(data: dict[str, Any]) -> PeriodTally:
+    return PeriodTally(
+        period=BillingPeriod(datetime.fromisoformat(data["start"]), datetime.fromisoformat(data["end"])),
+        usage=data["usage"],
+        last_updated=datetime.fromisoformat(data["last_updated"]) if data["last_updated"] else None,
+        daily=MappingProxyType({date.fromisoformat(d): n for d, n in data["daily"].items()}),
+        conversations=frozenset(data["conversations"]),
+        seats_carried_in=data["seats_carried_in"],
+    )
+
+
+def encode_profile(profile: WorkspaceProfile) -> bytes:
+    contract = profile.contract
+    return orjson.dumps(
+        {
+            "billing_contacts": list(profile.billing_contacts),
+            "contract": None
+            if contract is None
+            else {
+                "contract_id": contract.contract_id,
+                "anchor_day": contract.cycle.anchor_day,
+                "timezone": contract.cycle.timezone,
+                "currency": contract.currency,
+                "prices": {
+                    metric: {"unit_price": str(p.unit_price), "included": p.included}
+                    for metric, p in contract.prices.items()
+                },
+                "workspace_ids": list(contract.workspace_ids),
+                "messages_included": contract.messages_included,
+            },
+        }
+    )
+
+
+def decode_profile(raw: bytes | None) -> WorkspaceProfile:
+    if not raw:
+        return WorkspaceProfile()
+    data = orjson.loads(raw)
+    contract = data["contract"]
+    return WorkspaceProfile(
+        billing_contacts=tuple(data["billing_contacts"]),
+        contract=None
+        if contract is None
+        else ContractTerms(
+            contract_id=contract["contract_id"],
+            cycle=BillingCycle(contract["anchor_day"], contract["timezone"]),
+            currency=contract["currency"],
+            prices=MappingProxyType(
+                {m: Price(Decimal(p["unit_price"]), p["included"]) for m, p in contract["prices"].items()}
+            ),
+            workspace_ids=tuple(contract["workspace_ids"]),
+            messages_included=contract["messages_included"],
+        ),
+    )

@@ -1,0 +1,52 @@
+"""Stage one for ``usage.control``: check each command, answer the ones that fail, and forward
+the rest to the inbox of every workspace they concern (a subscription reaches all of its
+workspaces), so that settings and usage of a workspace are applied in one order."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from faust.types import EventT
+
+from ..models.commands import CommandRejected, Subscription, parse_command
+from ..models.outputs import command_result
+from ..sinks.kafka import TopicPublisher
+from .commands import CONTRACT_TERMS
+from .inbox import command_message
+
+if TYPE_CHECKING:
+    from .app import Meterwatch
+
+
+def register(mw: "Meterwatch") -> None:
+    @mw.app.agent(mw.channels.usage_control, name=f"{mw.settings.group_id}.route_commands")
+    async def route_commands(stream):  # type: ignore[no-untyped-def]
+        async for events in stream.take_events(100, within=0.05):
+            await forward_commands(mw, events)
+
+
+async def forward_commands(mw: "Meterwatch", events: list[EventT]) -> None:
+    publisher = TopicPublisher()
+    channels = mw.channels
+    for event in events:
+        message = event.message
+        received_ms = int(message.timestamp * 1000)
+        key = message.key.decode("utf-8", "replace") if message.key is not None else None
+        try:
+            command = parse_command(message.value)
+        except CommandRejected as rejected:
+            await publisher.publish(
+                channels.command_results, key, command_result(rejected.command_id, "rejected", reason=rejected.reason)
+            )
+            continue
+        document = command.model_dump(mode="json")
+        if isinstance(command, Subscription):
+            terms = {**document, "type": CONTRACT_TERMS}
+            for workspace_id in dict.fromkeys(command.workspace_ids):
+                await publisher.publish(channels.workspace_inbox, workspace_id, command_message(received_ms, terms))
+            await publisher.publish(channels.command_results, command.contract_id, command_result(command.command_id, "applied"))
+        else:
+            await publisher.publish(channels.workspace_inbox, command.workspace_id, command_message(received_ms, document))
+    await publisher.flush()
+
+

@@ -1,0 +1,141 @@
+"""Stage two: count each workspace's usage from its inbox, exactly once.
+
+A batch is handled partition by partition and workspace by workspace: the workspace's values are
+read once, every message is judged in order, and each value is written back once. A message at or
+below the workspace's ``applied_through`` was already applied (a replay after a crash) and is
+skipped; an ``event_id`` already counted by another delivery within the window is a repeat.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from faust.types import EventT
+
+from ..core.dedupe import FirstSeen, decode_first_seen, encode_first_seen, is_repeat
+from ..core.metering import Reading, WorkspaceUsage, count_reading
+from ..core.periods import event_time_rejection
+from ..models.outputs import dead_letter
+from ..sinks.kafka import Publisher, TopicPublisher
+from . import commands
+from .codec import decode_profile, decode_usage, encode_profile, encode_usage
+from .inbox import COMMAND, POSITION_STRIDE, USAGE, InboxEvent, read_usage
+from .partition_context import acting_for
+
+if TYPE_CHECKING:
+    from .app import Meterwatch
+
+log = logging.getLogger(__name__)
+
+BATCH_MESSAGES = 500
+BATCH_WITHIN_SECONDS = 0.02
+KEY_SEPARATOR = "\x1f"
+
+
+def register(mw: "Meterwatch") -> None:
+    @mw.app.agent(mw.channels.workspace_inbox, name=f"{mw.settings.group_id}.count_usage")
+    async def count_usage(stream):  # type: ignore[no-untyped-def]
+        async for events in stream.take_events(BATCH_MESSAGES, within=BATCH_WITHIN_SECONDS):
+            await count_batch(mw, events)
+
+
+async def count_batch(mw: "Meterwatch", events: list[EventT]) -> None:
+    publisher = TopicPublisher()
+    by_partition: dict[int, list[EventT]] = defaultdict(list)
+    for event in events:
+        by_partition[event.message.partition].append(event)
+    for partition_events in by_partition.values():
+        with acting_for(partition_events[-1]):
+            by_workspace: dict[str, list[EventT]] = defaultdict(list)
+            for event in partition_events:
+                if event.message.key is None:
+                    continue  # only meterwatch writes the inbox, always keyed
+                by_workspace[event.message.key.decode()].append(event)
+            for workspace_id, workspace_events in by_workspace.items():
+                await WorkspaceBatch(mw, workspace_id, publisher).apply(workspace_events)
+    await publisher.flush()
+
+
+class WorkspaceBatch:
+    """One workspace's messages from one batch: read once, judge in order, write once."""
+
+    def __init__(self, mw: "Meterwatch", workspace_id: str, publisher: Publisher) -> None:
+        self.mw = mw
+        self.workspace_id = workspace_id
+        self.publisher = publisher
+        tables = mw.tables
+        self.usage = decode_usage(tables.usage_by_workspace.get(workspace_id))
+        self.profile_raw = tables.profiles.get(workspace_id)
+        self.profile = decode_profile(self.profile_raw)
+        self.usage_changed = False
+        self.first_seen: dict[str, FirstSeen] = {}
+        self.window_ms = int(mw.settings.dedupe_window.total_seconds() * 1000)
+
+    async def apply(self, events: list[EventT]) -> None:
+        for event in events:
+            offset = event.message.offset
+            if offset <= self.usage.applied_through:
+                continue
+            document = orjson.loads(event.message.value)
+            if document["kind"] == USAGE:
+                for index, item in enumerate(read_usage(document)):
+                    await self._count(item, offset * POSITION_STRIDE + index)
+            elif document["kind"] == COMMAND:
+                await self._command(document["command"])
+            self.usage = replace(self.usage, applied_through=offset)
+            self.usage_changed = True
+        self._write()
+
+    async def _count(self, item: InboxEvent, position: int) -> None:
+        cycle = self.profile.cycle
+        rejection = event_time_rejection(item.occurred_at, item.received, cycle)
+        if rejection is not None:
+            await self._dead_letter(item, rejection)
+            return
+        key = f"{self.workspace_id}{KEY_SEPARATOR}{item.event_id}"
+        first = self.first_seen.get(key) or decode_first_seen(self.mw.tables.seen_event_ids.get(key))
+        now_ms = int(item.received.timestamp() * 1000)
+        if is_repeat(first, position, now_ms, self.window_ms):
+            return
+        reading = Reading(item.event_id, item.metric, item.quantity, item.occurred_at, item.conversation_id)
+        tally, _change = count_reading(self.usage.tally(item.metric), reading, cycle, item.received)
+        self.usage = replace(self.usage, tallies={**self.usage.tallies, item.metric: tally})
+        if first is None or first.position != position:
+            self.first_seen[key] = FirstSeen(now_ms, position)
+
+    async def _command(self, command: dict[str, Any]) -> None:
+        self.profile, result = commands.apply_to_profile(self.profile, self.workspace_id, command)
+        if result is not None:
+            await self.publisher.publish(self.mw.channels.command_results, self.workspace_id, result)
+
+    async def _dead_letter(self, item: InboxEvent, code: str) -> None:
+        messages = {
+            "occurred_in_future": "occurred_at is more than 5 minutes in the future",
+            "period_closed": "the event's billing period ended more than 7 days ago",
+        }
+        record = dead_letter(
+            source_topic=item.origin.topic,
+            partition=item.origin.partition,
+            offset=item.origin.offset,
+            key=item.origin.key,
+            value=item.as_json(self.workspace_id),
+            code=code,
+            message=messages.get(code, code),
+            at=datetime.now(timezone.utc),
+        )
+        await self.publisher.publish(self.mw.channels.dead_letter, self.workspace_id, record)
+
+    def _write(self) -> None:
+        tables = self.mw.tables
+        for key, first in self.first_seen.items():
+            tables.seen_event_ids[key] = encode_first_seen(first)
+        if self.usage_changed:
+            tables.usage_by_workspace[self.workspace_id] = encode_usage(self.usage)
+        encoded_profile = encode_profile(self.profile)
+        if encoded_profile != (self.profile_raw or encode_profile(type(self.profile)())):
+            tables.profiles[self.workspace_id] = encoded_profile

@@ -1,0 +1,86 @@
+"""The ``GET /usage`` documents (CONTRACT section 6), built from table values at a given time."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from ..core.contracts import WorkspaceProfile
+from ..core.costs import estimated_cost, money, prorated_seat_cost
+from ..core.metering import SEATS, WorkspaceUsage, daily_usage, usage_in
+from ..core.periods import BillingPeriod
+from ..models.common import Metric, iso
+
+
+def usage_document(workspace_id: str, usage: WorkspaceUsage, profile: WorkspaceProfile, now: datetime) -> dict[str, Any]:
+    cycle = profile.cycle
+    period = cycle.period_containing(now)
+    contract = profile.contract
+    metrics: dict[str, Any] = {}
+    for metric in Metric:
+        name = metric.value
+        tally = usage.tallies.get(name)
+        price = contract.prices.get(name) if contract else None
+        if tally is None and price is None:
+            continue
+        period_tally = tally.for_period(period) if tally else None
+        used = usage_in(tally, period)
+        entry: dict[str, Any] = {
+            "usage": used,
+            "last_updated": iso(period_tally.last_updated) if period_tally and period_tally.last_updated else None,
+            "alert": None,
+            "scheduled_alert": None,
+            "estimated_cost": _cost(name, used, usage, profile, period),
+            "contract": None,
+        }
+        if contract is not None and contract.included(name) is not None:
+            # Other workspaces' usage is summed per contract in a later stage; this is ours alone.
+            entry["contract"] = {"usage": None, "included": contract.included(name)}
+        if name == Metric.FIN_RESOLUTIONS.value:
+            entry["limit"] = None
+            entry["fin_state"] = "enabled"
+        metrics[name] = entry
+    return {
+        "workspace_id": workspace_id,
+        "contract_id": contract.contract_id if contract else None,
+        "period_start": iso(period.start),
+        "period_end": iso(period.end),
+        "metrics": metrics,
+    }
+
+
+def _cost(metric: str, used: int, usage: WorkspaceUsage, profile: WorkspaceProfile, period: BillingPeriod) -> dict[str, str] | None:
+    contract = profile.contract
+    price = contract.prices.get(metric) if contract else None
+    if contract is None or price is None:
+        return None
+    included = contract.included(metric)
+    if metric == SEATS:
+        tally = usage.tally(SEATS).for_period(period)
+        days = profile.cycle.days_in(period)
+        seats_by_day = dict(tally.daily) if tally else {}
+        carried = tally.seats_carried_in if tally else usage_in(usage.tally(SEATS), period)
+        amount = prorated_seat_cost(seats_by_day, days, price.unit_price, carried_in=carried, included=included)
+    else:
+        amount = estimated_cost(used, price.unit_price, included)
+    return {"amount": money(amount), "currency": contract.currency}
+
+
+def daily_document(workspace_id: str, metric: str, usage: WorkspaceUsage, profile: WorkspaceProfile, now: datetime) -> dict[str, Any]:
+    cycle = profile.cycle
+    period = cycle.period_containing(now)
+    today = cycle.local_date(now)
+    days = [day for day in cycle.days_in(period) if day <= today]
+    tally = usage.tally(metric).for_period(period)
+    if tally is None:
+        points = [(day, usage_in(usage.tally(metric), period) if metric == SEATS else 0) for day in days]
+    else:
+        points = daily_usage(metric, tally, days)
+    return {
+        "workspace_id": workspace_id,
+        "metric": metric,
+        "period_start": iso(period.start),
+        "period_end": iso(period.end),
+        "cumulative": metric != SEATS,
+        "days": [{"date": day.isoformat(), "usage": n} for day, n in points],
+    }

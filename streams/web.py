@@ -1,0 +1,71 @@
+"""HTTP: health, the usage API (answered by the worker that owns the workspace's partition)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+from faust.web import Request, Response, View
+
+from ..models.common import METRIC_NAMES
+from .codec import decode_profile, decode_usage
+from .usage_view import daily_document, usage_document
+
+if TYPE_CHECKING:
+    from .app import Meterwatch
+
+
+def register(mw: "Meterwatch") -> None:
+    app = mw.app
+    tables = mw.tables
+    usage_table = tables.usage_by_workspace
+
+    @app.page("/health")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            state = readiness(mw)
+            return self.json({"status": state, "processing_guarantee": mw.guarantee.value}, status=200 if state == "consuming" else 503)
+
+    @app.page("/usage/{workspace_id}")
+    class Usage(View):
+        @app.table_route(table=usage_table, match_info="workspace_id")
+        async def get(self, request: Request, workspace_id: str) -> Response:
+            found = _workspace(mw, workspace_id)
+            if found is None:
+                return self.json({"error": "unknown_workspace", "workspace_id": workspace_id}, status=404)
+            usage, profile = found
+            return self.json(usage_document(workspace_id, usage, profile, datetime.now(timezone.utc)))
+
+    @app.page("/usage/{workspace_id}/daily")
+    class Daily(View):
+        @app.table_route(table=usage_table, match_info="workspace_id")
+        async def get(self, request: Request, workspace_id: str) -> Response:
+            metric = request.query.get("metric", "")
+            if metric not in METRIC_NAMES:
+                return self.json({"error": "unknown_metric", "metric": metric}, status=400)
+            found = _workspace(mw, workspace_id)
+            if found is None:
+                return self.json({"error": "unknown_workspace", "workspace_id": workspace_id}, status=404)
+            usage, profile = found
+            return self.json(daily_document(workspace_id, metric, usage, profile, datetime.now(timezone.utc)))
+
+
+def _workspace(mw: "Meterwatch", workspace_id: str):  # type: ignore[no-untyped-def]
+    raw_usage = mw.tables.usage_by_workspace.get(workspace_id)
+    raw_profile = mw.tables.profiles.get(workspace_id)
+    if raw_usage is None and raw_profile is None:
+        return None
+    return decode_usage(raw_usage), decode_profile(raw_profile)
+
+
+def readiness(mw: "Meterwatch") -> str:
+    """``consuming`` once partitions are assigned and tables recovered; else what it waits for."""
+    app = mw.app
+    if not app.started or app.consumer is None:
+        return "starting"
+    if app.rebalancing:
+        return "rebalancing"
+    recovery = app.tables.recovery
+    if recovery.in_recovery or not recovery.completed.is_set():
+        return "recovering"
+    return "consuming"

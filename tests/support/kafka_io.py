@@ -1,0 +1,57 @@
+"""Producing to and reading from the real broker in tests."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Iterable
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+
+async def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, Any]]) -> None:
+    """Send (key, value) pairs; dict/list values are JSON-encoded, bytes sent as they are."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=1 << 20)
+    await producer.start()
+    try:
+        futures = []
+        for key, value in messages:
+            raw = value if isinstance(value, bytes) or value is None else orjson.dumps(value)
+            futures.append(await producer.send(topic, raw, key=key))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def read_all(bootstrap: str, topic: str, *, expect: int | None = None, timeout: float = 20.0, isolation: str = "read_committed") -> list[Any]:
+    """Read a topic from the beginning: until ``expect`` records, or until it is quiet."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        isolation_level=isolation,
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        quiet_since = loop.time()
+        while loop.time() < deadline:
+            batch = await consumer.getmany(timeout_ms=300)
+            got = [orjson.loads(m.value) for msgs in batch.values() for m in msgs]
+            records.extend(got)
+            if got:
+                quiet_since = loop.time()
+            if expect is not None and len(records) >= expect:
+                # Linger briefly so that an unexpected extra record is caught too.
+                extra = await consumer.getmany(timeout_ms=1000)
+                records.extend(orjson.loads(m.value) for msgs in extra.values() for m in msgs)
+                break
+            if expect is None and records and loop.time() - quiet_since > 2.0:
+                break
+    finally:
+        await consumer.stop()
+    return records
