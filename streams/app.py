@@ -61,6 +61,10 @@ def create_app(settings: Settings, bootstrap: str, guarantee: ProcessingGuarante
         key_serializer="raw",
         value_serializer="raw",
     )
+    if guarantee is ProcessingGuarantee.EXACTLY_ONCE:
+        from .transactions import install
+
+        install(app)
     names = TopicNames.for_settings(settings)
     channels = _declare_channels(app, names, settings)
     tables = declare_tables(app, settings)

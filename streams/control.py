@@ -11,6 +11,7 @@ from faust.types import EventT
 from ..models.commands import CommandRejected, Subscription, parse_command
 from ..models.outputs import command_result
 from ..sinks.kafka import TopicPublisher
+from .batches import by_source_partition, finish, hand_over_table_writes
 from .commands import CONTRACT_TERMS
 from .inbox import command_message
 
@@ -27,6 +28,13 @@ def register(mw: "Meterwatch") -> None:
 
 async def forward_commands(mw: "Meterwatch", events: list[EventT]) -> None:
     publisher = TopicPublisher()
+    for _, part in by_source_partition(events):
+        await _forward_part(mw, part, publisher)
+        await hand_over_table_writes(mw)
+    await finish(mw, publisher)
+
+
+async def _forward_part(mw: "Meterwatch", events: list[EventT], publisher: TopicPublisher) -> None:
     channels = mw.channels
     for event in events:
         message = event.message
@@ -47,6 +55,5 @@ async def forward_commands(mw: "Meterwatch", events: list[EventT]) -> None:
             await publisher.publish(channels.command_results, command.contract_id, command_result(command.command_id, "applied"))
         else:
             await publisher.publish(channels.workspace_inbox, command.workspace_id, command_message(received_ms, document))
-    await publisher.flush()
 
 

@@ -23,9 +23,9 @@ from ..core.periods import event_time_rejection
 from ..models.outputs import dead_letter
 from ..sinks.kafka import Publisher, TopicPublisher
 from . import commands
+from .batches import by_source_partition, finish, hand_over_table_writes
 from .codec import decode_profile, decode_usage, encode_profile, encode_usage
 from .inbox import COMMAND, POSITION_STRIDE, USAGE, InboxEvent, read_usage
-from .partition_context import acting_for
 
 if TYPE_CHECKING:
     from .app import Meterwatch
@@ -46,19 +46,16 @@ def register(mw: "Meterwatch") -> None:
 
 async def count_batch(mw: "Meterwatch", events: list[EventT]) -> None:
     publisher = TopicPublisher()
-    by_partition: dict[int, list[EventT]] = defaultdict(list)
-    for event in events:
-        by_partition[event.message.partition].append(event)
-    for partition_events in by_partition.values():
-        with acting_for(partition_events[-1]):
-            by_workspace: dict[str, list[EventT]] = defaultdict(list)
-            for event in partition_events:
-                if event.message.key is None:
-                    continue  # only meterwatch writes the inbox, always keyed
-                by_workspace[event.message.key.decode()].append(event)
-            for workspace_id, workspace_events in by_workspace.items():
-                await WorkspaceBatch(mw, workspace_id, publisher).apply(workspace_events)
-    await publisher.flush()
+    for _, part in by_source_partition(events):
+        by_workspace: dict[str, list[EventT]] = defaultdict(list)
+        for event in part:
+            if event.message.key is None:
+                continue  # only meterwatch writes the inbox, always keyed
+            by_workspace[event.message.key.decode()].append(event)
+        for workspace_id, workspace_events in by_workspace.items():
+            await WorkspaceBatch(mw, workspace_id, publisher).apply(workspace_events)
+        await hand_over_table_writes(mw)
+    await finish(mw, publisher)
 
 
 class WorkspaceBatch:

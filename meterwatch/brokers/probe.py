@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 from aiokafka import AIOKafkaClient, AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaError
 
 
 class BrokerUnreachable(RuntimeError):
@@ -38,22 +38,28 @@ async def wait_for_broker(bootstrap: str, timeout: float, **client_options: Any)
 async def broker_supports_transactions(
     bootstrap: str, timeout: float = 10.0, **client_options: Any
 ) -> bool:
-    """Whether a transactional producer can be initialised and commit a transaction there.
+    """Whether a transactional producer can be initialised there and commit a transaction.
 
-    Raises BrokerUnreachable rather than answering False when no broker answers at all, so an
-    outage at start-up never silently downgrades exactly-once to at-least-once.
+    Brokers that advertise the transaction APIs but refuse them (Tansu answers InitProducerId
+    with UNKNOWN_SERVER_ERROR) and brokers whose transaction coordinator never becomes
+    available within ``timeout`` both count as no. Raises BrokerUnreachable instead of
+    answering False when no broker answers at all, so an outage at start-up never quietly
+    turns exactly-once into at-least-once.
     """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     await wait_for_broker(bootstrap, timeout, **client_options)
+    remaining = max(deadline - loop.time(), 0.5)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         transactional_id=f"meterwatch-probe-{uuid.uuid4().hex}",
         client_id="meterwatch-probe",
-        request_timeout_ms=max(1000, int(timeout * 1000)),
+        request_timeout_ms=int(remaining * 1000),
         **client_options,
     )
     try:
-        async with asyncio.timeout(timeout):
-            await producer.start()  # sends InitProducerId, which brokers without transactions refuse
+        async with asyncio.timeout(remaining):
+            await producer.start()  # InitProducerId: where brokers without transactions fail
             async with producer.transaction():
                 pass
     except (KafkaError, TimeoutError):
@@ -85,7 +91,7 @@ async def _metadata_answers(bootstrap: str, timeout: float, client_options: dict
         async with asyncio.timeout(timeout):
             await client.bootstrap()
         return True
-    except (KafkaConnectionError, KafkaError, OSError, TimeoutError):
+    except (KafkaError, OSError, TimeoutError):
         return False
     finally:
         await client.close()
@@ -95,5 +101,7 @@ def _hosts(bootstrap: str) -> list[tuple[str, int]]:
     hosts = []
     for server in bootstrap.split(","):
         host, _, port = server.strip().rpartition(":")
+        if not host or not port.isdigit():  # "host" or "[::1]" without a port
+            host, port = server.strip(), "9092"
         hosts.append((host.strip("[]"), int(port)))
     return hosts

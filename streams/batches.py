@@ -1,0 +1,38 @@
+"""Handling a ``take_events`` batch one source partition at a time, and finishing it safely."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING, Iterable, Iterator
+
+from faust.types import EventT
+
+from ..sinks.kafka import TopicPublisher
+from .partition_context import acting_for
+
+if TYPE_CHECKING:
+    from .app import Meterwatch
+
+
+def by_source_partition(events: Iterable[EventT]) -> Iterator[tuple[int, list[EventT]]]:
+    """The batch split by source partition, each part in offset order, each handled acting for
+    one of its events (so table writes and sends join that partition)."""
+    parts: dict[tuple[str, int], list[EventT]] = defaultdict(list)
+    for event in events:
+        parts[(event.message.topic, event.message.partition)].append(event)
+    for (_, partition), part in parts.items():
+        with acting_for(part[-1]):
+            yield partition, part
+
+
+async def hand_over_table_writes(mw: "Meterwatch") -> None:
+    """Table writes wait in Faust's buffer; hand them to the producer while still acting for the
+    partition that made them."""
+    await mw.app.producer.buffer.flush()
+
+
+async def finish(mw: "Meterwatch", publisher: TopicPublisher) -> None:
+    """Wait until every record and table write of the batch is acknowledged, before the batch's
+    input is acknowledged: input is never committed ahead of what it produced."""
+    await publisher.flush()
+    await mw.app.producer.flush()

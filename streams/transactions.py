@@ -1,0 +1,50 @@
+"""Exactly-once sends for meterwatch's repartitioning pipeline.
+
+Faust picks the transaction of a send by the *destination* partition, which is only right when a
+record goes to the same partition number it came from. meterwatch re-keys (usage.events to the
+workspace inbox) and writes to topics it does not consume (alerts, dead letters), so a send here
+joins the transaction of the *source* partition being processed, the one whose offset commit
+makes it visible. The agents name that partition with ``partition_context.acting_for``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Optional
+
+from faust.streams import current_event
+from faust.transport.consumer import TransactionManager
+from faust.types import HeadersArg
+from faust.types.tuples import RecordMetadata
+
+
+class SourcePartitionTransactions(TransactionManager):
+    async def send(
+        self,
+        topic: str,
+        key: Optional[bytes],
+        value: Optional[bytes],
+        partition: Optional[int],
+        timestamp: Optional[float],
+        headers: Optional[HeadersArg],
+        *,
+        transactional_id: Optional[str] = None,
+    ) -> Awaitable[RecordMetadata]:
+        event = current_event()
+        if event is None:
+            return await super().send(topic, key, value, partition, timestamp, headers, transactional_id=transactional_id)
+        source = event.message.tp
+        group = self.app.assignor.group_for_topic(source.topic)
+        return await self.producer.send(
+            topic,
+            key,
+            value,
+            self.consumer.key_partition(topic, key, partition),
+            timestamp,
+            headers,
+            transactional_id=f"{self.app.conf.id}-{group}-{source.partition}",
+        )
+
+
+def install(app: Any) -> None:
+    """Make the app's Kafka transport create our transaction manager."""
+    app.transport.TransactionManager = SourcePartitionTransactions
