@@ -128,6 +128,14 @@ class Settings(BaseSettings):
         return {k: ("***" if isinstance(v, SecretStr) else v) for k, v in self.model_dump().items()}
 
 
+class _GivenEnvironmentOnly(Settings):
+    """Settings read from an explicit mapping only, never from the process environment."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, **sources):  # type: ignore[no-untyped-def,override]
+        return (init_settings,)
+
+
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Build the settings from ``environ`` (default: the process environment).
 
@@ -137,7 +145,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         if environ is None:
             return Settings(**overrides)
         prefixed = {k[len("METERWATCH_"):].lower(): v for k, v in environ.items() if k.startswith("METERWATCH_")}
-        return Settings(**{**prefixed, **overrides})
+        return _GivenEnvironmentOnly(**{**prefixed, **overrides})
     except ValidationError as error:
         first = error.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "?"

@@ -89,6 +89,8 @@ def count_reading(
         updated = _add_quantity(current, day, reading.quantity)
     updated = replace(updated, last_updated=counted_at)
     periods = _kept_periods(tally, updated, counted_at)
+    if reading.metric == SEATS:
+        periods = _carry_seats_forward(periods)
     change = UsageChange(reading.metric, period, current.usage, updated.usage, reading.event_id)
     return MetricTally(tally.metric, periods), change
 
@@ -139,6 +141,18 @@ def _report_seats(tally: PeriodTally, day: date, seats: int) -> PeriodTally:
     return replace(tally, usage=daily[latest_day], daily=MappingProxyType(daily))
 
 
+def _carry_seats_forward(periods: tuple[PeriodTally, ...]) -> tuple[PeriodTally, ...]:
+    # A late report for an earlier period changes what every later period carried in.
+    carried: list[PeriodTally] = []
+    for index, tally in enumerate(periods):
+        if index > 0:
+            carry = _seats_at_end(carried[-1])
+            usage = tally.daily[max(tally.daily)] if tally.daily else carry
+            tally = replace(tally, seats_carried_in=carry, usage=usage)
+        carried.append(tally)
+    return tuple(carried)
+
+
 def _kept_periods(tally: MetricTally, updated: PeriodTally, now: datetime) -> tuple[PeriodTally, ...]:
     others = [t for t in tally.periods if t.period != updated.period]
     newest_start = max([t.period.start for t in others] + [updated.period.start])
@@ -176,7 +190,9 @@ def daily_usage(metric: str, tally: PeriodTally, days: list[date]) -> list[tuple
     running = 0
     for day in days:
         running += tally.daily.get(day, 0)
-        result.append((day, running))
+        # The floor at zero is applied in counting order, the days by when events occurred, so a
+        # correction dated before what it corrects would dip a day below zero; usage never does.
+        result.append((day, max(0, running)))
     return result
 
 

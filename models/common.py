@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+import re
+from datetime import datetime, timezone
 from typing import Annotated, Any
 
 import orjson
-from pydantic import AfterValidator, AwareDatetime, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, StringConstraints
+from pydantic_core import PydanticCustomError
 
 
 class Metric(str, enum.Enum):
@@ -23,18 +25,28 @@ class Metric(str, enum.Enum):
 METRIC_NAMES: frozenset[str] = frozenset(m.value for m in Metric)
 
 # Identifiers reach mail headers and topic keys: printable, no control characters.
-_IDENTIFIER = r"^[^\x00-\x1f\x7f]+$"
+_IDENTIFIER = r"^[^\x00-\x1f\x7f-\x9f]+$"
 EventId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=_IDENTIFIER)]
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=_IDENTIFIER)]
 
 
-def _utc(value: datetime) -> datetime:
-    from datetime import timezone
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
 
+
+def _rfc3339_text(value: Any) -> Any:
+    # pydantic would also take epoch numbers and partial forms; the contract says RFC 3339.
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _RFC3339.match(value):
+        raise PydanticCustomError("rfc3339", "must be an RFC 3339 timestamp with an offset")
+    return value
+
+
+def _utc(value: datetime) -> datetime:
     return value.astimezone(timezone.utc)
 
 
-Timestamp = Annotated[AwareDatetime, AfterValidator(_utc)]
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text), AfterValidator(_utc)]
 
 
 def iso(value: datetime) -> str:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, StrictInt, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, StrictInt, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from .common import EventId, Identifier, Metric, Timestamp
@@ -42,13 +42,20 @@ _OWN_CODES = {
 }
 
 
+def _huge_integral_is_out_of_range(value: Any) -> Any:
+    # orjson reads integers beyond 64 bits as floats; they are integers, just far too large.
+    if isinstance(value, float) and value.is_integer() and abs(value) > MAX_ABS_QUANTITY:
+        raise PydanticCustomError(RejectCode.QUANTITY_OUT_OF_RANGE, "quantity must be within ±(2**53 - 1)")
+    return value
+
+
 class UsageEvent(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     event_id: EventId
     workspace_id: Identifier
     metric: Metric
-    quantity: StrictInt
+    quantity: Annotated[StrictInt, BeforeValidator(_huge_integral_is_out_of_range)]
     occurred_at: Timestamp
     conversation_id: Identifier | None = None
 
