@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     smtp_from: str = "meterwatch@localhost"
 
     dedupe_window: timedelta = timedelta(hours=24)
+    # How long start-up waits for the broker to answer before it reports it unreachable.
+    startup_timeout: timedelta = timedelta(seconds=30)
     # None means "exactly_once where the broker supports transactions" (decided at start-up).
     processing_guarantee: ProcessingGuarantee | None = None
 
@@ -96,7 +98,7 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return value
 
-    @field_validator("dedupe_window", mode="before")
+    @field_validator("dedupe_window", "startup_timeout", mode="before")
     @classmethod
     def _duration_with_unit(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -105,7 +107,7 @@ class Settings(BaseSettings):
                 return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"])
         return value
 
-    @field_validator("dedupe_window")
+    @field_validator("dedupe_window", "startup_timeout")
     @classmethod
     def _window_positive(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):

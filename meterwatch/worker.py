@@ -41,7 +41,17 @@ async def choose_guarantee(settings: Settings, bootstrap: str) -> ProcessingGuar
     wanted = settings.processing_guarantee or ProcessingGuarantee.EXACTLY_ONCE
     if wanted is ProcessingGuarantee.AT_LEAST_ONCE:
         return wanted
-    if await broker_supports_transactions(bootstrap):
+    from .streams.kafka_client import client_options
+
+    # aiokafka logs the broker's refusal as an error; here it is an answer, reported below.
+    sender_log = logging.getLogger("aiokafka.producer.sender")
+    previous_level = sender_log.level
+    sender_log.setLevel(logging.CRITICAL)
+    try:
+        supported = await broker_supports_transactions(bootstrap, **client_options(settings))
+    finally:
+        sender_log.setLevel(previous_level)
+    if supported:
         return ProcessingGuarantee.EXACTLY_ONCE
     log.warning(
         "processing guarantee: the broker at %s does not support transactions; "

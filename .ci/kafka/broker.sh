@@ -67,7 +67,7 @@ cmd_fetch() {
   # Serialize concurrent fetches into the same cache.
   exec 9>"$CACHE_DIR/.lock"
   flock 9
-  if is_fetched; then flock -u 9; return 0; fi
+  if is_fetched; then flock -u 9; exec 9>&-; return 0; fi
   local tmp="$CACHE_DIR/libs.tmp.$$"
   rm -rf "$tmp"
   log "fetching Kafka $KAFKA_VERSION jars with Maven into $LIB_DIR"
@@ -82,6 +82,7 @@ cmd_fetch() {
   mv "$tmp" "$LIB_DIR"
   pom_hash >"$STAMP"
   flock -u 9
+  exec 9>&-
   log "fetched $(find "$LIB_DIR" -name '*.jar' | wc -l) jars"
 }
 
@@ -285,7 +286,6 @@ cmd_start() {
   [[ -z "$want_port" || "$want_port" =~ ^[0-9]+$ ]] || die "PORT must be a number: $want_port"
 
   if [[ -f "$data/broker.env" ]]; then
-    # shellcheck disable=SC1091
     port="$(sed -n 's/^PORT=//p' "$data/broker.env")"
     cport="$(sed -n 's/^CONTROLLER_PORT=//p' "$data/broker.env")"
     cluster_id="$(sed -n 's/^CLUSTER_ID=//p' "$data/broker.env")"
