@@ -46,3 +46,11 @@ def running_worker(deployment: dict[str, str], tmp_path: Path) -> Iterator[Worke
     finally:
         worker.stop()
         print(f"\n--- worker log tail ---\n{worker.log_tail(30)}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Everything under tests/integration and tests/faults talks to a real broker.
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "integration" in parts or "faults" in parts:
+            item.add_marker(pytest.mark.integration)
