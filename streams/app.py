@@ -20,6 +20,7 @@ class Channels:
     usage_events: faust.TopicT
     usage_control: faust.TopicT
     workspace_inbox: faust.TopicT
+    contract_inbox: faust.TopicT
     alerts: faust.TopicT
     limits: faust.TopicT
     notifications: faust.TopicT
@@ -71,11 +72,12 @@ def create_app(settings: Settings, bootstrap: str, guarantee: ProcessingGuarante
     built = Meterwatch(app, settings, guarantee, names, channels, tables)
 
     # Imported here so that each module registers its own agents or views on this app only.
-    from . import control, counting, ingest, web
+    from . import contracts, control, counting, ingest, web
 
     ingest.register(built)
     control.register(built)
     counting.register(built)
+    contracts.register(built)
     web.register(built)
     return built
 
@@ -96,6 +98,7 @@ def _declare_channels(app: faust.App, names: TopicNames, settings: Settings) -> 
         usage_events=raw(names.usage_events),
         usage_control=raw(names.usage_control),
         workspace_inbox=raw(names.workspace_inbox, internal=True),
+        contract_inbox=raw(names.contract_inbox, internal=True),
         alerts=raw(names.alerts),
         limits=raw(names.limits),
         notifications=raw(names.notifications),

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from ..core.contract_usage import ContractPeriod, ContractUsage
 from ..core.contracts import ContractTerms, Price, WorkspaceProfile
 from ..core.metering import MetricTally, PeriodTally, WorkspaceUsage
 from ..core.periods import BillingCycle, BillingPeriod
@@ -99,4 +100,36 @@ def decode_profile(raw: bytes | None) -> WorkspaceProfile:
             workspace_ids=tuple(contract["workspace_ids"]),
             messages_included=contract["messages_included"],
         ),
+    )
+
+
+def encode_contract_usage(state: ContractUsage) -> bytes:
+    return orjson.dumps(
+        [
+            {
+                "start": p.period.start.isoformat(),
+                "end": p.period.end.isoformat(),
+                "reports": {metric: {ws: list(entry) for ws, entry in by_ws.items()} for metric, by_ws in p.reports.items()},
+            }
+            for p in state.periods
+        ]
+    )
+
+
+def decode_contract_usage(raw: bytes | None) -> ContractUsage:
+    if not raw:
+        return ContractUsage()
+    return ContractUsage(
+        tuple(
+            ContractPeriod(
+                period=BillingPeriod(datetime.fromisoformat(p["start"]), datetime.fromisoformat(p["end"])),
+                reports=MappingProxyType(
+                    {
+                        metric: MappingProxyType({ws: (entry[0], entry[1]) for ws, entry in by_ws.items()})
+                        for metric, by_ws in p["reports"].items()
+                    }
+                ),
+            )
+            for p in orjson.loads(raw)
+        )
     )

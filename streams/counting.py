@@ -17,13 +17,15 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from faust.types import EventT
 
+from ..core.contract_usage import WorkspaceReport
 from ..core.dedupe import FirstSeen, decode_first_seen, encode_first_seen, is_repeat
 from ..core.metering import Reading, WorkspaceUsage, count_reading
-from ..core.periods import event_time_rejection
+from ..core.periods import BillingPeriod, event_time_rejection
 from ..models.outputs import dead_letter
 from ..sinks.kafka import Publisher, TopicPublisher
 from . import commands
 from .batches import by_source_partition, finish, hand_over_table_writes
+from .contracts import report_message
 from .codec import decode_profile, decode_usage, encode_profile, encode_usage
 from .inbox import COMMAND, POSITION_STRIDE, USAGE, InboxEvent, read_usage
 
@@ -71,6 +73,8 @@ class WorkspaceBatch:
         self.profile = decode_profile(self.profile_raw)
         self.usage_changed = False
         self.first_seen: dict[str, FirstSeen] = {}
+        # (metric, period) whose usage this batch changed, for the contract's sum.
+        self.changed: dict[tuple[str, BillingPeriod], int] = {}
         self.window_ms = int(mw.settings.dedupe_window.total_seconds() * 1000)
 
     async def apply(self, events: list[EventT]) -> None:
@@ -87,6 +91,7 @@ class WorkspaceBatch:
             self.usage = replace(self.usage, applied_through=offset)
             self.usage_changed = True
         self._write()
+        await self._report_to_contract()
 
     async def _count(self, item: InboxEvent, position: int) -> None:
         cycle = self.profile.cycle
@@ -100,13 +105,21 @@ class WorkspaceBatch:
         if is_repeat(first, position, now_ms, self.window_ms):
             return
         reading = Reading(item.event_id, item.metric, item.quantity, item.occurred_at, item.conversation_id)
-        tally, _change = count_reading(self.usage.tally(item.metric), reading, cycle, item.received)
+        tally, change = count_reading(self.usage.tally(item.metric), reading, cycle, item.received)
         self.usage = replace(self.usage, tallies={**self.usage.tallies, item.metric: tally})
+        if change.after != change.before:
+            self.changed[(item.metric, change.period)] = change.after
         if first is None or first.position != position:
             self.first_seen[key] = FirstSeen(now_ms, position)
 
     async def _command(self, command: dict[str, Any]) -> None:
+        before = self.profile.contract
         self.profile, result = commands.apply_to_profile(self.profile, self.workspace_id, command)
+        if self.profile.contract is not None and self.profile.contract != before:
+            # A new contract learns what this workspace has used so far.
+            for metric, tally in self.usage.tallies.items():
+                for period_tally in tally.periods:
+                    self.changed[(metric, period_tally.period)] = period_tally.usage
         if result is not None:
             await self.publisher.publish(self.mw.channels.command_results, self.workspace_id, result)
 
@@ -126,6 +139,14 @@ class WorkspaceBatch:
             at=datetime.now(timezone.utc),
         )
         await self.publisher.publish(self.mw.channels.dead_letter, self.workspace_id, record)
+
+    async def _report_to_contract(self) -> None:
+        contract = self.profile.contract
+        if contract is None:
+            return
+        for (metric, period), usage in self.changed.items():
+            report = WorkspaceReport(self.workspace_id, metric, period, usage, self.usage.applied_through)
+            await self.publisher.publish(self.mw.channels.contract_inbox, contract.contract_id, report_message(report))
 
     def _write(self) -> None:
         tables = self.mw.tables

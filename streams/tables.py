@@ -16,6 +16,8 @@ class Tables:
     usage_by_workspace: faust.Table
     # workspace_id -> WorkspaceProfile: contract terms and billing contacts
     profiles: faust.Table
+    # contract_id -> ContractUsage: every workspace's latest usage, summed per contract
+    contract_usage: faust.Table
     # workspace_id \x1f event_id -> FirstSeen (core.dedupe); on disk, so memory stays bounded
     seen_event_ids: faust.Table
 
@@ -45,6 +47,7 @@ def declare_tables(app: faust.App, settings: Settings) -> Tables:
     return Tables(
         usage_by_workspace=table("usage-by-workspace"),
         profiles=table("profiles"),
+        contract_usage=table("contract-usage"),
         seen_event_ids=table(
             "seen-event-ids",
             store="rocksdb://",

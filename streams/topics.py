@@ -47,6 +47,7 @@ class TopicNames:
     dead_letter: str
     command_results: str
     workspace_inbox: str
+    contract_inbox: str
 
     @classmethod
     def for_settings(cls, settings: Settings) -> "TopicNames":
@@ -60,6 +61,8 @@ class TopicNames:
             command_results=settings.topic(USAGE_COMMAND_RESULTS),
             # Every workspace's accepted events and commands, in one ordered stream per workspace.
             workspace_inbox=settings.internal_topic("workspace-inbox"),
+            # Each workspace's latest usage, to the partition that owns its contract.
+            contract_inbox=settings.internal_topic("contract-inbox"),
         )
 
 
@@ -76,4 +79,5 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(names.dead_letter, n),
         TopicSpec(names.command_results, n),
         TopicSpec(names.workspace_inbox, n, internal=True),
+        TopicSpec(names.contract_inbox, n, internal=True),
     ]

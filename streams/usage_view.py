@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from ..core.contract_usage import ContractPeriod
 from ..core.contracts import WorkspaceProfile
 from ..core.costs import estimated_cost, money, prorated_seat_cost
 from ..core.metering import SEATS, WorkspaceUsage, daily_usage, usage_in
@@ -12,7 +13,13 @@ from ..core.periods import BillingPeriod
 from ..models.common import Metric, iso
 
 
-def usage_document(workspace_id: str, usage: WorkspaceUsage, profile: WorkspaceProfile, now: datetime) -> dict[str, Any]:
+def usage_document(
+    workspace_id: str,
+    usage: WorkspaceUsage,
+    profile: WorkspaceProfile,
+    now: datetime,
+    contract_usage: ContractPeriod | None = None,
+) -> dict[str, Any]:
     cycle = profile.cycle
     period = cycle.period_containing(now)
     contract = profile.contract
@@ -25,17 +32,17 @@ def usage_document(workspace_id: str, usage: WorkspaceUsage, profile: WorkspaceP
             continue
         period_tally = tally.for_period(period) if tally else None
         used = usage_in(tally, period)
+        others = _others_usage(contract_usage, name, workspace_id)
         entry: dict[str, Any] = {
             "usage": used,
             "last_updated": iso(period_tally.last_updated) if period_tally and period_tally.last_updated else None,
             "alert": None,
             "scheduled_alert": None,
-            "estimated_cost": _cost(name, used, usage, profile, period),
+            "estimated_cost": _cost(name, used, usage, profile, period, others),
             "contract": None,
         }
         if contract is not None and contract.included(name) is not None:
-            # Other workspaces' usage is summed per contract in a later stage; this is ours alone.
-            entry["contract"] = {"usage": None, "included": contract.included(name)}
+            entry["contract"] = {"usage": used + others, "included": contract.included(name)}
         if name == Metric.FIN_RESOLUTIONS.value:
             entry["limit"] = None
             entry["fin_state"] = "enabled"
@@ -49,7 +56,16 @@ def usage_document(workspace_id: str, usage: WorkspaceUsage, profile: WorkspaceP
     }
 
 
-def _cost(metric: str, used: int, usage: WorkspaceUsage, profile: WorkspaceProfile, period: BillingPeriod) -> dict[str, str] | None:
+def _others_usage(contract_usage: ContractPeriod | None, metric: str, workspace_id: str) -> int:
+    """The contract's usage less this workspace's own report (ours is read fresh, theirs as reported)."""
+    if contract_usage is None:
+        return 0
+    return contract_usage.total(metric) - contract_usage.usage_of(metric, workspace_id)
+
+
+def _cost(
+    metric: str, used: int, usage: WorkspaceUsage, profile: WorkspaceProfile, period: BillingPeriod, others: int
+) -> dict[str, str] | None:
     contract = profile.contract
     price = contract.prices.get(metric) if contract else None
     if contract is None or price is None:
@@ -60,9 +76,11 @@ def _cost(metric: str, used: int, usage: WorkspaceUsage, profile: WorkspaceProfi
         days = profile.cycle.days_in(period)
         seats_by_day = dict(tally.daily) if tally else {}
         carried = tally.seats_carried_in if tally else usage_in(usage.tally(SEATS), period)
-        amount = prorated_seat_cost(seats_by_day, days, price.unit_price, carried_in=carried, included=included)
+        amount = prorated_seat_cost(
+            seats_by_day, days, price.unit_price, carried_in=carried, included=included, others_seats=others
+        )
     else:
-        amount = estimated_cost(used, price.unit_price, included)
+        amount = estimated_cost(used, price.unit_price, included, others)
     return {"amount": money(amount), "currency": contract.currency}
 
 

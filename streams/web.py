@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 from faust.web import Request, Response, View
 
 from ..models.common import METRIC_NAMES
-from .codec import decode_profile, decode_usage
+from ..core.contract_usage import ContractUsage
+from .codec import decode_contract_usage, decode_profile, decode_usage
 from .usage_view import daily_document, usage_document
 
 if TYPE_CHECKING:
@@ -34,7 +35,12 @@ def register(mw: "Meterwatch") -> None:
             if found is None:
                 return self.json({"error": "unknown_workspace", "workspace_id": workspace_id}, status=404)
             usage, profile = found
-            return self.json(usage_document(workspace_id, usage, profile, datetime.now(timezone.utc)))
+            now = datetime.now(timezone.utc)
+            contract_usage = None
+            if profile.contract is not None:
+                state = await contract_usage_of(mw, profile.contract.contract_id)
+                contract_usage = state.for_period(profile.cycle.period_containing(now))
+            return self.json(usage_document(workspace_id, usage, profile, now, contract_usage))
 
     @app.page("/usage/{workspace_id}/daily")
     class Daily(View):
@@ -48,6 +54,25 @@ def register(mw: "Meterwatch") -> None:
                 return self.json({"error": "unknown_workspace", "workspace_id": workspace_id}, status=404)
             usage, profile = found
             return self.json(daily_document(workspace_id, metric, usage, profile, datetime.now(timezone.utc)))
+
+
+    @app.page("/internal/contract-usage/{contract_id}")
+    class ContractUsageView(View):
+        async def get(self, request: Request, contract_id: str) -> Response:
+            raw = tables.contract_usage.get(contract_id)
+            return self.bytes(raw or b"[]", content_type="application/json")
+
+
+async def contract_usage_of(mw: "Meterwatch", contract_id: str) -> ContractUsage:
+    """The contract's usage, from this worker if it owns the contract's partition, else its owner."""
+    table = mw.tables.contract_usage
+    owner = mw.app.router.key_store(table.name, contract_id)
+    here = mw.app.conf.canonical_url
+    if (owner.host, owner.port) == (here.host, here.port):
+        return decode_contract_usage(table.get(contract_id))
+    async with mw.app.http_client.get(f"{owner}/internal/contract-usage/{contract_id}") as response:
+        response.raise_for_status()
+        return decode_contract_usage(await response.read())
 
 
 def _workspace(mw: "Meterwatch", workspace_id: str):  # type: ignore[no-untyped-def]

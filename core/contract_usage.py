@@ -1,0 +1,70 @@
+"""A contract's usage: the sum over its workspaces of each one's latest reported usage.
+
+Workspaces report absolute usage (not deltas) with the position that produced it, so a report
+delivered twice, or an older one arriving late, changes nothing: the newest position wins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from types import MappingProxyType
+from typing import Mapping
+
+from .periods import LATE_EVENT_GRACE, BillingPeriod
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspaceReport:
+    workspace_id: str
+    metric: str
+    period: BillingPeriod
+    usage: int
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class ContractPeriod:
+    period: BillingPeriod
+    # metric -> workspace_id -> (usage, position)
+    reports: Mapping[str, Mapping[str, tuple[int, int]]] = field(default_factory=lambda: MappingProxyType({}))
+
+    def total(self, metric: str) -> int:
+        return sum(usage for usage, _ in self.reports.get(metric, {}).values())
+
+    def usage_of(self, metric: str, workspace_id: str) -> int:
+        return self.reports.get(metric, {}).get(workspace_id, (0, -1))[0]
+
+
+@dataclass(frozen=True, slots=True)
+class ContractUsage:
+    periods: tuple[ContractPeriod, ...] = ()
+
+    def for_period(self, period: BillingPeriod) -> ContractPeriod | None:
+        for candidate in self.periods:
+            if candidate.period == period:
+                return candidate
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ContractTotalChange:
+    metric: str
+    period: BillingPeriod
+    before: int
+    after: int
+
+
+def record_report(state: ContractUsage, report: WorkspaceReport, now: datetime) -> tuple[ContractUsage, ContractTotalChange]:
+    current = state.for_period(report.period) or ContractPeriod(report.period)
+    before = current.total(report.metric)
+    by_workspace = dict(current.reports.get(report.metric, {}))
+    _, known_position = by_workspace.get(report.workspace_id, (0, -1))
+    if report.position > known_position:
+        by_workspace[report.workspace_id] = (report.usage, report.position)
+        current = replace(current, reports=MappingProxyType({**current.reports, report.metric: MappingProxyType(by_workspace)}))
+    after = current.total(report.metric)
+    others = [p for p in state.periods if p.period != report.period]
+    newest = max([p.period.start for p in others] + [report.period.start])
+    kept = [p for p in [*others, current] if p.period.start == newest or p.period.end + LATE_EVENT_GRACE >= now]
+    return ContractUsage(tuple(sorted(kept, key=lambda p: p.period.start))), ContractTotalChange(report.metric, report.period, before, after)

@@ -1,0 +1,115 @@
+"""Contracts: periods from the contract's anchor and time zone, usage summed over its workspaces,
+estimated costs counting the included quantity once (CONTRACT 1, 3.2, 3.3, 6)."""
+
+from __future__ import annotations
+
+import calendar
+import uuid
+from datetime import date, datetime, time, timezone
+from zoneinfo import ZoneInfo
+
+from tests.support.kafka_io import produce, read_all
+from tests.support.worker import WorkerProcess, eventually, http_get
+
+ZONE = "America/New_York"
+
+
+def expected_period(now: datetime, anchor_day: int, zone: str) -> tuple[datetime, datetime]:
+    """An independent oracle: local midnight on the anchor day, clamped to the month's end."""
+    tz = ZoneInfo(zone)
+    local = now.astimezone(tz)
+
+    def start_in(year: int, month: int) -> datetime:
+        day = min(anchor_day, calendar.monthrange(year, month)[1])
+        return datetime.combine(date(year, month, day), time(0), tz)
+
+    def shift(year: int, month: int, by: int) -> tuple[int, int]:
+        index = year * 12 + month - 1 + by
+        return index // 12, index % 12 + 1
+
+    year, month = local.year, local.month
+    start = start_in(year, month)
+    if start > local:
+        year, month = shift(year, month, -1)
+        start = start_in(year, month)
+    end = start_in(*shift(year, month, 1))
+    return start.astimezone(timezone.utc), end.astimezone(timezone.utc)
+
+
+def subscription(contract: str, workspaces: list[str]) -> dict:
+    return {
+        "type": "subscription",
+        "command_id": f"sub-{uuid.uuid4().hex[:6]}",
+        "issued_at": datetime.now(timezone.utc).isoformat(),
+        "contract_id": contract,
+        "workspace_ids": workspaces,
+        "billing_anchor": "2026-01-31",
+        "timezone": ZONE,
+        "currency": "EUR",
+        "prices": {
+            "sms": {"unit_price": "0.05", "included": 100},
+            "email": {"unit_price": "0.002", "included": None},
+        },
+    }
+
+
+def event(workspace: str, metric: str, quantity: int) -> dict:
+    return {
+        "event_id": uuid.uuid4().hex,
+        "workspace_id": workspace,
+        "metric": metric,
+        "quantity": quantity,
+        "occurred_at": datetime.now(timezone.utc).isoformat(),
+    }
+
+
+def parse(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+async def test_contract_on_the_31st_in_new_york(running_worker: WorkerProcess, deployment: dict[str, str]) -> None:
+    bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
+    prefix = deployment["METERWATCH_TOPIC_PREFIX"]
+    command = subscription("c_ny", ["ws_ny_1", "ws_ny_2"])
+    await produce(bootstrap, prefix + "usage.control", [(b"c_ny", command)])
+    results = await read_all(bootstrap, prefix + "usage.command-results", expect=1)
+    assert results == [{"command_id": command["command_id"], "status": "applied"}]
+
+    await produce(
+        bootstrap,
+        prefix + "usage.events",
+        [(b"ws_ny_1", event("ws_ny_1", "sms", 7)) for _ in range(10)]
+        + [(b"ws_ny_2", event("ws_ny_2", "sms", 10)) for _ in range(5)]
+        + [(b"ws_ny_1", event("ws_ny_1", "email", 1234))],
+    )
+
+    def contract_settled() -> dict | None:
+        status, body = http_get(f"{running_worker.base_url}/usage/ws_ny_1")
+        if status == 200 and (body["metrics"].get("sms") or {}).get("contract", {}).get("usage") == 120:
+            return body
+        return None
+
+    body = await eventually(contract_settled, timeout=30)
+    start, end = expected_period(datetime.now(timezone.utc), 31, ZONE)
+    assert body["contract_id"] == "c_ny"
+    assert (parse(body["period_start"]), parse(body["period_end"])) == (start, end)
+    sms = body["metrics"]["sms"]
+    assert sms["usage"] == 70
+    assert sms["contract"] == {"usage": 120, "included": 100}
+    # 120 used across the contract, 100 included once: 20 over at 0.05.
+    assert sms["estimated_cost"] == {"amount": "1.00", "currency": "EUR"}
+    email = body["metrics"]["email"]
+    assert email["contract"] is None  # pay-as-you-go
+    assert email["estimated_cost"] == {"amount": "2.47", "currency": "EUR"}  # 1234 × 0.002 = 2.468
+
+    status, other = http_get(f"{running_worker.base_url}/usage/ws_ny_2")
+    assert status == 200
+    assert other["metrics"]["sms"]["usage"] == 50
+    assert other["metrics"]["sms"]["contract"] == {"usage": 120, "included": 100}
+    assert other["metrics"]["sms"]["estimated_cost"]["amount"] == "1.00"
+
+    status, daily = http_get(f"{running_worker.base_url}/usage/ws_ny_1/daily?metric=sms")
+    assert status == 200
+    assert daily["cumulative"] is True
+    assert daily["days"][-1]["usage"] == 70
+    assert daily["days"][0]["date"] == start.astimezone(ZoneInfo(ZONE)).date().isoformat()
