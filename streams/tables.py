@@ -23,7 +23,7 @@ class Tables:
 
 
 def declare_tables(app: faust.App, settings: Settings) -> Tables:
-    def table(name: str, **options: object) -> faust.Table:
+    def table(name: str, *, retention_seconds: float | None = None, **options: object) -> faust.Table:
         changelog = app.topic(
             settings.internal_topic(f"{name}-changelog"),
             key_type=str,
@@ -32,6 +32,9 @@ def declare_tables(app: faust.App, settings: Settings) -> Tables:
             value_serializer="raw",
             partitions=settings.partitions,
             compacting=True,
+            # Entries that outlive their use are also deleted, so recovery reads a bounded log.
+            deleting=retention_seconds is not None,
+            retention=retention_seconds,
             internal=True,
         )
         return app.Table(
@@ -50,6 +53,7 @@ def declare_tables(app: faust.App, settings: Settings) -> Tables:
         contract_usage=table("contract-usage"),
         seen_event_ids=table(
             "seen-event-ids",
+            retention_seconds=window_seconds * 2,
             store="rocksdb://",
             # RocksDB drops entries once they are well past the window, bounding the disk too.
             options={"ttl": window_seconds * 2},
