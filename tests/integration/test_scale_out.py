@@ -1,0 +1,69 @@
+"""Two workers in one consumer group share the partitions, and either one answers for any
+workspace (the request is routed to the partition's owner)."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.support.kafka_io import produce
+from tests.support.worker import WorkerProcess, eventually, free_port, http_get
+
+WORKSPACES = [f"ws_route_{i}" for i in range(16)]
+
+
+@pytest.fixture
+def two_workers(deployment: dict[str, str], tmp_path: Path) -> Iterator[list[WorkerProcess]]:
+    workers = []
+    for index in range(2):
+        port = free_port()
+        env = {**deployment, "METERWATCH_WEB_PORT": str(port), "METERWATCH_DATA_DIR": str(tmp_path / f"data{index}")}
+        workers.append(WorkerProcess(env=env, log_path=tmp_path / f"worker{index}.log", web_port=port).start())
+    try:
+        for worker in workers:
+            worker.wait_healthy()
+        yield workers
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+async def test_either_worker_answers_for_every_workspace(two_workers: list[WorkerProcess], deployment: dict[str, str]) -> None:
+    bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
+    topic = deployment["METERWATCH_TOPIC_PREFIX"] + "usage.events"
+    expected: Counter[str] = Counter()
+    messages = []
+    for index in range(400):
+        workspace = WORKSPACES[index % len(WORKSPACES)]
+        quantity = 1 + index % 3
+        expected[workspace] += quantity
+        event = {
+            "event_id": uuid.uuid4().hex,
+            "workspace_id": workspace,
+            "metric": "whatsapp",
+            "quantity": quantity,
+            "occurred_at": datetime.now(timezone.utc).isoformat(),
+        }
+        messages.append((workspace.encode(), event))
+    await produce(bootstrap, topic, messages)
+
+    def answers_everywhere() -> bool:
+        for worker in two_workers:
+            for workspace in WORKSPACES:
+                status, body = http_get(f"{worker.base_url}/usage/{workspace}")
+                if status != 200 or body["metrics"].get("whatsapp", {}).get("usage") != expected[workspace]:
+                    return False
+        return True
+
+    await eventually(answers_everywhere, timeout=60, interval=0.5)
+    # Both workers took part: each owns some of the usage table's partitions.
+    status, metadata = http_get(f"{two_workers[0].base_url}/router/")
+    assert status == 200
+    usage_changelog = deployment["METERWATCH_TOPIC_PREFIX"] + deployment["METERWATCH_APP_ID"] + "-usage-by-workspace-changelog"
+    owners = {host for host, tables in metadata.items() if tables.get(usage_changelog)}
+    assert len(owners) == 2, metadata
