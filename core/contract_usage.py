@@ -39,6 +39,8 @@ class ContractPeriod:
 @dataclass(frozen=True, slots=True)
 class ContractUsage:
     periods: tuple[ContractPeriod, ...] = ()
+    # The workspaces of the latest subscription; their reports are the ones summed.
+    workspace_ids: tuple[str, ...] = ()
 
     def for_period(self, period: BillingPeriod) -> ContractPeriod | None:
         for candidate in self.periods:
@@ -60,11 +62,38 @@ def record_report(state: ContractUsage, report: WorkspaceReport, now: datetime) 
     before = current.total(report.metric)
     by_workspace = dict(current.reports.get(report.metric, {}))
     _, known_position = by_workspace.get(report.workspace_id, (0, -1))
-    if report.position > known_position:
+    # Only members count: a workspace that has left may still report before it hears of it.
+    if report.workspace_id in state.workspace_ids and report.position > known_position:
         by_workspace[report.workspace_id] = (report.usage, report.position)
         current = replace(current, reports=MappingProxyType({**current.reports, report.metric: MappingProxyType(by_workspace)}))
     after = current.total(report.metric)
     others = [p for p in state.periods if p.period != report.period]
     newest = max([p.period.start for p in others] + [report.period.start])
     kept = [p for p in [*others, current] if p.period.start == newest or p.period.end + LATE_EVENT_GRACE >= now]
-    return ContractUsage(tuple(sorted(kept, key=lambda p: p.period.start))), ContractTotalChange(report.metric, report.period, before, after)
+    periods = tuple(sorted(kept, key=lambda p: p.period.start))
+    return replace(state, periods=periods), ContractTotalChange(report.metric, report.period, before, after)
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipChange:
+    joined: tuple[str, ...]
+    left: tuple[str, ...]
+
+
+def change_membership(state: ContractUsage, workspace_ids: tuple[str, ...]) -> tuple[ContractUsage, MembershipChange]:
+    """A new subscription: who joined and who left; those who left no longer count."""
+    wanted = tuple(dict.fromkeys(workspace_ids))
+    left = tuple(ws for ws in state.workspace_ids if ws not in wanted)
+    periods = tuple(
+        replace(
+            p,
+            reports=MappingProxyType(
+                {
+                    metric: MappingProxyType({ws: entry for ws, entry in by_ws.items() if ws not in left})
+                    for metric, by_ws in p.reports.items()
+                }
+            ),
+        )
+        for p in state.periods
+    )
+    return ContractUsage(periods, wanted), MembershipChange(joined=wanted, left=left)

@@ -105,22 +105,27 @@ def decode_profile(raw: bytes | None) -> WorkspaceProfile:
 
 def encode_contract_usage(state: ContractUsage) -> bytes:
     return orjson.dumps(
-        [
-            {
-                "start": p.period.start.isoformat(),
-                "end": p.period.end.isoformat(),
-                "reports": {metric: {ws: list(entry) for ws, entry in by_ws.items()} for metric, by_ws in p.reports.items()},
-            }
-            for p in state.periods
-        ]
+        {
+            "workspace_ids": list(state.workspace_ids),
+            "periods": [
+                {
+                    "start": p.period.start.isoformat(),
+                    "end": p.period.end.isoformat(),
+                    "reports": {m: {ws: list(entry) for ws, entry in by_ws.items()} for m, by_ws in p.reports.items()},
+                }
+                for p in state.periods
+            ],
+        }
     )
 
 
 def decode_contract_usage(raw: bytes | None) -> ContractUsage:
     if not raw:
         return ContractUsage()
+    data = orjson.loads(raw)
     return ContractUsage(
-        tuple(
+        workspace_ids=tuple(data.get("workspace_ids", ())),
+        periods=tuple(
             ContractPeriod(
                 period=BillingPeriod(datetime.fromisoformat(p["start"]), datetime.fromisoformat(p["end"])),
                 reports=MappingProxyType(
@@ -130,6 +135,6 @@ def decode_contract_usage(raw: bytes | None) -> ContractUsage:
                     }
                 ),
             )
-            for p in orjson.loads(raw)
-        )
+            for p in data.get("periods", ())
+        ),
     )

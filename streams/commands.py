@@ -10,8 +10,10 @@ from ..core.contracts import ContractTerms, Price, WorkspaceProfile
 from ..core.periods import BillingCycle
 from ..models.outputs import command_result
 
-# Sent by the control router to each workspace of a subscription; answered there, once.
+# Sent by the contract's owner to each workspace that joins or leaves; the subscription itself
+# is answered there, once.
 CONTRACT_TERMS = "contract_terms"
+CONTRACT_LEFT = "contract_left"
 
 
 def apply_to_profile(
@@ -20,6 +22,10 @@ def apply_to_profile(
     kind = command["type"]
     if kind == CONTRACT_TERMS:
         return WorkspaceProfile(contract=contract_terms(command), billing_contacts=profile.billing_contacts), None
+    if kind == CONTRACT_LEFT:
+        if profile.contract is not None and profile.contract.contract_id == command["contract_id"]:
+            return WorkspaceProfile(contract=None, billing_contacts=profile.billing_contacts), None
+        return profile, None
     if kind == "billing_contacts":
         # Each address once, in the order given.
         contacts = tuple(dict.fromkeys(command["emails"]))

@@ -10,11 +10,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from faust.types import EventT
 
-from ..core.contract_usage import WorkspaceReport, record_report
+from ..core.contract_usage import ContractUsage, WorkspaceReport, change_membership, record_report
 from ..core.periods import BillingPeriod
+from ..models.outputs import command_result
 from ..sinks.kafka import TopicPublisher
 from .batches import by_source_partition, finish, hand_over_table_writes
 from .codec import decode_contract_usage, encode_contract_usage
+from .commands import CONTRACT_LEFT, CONTRACT_TERMS
+from .inbox import command_message
 
 if TYPE_CHECKING:
     from .app import Meterwatch
@@ -27,9 +30,18 @@ def register(mw: "Meterwatch") -> None:
             await sum_batch(mw, events)
 
 
+SUBSCRIPTION = "subscription"
+REPORT = "report"
+
+
+def subscription_message(command: dict[str, Any]) -> bytes:
+    return orjson.dumps({"kind": SUBSCRIPTION, "command": command})
+
+
 def report_message(report: WorkspaceReport) -> bytes:
     return orjson.dumps(
         {
+            "kind": REPORT,
             "workspace_id": report.workspace_id,
             "metric": report.metric,
             "period_start": report.period.start.isoformat(),
@@ -61,8 +73,27 @@ async def sum_batch(mw: "Meterwatch", events: list[EventT]) -> None:
         for contract_id, contract_events in by_contract.items():
             state = decode_contract_usage(table.get(contract_id))
             for event in contract_events:
+                document = orjson.loads(event.message.value)
+                if document["kind"] == SUBSCRIPTION:
+                    state = await _subscribe(mw, state, document["command"], event, publisher)
+                    continue
                 now = datetime.fromtimestamp(event.message.timestamp, tz=timezone.utc)
-                state, _change = record_report(state, read_report(orjson.loads(event.message.value)), now)
+                state, _change = record_report(state, read_report(document), now)
             table[contract_id] = encode_contract_usage(state)
         await hand_over_table_writes(mw)
     await finish(mw, publisher)
+
+
+async def _subscribe(
+    mw: "Meterwatch", state: ContractUsage, command: dict[str, Any], event: EventT, publisher: TopicPublisher
+) -> ContractUsage:
+    state, membership = change_membership(state, tuple(command["workspace_ids"]))
+    received_ms = int(event.message.timestamp * 1000)
+    terms = {**command, "type": CONTRACT_TERMS}
+    for workspace_id in membership.joined:
+        await publisher.publish(mw.channels.workspace_inbox, workspace_id, command_message(received_ms, terms))
+    left = {"type": CONTRACT_LEFT, "contract_id": command["contract_id"], "command_id": command["command_id"]}
+    for workspace_id in membership.left:
+        await publisher.publish(mw.channels.workspace_inbox, workspace_id, command_message(received_ms, left))
+    await publisher.publish(mw.channels.command_results, command["contract_id"], command_result(command["command_id"], "applied"))
+    return state

@@ -12,7 +12,7 @@ from ..models.commands import CommandRejected, Subscription, parse_command
 from ..models.outputs import command_result
 from ..sinks.kafka import TopicPublisher
 from .batches import by_source_partition, finish, hand_over_table_writes
-from .commands import CONTRACT_TERMS
+from .contracts import subscription_message
 from .inbox import command_message
 
 if TYPE_CHECKING:
@@ -49,10 +49,8 @@ async def _forward_part(mw: "Meterwatch", events: list[EventT], publisher: Topic
             continue
         document = command.model_dump(mode="json")
         if isinstance(command, Subscription):
-            terms = {**document, "type": CONTRACT_TERMS}
-            for workspace_id in dict.fromkeys(command.workspace_ids):
-                await publisher.publish(channels.workspace_inbox, workspace_id, command_message(received_ms, terms))
-            await publisher.publish(channels.command_results, command.contract_id, command_result(command.command_id, "applied"))
+            # The contract's owner knows who was a member before, so it tells who joined and left.
+            await publisher.publish(channels.contract_inbox, command.contract_id, subscription_message(document))
         else:
             await publisher.publish(channels.workspace_inbox, command.workspace_id, command_message(received_ms, document))
 

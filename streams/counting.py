@@ -25,8 +25,8 @@ from ..models.outputs import dead_letter
 from ..sinks.kafka import Publisher, TopicPublisher
 from . import commands
 from .batches import by_source_partition, finish, hand_over_table_writes
-from .contracts import report_message
 from .codec import decode_profile, decode_usage, encode_profile, encode_usage
+from .contracts import report_message
 from .inbox import COMMAND, POSITION_STRIDE, USAGE, InboxEvent, read_usage
 
 if TYPE_CHECKING:

@@ -60,7 +60,7 @@ def register(mw: "Meterwatch") -> None:
     class ContractUsageView(View):
         async def get(self, request: Request, contract_id: str) -> Response:
             raw = tables.contract_usage.get(contract_id)
-            return self.bytes(raw or b"[]", content_type="application/json")
+            return self.bytes(raw or b"{}", content_type="application/json")
 
 
 async def contract_usage_of(mw: "Meterwatch", contract_id: str) -> ContractUsage:

@@ -113,3 +113,26 @@ async def test_contract_on_the_31st_in_new_york(running_worker: WorkerProcess, d
     assert daily["cumulative"] is True
     assert daily["days"][-1]["usage"] == 70
     assert daily["days"][0]["date"] == start.astimezone(ZoneInfo(ZONE)).date().isoformat()
+
+
+async def test_a_workspace_that_leaves_the_contract_stops_counting_towards_it(running_worker: WorkerProcess, deployment: dict[str, str]) -> None:
+    bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
+    prefix = deployment["METERWATCH_TOPIC_PREFIX"]
+    await produce(bootstrap, prefix + "usage.control", [(b"c_move", subscription("c_move", ["ws_m1", "ws_m2"]))])
+    await eventually(lambda: http_get(f"{running_worker.base_url}/usage/ws_m2")[0] == 200)
+    await produce(
+        bootstrap,
+        prefix + "usage.events",
+        [(b"ws_m1", event("ws_m1", "sms", 30)), (b"ws_m2", event("ws_m2", "sms", 40))],
+    )
+
+    def contract_usage_seen_by(workspace: str) -> int | None:
+        status, body = http_get(f"{running_worker.base_url}/usage/{workspace}")
+        sms = body["metrics"].get("sms") if status == 200 else None
+        return (sms.get("contract") or {}).get("usage") if sms else None
+
+    await eventually(lambda: contract_usage_seen_by("ws_m1") == 70)
+    # ws_m2 leaves the contract: the contract no longer counts it, and it is pay-as-you-go again.
+    await produce(bootstrap, prefix + "usage.control", [(b"c_move", subscription("c_move", ["ws_m1"]))])
+    await eventually(lambda: contract_usage_seen_by("ws_m1") == 30)
+    await eventually(lambda: http_get(f"{running_worker.base_url}/usage/ws_m2")[1]["contract_id"] is None)
