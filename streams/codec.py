@@ -13,21 +13,28 @@ from ..core.contract_usage import ContractPeriod, ContractUsage
 from ..core.contracts import ContractTerms, Price, WorkspaceProfile
 from ..core.metering import MetricTally, PeriodTally, WorkspaceUsage
 from ..core.periods import BillingCycle, BillingPeriod
+from ..core.workspace import WorkspaceState
 
 
-def encode_usage(usage: WorkspaceUsage) -> bytes:
-    return orjson.dumps(
-        {
-            "applied_through": usage.applied_through,
-            "tallies": {metric: [_period_tally(t) for t in tally.periods] for metric, tally in usage.tallies.items()},
-        }
-    )
+def encode_workspace(state: WorkspaceState) -> bytes:
+    return orjson.dumps({"usage": _usage(state.usage), "profile": _profile(state.profile)})
 
 
-def decode_usage(raw: bytes | None) -> WorkspaceUsage:
+def decode_workspace(raw: bytes | None) -> WorkspaceState | None:
     if not raw:
-        return WorkspaceUsage()
+        return None
     data = orjson.loads(raw)
+    return WorkspaceState(usage=_read_usage(data["usage"]), profile=_read_profile(data["profile"]))
+
+
+def _usage(usage: WorkspaceUsage) -> dict[str, Any]:
+    return {
+        "applied_through": usage.applied_through,
+        "tallies": {metric: [_period_tally(t) for t in tally.periods] for metric, tally in usage.tallies.items()},
+    }
+
+
+def _read_usage(data: dict[str, Any]) -> WorkspaceUsage:
     tallies = {
         metric: MetricTally(metric, tuple(_read_period_tally(t) for t in periods))
         for metric, periods in data["tallies"].items()
@@ -58,10 +65,9 @@ def _read_period_tally(data: dict[str, Any]) -> PeriodTally:
     )
 
 
-def encode_profile(profile: WorkspaceProfile) -> bytes:
+def _profile(profile: WorkspaceProfile) -> dict[str, Any]:
     contract = profile.contract
-    return orjson.dumps(
-        {
+    return {
             "billing_contacts": list(profile.billing_contacts),
             "contract": None
             if contract is None
@@ -78,13 +84,9 @@ def encode_profile(profile: WorkspaceProfile) -> bytes:
                 "messages_included": contract.messages_included,
             },
         }
-    )
 
 
-def decode_profile(raw: bytes | None) -> WorkspaceProfile:
-    if not raw:
-        return WorkspaceProfile()
-    data = orjson.loads(raw)
+def _read_profile(data: dict[str, Any]) -> WorkspaceProfile:
     contract = data["contract"]
     return WorkspaceProfile(
         billing_contacts=tuple(data["billing_contacts"]),

@@ -19,13 +19,14 @@ from faust.types import EventT
 
 from ..core.contract_usage import WorkspaceReport
 from ..core.dedupe import FirstSeen, decode_first_seen, encode_first_seen, is_repeat
-from ..core.metering import Reading, WorkspaceUsage, count_reading
+from ..core.metering import Reading, count_reading
 from ..core.periods import BillingPeriod, event_time_rejection
+from ..core.workspace import WorkspaceState
 from ..models.outputs import dead_letter
 from ..sinks.kafka import Publisher, TopicPublisher
 from . import commands
 from .batches import by_source_partition, finish, hand_over_table_writes
-from .codec import decode_profile, decode_usage, encode_profile, encode_usage
+from .codec import decode_workspace, encode_workspace
 from .contracts import report_message
 from .inbox import COMMAND, POSITION_STRIDE, USAGE, InboxEvent, read_usage
 
@@ -67,11 +68,10 @@ class WorkspaceBatch:
         self.mw = mw
         self.workspace_id = workspace_id
         self.publisher = publisher
-        tables = mw.tables
-        self.usage = decode_usage(tables.usage_by_workspace.get(workspace_id))
-        self.profile_raw = tables.profiles.get(workspace_id)
-        self.profile = decode_profile(self.profile_raw)
-        self.usage_changed = False
+        state = decode_workspace(mw.tables.workspaces.get(workspace_id)) or WorkspaceState()
+        self.usage = state.usage
+        self.profile = state.profile
+        self.applied_any = False
         self.first_seen: dict[str, FirstSeen] = {}
         # (metric, period) whose usage this batch changed, for the contract's sum.
         self.changed: dict[tuple[str, BillingPeriod], int] = {}
@@ -89,7 +89,7 @@ class WorkspaceBatch:
             elif document["kind"] == COMMAND:
                 await self._command(document["command"])
             self.usage = replace(self.usage, applied_through=offset)
-            self.usage_changed = True
+            self.applied_any = True
         self._write()
         await self._report_to_contract()
 
@@ -152,8 +152,5 @@ class WorkspaceBatch:
         tables = self.mw.tables
         for key, first in self.first_seen.items():
             tables.seen_event_ids[key] = encode_first_seen(first)
-        if self.usage_changed:
-            tables.usage_by_workspace[self.workspace_id] = encode_usage(self.usage)
-        encoded_profile = encode_profile(self.profile)
-        if encoded_profile != (self.profile_raw or encode_profile(type(self.profile)())):
-            tables.profiles[self.workspace_id] = encoded_profile
+        if self.applied_any:
+            tables.workspaces[self.workspace_id] = encode_workspace(WorkspaceState(self.usage, self.profile))

@@ -12,10 +12,8 @@ from ..config import Settings
 
 @dataclass(frozen=True)
 class Tables:
-    # workspace_id -> WorkspaceUsage (streams.codec)
-    usage_by_workspace: faust.Table
-    # workspace_id -> WorkspaceProfile: contract terms and billing contacts
-    profiles: faust.Table
+    # workspace_id -> WorkspaceState: usage, contract terms, contacts, alert and Fin states
+    workspaces: faust.Table
     # contract_id -> ContractUsage: every workspace's latest usage, summed per contract
     contract_usage: faust.Table
     # workspace_id \x1f event_id -> FirstSeen (core.dedupe); on disk, so memory stays bounded
@@ -48,8 +46,7 @@ def declare_tables(app: faust.App, settings: Settings) -> Tables:
 
     window_seconds = int(settings.dedupe_window.total_seconds())
     return Tables(
-        usage_by_workspace=table("usage-by-workspace"),
-        profiles=table("profiles"),
+        workspaces=table("workspaces"),
         contract_usage=table("contract-usage"),
         seen_event_ids=table(
             "seen-event-ids",

@@ -9,7 +9,9 @@ from faust.web import Request, Response, View
 
 from ..models.common import METRIC_NAMES
 from ..core.contract_usage import ContractUsage
-from .codec import decode_contract_usage, decode_profile, decode_usage
+from ..core.contracts import WorkspaceProfile
+from ..core.metering import WorkspaceUsage
+from .codec import decode_contract_usage, decode_workspace
 from .usage_view import daily_document, usage_document
 
 if TYPE_CHECKING:
@@ -19,7 +21,7 @@ if TYPE_CHECKING:
 def register(mw: "Meterwatch") -> None:
     app = mw.app
     tables = mw.tables
-    usage_table = tables.usage_by_workspace
+    usage_table = tables.workspaces
 
     @app.page("/health")
     class Health(View):
@@ -75,12 +77,9 @@ async def contract_usage_of(mw: "Meterwatch", contract_id: str) -> ContractUsage
         return decode_contract_usage(await response.read())
 
 
-def _workspace(mw: "Meterwatch", workspace_id: str):  # type: ignore[no-untyped-def]
-    raw_usage = mw.tables.usage_by_workspace.get(workspace_id)
-    raw_profile = mw.tables.profiles.get(workspace_id)
-    if raw_usage is None and raw_profile is None:
-        return None
-    return decode_usage(raw_usage), decode_profile(raw_profile)
+def _workspace(mw: "Meterwatch", workspace_id: str) -> tuple[WorkspaceUsage, WorkspaceProfile] | None:
+    state = decode_workspace(mw.tables.workspaces.get(workspace_id))
+    return None if state is None else (state.usage, state.profile)
 
 
 def readiness(mw: "Meterwatch") -> str:

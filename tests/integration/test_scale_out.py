@@ -64,6 +64,6 @@ async def test_either_worker_answers_for_every_workspace(two_workers: list[Worke
     # Both workers took part: each owns some of the usage table's partitions.
     status, metadata = http_get(f"{two_workers[0].base_url}/router/")
     assert status == 200
-    usage_changelog = deployment["METERWATCH_TOPIC_PREFIX"] + deployment["METERWATCH_APP_ID"] + "-usage-by-workspace-changelog"
+    usage_changelog = deployment["METERWATCH_TOPIC_PREFIX"] + deployment["METERWATCH_APP_ID"] + "-workspaces-changelog"
     owners = {host for host, tables in metadata.items() if tables.get(usage_changelog)}
     assert len(owners) == 2, metadata

@@ -1,0 +1,243 @@
+"""The alert and Fin-limit emails (CONTRACT 5.6), composed from topic records; no I/O.
+
+Every record field may carry anything a producer put there, so nothing reaches a header
+unsanitised: control and line-separator characters are replaced, addresses are validated
+and rebuilt as ``Address`` objects, and ids enter the Message-ID only as a hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import textwrap
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime, parseaddr
+from typing import Any, Iterable, Mapping
+from zoneinfo import ZoneInfo
+
+log = logging.getLogger(__name__)
+
+METRIC_TITLES = {
+    "messages_sent": "Messages sent",
+    "phone": "Phone",
+    "sms": "SMS",
+    "whatsapp": "WhatsApp",
+    "email": "Email",
+    "fin_resolutions": "Fin AI Agent resolutions",
+    "seats": "Seats",
+}
+_FIN_REASONS = {
+    "limit_reached": "its resolutions this billing period reached the limit you set",
+    "limit_lowered": "the limit was lowered to or below the resolutions already used this period",
+}
+# Addresses are rebuilt from these parts, so a comma, quote or bracket can never add a recipient.
+_LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
+_DOMAIN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_MAX_ADDRESS = 254  # RFC 5321 path limit
+_MAX_FIELD = 120  # keeps a hostile id from turning the subject into a wall of text
+
+
+class MailCompositionError(ValueError):
+    """The record cannot become a mail (a required field is missing, or nobody to send to)."""
+
+
+class NoValidRecipients(MailCompositionError):
+    def __init__(self, record_id: str, invalid: tuple[str, ...]) -> None:
+        super().__init__(f"{record_id}: no valid recipient address ({len(invalid)} invalid)")
+        self.invalid = invalid
+
+
+@dataclass(frozen=True)
+class RecipientCheck:
+    valid: tuple[str, ...]  # in first-seen order, each address once (compared case-insensitively)
+    invalid: tuple[str, ...]  # as given (repr them before logging: they may hold control characters)
+
+
+def one_line(value: Any, limit: int = _MAX_FIELD) -> str:
+    """``value`` as text safe for a header: no control, format or line-separator characters."""
+    kept = []
+    for char in "" if value is None else str(value):
+        category = unicodedata.category(char)
+        if category in ("Cc", "Zl", "Zp"):
+            kept.append(" ")
+        elif category != "Cf":  # bidi overrides and zero-width characters could disguise a subject
+            kept.append(char)
+    text = " ".join("".join(kept).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def valid_address(address: Any) -> bool:
+    if not isinstance(address, str) or len(address) > _MAX_ADDRESS or address.count("@") != 1:
+        return False
+    local, domain = address.split("@")
+    return bool(_LOCAL_PART.match(local) and _DOMAIN.match(domain))
+
+
+def check_recipients(addresses: Iterable[Any]) -> RecipientCheck:
+    valid: dict[str, str] = {}
+    invalid: list[str] = []
+    for address in addresses or ():
+        if valid_address(address):
+            valid.setdefault(address.lower(), address)
+        else:
+            invalid.append(str(address))
+    return RecipientCheck(tuple(valid.values()), tuple(invalid))
+
+
+def message_id(kind: str, record_id: str, sender: str) -> str:
+    """The same record always gets the same Message-ID, so a resend is recognisably one mail."""
+    digest = hashlib.sha256(f"{kind}\0{record_id}".encode()).hexdigest()[:32]
+    domain = parseaddr(sender)[1].rpartition("@")[2]
+    return f"<{kind}.{digest}@{domain if _DOMAIN.match(domain) else 'meterwatch.invalid'}>"
+
+
+def compose_alert_mail(alert: Mapping[str, Any], *, sender: str) -> EmailMessage:
+    """The mail for one ``usage.alerts`` record (CONTRACT 5.1), to its ``recipients``."""
+    alert_id = _required_id(alert, "alert_id")
+    metric = metric_title(alert.get("metric"))
+    level, threshold, usage = _level(alert.get("level")), _count(alert.get("threshold")), _count(alert.get("usage"))
+    if alert.get("scope") == "contract":
+        owner = f"contract {one_line(alert.get('contract_id'))}"
+        subject = f"{level}% of included {metric} ({threshold}) used - {owner}"
+        opening = f"The contract {one_line(alert.get('contract_id'))} has used {level}% of its included {metric}, counted over all its workspaces."
+        threshold_line = ("Included quantity", threshold)
+    else:
+        owner = f"workspace {one_line(alert.get('workspace_id'))}"
+        subject = f"{level}% of your {metric} usage alert ({threshold}) reached - {owner}"
+        opening = f"The workspace {one_line(alert.get('workspace_id'))} has reached {level}% of the {metric} usage alert you set."
+        threshold_line = ("Usage alert", threshold)
+    facts = [
+        ("Metric", metric),
+        ("Usage this period", usage),
+        threshold_line,
+        ("Level reached", f"{level}%"),
+        ("Billing period", period_text(alert.get("period_start"), alert.get("period_end"), alert.get("timezone"))),
+        ("Estimated cost", money_text(alert.get("estimated_cost"))),
+    ]
+    closing = "Usage alerts only inform you: nothing has been disabled or blocked."
+    body = _body(opening, facts, closing, f"Alert id: {one_line(alert_id, 256)}")
+    message = _message("alert", alert_id, alert.get("recipients"), sender, subject, body, alert.get("triggered_at"))
+    message["X-Meterwatch-Alert-Id"] = one_line(alert_id, 256)
+    return message
+
+
+def compose_fin_disabled_mail(transition: Mapping[str, Any], recipients: Iterable[Any], *, sender: str) -> EmailMessage:
+    """The mail for one ``usage.limits`` record (CONTRACT 5.2) that disabled Fin."""
+    transition_id = _required_id(transition, "transition_id")
+    if transition.get("state") != "disabled":
+        raise MailCompositionError(f"{one_line(transition_id)}: only a 'disabled' transition is mailed")
+    workspace = one_line(transition.get("workspace_id"))
+    limit, usage = _count(transition.get("limit")), _count(transition.get("usage"))
+    metric = metric_title("fin_resolutions")
+    subject = f"Fin AI Agent disabled: {metric} limit ({limit}) reached - workspace {workspace}"
+    reason = _FIN_REASONS.get(transition.get("reason"), "its resolutions this billing period are at or above the limit you set")
+    opening = (
+        f"Fin AI Agent has been disabled for the workspace {workspace} because {reason}. "
+        "It is enabled again when the next billing period starts, when usage falls below the limit, "
+        "or when you raise or turn off the limit."
+    )
+    facts = [
+        ("Metric", metric),
+        ("Usage this period", usage),
+        ("Hard limit", limit),
+        ("Billing period", period_text(transition.get("period_start"), transition.get("period_end"), transition.get("timezone"))),
+    ]
+    if "estimated_cost" in transition:  # not in the 5.2 record; shown when a caller adds it
+        facts.append(("Estimated cost", money_text(transition.get("estimated_cost"))))
+    body = _body(opening, facts, "", f"Transition id: {one_line(transition_id, 256)}")
+    message = _message("fin-disabled", transition_id, recipients, sender, subject, body, transition.get("at"))
+    message["X-Meterwatch-Transition-Id"] = one_line(transition_id, 256)
+    return message
+
+
+def metric_title(metric: Any) -> str:
+    return METRIC_TITLES.get(metric, one_line(metric) or "usage")  # type: ignore[arg-type]
+
+
+def period_text(start: Any, end: Any, zone: Any = None) -> str:
+    """Dates (end inclusive) when the period runs midnight to midnight, else the exact instants."""
+    first, after = _instant(start, zone), _instant(end, zone)
+    if first is None or after is None:
+        return f"{one_line(start) or '?'} to {one_line(end) or '?'}"
+    if first.time() == after.time() == datetime.min.time():
+        return f"{first.date().isoformat()} to {(after - timedelta(days=1)).date().isoformat()}"
+    # Periods are published in UTC; without the contract's zone, midnight there is not midnight here.
+    stamp = "%Y-%m-%d %H:%M %Z"
+    return f"{first.strftime(stamp)} to {after.strftime(stamp)} (end not included)"
+
+
+def money_text(cost: Any) -> str:
+    if not isinstance(cost, Mapping):
+        return "not available"
+    try:
+        amount = f"{Decimal(str(cost.get('amount'))):,}"
+    except (InvalidOperation, ValueError):
+        amount = one_line(cost.get("amount"), 40)
+    return f"{amount} {one_line(cost.get('currency'), 12)}".strip()
+
+
+def _required_id(record: Mapping[str, Any], field: str) -> str:
+    value = record.get(field)
+    if not isinstance(value, str) or not one_line(value):
+        raise MailCompositionError(f"the record has no {field}")
+    return value
+
+
+def _count(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return one_line(value, 40) or "?"
+
+
+def _level(value: Any) -> str:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else (one_line(value, 8) or "?")
+
+
+def _instant(value: Any, zone: Any) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
+        if parsed is None or parsed.tzinfo is None:
+            return None
+        return parsed.astimezone(ZoneInfo(zone)) if isinstance(zone, str) and zone else parsed.astimezone(timezone.utc)
+    except (ValueError, KeyError):  # an unknown zone name is a ValueError or KeyError subclass
+        return None
+
+
+def _body(opening: str, facts: list[tuple[str, str]], closing: str, reference: str) -> str:
+    width = max(len(label) for label, _ in facts) + 2
+    lines = [textwrap.fill(opening, 72), ""] + [f"  {label + ':':<{width}}{value}" for label, value in facts]
+    if closing:
+        lines += ["", closing]
+    return "\n".join(lines + ["", "You receive this email because you are a billing contact.", reference, ""])
+
+
+def _message(kind: str, record_id: str, recipients: Any, sender: str, subject: str, body: str, at: Any) -> EmailMessage:
+    check = check_recipients(recipients if isinstance(recipients, (list, tuple)) else ())
+    if check.invalid:
+        log.warning("%s %r: dropped %d invalid recipient address(es): %r", kind, one_line(record_id), len(check.invalid), check.invalid)
+    if not check.valid:
+        raise NoValidRecipients(one_line(record_id), check.invalid)
+    message = EmailMessage(policy=SMTP)
+    message["From"] = sender_address(sender)
+    message["To"] = [Address(username=a.split("@")[0], domain=a.split("@")[1]) for a in check.valid]
+    message["Subject"] = one_line(subject, 250)
+    message["Date"] = format_datetime(_instant(at, None) or datetime.now(timezone.utc))
+    message["Message-ID"] = message_id(kind, record_id, sender)
+    message.set_content(body)
+    return message
+
+
+def sender_address(sender: str) -> Address:
+    """``METERWATCH_SMTP_FROM`` as ``alerts@example.com`` or ``Meterwatch <alerts@example.com>``."""
+    name, address = parseaddr(sender)
+    if not valid_address(address):
+        raise MailCompositionError(f"the sender address {one_line(sender)!r} is not a valid address")
+    local, domain = address.split("@")
+    return Address(display_name=one_line(name, 80), username=local, domain=domain)
