@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any, Mapping
+from typing import Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -146,7 +147,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     try:
         if environ is None:
             return Settings(**overrides)
-        prefixed = {k[len("METERWATCH_"):].lower(): v for k, v in environ.items() if k.startswith("METERWATCH_")}
+        prefixed = {k[len("METERWATCH_") :].lower(): v for k, v in environ.items() if k.startswith("METERWATCH_")}
         return _GivenEnvironmentOnly(**{**prefixed, **overrides})
     except ValidationError as error:
         first = error.errors()[0]

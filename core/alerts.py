@@ -291,9 +291,7 @@ def judge_contract_usage(
     return replace(state, alerted=alerted), LevelReached(level, included, after, period)
 
 
-def alert_id(
-    scope: str, owner_id: str, metric: str, period_start: datetime, threshold: int, level: int
-) -> str:
+def alert_id(scope: str, owner_id: str, metric: str, period_start: datetime, threshold: int, level: int) -> str:
     """The deterministic id of one crossing: the same inputs always give the same id.
 
     A UUID version 5 in a fixed meterwatch namespace over the fields joined by U+001F (unit

@@ -57,7 +57,9 @@ class ContractTotalChange:
     after: int
 
 
-def record_report(state: ContractUsage, report: WorkspaceReport, now: datetime) -> tuple[ContractUsage, ContractTotalChange]:
+def record_report(
+    state: ContractUsage, report: WorkspaceReport, now: datetime
+) -> tuple[ContractUsage, ContractTotalChange]:
     current = state.for_period(report.period) or ContractPeriod(report.period)
     before = current.total(report.metric)
     by_workspace = dict(current.reports.get(report.metric, {}))
@@ -65,7 +67,9 @@ def record_report(state: ContractUsage, report: WorkspaceReport, now: datetime) 
     # Only members count: a workspace that has left may still report before it hears of it.
     if report.workspace_id in state.workspace_ids and report.position > known_position:
         by_workspace[report.workspace_id] = (report.usage, report.position)
-        current = replace(current, reports=MappingProxyType({**current.reports, report.metric: MappingProxyType(by_workspace)}))
+        current = replace(
+            current, reports=MappingProxyType({**current.reports, report.metric: MappingProxyType(by_workspace)})
+        )
     after = current.total(report.metric)
     others = [p for p in state.periods if p.period != report.period]
     newest = max([p.period.start for p in others] + [report.period.start])

@@ -26,9 +26,7 @@ _CENT = Decimal("0.01")
 
 def _validated_price(unit_price: object) -> Decimal:
     if not isinstance(unit_price, Decimal):
-        raise TypeError(
-            f"unit_price must be a decimal.Decimal (never float), got {type(unit_price).__name__}"
-        )
+        raise TypeError(f"unit_price must be a decimal.Decimal (never float), got {type(unit_price).__name__}")
     if not unit_price.is_finite():
         raise ValueError(f"unit_price must be finite, got {unit_price}")
     if unit_price < 0:
@@ -120,17 +118,13 @@ def _check_days(days: Sequence[date]) -> None:
         raise ValueError("days must not be empty: it is the proration denominator")
     for earlier, later in pairwise(days):
         if not earlier < later:
-            raise ValueError(
-                f"days must be in strictly increasing order, got {earlier} before {later}"
-            )
+            raise ValueError(f"days must be in strictly increasing order, got {earlier} before {later}")
 
 
 def money(amount: Decimal) -> str:
     """The display form used on the wire: two decimal places, halves rounded away from zero."""
     if not isinstance(amount, Decimal):
-        raise TypeError(
-            f"amount must be a decimal.Decimal (never float), got {type(amount).__name__}"
-        )
+        raise TypeError(f"amount must be a decimal.Decimal (never float), got {type(amount).__name__}")
     if not amount.is_finite():
         raise ValueError(f"amount must be finite, got {amount}")
     cents = amount.quantize(_CENT, rounding=ROUND_HALF_UP, context=_EXACT)

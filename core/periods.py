@@ -185,10 +185,7 @@ class BillingCycle:
     def _transition_across(self, missing_wall: datetime) -> datetime:
         # For a wall time inside a gap, fold=1 reads it with the offset after the
         # transition and fold=0 with the offset before; the transition lies between them.
-        candidates = [
-            missing_wall.replace(tzinfo=self._zone, fold=fold).astimezone(timezone.utc)
-            for fold in (0, 1)
-        ]
+        candidates = [missing_wall.replace(tzinfo=self._zone, fold=fold).astimezone(timezone.utc) for fold in (0, 1)]
         before, after = min(candidates), max(candidates)
         # Invariant: wall(before) < missing_wall <= wall(after).
         while after - before > _TRANSITION_RESOLUTION:
@@ -207,9 +204,7 @@ class BillingCycle:
 CALENDAR_MONTH_UTC = BillingCycle(1, "UTC")
 
 
-def event_time_rejection(
-    occurred_at: datetime, now: datetime, cycle: BillingCycle
-) -> str | None:
+def event_time_rejection(occurred_at: datetime, now: datetime, cycle: BillingCycle) -> str | None:
     """Why a usage event's time makes it unacceptable, or None if it is acceptable.
 
     Both limits are inclusive: exactly MAX_FUTURE_SKEW ahead, or exactly LATE_EVENT_GRACE

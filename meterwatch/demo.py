@@ -5,8 +5,9 @@ from __future__ import annotations
 import itertools
 import random
 import uuid
-from datetime import date, datetime, timezone
-from typing import Any, Iterator
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from typing import Any
 
 CONTRACT_ID = "c_acme"
 CONTRACT_WORKSPACES = ("ws_acme_eu", "ws_acme_us")
@@ -101,7 +102,7 @@ def usage_events(rng: random.Random) -> Iterator[dict[str, Any]]:
     resolved: list[str] = []
     for tick in itertools.count():
         workspace = rng.choice(WORKSPACES)
-        now = datetime.now(timezone.utc).isoformat()
+        now = datetime.now(UTC).isoformat()
         if tick % 200 == 0:
             yield _event(workspace, "seats", 8 + rng.randrange(6), now)
             continue
@@ -117,7 +118,9 @@ def usage_events(rng: random.Random) -> Iterator[dict[str, Any]]:
         yield _event(workspace, metric, rng.choice((1, 1, 1, 2, 5)), now)
 
 
-def _event(workspace: str, metric: str, quantity: int, occurred_at: str, conversation: str | None = None) -> dict[str, Any]:
+def _event(
+    workspace: str, metric: str, quantity: int, occurred_at: str, conversation: str | None = None
+) -> dict[str, Any]:
     return {
         "event_id": uuid.uuid4().hex,
         "workspace_id": workspace,

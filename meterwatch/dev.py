@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from datetime import UTC
 from typing import Any
 
 import orjson
@@ -74,7 +75,9 @@ def _stop_process(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-async def _run(settings: Settings, bootstrap: str, worker: subprocess.Popen[bytes], rate: float, duration: float | None) -> int:
+async def _run(
+    settings: Settings, bootstrap: str, worker: subprocess.Popen[bytes], rate: float, duration: float | None
+) -> int:
     await wait_for_broker(bootstrap, timeout=30)
     base = f"http://127.0.0.1:{settings.web_port}"
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
@@ -119,14 +122,14 @@ async def _http_status(url: str) -> int | None:
     host, _, port = host_port.partition(":")
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 2)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return None
     try:
         writer.write(f"GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
         await writer.drain()
         status_line = await asyncio.wait_for(reader.readline(), 5)
         return int(status_line.split()[1])
-    except (OSError, asyncio.TimeoutError, IndexError, ValueError):
+    except (TimeoutError, OSError, IndexError, ValueError):
         return None
     finally:
         writer.close()
@@ -135,9 +138,9 @@ async def _http_status(url: str) -> int | None:
 
 
 async def _send_demo_usage(settings: Settings, producer: AIOKafkaProducer, rate: float) -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    for key, command in setup_commands(datetime.now(timezone.utc)):
+    for key, command in setup_commands(datetime.now(UTC)):
         await producer.send_and_wait(settings.topic("usage.control"), orjson.dumps(command), key=key.encode())
     rng = random.Random()
     for event in usage_events(rng):
@@ -146,7 +149,10 @@ async def _send_demo_usage(settings: Settings, producer: AIOKafkaProducer, rate:
 
 
 async def _report_outputs(settings: Settings, bootstrap: str) -> None:
-    topics = {settings.topic(name): name for name in ("usage.alerts", "usage.limits", "usage.command-results", "usage.dead-letter")}
+    topics = {
+        settings.topic(name): name
+        for name in ("usage.alerts", "usage.limits", "usage.command-results", "usage.dead-letter")
+    }
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="latest", group_id=None)
     await consumer.start()
     try:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import faust
 
-from .config import ProcessingGuarantee, Settings
 from .brokers.probe import BrokerUnreachable, broker_supports_transactions, wait_for_broker
+from .config import ProcessingGuarantee, Settings
 from .logs import logging_config
 
 log = logging.getLogger("meterwatch.worker")

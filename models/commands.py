@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 from decimal import Decimal
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, TypeAdapter, ValidationError, field_validator
@@ -80,7 +80,7 @@ class Subscription(_Command):
         return value
 
 
-Command = Annotated[Union[AlertSettings, LimitSettings, BillingContacts, Subscription], Field(discriminator="type")]
+Command = Annotated[AlertSettings | LimitSettings | BillingContacts | Subscription, Field(discriminator="type")]
 _command_adapter: TypeAdapter[Command] = TypeAdapter(Command)
 
 
@@ -109,7 +109,11 @@ def parse_command(raw: bytes | None) -> Command:
     if isinstance(command, _WorkspaceCommand) and not command.actor.billing_permission:
         raise CommandRejected("no_billing_permission: the actor lacks billing permission", command.command_id)
     if isinstance(command, AlertSettings) and command.metric is Metric.SEATS:
-        raise CommandRejected("alerts_not_available_on_seats: usage alerts are not available on seats", command.command_id)
+        raise CommandRejected(
+            "alerts_not_available_on_seats: usage alerts are not available on seats", command.command_id
+        )
     if isinstance(command, LimitSettings) and command.metric is not Metric.FIN_RESOLUTIONS:
-        raise CommandRejected("limit_only_for_fin_resolutions: hard limits apply to fin_resolutions only", command.command_id)
+        raise CommandRejected(
+            "limit_only_for_fin_resolutions: hard limits apply to fin_resolutions only", command.command_id
+        )
     return command

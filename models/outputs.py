@@ -44,7 +44,9 @@ def _text(raw: bytes | None) -> tuple[str | None, str | None]:
         return base64.b64encode(raw).decode("ascii"), "base64"
 
 
-def command_result(command_id: str | None, status: str, *, effective_from: datetime | None = None, reason: str | None = None) -> dict[str, Any]:
+def command_result(
+    command_id: str | None, status: str, *, effective_from: datetime | None = None, reason: str | None = None
+) -> dict[str, Any]:
     result: dict[str, Any] = {"command_id": command_id, "status": status}
     if effective_from is not None:
         result["effective_from"] = iso(effective_from)

@@ -60,7 +60,7 @@ class UsageEvent(BaseModel):
     conversation_id: Identifier | None = None
 
     @model_validator(mode="after")
-    def _quantity_fits_metric(self) -> "UsageEvent":
+    def _quantity_fits_metric(self) -> UsageEvent:
         q = self.quantity
         if abs(q) > MAX_ABS_QUANTITY:
             raise PydanticCustomError(RejectCode.QUANTITY_OUT_OF_RANGE, "quantity must be within ±(2**53 - 1)")
@@ -72,7 +72,9 @@ class UsageEvent(BaseModel):
             raise PydanticCustomError(RejectCode.ZERO_QUANTITY, "quantity must not be 0")
         if self.metric is Metric.FIN_RESOLUTIONS:
             if self.conversation_id is None:
-                raise PydanticCustomError(RejectCode.MISSING_CONVERSATION, "fin_resolutions events need a conversation_id")
+                raise PydanticCustomError(
+                    RejectCode.MISSING_CONVERSATION, "fin_resolutions events need a conversation_id"
+                )
             if q not in (1, -1):
                 raise PydanticCustomError(RejectCode.INVALID_FIN_QUANTITY, "fin_resolutions quantity must be +1 or -1")
         return self
@@ -107,7 +109,12 @@ def parse_usage_message(raw: bytes | None) -> tuple[list[UsageEvent], list[Rejec
         return [], [Rejection(code=RejectCode.INVALID_JSON, message=f"value is not JSON: {error.msg}")]
     if isinstance(document, list):
         if len(document) > MAX_BATCH:
-            return [], [Rejection(code=RejectCode.BATCH_TOO_LARGE, message=f"a batch holds at most {MAX_BATCH} events, this one {len(document)}")]
+            return [], [
+                Rejection(
+                    code=RejectCode.BATCH_TOO_LARGE,
+                    message=f"a batch holds at most {MAX_BATCH} events, this one {len(document)}",
+                )
+            ]
         if not document:
             return [], [Rejection(code=RejectCode.EMPTY_BATCH, message="a batch must hold at least one event")]
         items = document

@@ -61,13 +61,20 @@ class SmtpMailer:
 
     async def send(self, message: EmailMessage, recipients: Sequence[str] | None = None) -> SendResult:
         """One attempt to deliver ``message`` to ``recipients`` (default: its To and Cc)."""
-        to = list(recipients) if recipients is not None else [a for _, a in getaddresses(message.get_all("To", []) + message.get_all("Cc", []))]
+        to = (
+            list(recipients)
+            if recipients is not None
+            else [a for _, a in getaddresses(message.get_all("To", []) + message.get_all("Cc", []))]
+        )
         envelope_from = parseaddr(str(message.get("From", "")))[1] or self._sender
         if not to:
             return SendResult(permanent_error="the message has no recipients")
         login = self._username is not None and self._password is not None
         client = aiosmtplib.SMTP(
-            hostname=self.host, port=self.port, timeout=self._timeout, start_tls=self.starttls,
+            hostname=self.host,
+            port=self.port,
+            timeout=self._timeout,
+            start_tls=self.starttls,
             tls_context=self._tls_context,
             username=self._username if login else None,
             password=self._password.get_secret_value() if login and self._password else None,
@@ -129,7 +136,11 @@ class ListMailer:
         self.sent: list[tuple[EmailMessage, tuple[str, ...]]] = []
 
     async def send(self, message: EmailMessage, recipients: Sequence[str] | None = None) -> SendResult:
-        to = tuple(recipients) if recipients is not None else tuple(a for _, a in getaddresses(message.get_all("To", [])))
+        to = (
+            tuple(recipients)
+            if recipients is not None
+            else tuple(a for _, a in getaddresses(message.get_all("To", [])))
+        )
         self.sent.append((message, to))
         return SendResult(accepted=to)
 
@@ -216,8 +227,13 @@ class MailOutbox:
                     recipients = list(result.deferred)  # the others have their copy already
                 delay = self._backoff.delay(attempt, self._rng)
                 attempt += 1
-                log.warning("mail %r: attempt %d failed (%s); retrying in %.2fs", key, attempt,
-                            result.transient_error or f"deferred: {dict(result.deferred)}", delay)
+                log.warning(
+                    "mail %r: attempt %d failed (%s); retrying in %.2fs",
+                    key,
+                    attempt,
+                    result.transient_error or f"deferred: {dict(result.deferred)}",
+                    delay,
+                )
                 await asyncio.sleep(delay)
             if refused:
                 await _call(self._on_refused, key, refused)

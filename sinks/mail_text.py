@@ -137,7 +137,9 @@ def compose_fin_disabled_mail(transition: Mapping[str, Any], recipients: Iterabl
     limit, usage = _count(transition.get("limit")), _count(transition.get("usage"))
     metric = metric_title("fin_resolutions")
     subject = f"Fin AI Agent disabled: {metric} limit ({limit}) reached - workspace {workspace}"
-    reason = _FIN_REASONS.get(transition.get("reason"), "its resolutions this billing period are at or above the limit you set")
+    reason = _FIN_REASONS.get(
+        transition.get("reason"), "its resolutions this billing period are at or above the limit you set"
+    )
     opening = (
         f"Fin AI Agent has been disabled for the workspace {workspace} because {reason}. "
         "It is enabled again when the next billing period starts, when usage falls below the limit, "
@@ -147,7 +149,10 @@ def compose_fin_disabled_mail(transition: Mapping[str, Any], recipients: Iterabl
         ("Metric", metric),
         ("Usage this period", usage),
         ("Hard limit", limit),
-        ("Billing period", period_text(transition.get("period_start"), transition.get("period_end"), transition.get("timezone"))),
+        (
+            "Billing period",
+            period_text(transition.get("period_start"), transition.get("period_end"), transition.get("timezone")),
+        ),
     ]
     if "estimated_cost" in transition:  # not in the 5.2 record; shown when a caller adds it
         facts.append(("Estimated cost", money_text(transition.get("estimated_cost"))))
@@ -221,7 +226,13 @@ def _body(opening: str, facts: list[tuple[str, str]], closing: str, reference: s
 def _message(kind: str, record_id: str, recipients: Any, sender: str, subject: str, body: str, at: Any) -> EmailMessage:
     check = check_recipients(recipients if isinstance(recipients, (list, tuple)) else ())
     if check.invalid:
-        log.warning("%s %r: dropped %d invalid recipient address(es): %r", kind, one_line(record_id), len(check.invalid), check.invalid)
+        log.warning(
+            "%s %r: dropped %d invalid recipient address(es): %r",
+            kind,
+            one_line(record_id),
+            len(check.invalid),
+            check.invalid,
+        )
     if not check.valid:
         raise NoValidRecipients(one_line(record_id), check.invalid)
     message = EmailMessage(policy=SMTP)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from faust.types import EventT
 
@@ -25,13 +26,13 @@ def by_source_partition(events: Iterable[EventT]) -> Iterator[tuple[int, list[Ev
             yield partition, part
 
 
-async def hand_over_table_writes(mw: "Meterwatch") -> None:
+async def hand_over_table_writes(mw: Meterwatch) -> None:
     """Table writes wait in Faust's buffer; hand them to the producer while still acting for the
     partition that made them."""
     await mw.app.producer.buffer.flush()
 
 
-async def finish(mw: "Meterwatch", publisher: TopicPublisher) -> None:
+async def finish(mw: Meterwatch, publisher: TopicPublisher) -> None:
     """Wait until every record and table write of the batch is acknowledged, before the batch's
     input is acknowledged: input is never committed ahead of what it produced."""
     await publisher.flush()

@@ -68,22 +68,22 @@ def _read_period_tally(data: dict[str, Any]) -> PeriodTally:
 def _profile(profile: WorkspaceProfile) -> dict[str, Any]:
     contract = profile.contract
     return {
-            "billing_contacts": list(profile.billing_contacts),
-            "contract": None
-            if contract is None
-            else {
-                "contract_id": contract.contract_id,
-                "anchor_day": contract.cycle.anchor_day,
-                "timezone": contract.cycle.timezone,
-                "currency": contract.currency,
-                "prices": {
-                    metric: {"unit_price": str(p.unit_price), "included": p.included}
-                    for metric, p in contract.prices.items()
-                },
-                "workspace_ids": list(contract.workspace_ids),
-                "messages_included": contract.messages_included,
+        "billing_contacts": list(profile.billing_contacts),
+        "contract": None
+        if contract is None
+        else {
+            "contract_id": contract.contract_id,
+            "anchor_day": contract.cycle.anchor_day,
+            "timezone": contract.cycle.timezone,
+            "currency": contract.currency,
+            "prices": {
+                metric: {"unit_price": str(p.unit_price), "included": p.included}
+                for metric, p in contract.prices.items()
             },
-        }
+            "workspace_ids": list(contract.workspace_ids),
+            "messages_included": contract.messages_included,
+        },
+    }
 
 
 def _read_profile(data: dict[str, Any]) -> WorkspaceProfile:

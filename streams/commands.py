@@ -29,7 +29,9 @@ def apply_to_profile(
     if kind == "billing_contacts":
         # Each address once, in the order given.
         contacts = tuple(dict.fromkeys(command["emails"]))
-        return WorkspaceProfile(contract=profile.contract, billing_contacts=contacts), command_result(command["command_id"], "applied")
+        return WorkspaceProfile(contract=profile.contract, billing_contacts=contacts), command_result(
+            command["command_id"], "applied"
+        )
     return profile, command_result(
         command["command_id"], "rejected", reason=f"unsupported_command: {kind} is not handled by this version"
     )

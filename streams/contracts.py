@@ -4,7 +4,7 @@ contract. Workspaces report absolute usage with its position, so replays change 
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .app import Meterwatch
 
 
-def register(mw: "Meterwatch") -> None:
+def register(mw: Meterwatch) -> None:
     @mw.app.agent(mw.channels.contract_inbox, name=f"{mw.settings.group_id}.sum_contract_usage")
     async def sum_contract_usage(stream):  # type: ignore[no-untyped-def]
         async for events in stream.take_events(500, within=0.02):
@@ -56,13 +56,15 @@ def read_report(document: dict[str, Any]) -> WorkspaceReport:
     return WorkspaceReport(
         workspace_id=document["workspace_id"],
         metric=document["metric"],
-        period=BillingPeriod(datetime.fromisoformat(document["period_start"]), datetime.fromisoformat(document["period_end"])),
+        period=BillingPeriod(
+            datetime.fromisoformat(document["period_start"]), datetime.fromisoformat(document["period_end"])
+        ),
         usage=document["usage"],
         position=document["position"],
     )
 
 
-async def sum_batch(mw: "Meterwatch", events: list[EventT]) -> None:
+async def sum_batch(mw: Meterwatch, events: list[EventT]) -> None:
     publisher = TopicPublisher()
     table = mw.tables.contract_usage
     for _, part in by_source_partition(events):
@@ -77,7 +79,7 @@ async def sum_batch(mw: "Meterwatch", events: list[EventT]) -> None:
                 if document["kind"] == SUBSCRIPTION:
                     state = await _subscribe(mw, state, document["command"], event, publisher)
                     continue
-                now = datetime.fromtimestamp(event.message.timestamp, tz=timezone.utc)
+                now = datetime.fromtimestamp(event.message.timestamp, tz=UTC)
                 state, _change = record_report(state, read_report(document), now)
             table[contract_id] = encode_contract_usage(state)
         await hand_over_table_writes(mw)
@@ -85,7 +87,7 @@ async def sum_batch(mw: "Meterwatch", events: list[EventT]) -> None:
 
 
 async def _subscribe(
-    mw: "Meterwatch", state: ContractUsage, command: dict[str, Any], event: EventT, publisher: TopicPublisher
+    mw: Meterwatch, state: ContractUsage, command: dict[str, Any], event: EventT, publisher: TopicPublisher
 ) -> ContractUsage:
     state, membership = change_membership(state, tuple(command["workspace_ids"]))
     received_ms = int(event.message.timestamp * 1000)
@@ -95,5 +97,7 @@ async def _subscribe(
     left = {"type": CONTRACT_LEFT, "contract_id": command["contract_id"], "command_id": command["command_id"]}
     for workspace_id in membership.left:
         await publisher.publish(mw.channels.workspace_inbox, workspace_id, command_message(received_ms, left))
-    await publisher.publish(mw.channels.command_results, command["contract_id"], command_result(command["command_id"], "applied"))
+    await publisher.publish(
+        mw.channels.command_results, command["contract_id"], command_result(command["command_id"], "applied")
+    )
     return state

@@ -19,14 +19,14 @@ if TYPE_CHECKING:
     from .app import Meterwatch
 
 
-def register(mw: "Meterwatch") -> None:
+def register(mw: Meterwatch) -> None:
     @mw.app.agent(mw.channels.usage_control, name=f"{mw.settings.group_id}.route_commands")
     async def route_commands(stream):  # type: ignore[no-untyped-def]
         async for events in stream.take_events(100, within=0.05):
             await forward_commands(mw, events)
 
 
-async def forward_commands(mw: "Meterwatch", events: list[EventT]) -> None:
+async def forward_commands(mw: Meterwatch, events: list[EventT]) -> None:
     publisher = TopicPublisher()
     for _, part in by_source_partition(events):
         await _forward_part(mw, part, publisher)
@@ -34,7 +34,7 @@ async def forward_commands(mw: "Meterwatch", events: list[EventT]) -> None:
     await finish(mw, publisher)
 
 
-async def _forward_part(mw: "Meterwatch", events: list[EventT], publisher: TopicPublisher) -> None:
+async def _forward_part(mw: Meterwatch, events: list[EventT], publisher: TopicPublisher) -> None:
     channels = mw.channels
     for event in events:
         message = event.message
@@ -52,6 +52,6 @@ async def _forward_part(mw: "Meterwatch", events: list[EventT], publisher: Topic
             # The contract's owner knows who was a member before, so it tells who joined and left.
             await publisher.publish(channels.contract_inbox, command.contract_id, subscription_message(document))
         else:
-            await publisher.publish(channels.workspace_inbox, command.workspace_id, command_message(received_ms, document))
-
-
+            await publisher.publish(
+                channels.workspace_inbox, command.workspace_id, command_message(received_ms, document)
+            )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -40,14 +40,14 @@ BATCH_WITHIN_SECONDS = 0.02
 KEY_SEPARATOR = "\x1f"
 
 
-def register(mw: "Meterwatch") -> None:
+def register(mw: Meterwatch) -> None:
     @mw.app.agent(mw.channels.workspace_inbox, name=f"{mw.settings.group_id}.count_usage")
     async def count_usage(stream):  # type: ignore[no-untyped-def]
         async for events in stream.take_events(BATCH_MESSAGES, within=BATCH_WITHIN_SECONDS):
             await count_batch(mw, events)
 
 
-async def count_batch(mw: "Meterwatch", events: list[EventT]) -> None:
+async def count_batch(mw: Meterwatch, events: list[EventT]) -> None:
     publisher = TopicPublisher()
     for _, part in by_source_partition(events):
         by_workspace: dict[str, list[EventT]] = defaultdict(list)
@@ -64,7 +64,7 @@ async def count_batch(mw: "Meterwatch", events: list[EventT]) -> None:
 class WorkspaceBatch:
     """One workspace's messages from one batch: read once, judge in order, write once."""
 
-    def __init__(self, mw: "Meterwatch", workspace_id: str, publisher: Publisher) -> None:
+    def __init__(self, mw: Meterwatch, workspace_id: str, publisher: Publisher) -> None:
         self.mw = mw
         self.workspace_id = workspace_id
         self.publisher = publisher
@@ -136,7 +136,7 @@ class WorkspaceBatch:
             value=item.as_json(self.workspace_id),
             code=code,
             message=messages.get(code, code),
-            at=datetime.now(timezone.utc),
+            at=datetime.now(UTC),
         )
         await self.publisher.publish(self.mw.channels.dead_letter, self.workspace_id, record)
 

@@ -7,7 +7,7 @@ Messages are compact JSON: ``{"kind": "usage", "events": [...]}`` or ``{"kind": 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -87,7 +87,7 @@ def read_usage(document: dict[str, Any]) -> list[InboxEvent]:
             occurred_at=datetime.fromisoformat(row[3]),
             conversation_id=row[4],
             origin=Origin(row[5], row[6], row[7], row[8].encode() if row[8] is not None else None),
-            received=datetime.fromtimestamp(row[9] / 1000, tz=timezone.utc),
+            received=datetime.fromtimestamp(row[9] / 1000, tz=UTC),
         )
         for row in document["events"]
     ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from faust.types import EventT
@@ -28,7 +28,7 @@ BATCH_MESSAGES = 1000
 BATCH_WITHIN_SECONDS = 0.05
 
 
-def register(mw: "Meterwatch") -> None:
+def register(mw: Meterwatch) -> None:
     channels = mw.channels
 
     @mw.app.agent(channels.usage_events, name=f"{mw.settings.group_id}.route_usage_events")
@@ -37,7 +37,7 @@ def register(mw: "Meterwatch") -> None:
             await forward_usage(mw, events)
 
 
-async def forward_usage(mw: "Meterwatch", events: list[EventT]) -> None:
+async def forward_usage(mw: Meterwatch, events: list[EventT]) -> None:
     publisher = TopicPublisher()
     for _, part in by_source_partition(events):
         await _forward_part(mw, part, publisher)
@@ -45,7 +45,7 @@ async def forward_usage(mw: "Meterwatch", events: list[EventT]) -> None:
     await finish(mw, publisher)
 
 
-async def _forward_part(mw: "Meterwatch", events: list[EventT], publisher: TopicPublisher) -> None:
+async def _forward_part(mw: Meterwatch, events: list[EventT], publisher: TopicPublisher) -> None:
     by_workspace: dict[str, list[tuple[UsageEvent, Origin, int]]] = defaultdict(list)
     for event in events:
         message = event.message
@@ -64,7 +64,7 @@ async def _forward_part(mw: "Meterwatch", events: list[EventT], publisher: Topic
                     value=rejection.value if rejection.value is not None else message.value,
                     code=rejection.code,
                     message=rejection.message,
-                    at=datetime.now(timezone.utc),
+                    at=datetime.now(UTC),
                 ),
             )
         for usage_event in accepted:

@@ -9,8 +9,8 @@ every write lands in the partition that owns the key.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from faust.streams import _current_event  # noqa: PLC2701 - no public setter exists
 from faust.types import EventT

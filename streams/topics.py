@@ -50,7 +50,7 @@ class TopicNames:
     contract_inbox: str
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> "TopicNames":
+    def for_settings(cls, settings: Settings) -> TopicNames:
         return cls(
             usage_events=settings.topic(USAGE_EVENTS),
             usage_control=settings.topic(USAGE_CONTROL),

@@ -9,7 +9,8 @@ makes it visible. The agents name that partition with ``partition_context.acting
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Optional
+from collections.abc import Awaitable
+from typing import Any
 
 from faust.streams import current_event
 from faust.transport.consumer import TransactionManager
@@ -21,17 +22,19 @@ class SourcePartitionTransactions(TransactionManager):
     async def send(
         self,
         topic: str,
-        key: Optional[bytes],
-        value: Optional[bytes],
-        partition: Optional[int],
-        timestamp: Optional[float],
-        headers: Optional[HeadersArg],
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: HeadersArg | None,
         *,
-        transactional_id: Optional[str] = None,
+        transactional_id: str | None = None,
     ) -> Awaitable[RecordMetadata]:
         event = current_event()
         if event is None:
-            return await super().send(topic, key, value, partition, timestamp, headers, transactional_id=transactional_id)
+            return await super().send(
+                topic, key, value, partition, timestamp, headers, transactional_id=transactional_id
+            )
         source = event.message.tp
         group = self.app.assignor.group_for_topic(source.topic)
         return await self.producer.send(

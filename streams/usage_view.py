@@ -84,7 +84,9 @@ def _cost(
     return {"amount": money(amount), "currency": contract.currency}
 
 
-def daily_document(workspace_id: str, metric: str, usage: WorkspaceUsage, profile: WorkspaceProfile, now: datetime) -> dict[str, Any]:
+def daily_document(
+    workspace_id: str, metric: str, usage: WorkspaceUsage, profile: WorkspaceProfile, now: datetime
+) -> dict[str, Any]:
     cycle = profile.cycle
     period = cycle.period_containing(now)
     today = cycle.local_date(now)

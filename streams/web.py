@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from faust.web import Request, Response, View
 
-from ..models.common import METRIC_NAMES
 from ..core.contract_usage import ContractUsage
 from ..core.contracts import WorkspaceProfile
 from ..core.metering import WorkspaceUsage
+from ..models.common import METRIC_NAMES
 from .codec import decode_contract_usage, decode_workspace
 from .usage_view import daily_document, usage_document
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from .app import Meterwatch
 
 
-def register(mw: "Meterwatch") -> None:
+def register(mw: Meterwatch) -> None:
     app = mw.app
     tables = mw.tables
     usage_table = tables.workspaces
@@ -27,7 +27,10 @@ def register(mw: "Meterwatch") -> None:
     class Health(View):
         async def get(self, request: Request) -> Response:
             state = readiness(mw)
-            return self.json({"status": state, "processing_guarantee": mw.guarantee.value}, status=200 if state == "consuming" else 503)
+            return self.json(
+                {"status": state, "processing_guarantee": mw.guarantee.value},
+                status=200 if state == "consuming" else 503,
+            )
 
     @app.page("/usage/{workspace_id}")
     class Usage(View):
@@ -37,7 +40,7 @@ def register(mw: "Meterwatch") -> None:
             if found is None:
                 return self.json({"error": "unknown_workspace", "workspace_id": workspace_id}, status=404)
             usage, profile = found
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             contract_usage = None
             if profile.contract is not None:
                 state = await contract_usage_of(mw, profile.contract.contract_id)
@@ -55,8 +58,7 @@ def register(mw: "Meterwatch") -> None:
             if found is None:
                 return self.json({"error": "unknown_workspace", "workspace_id": workspace_id}, status=404)
             usage, profile = found
-            return self.json(daily_document(workspace_id, metric, usage, profile, datetime.now(timezone.utc)))
-
+            return self.json(daily_document(workspace_id, metric, usage, profile, datetime.now(UTC)))
 
     @app.page("/internal/contract-usage/{contract_id}")
     class ContractUsageView(View):
@@ -65,7 +67,7 @@ def register(mw: "Meterwatch") -> None:
             return self.bytes(raw or b"{}", content_type="application/json")
 
 
-async def contract_usage_of(mw: "Meterwatch", contract_id: str) -> ContractUsage:
+async def contract_usage_of(mw: Meterwatch, contract_id: str) -> ContractUsage:
     """The contract's usage, from this worker if it owns the contract's partition, else its owner."""
     table = mw.tables.contract_usage
     owner = mw.app.router.key_store(table.name, contract_id)
@@ -77,12 +79,12 @@ async def contract_usage_of(mw: "Meterwatch", contract_id: str) -> ContractUsage
         return decode_contract_usage(await response.read())
 
 
-def _workspace(mw: "Meterwatch", workspace_id: str) -> tuple[WorkspaceUsage, WorkspaceProfile] | None:
+def _workspace(mw: Meterwatch, workspace_id: str) -> tuple[WorkspaceUsage, WorkspaceProfile] | None:
     state = decode_workspace(mw.tables.workspaces.get(workspace_id))
     return None if state is None else (state.usage, state.profile)
 
 
-def readiness(mw: "Meterwatch") -> str:
+def readiness(mw: Meterwatch) -> str:
     """``consuming`` once partitions are assigned and tables recovered; else what it waits for."""
     app = mw.app
     if not app.started or app.consumer is None:

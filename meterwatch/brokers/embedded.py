@@ -18,9 +18,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Callable
+from typing import IO
 
 _HOST = "127.0.0.1"
 # Tansu reads these as defaults for its options. Those we do not pass as flags would otherwise
@@ -188,9 +189,7 @@ class EmbeddedBroker:
         atexit.register(self.stop)
         if self._process.stdout is not None:
             # Reading the pipe keeps the broker from blocking on a full one.
-            self._drain = threading.Thread(
-                target=_drain, args=(self._process.stdout, self._tail), daemon=True
-            )
+            self._drain = threading.Thread(target=_drain, args=(self._process.stdout, self._tail), daemon=True)
             self._drain.start()
 
     def _wait_until_answering(self, port: int, deadline: float) -> None:

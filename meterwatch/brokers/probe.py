@@ -35,9 +35,7 @@ async def wait_for_broker(bootstrap: str, timeout: float, **client_options: Any)
         await asyncio.sleep(min(0.25, remaining))
 
 
-async def broker_supports_transactions(
-    bootstrap: str, timeout: float = 10.0, **client_options: Any
-) -> bool:
+async def broker_supports_transactions(bootstrap: str, timeout: float = 10.0, **client_options: Any) -> bool:
     """Whether a transactional producer can be initialised there and commit a transaction.
 
     Brokers that advertise the transaction APIs but refuse them (Tansu answers InitProducerId
