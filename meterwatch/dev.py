@@ -88,6 +88,7 @@ async def _run(
         for workspace in WORKSPACES:
             _say(f"  usage API   {base}/usage/{workspace}")
         _say(f"  daily       {base}/usage/{CONTRACT_WORKSPACES[0]}/daily?metric=messages_sent")
+        _say(f"  metrics     {base}/metrics")
         _say(f"  health      {base}/health")
         _say("Ctrl-C stops everything.")
         tasks = [

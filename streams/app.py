@@ -9,6 +9,7 @@ from pathlib import Path
 import faust
 
 from ..config import ProcessingGuarantee, Settings
+from .metrics import Metrics
 from .tables import Tables, declare_tables
 from .topics import TopicNames
 
@@ -36,9 +37,12 @@ class Meterwatch:
     names: TopicNames
     channels: Channels
     tables: Tables
+    metrics: Metrics
 
 
-def create_app(settings: Settings, bootstrap: str, guarantee: ProcessingGuarantee) -> Meterwatch:
+def create_app(
+    settings: Settings, bootstrap: str, guarantee: ProcessingGuarantee, metrics: Metrics | None = None
+) -> Meterwatch:
     """Build the app with every topic, table, agent and web view registered."""
     app = faust.App(
         settings.group_id,
@@ -69,16 +73,17 @@ def create_app(settings: Settings, bootstrap: str, guarantee: ProcessingGuarante
     names = TopicNames.for_settings(settings)
     channels = _declare_channels(app, names, settings)
     tables = declare_tables(app, settings)
-    built = Meterwatch(app, settings, guarantee, names, channels, tables)
+    built = Meterwatch(app, settings, guarantee, names, channels, tables, metrics or Metrics())
 
     # Imported here so that each module registers its own agents or views on this app only.
-    from . import contracts, control, counting, ingest, web
+    from . import contracts, control, counting, ingest, observability, web
 
     ingest.register(built)
     control.register(built)
     counting.register(built)
     contracts.register(built)
     web.register(built)
+    observability.register(built)
     return built
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import orjson
 from faust.types import EventT
 
 from ..models.commands import CommandRejected, Subscription, parse_command
@@ -43,6 +44,7 @@ async def _forward_part(mw: Meterwatch, events: list[EventT], publisher: TopicPu
         try:
             command = parse_command(message.value)
         except CommandRejected as rejected:
+            mw.metrics.commands.labels(_command_type(message.value), "rejected").inc()
             await publisher.publish(
                 channels.command_results, key, command_result(rejected.command_id, "rejected", reason=rejected.reason)
             )
@@ -55,3 +57,13 @@ async def _forward_part(mw: Meterwatch, events: list[EventT], publisher: TopicPu
             await publisher.publish(
                 channels.workspace_inbox, command.workspace_id, command_message(received_ms, document)
             )
+
+
+def _command_type(raw: bytes | None) -> str:
+    """The command's type when it names a known one, for the metric label (never free text)."""
+    known = {"alert_settings", "limit_settings", "billing_contacts", "subscription"}
+    try:
+        kind = orjson.loads(raw or b"").get("type")
+    except (orjson.JSONDecodeError, AttributeError):
+        return "invalid"
+    return kind if kind in known else "invalid"

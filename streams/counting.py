@@ -9,6 +9,7 @@ skipped; an ``event_id`` already counted by another delivery within the window i
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -48,6 +49,12 @@ def register(mw: Meterwatch) -> None:
 
 
 async def count_batch(mw: Meterwatch, events: list[EventT]) -> None:
+    with mw.metrics.batch_seconds.labels("count").time():
+        mw.metrics.batch_size.labels("count").observe(len(events))
+        await _count_batch(mw, events)
+
+
+async def _count_batch(mw: Meterwatch, events: list[EventT]) -> None:
     publisher = TopicPublisher()
     for _, part in by_source_partition(events):
         by_workspace: dict[str, list[EventT]] = defaultdict(list)
@@ -81,6 +88,7 @@ class WorkspaceBatch:
         for event in events:
             offset = event.message.offset
             if offset <= self.usage.applied_through:
+                self.mw.metrics.messages_replayed.inc()
                 continue
             document = orjson.loads(event.message.value)
             if document["kind"] == USAGE:
@@ -97,20 +105,30 @@ class WorkspaceBatch:
         cycle = self.profile.cycle
         rejection = event_time_rejection(item.occurred_at, item.received, cycle)
         if rejection is not None:
+            self.mw.metrics.events_rejected.labels(rejection).inc()
             await self._dead_letter(item, rejection)
             return
         key = f"{self.workspace_id}{KEY_SEPARATOR}{item.event_id}"
         first = self.first_seen.get(key) or decode_first_seen(self.mw.tables.seen_event_ids.get(key))
         now_ms = int(item.received.timestamp() * 1000)
         if is_repeat(first, position, now_ms, self.window_ms):
+            self.mw.metrics.events_repeated.inc()
             return
         reading = Reading(item.event_id, item.metric, item.quantity, item.occurred_at, item.conversation_id)
         tally, change = count_reading(self.usage.tally(item.metric), reading, cycle, item.received)
+        self._observe_counted(item)
         self.usage = replace(self.usage, tallies={**self.usage.tallies, item.metric: tally})
         if change.after != change.before:
             self.changed[(item.metric, change.period)] = change.after
         if first is None or first.position != position:
             self.first_seen[key] = FirstSeen(now_ms, position)
+
+    def _observe_counted(self, item: InboxEvent) -> None:
+        metrics = self.mw.metrics
+        now = time.time()
+        metrics.events_counted.labels(item.metric).inc()
+        metrics.processing_delay.observe(max(0.0, now - item.occurred_at.timestamp()))
+        metrics.pipeline_latency.observe(max(0.0, now - item.received.timestamp()))
 
     async def _command(self, command: dict[str, Any]) -> None:
         before = self.profile.contract
@@ -121,6 +139,7 @@ class WorkspaceBatch:
                 for period_tally in tally.periods:
                     self.changed[(metric, period_tally.period)] = period_tally.usage
         if result is not None:
+            self.mw.metrics.commands.labels(command["type"], result["status"]).inc()
             await self.publisher.publish(self.mw.channels.command_results, self.workspace_id, result)
 
     async def _dead_letter(self, item: InboxEvent, code: str) -> None:

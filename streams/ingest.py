@@ -38,11 +38,13 @@ def register(mw: Meterwatch) -> None:
 
 
 async def forward_usage(mw: Meterwatch, events: list[EventT]) -> None:
-    publisher = TopicPublisher()
-    for _, part in by_source_partition(events):
-        await _forward_part(mw, part, publisher)
-        await hand_over_table_writes(mw)
-    await finish(mw, publisher)
+    with mw.metrics.batch_seconds.labels("ingest").time():
+        mw.metrics.batch_size.labels("ingest").observe(len(events))
+        publisher = TopicPublisher()
+        for _, part in by_source_partition(events):
+            await _forward_part(mw, part, publisher)
+            await hand_over_table_writes(mw)
+        await finish(mw, publisher)
 
 
 async def _forward_part(mw: Meterwatch, events: list[EventT], publisher: TopicPublisher) -> None:
@@ -53,6 +55,7 @@ async def _forward_part(mw: Meterwatch, events: list[EventT], publisher: TopicPu
         accepted, rejected = parse_usage_message(message.value)
         origin = Origin(message.topic, message.partition, message.offset, message.key)
         for rejection in rejected:
+            mw.metrics.events_rejected.labels(rejection.code).inc()
             await publisher.publish(
                 mw.channels.dead_letter,
                 rejection.workspace_id,

@@ -1,0 +1,81 @@
+"""Every Prometheus metric meterwatch exports, in one place.
+
+Labels are bounded sets (metric names, reason codes, levels, stages); no label ever carries a
+workspace, contract, conversation or address. The registry is injected so tests use their own.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+_DELAY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 86400.0, 7 * 86400.0)
+_BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.events_counted = Counter(
+            "meterwatch_events_counted_total", "Usage events accepted and counted, by metric.", ["metric"], registry=r
+        )
+        self.events_rejected = Counter(
+            "meterwatch_events_rejected_total",
+            "Usage events (or whole messages) dead-lettered, by reason code.",
+            ["reason"],
+            registry=r,
+        )
+        self.events_repeated = Counter(
+            "meterwatch_events_repeated_total",
+            "Usage events skipped because their event_id was already counted within the dedupe window.",
+            registry=r,
+        )
+        self.messages_replayed = Counter(
+            "meterwatch_inbox_messages_replayed_total",
+            "Inbox messages skipped because their workspace had already applied them (replays after a restart).",
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "meterwatch_batch_messages",
+            "Messages per processed batch, by stage.",
+            ["stage"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "meterwatch_batch_duration_seconds",
+            "Time to process one batch, by stage.",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.processing_delay = Histogram(
+            "meterwatch_processing_delay_seconds",
+            "From an event's occurred_at to when it was counted.",
+            buckets=_DELAY_BUCKETS,
+            registry=r,
+        )
+        self.pipeline_latency = Histogram(
+            "meterwatch_pipeline_latency_seconds",
+            "From when an event was published to usage.events to when it was counted.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.commands = Counter(
+            "meterwatch_commands_total", "Commands answered, by type and status.", ["type", "status"], registry=r
+        )
+        self.rebalances = Counter(
+            "meterwatch_rebalances_total", "Consumer group rebalances seen by this worker.", registry=r
+        )
+        self.consumer_lag = Gauge(
+            "meterwatch_consumer_lag_messages",
+            "Messages behind the end of each assigned input partition.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.dedupe_entries = Gauge(
+            "meterwatch_dedupe_store_entries",
+            "Estimated event ids held by this worker's dedupe store (RocksDB estimate).",
+            registry=r,
+        )
