@@ -303,8 +303,8 @@ def alert_id(scope: str, owner_id: str, metric: str, period_start: datetime, thr
         raise ValueError(f"period_start must be timezone-aware, got {period_start.isoformat()}")
     _require_count(threshold, "threshold", minimum=1)
     _require_count(level, "level", minimum=1)
-    fields = (scope, owner_id, metric, period_start.astimezone(timezone.utc).isoformat(), str(threshold), str(level))
-    for name, value in zip(("scope", "owner_id", "metric"), fields):
+    for name, value in (("scope", scope), ("owner_id", owner_id), ("metric", metric)):
         if not value or _ALERT_ID_SEPARATOR in value:
             raise ValueError(f"{name} must be non-empty and free of U+001F, got {value!r}")
+    fields = (scope, owner_id, metric, period_start.astimezone(timezone.utc).isoformat(), str(threshold), str(level))
     return str(uuid.uuid5(_ALERT_ID_NAMESPACE, _ALERT_ID_SEPARATOR.join(fields)))

@@ -7,12 +7,33 @@ describes exactly the counts, settings and states it was written with.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
 
+from .alerts import AlertState
 from .contracts import WorkspaceProfile
 from .metering import WorkspaceUsage
+from .periods import BillingPeriod
+
+
+@dataclass(frozen=True, slots=True)
+class ContractOthers:
+    """The other workspaces' usage of the contract, as last told by the contract's owner; it
+    prices this workspace's usage above what the contract includes."""
+
+    period: BillingPeriod
+    usage: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True, slots=True)
 class WorkspaceState:
     usage: WorkspaceUsage = field(default_factory=WorkspaceUsage)
     profile: WorkspaceProfile = field(default_factory=WorkspaceProfile)
+    alerts: Mapping[str, AlertState] = field(default_factory=lambda: MappingProxyType({}))
+    contract_others: ContractOthers | None = None
+
+    def others_usage(self, metric: str, period: BillingPeriod) -> int:
+        others = self.contract_others
+        if others is None or others.period != period:
+            return 0
+        return others.usage.get(metric, 0)

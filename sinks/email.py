@@ -11,10 +11,11 @@ import inspect
 import logging
 import random
 import ssl
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import getaddresses, parseaddr
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import aiosmtplib
 
@@ -29,8 +30,8 @@ class SendResult:
     """The outcome of one attempt. Reasons are the server's reply, e.g. ``550 no such user``."""
 
     accepted: tuple[str, ...] = ()
-    refused: Mapping[str, str] = field(default_factory=dict)  # 5xx on RCPT: never retried
-    deferred: Mapping[str, str] = field(default_factory=dict)  # 4xx on RCPT: retry these only
+    refused: Mapping[str, str] = field(default_factory=dict)  # 5xx to RCPT: never retried
+    deferred: Mapping[str, str] = field(default_factory=dict)  # 4xx to RCPT: retry these only
     transient_error: str | None = None  # the attempt failed as a whole and may succeed later
     permanent_error: str | None = None  # this message can never be sent
 
@@ -43,6 +44,10 @@ class MailSender(Protocol):
     async def send(self, message: EmailMessage, recipients: Sequence[str] | None = None) -> SendResult: ...
 
 
+def addressed_to(message: EmailMessage) -> list[str]:
+    return [address for _, address in getaddresses(message.get_all("To", []) + message.get_all("Cc", []))]
+
+
 class SmtpMailer:
     """One connection per send: alert mail is rare, and a fresh connection has no stale state."""
 
@@ -53,7 +58,7 @@ class SmtpMailer:
         self._username = settings.smtp_username
         self._password = settings.smtp_password  # a SecretStr, revealed only to the SMTP client
         self._sender = sender_address(settings.smtp_from).addr_spec
-        self._timeout = timeout
+        self._timeout = timeout  # per SMTP command, so a stalled server cannot hold a send forever
         self._tls_context = tls_context  # for a private CA; None trusts the system's CAs
 
     def __repr__(self) -> str:
@@ -61,36 +66,31 @@ class SmtpMailer:
 
     async def send(self, message: EmailMessage, recipients: Sequence[str] | None = None) -> SendResult:
         """One attempt to deliver ``message`` to ``recipients`` (default: its To and Cc)."""
-        to = (
-            list(recipients)
-            if recipients is not None
-            else [a for _, a in getaddresses(message.get_all("To", []) + message.get_all("Cc", []))]
-        )
-        envelope_from = parseaddr(str(message.get("From", "")))[1] or self._sender
+        to = list(recipients) if recipients is not None else addressed_to(message)
         if not to:
             return SendResult(permanent_error="the message has no recipients")
-        login = self._username is not None and self._password is not None
         client = aiosmtplib.SMTP(
             hostname=self.host,
             port=self.port,
             timeout=self._timeout,
-            start_tls=self.starttls,
+            start_tls=self.starttls,  # False means plain SMTP, never an opportunistic upgrade
             tls_context=self._tls_context,
-            username=self._username if login else None,
-            password=self._password.get_secret_value() if login and self._password else None,
+            username=self._username,
+            password=self._password.get_secret_value() if self._password else None,
         )
         try:
-            await client.connect()  # connects, upgrades with STARTTLS and logs in as configured
-            errors, _ = await client.send_message(message, sender=envelope_from, recipients=to)
+            await client.connect()  # connects, upgrades with STARTTLS and logs in, as configured
+            sender = parseaddr(str(message.get("From", "")))[1] or self._sender
+            errors, _ = await client.send_message(message, sender=sender, recipients=to)
         except aiosmtplib.SMTPRecipientsRefused as refusal:
             return _per_recipient(to, {r.recipient: _reply(r.code, r.message) for r in refusal.recipients})
         except aiosmtplib.SMTPResponseException as error:
             return _whole_message_reply(error)
         except ValueError as error:  # an address or message aiosmtplib cannot put on the wire
             return SendResult(permanent_error=one_line(error, 200))
-        except (OSError, asyncio.TimeoutError, aiosmtplib.SMTPException) as error:
-            # Refused/reset connections, timeouts, TLS failures, no STARTTLS: the server or the
-            # network, not the mail; a later attempt can succeed.
+        except (OSError, aiosmtplib.SMTPException) as error:  # OSError covers TimeoutError
+            # Refused or reset connections, timeouts, TLS failures, no STARTTLS: the server or
+            # the network, not the mail; a later attempt can succeed.
             return SendResult(transient_error=f"{type(error).__name__}: {one_line(error, 200)}")
         finally:
             await _quit_quietly(client)
@@ -98,21 +98,20 @@ class SmtpMailer:
 
 
 def _reply(code: int, message: str) -> str:
-    return f"{code} {one_line(message, 200)}"
+    return f"{code} {one_line(message, 200)}"  # a server's text may echo what it was sent
 
 
 def _per_recipient(to: list[str], refusals: Mapping[str, str]) -> SendResult:
-    refused = {a: r for a, r in refusals.items() if r.startswith("5")}
-    deferred = {a: r for a, r in refusals.items() if not r.startswith("5")}
-    accepted = tuple(a for a in to if a not in refusals)
+    refused = {address: reply for address, reply in refusals.items() if reply.startswith("5")}
+    deferred = {address: reply for address, reply in refusals.items() if not reply.startswith("5")}
+    accepted = tuple(address for address in to if address not in refusals)
     return SendResult(accepted=accepted, refused=refused, deferred=deferred)
 
 
 def _whole_message_reply(error: aiosmtplib.SMTPResponseException) -> SendResult:
     reason = f"{type(error).__name__}: {_reply(error.code, error.message)}"
-    # A 5xx to DATA rejects this mail's content. A 5xx to AUTH, MAIL FROM or HELO is the
-    # deployment's problem (credentials, sender), and every mail would fail alike; retrying
-    # lets mail flow again once it is fixed instead of marking every alert failed.
+    # A 5xx to DATA rejects this mail's content. A 5xx to AUTH, MAIL FROM or EHLO is the deployment's
+    # problem (credentials, sender) that every mail meets alike: retry, so mail flows again once fixed.
     if isinstance(error, aiosmtplib.SMTPDataError) and error.code >= 500:
         return SendResult(permanent_error=reason)
     return SendResult(transient_error=reason)
@@ -121,28 +120,11 @@ def _whole_message_reply(error: aiosmtplib.SMTPResponseException) -> SendResult:
 async def _quit_quietly(client: aiosmtplib.SMTP) -> None:
     # The outcome is already decided; a failing QUIT must not turn a delivered mail into a retry.
     try:
-        if client.is_connected:
-            await client.quit()
-    except (OSError, asyncio.TimeoutError, aiosmtplib.SMTPException):
+        await client.quit()
+    except (OSError, aiosmtplib.SMTPException):  # OSError covers TimeoutError
         pass
     finally:
         client.close()
-
-
-class ListMailer:
-    """The in-memory twin for tests: every send is accepted and lands in ``sent``."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[EmailMessage, tuple[str, ...]]] = []
-
-    async def send(self, message: EmailMessage, recipients: Sequence[str] | None = None) -> SendResult:
-        to = (
-            tuple(recipients)
-            if recipients is not None
-            else tuple(a for _, a in getaddresses(message.get_all("To", [])))
-        )
-        self.sent.append((message, to))
-        return SendResult(accepted=to)
 
 
 @dataclass(frozen=True)
@@ -158,7 +140,7 @@ class Backoff:
 class MailOutbox:
     """Sends each key's mail once, in the background, retrying transient failures forever.
 
-    ``on_sent(key)`` when at least one recipient accepted it and nothing is left to retry;
+    ``on_sent(key)`` once at least one recipient accepted it and nothing is left to retry;
     ``on_failed(key, reason)`` when nobody can get it; ``on_refused(key, {address: reply})``
     before either when the server refused some addresses for good. Callbacks may be async.
     """
@@ -170,19 +152,19 @@ class MailOutbox:
         on_sent: Callable[[str], Any],
         on_failed: Callable[[str, str], Any],
         on_refused: Callable[[str, Mapping[str, str]], Any] | None = None,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff | None = None,
         max_concurrent_sends: int = 4,
         rng: Callable[[], float] = random.random,
     ) -> None:
-        self._mailer, self._backoff, self._rng = mailer, backoff, rng
+        self._mailer, self._backoff, self._rng = mailer, backoff or Backoff(), rng
         self._on_sent, self._on_failed, self._on_refused = on_sent, on_failed, on_refused
-        self._connections = asyncio.Semaphore(max_concurrent_sends)  # don't flood the relay
-        self._seen: set[str] = set()  # at most once per key, sent, pending or failed
+        self._connections = asyncio.Semaphore(max_concurrent_sends)  # a backlog must not flood the relay
+        self._seen: set[str] = set()  # every key ever put: sent, pending or failed
         self._pending: dict[str, asyncio.Task[None]] = {}
         self._closed = False
 
     def put(self, key: str, message: EmailMessage) -> bool:
-        """Queue ``message`` under ``key``; False if the key was already put. Never waits."""
+        """Queue ``message`` under ``key``; False if the key was put before. Never waits."""
         if self._closed:
             raise RuntimeError("the mail outbox is closed")
         if key in self._seen:
@@ -195,7 +177,7 @@ class MailOutbox:
         return len(self._pending)
 
     async def close(self, grace: float = 0.0) -> list[str]:
-        """Stop; waits up to ``grace`` seconds for pending mail. Returns the keys never sent."""
+        """Stop, after waiting up to ``grace`` seconds for pending mail. Returns the keys never sent."""
         self._closed = True
         if grace > 0 and self._pending:
             await asyncio.wait(list(self._pending.values()), timeout=grace)
@@ -219,7 +201,7 @@ class MailOutbox:
                 accepted += result.accepted
                 refused.update(result.refused)
                 if result.permanent_error and recipients is not None:
-                    # Others already have their copy; the ones still waiting are refused, not dropped.
+                    # Others already have their copy; those still waiting are refused, not dropped.
                     refused.update(dict.fromkeys(recipients, result.permanent_error))
                 if not result.needs_retry:
                     break
@@ -227,18 +209,13 @@ class MailOutbox:
                     recipients = list(result.deferred)  # the others have their copy already
                 delay = self._backoff.delay(attempt, self._rng)
                 attempt += 1
-                log.warning(
-                    "mail %r: attempt %d failed (%s); retrying in %.2fs",
-                    key,
-                    attempt,
-                    result.transient_error or f"deferred: {dict(result.deferred)}",
-                    delay,
-                )
+                why = result.transient_error or f"deferred {dict(result.deferred)}"
+                log.warning("mail %r: attempt %d failed (%s); next in %.2fs", key, attempt, why, delay)
                 await asyncio.sleep(delay)
             if refused:
                 await _call(self._on_refused, key, refused)
             if accepted:
-                log.info("mail %r: sent to %d recipient(s) after %d attempt(s)", key, len(accepted), attempt + 1)
+                log.info("mail %r: sent to %d recipient(s) in %d attempt(s)", key, len(accepted), attempt + 1)
                 await _call(self._on_sent, key)
             else:
                 reason = result.permanent_error or f"every recipient refused: {refused}"
@@ -250,7 +227,7 @@ class MailOutbox:
     async def _attempt(self, message: EmailMessage, recipients: list[str] | None) -> SendResult:
         try:
             return await self._mailer.send(message, recipients)
-        except Exception as error:  # a mailer bug: retrying cannot fix it, so report, don't spin
+        except Exception as error:  # a mailer bug: retrying cannot fix it, so report it, don't spin
             log.exception("mail sender raised instead of returning a result")
             return SendResult(permanent_error=f"{type(error).__name__}: {one_line(error, 200)}")
 

@@ -12,14 +12,15 @@ import logging
 import re
 import textwrap
 import unicodedata
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, parseaddr
-from typing import Any, Iterable, Mapping
+from typing import Any
 from zoneinfo import ZoneInfo
 
 log = logging.getLogger(__name__)
@@ -37,11 +38,13 @@ _FIN_REASONS = {
     "limit_reached": "its resolutions this billing period reached the limit you set",
     "limit_lowered": "the limit was lowered to or below the resolutions already used this period",
 }
+_FIN_OTHER_REASON = "its resolutions this billing period are at or above the limit you set"
 # Addresses are rebuilt from these parts, so a comma, quote or bracket can never add a recipient.
 _LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
 _DOMAIN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 _MAX_ADDRESS = 254  # RFC 5321 path limit
 _MAX_FIELD = 120  # keeps a hostile id from turning the subject into a wall of text
+_MAX_ID = 256
 
 
 class MailCompositionError(ValueError):
@@ -57,7 +60,7 @@ class NoValidRecipients(MailCompositionError):
 @dataclass(frozen=True)
 class RecipientCheck:
     valid: tuple[str, ...]  # in first-seen order, each address once (compared case-insensitively)
-    invalid: tuple[str, ...]  # as given (repr them before logging: they may hold control characters)
+    invalid: tuple[str, ...]  # as given: repr them before logging, they may hold control characters
 
 
 def one_line(value: Any, limit: int = _MAX_FIELD) -> str:
@@ -80,10 +83,13 @@ def valid_address(address: Any) -> bool:
     return bool(_LOCAL_PART.match(local) and _DOMAIN.match(domain))
 
 
-def check_recipients(addresses: Iterable[Any]) -> RecipientCheck:
+def check_recipients(addresses: Any) -> RecipientCheck:
+    # Anything but a collection is one (maybe invalid) address: a bare string is not a list of characters.
+    if not isinstance(addresses, list | tuple | set | frozenset):
+        addresses = [addresses] if addresses else []
     valid: dict[str, str] = {}
     invalid: list[str] = []
-    for address in addresses or ():
+    for address in addresses:
         if valid_address(address):
             valid.setdefault(address.lower(), address)
         else:
@@ -91,40 +97,48 @@ def check_recipients(addresses: Iterable[Any]) -> RecipientCheck:
     return RecipientCheck(tuple(valid.values()), tuple(invalid))
 
 
+def sender_address(sender: str) -> Address:
+    """``METERWATCH_SMTP_FROM`` as ``alerts@example.com`` or ``Meterwatch <alerts@example.com>``."""
+    name, address = parseaddr(sender)
+    if not valid_address(address):
+        raise MailCompositionError(f"the sender address {one_line(sender)!r} is not a valid address")
+    local, domain = address.split("@")
+    return Address(display_name=one_line(name, 80), username=local, domain=domain)
+
+
 def message_id(kind: str, record_id: str, sender: str) -> str:
     """The same record always gets the same Message-ID, so a resend is recognisably one mail."""
     digest = hashlib.sha256(f"{kind}\0{record_id}".encode()).hexdigest()[:32]
-    domain = parseaddr(sender)[1].rpartition("@")[2]
-    return f"<{kind}.{digest}@{domain if _DOMAIN.match(domain) else 'meterwatch.invalid'}>"
+    return f"<{kind}.{digest}@{sender_address(sender).domain}>"
 
 
 def compose_alert_mail(alert: Mapping[str, Any], *, sender: str) -> EmailMessage:
     """The mail for one ``usage.alerts`` record (CONTRACT 5.1), to its ``recipients``."""
     alert_id = _required_id(alert, "alert_id")
     metric = metric_title(alert.get("metric"))
-    level, threshold, usage = _level(alert.get("level")), _count(alert.get("threshold")), _count(alert.get("usage"))
+    level, threshold = _level(alert.get("level")), _count(alert.get("threshold"))
     if alert.get("scope") == "contract":
-        owner = f"contract {one_line(alert.get('contract_id'))}"
-        subject = f"{level}% of included {metric} ({threshold}) used - {owner}"
-        opening = f"The contract {one_line(alert.get('contract_id'))} has used {level}% of its included {metric}, counted over all its workspaces."
-        threshold_line = ("Included quantity", threshold)
+        contract = one_line(alert.get("contract_id"))
+        subject = f"{level}% of included {metric} ({threshold}) used - contract {contract}"
+        opening = f"The contract {contract} has used {level}% of its included {metric}, over all its workspaces."
+        threshold_fact = ("Included quantity", threshold)
     else:
-        owner = f"workspace {one_line(alert.get('workspace_id'))}"
-        subject = f"{level}% of your {metric} usage alert ({threshold}) reached - {owner}"
-        opening = f"The workspace {one_line(alert.get('workspace_id'))} has reached {level}% of the {metric} usage alert you set."
-        threshold_line = ("Usage alert", threshold)
+        workspace = one_line(alert.get("workspace_id"))
+        subject = f"{level}% of your {metric} usage alert ({threshold}) reached - workspace {workspace}"
+        opening = f"The workspace {workspace} has reached {level}% of the {metric} usage alert you set."
+        threshold_fact = ("Usage alert", threshold)
     facts = [
         ("Metric", metric),
-        ("Usage this period", usage),
-        threshold_line,
+        ("Usage this period", _count(alert.get("usage"))),
+        threshold_fact,
         ("Level reached", f"{level}%"),
-        ("Billing period", period_text(alert.get("period_start"), alert.get("period_end"), alert.get("timezone"))),
+        ("Billing period", _period(alert)),
         ("Estimated cost", money_text(alert.get("estimated_cost"))),
     ]
     closing = "Usage alerts only inform you: nothing has been disabled or blocked."
-    body = _body(opening, facts, closing, f"Alert id: {one_line(alert_id, 256)}")
+    body = _body(opening, facts, closing, f"Alert id: {one_line(alert_id, _MAX_ID)}")
     message = _message("alert", alert_id, alert.get("recipients"), sender, subject, body, alert.get("triggered_at"))
-    message["X-Meterwatch-Alert-Id"] = one_line(alert_id, 256)
+    message["X-Meterwatch-Alert-Id"] = one_line(alert_id, _MAX_ID)
     return message
 
 
@@ -133,37 +147,30 @@ def compose_fin_disabled_mail(transition: Mapping[str, Any], recipients: Iterabl
     transition_id = _required_id(transition, "transition_id")
     if transition.get("state") != "disabled":
         raise MailCompositionError(f"{one_line(transition_id)}: only a 'disabled' transition is mailed")
-    workspace = one_line(transition.get("workspace_id"))
-    limit, usage = _count(transition.get("limit")), _count(transition.get("usage"))
+    workspace, limit = one_line(transition.get("workspace_id")), _count(transition.get("limit"))
     metric = metric_title("fin_resolutions")
     subject = f"Fin AI Agent disabled: {metric} limit ({limit}) reached - workspace {workspace}"
-    reason = _FIN_REASONS.get(
-        transition.get("reason"), "its resolutions this billing period are at or above the limit you set"
-    )
     opening = (
-        f"Fin AI Agent has been disabled for the workspace {workspace} because {reason}. "
-        "It is enabled again when the next billing period starts, when usage falls below the limit, "
-        "or when you raise or turn off the limit."
+        f"Fin AI Agent has been disabled for the workspace {workspace} because "
+        f"{_FIN_REASONS.get(transition.get('reason'), _FIN_OTHER_REASON)}. It is enabled again when the next "
+        "billing period starts, when usage falls below the limit, or when you raise or turn off the limit."
     )
     facts = [
         ("Metric", metric),
-        ("Usage this period", usage),
+        ("Usage this period", _count(transition.get("usage"))),
         ("Hard limit", limit),
-        (
-            "Billing period",
-            period_text(transition.get("period_start"), transition.get("period_end"), transition.get("timezone")),
-        ),
+        ("Billing period", _period(transition)),
     ]
     if "estimated_cost" in transition:  # not in the 5.2 record; shown when a caller adds it
         facts.append(("Estimated cost", money_text(transition.get("estimated_cost"))))
-    body = _body(opening, facts, "", f"Transition id: {one_line(transition_id, 256)}")
+    body = _body(opening, facts, "", f"Transition id: {one_line(transition_id, _MAX_ID)}")
     message = _message("fin-disabled", transition_id, recipients, sender, subject, body, transition.get("at"))
-    message["X-Meterwatch-Transition-Id"] = one_line(transition_id, 256)
+    message["X-Meterwatch-Transition-Id"] = one_line(transition_id, _MAX_ID)
     return message
 
 
 def metric_title(metric: Any) -> str:
-    return METRIC_TITLES.get(metric, one_line(metric) or "usage")  # type: ignore[arg-type]
+    return METRIC_TITLES.get(metric, one_line(metric) or "usage") if isinstance(metric, str) else "usage"
 
 
 def period_text(start: Any, end: Any, zone: Any = None) -> str:
@@ -173,19 +180,23 @@ def period_text(start: Any, end: Any, zone: Any = None) -> str:
         return f"{one_line(start) or '?'} to {one_line(end) or '?'}"
     if first.time() == after.time() == datetime.min.time():
         return f"{first.date().isoformat()} to {(after - timedelta(days=1)).date().isoformat()}"
-    # Periods are published in UTC; without the contract's zone, midnight there is not midnight here.
-    stamp = "%Y-%m-%d %H:%M %Z"
-    return f"{first.strftime(stamp)} to {after.strftime(stamp)} (end not included)"
+    # Periods are published in UTC; without the contract's zone, its midnight is not midnight here.
+    return f"{first:%Y-%m-%d %H:%M %Z} to {after:%Y-%m-%d %H:%M %Z} (end not included)"
 
 
 def money_text(cost: Any) -> str:
     if not isinstance(cost, Mapping):
         return "not available"
     try:
-        amount = f"{Decimal(str(cost.get('amount'))):,}"
+        amount = one_line(f"{Decimal(str(cost.get('amount'))):,}", 40)
     except (InvalidOperation, ValueError):
         amount = one_line(cost.get("amount"), 40)
     return f"{amount} {one_line(cost.get('currency'), 12)}".strip()
+
+
+def _period(record: Mapping[str, Any]) -> str:
+    # ``timezone`` is not in the topic records; a caller that knows the contract's zone may add it.
+    return period_text(record.get("period_start"), record.get("period_end"), record.get("timezone"))
 
 
 def _required_id(record: Mapping[str, Any], field: str) -> str:
@@ -196,9 +207,7 @@ def _required_id(record: Mapping[str, Any], field: str) -> str:
 
 
 def _count(value: Any) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    return one_line(value, 40) or "?"
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else (one_line(value, 40) or "?")
 
 
 def _level(value: Any) -> str:
@@ -210,8 +219,8 @@ def _instant(value: Any, zone: Any) -> datetime | None:
         parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
         if parsed is None or parsed.tzinfo is None:
             return None
-        return parsed.astimezone(ZoneInfo(zone)) if isinstance(zone, str) and zone else parsed.astimezone(timezone.utc)
-    except (ValueError, KeyError):  # an unknown zone name is a ValueError or KeyError subclass
+        return parsed.astimezone(ZoneInfo(zone) if isinstance(zone, str) and zone else UTC)
+    except (ValueError, KeyError):  # ZoneInfoNotFoundError is a KeyError
         return None
 
 
@@ -224,31 +233,16 @@ def _body(opening: str, facts: list[tuple[str, str]], closing: str, reference: s
 
 
 def _message(kind: str, record_id: str, recipients: Any, sender: str, subject: str, body: str, at: Any) -> EmailMessage:
-    check = check_recipients(recipients if isinstance(recipients, (list, tuple)) else ())
+    check = check_recipients(recipients)
     if check.invalid:
-        log.warning(
-            "%s %r: dropped %d invalid recipient address(es): %r",
-            kind,
-            one_line(record_id),
-            len(check.invalid),
-            check.invalid,
-        )
+        log.warning("%s %r: dropped invalid recipients %r", kind, one_line(record_id), check.invalid)
     if not check.valid:
         raise NoValidRecipients(one_line(record_id), check.invalid)
     message = EmailMessage(policy=SMTP)
     message["From"] = sender_address(sender)
-    message["To"] = [Address(username=a.split("@")[0], domain=a.split("@")[1]) for a in check.valid]
+    message["To"] = [Address(username=local, domain=domain) for local, domain in (a.split("@") for a in check.valid)]
     message["Subject"] = one_line(subject, 250)
-    message["Date"] = format_datetime(_instant(at, None) or datetime.now(timezone.utc))
+    message["Date"] = format_datetime(_instant(at, None) or datetime.now(UTC))
     message["Message-ID"] = message_id(kind, record_id, sender)
     message.set_content(body)
     return message
-
-
-def sender_address(sender: str) -> Address:
-    """``METERWATCH_SMTP_FROM`` as ``alerts@example.com`` or ``Meterwatch <alerts@example.com>``."""
-    name, address = parseaddr(sender)
-    if not valid_address(address):
-        raise MailCompositionError(f"the sender address {one_line(sender)!r} is not a valid address")
-    local, domain = address.split("@")
-    return Address(display_name=one_line(name, 80), username=local, domain=domain)

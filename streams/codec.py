@@ -9,22 +9,84 @@ from typing import Any
 
 import orjson
 
+from ..core.alerts import AlertSetting, AlertState, ScheduledSetting
 from ..core.contract_usage import ContractPeriod, ContractUsage
 from ..core.contracts import ContractTerms, Price, WorkspaceProfile
 from ..core.metering import MetricTally, PeriodTally, WorkspaceUsage
 from ..core.periods import BillingCycle, BillingPeriod
-from ..core.workspace import WorkspaceState
+from ..core.workspace import ContractOthers, WorkspaceState
 
 
 def encode_workspace(state: WorkspaceState) -> bytes:
-    return orjson.dumps({"usage": _usage(state.usage), "profile": _profile(state.profile)})
+    others = state.contract_others
+    return orjson.dumps(
+        {
+            "usage": _usage(state.usage),
+            "profile": _profile(state.profile),
+            "alerts": {metric: _alert_state(a) for metric, a in state.alerts.items()},
+            "contract_others": None
+            if others is None
+            else {"period": _period(others.period), "usage": dict(others.usage)},
+        }
+    )
 
 
 def decode_workspace(raw: bytes | None) -> WorkspaceState | None:
     if not raw:
         return None
     data = orjson.loads(raw)
-    return WorkspaceState(usage=_read_usage(data["usage"]), profile=_read_profile(data["profile"]))
+    others = data.get("contract_others")
+    return WorkspaceState(
+        usage=_read_usage(data["usage"]),
+        profile=_read_profile(data["profile"]),
+        alerts=MappingProxyType({m: _read_alert_state(a) for m, a in data.get("alerts", {}).items()}),
+        contract_others=None
+        if others is None
+        else ContractOthers(_read_period(others["period"]), MappingProxyType(others["usage"])),
+    )
+
+
+def _period(period: BillingPeriod | None) -> list[str] | None:
+    return None if period is None else [period.start.isoformat(), period.end.isoformat()]
+
+
+def _read_period(data: list[str] | None) -> BillingPeriod | None:
+    return None if data is None else BillingPeriod(datetime.fromisoformat(data[0]), datetime.fromisoformat(data[1]))
+
+
+def _setting(setting: AlertSetting | None) -> list[Any] | None:
+    return None if setting is None else [setting.threshold, setting.early_warnings, setting.enabled]
+
+
+def _read_setting(data: list[Any] | None) -> AlertSetting | None:
+    return None if data is None else AlertSetting(data[0], data[1], data[2])
+
+
+def _alert_state(state: AlertState) -> dict[str, Any]:
+    scheduled = state.scheduled
+    return {
+        "period": _period(state.period),
+        "setting": _setting(state.setting),
+        "scheduled": None
+        if scheduled is None
+        else {"setting": _setting(scheduled.setting), "effective_from": scheduled.effective_from.isoformat()},
+        "alerted": sorted(list(pair) for pair in state.alerted),
+    }
+
+
+def _read_alert_state(data: dict[str, Any]) -> AlertState:
+    scheduled = data["scheduled"]
+    return AlertState(
+        period=_read_period(data["period"]),
+        setting=_read_setting(data["setting"]),
+        scheduled=None
+        if scheduled is None
+        else ScheduledSetting(
+            _read_setting(scheduled["setting"]),  # type: ignore[arg-type]
+            datetime.fromisoformat(scheduled["effective_from"]),
+        ),
+        alerted=frozenset((pair[0], pair[1]) for pair in data["alerted"]),
+    )
 
 
 def _usage(usage: WorkspaceUsage) -> dict[str, Any]:

@@ -20,12 +20,13 @@ from faust.types import EventT
 
 from ..core.contract_usage import WorkspaceReport
 from ..core.dedupe import FirstSeen, decode_first_seen, encode_first_seen, is_repeat
-from ..core.metering import Reading, count_reading
+from ..core.metering import Reading, UsageChange, count_reading
 from ..core.periods import BillingPeriod, event_time_rejection
 from ..core.workspace import WorkspaceState
 from ..models.outputs import dead_letter
 from ..sinks.kafka import Publisher, TopicPublisher
 from . import commands
+from .alerting import alert_record, apply_alert_settings, judge_change
 from .batches import by_source_partition, finish, hand_over_table_writes
 from .codec import decode_workspace, encode_workspace
 from .contracts import report_message
@@ -75,9 +76,7 @@ class WorkspaceBatch:
         self.mw = mw
         self.workspace_id = workspace_id
         self.publisher = publisher
-        state = decode_workspace(mw.tables.workspaces.get(workspace_id)) or WorkspaceState()
-        self.usage = state.usage
-        self.profile = state.profile
+        self.state = decode_workspace(mw.tables.workspaces.get(workspace_id)) or WorkspaceState()
         self.applied_any = False
         self.first_seen: dict[str, FirstSeen] = {}
         # (metric, period) whose usage this batch changed, for the contract's sum.
@@ -87,7 +86,7 @@ class WorkspaceBatch:
     async def apply(self, events: list[EventT]) -> None:
         for event in events:
             offset = event.message.offset
-            if offset <= self.usage.applied_through:
+            if offset <= self.state.usage.applied_through:
                 self.mw.metrics.messages_replayed.inc()
                 continue
             document = orjson.loads(event.message.value)
@@ -95,14 +94,15 @@ class WorkspaceBatch:
                 for index, item in enumerate(read_usage(document)):
                     await self._count(item, offset * POSITION_STRIDE + index)
             elif document["kind"] == COMMAND:
-                await self._command(document["command"])
-            self.usage = replace(self.usage, applied_through=offset)
+                received = datetime.fromtimestamp(document["received_ms"] / 1000, tz=UTC)
+                await self._command(document["command"], received)
+            self.state = replace(self.state, usage=replace(self.state.usage, applied_through=offset))
             self.applied_any = True
         self._write()
         await self._report_to_contract()
 
     async def _count(self, item: InboxEvent, position: int) -> None:
-        cycle = self.profile.cycle
+        cycle = self.state.profile.cycle
         rejection = event_time_rejection(item.occurred_at, item.received, cycle)
         if rejection is not None:
             self.mw.metrics.events_rejected.labels(rejection).inc()
@@ -115,11 +115,13 @@ class WorkspaceBatch:
             self.mw.metrics.events_repeated.inc()
             return
         reading = Reading(item.event_id, item.metric, item.quantity, item.occurred_at, item.conversation_id)
-        tally, change = count_reading(self.usage.tally(item.metric), reading, cycle, item.received)
+        usage = self.state.usage
+        tally, change = count_reading(usage.tally(item.metric), reading, cycle, item.received)
         self._observe_counted(item)
-        self.usage = replace(self.usage, tallies={**self.usage.tallies, item.metric: tally})
+        self.state = replace(self.state, usage=replace(usage, tallies={**usage.tallies, item.metric: tally}))
         if change.after != change.before:
             self.changed[(item.metric, change.period)] = change.after
+            await self._judge(item, change)
         if first is None or first.position != position:
             self.first_seen[key] = FirstSeen(now_ms, position)
 
@@ -130,17 +132,32 @@ class WorkspaceBatch:
         metrics.processing_delay.observe(max(0.0, now - item.occurred_at.timestamp()))
         metrics.pipeline_latency.observe(max(0.0, now - item.received.timestamp()))
 
-    async def _command(self, command: dict[str, Any]) -> None:
-        before = self.profile.contract
-        self.profile, result = commands.apply_to_profile(self.profile, self.workspace_id, command)
-        if self.profile.contract is not None and self.profile.contract != before:
+    async def _judge(self, item: InboxEvent, change: UsageChange) -> None:
+        self.state, reached = judge_change(self.state, item.metric, change.before, change.after, change.period)
+        if reached is not None:
+            record = alert_record(self.state, self.workspace_id, item.metric, reached, item.event_id, item.received)
+            self.mw.metrics.alerts.labels("workspace", str(reached.level)).inc()
+            await self.publisher.publish(self.mw.channels.alerts, self.workspace_id, record)
+
+    async def _command(self, command: dict[str, Any], received: datetime) -> None:
+        if command["type"] == "alert_settings":
+            self.state, result = apply_alert_settings(self.state, command, received)
+            await self._answer(command, result)
+            return
+        before = self.state.profile.contract
+        profile, result = commands.apply_to_profile(self.state.profile, self.workspace_id, command)
+        self.state = replace(self.state, profile=profile)
+        if profile.contract is not None and profile.contract != before:
             # A new contract learns what this workspace has used so far.
-            for metric, tally in self.usage.tallies.items():
+            for metric, tally in self.state.usage.tallies.items():
                 for period_tally in tally.periods:
                     self.changed[(metric, period_tally.period)] = period_tally.usage
         if result is not None:
-            self.mw.metrics.commands.labels(command["type"], result["status"]).inc()
-            await self.publisher.publish(self.mw.channels.command_results, self.workspace_id, result)
+            await self._answer(command, result)
+
+    async def _answer(self, command: dict[str, Any], result: dict[str, Any]) -> None:
+        self.mw.metrics.commands.labels(command["type"], result["status"]).inc()
+        await self.publisher.publish(self.mw.channels.command_results, self.workspace_id, result)
 
     async def _dead_letter(self, item: InboxEvent, code: str) -> None:
         messages = {
@@ -160,11 +177,11 @@ class WorkspaceBatch:
         await self.publisher.publish(self.mw.channels.dead_letter, self.workspace_id, record)
 
     async def _report_to_contract(self) -> None:
-        contract = self.profile.contract
+        contract = self.state.profile.contract
         if contract is None:
             return
         for (metric, period), usage in self.changed.items():
-            report = WorkspaceReport(self.workspace_id, metric, period, usage, self.usage.applied_through)
+            report = WorkspaceReport(self.workspace_id, metric, period, usage, self.state.usage.applied_through)
             await self.publisher.publish(self.mw.channels.contract_inbox, contract.contract_id, report_message(report))
 
     def _write(self) -> None:
@@ -172,4 +189,4 @@ class WorkspaceBatch:
         for key, first in self.first_seen.items():
             tables.seen_event_ids[key] = encode_first_seen(first)
         if self.applied_any:
-            tables.workspaces[self.workspace_id] = encode_workspace(WorkspaceState(self.usage, self.profile))
+            tables.workspaces[self.workspace_id] = encode_workspace(self.state)

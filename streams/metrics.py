@@ -65,6 +65,9 @@ class Metrics:
         self.commands = Counter(
             "meterwatch_commands_total", "Commands answered, by type and status.", ["type", "status"], registry=r
         )
+        self.alerts = Counter(
+            "meterwatch_alerts_total", "Usage alerts published, by scope and level.", ["scope", "level"], registry=r
+        )
         self.rebalances = Counter(
             "meterwatch_rebalances_total", "Consumer group rebalances seen by this worker.", registry=r
         )

@@ -5,21 +5,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from ..core.alerts import AlertState, roll_to
 from ..core.contract_usage import ContractPeriod
 from ..core.contracts import WorkspaceProfile
 from ..core.costs import estimated_cost, money, prorated_seat_cost
 from ..core.metering import SEATS, WorkspaceUsage, daily_usage, usage_in
 from ..core.periods import BillingPeriod
+from ..core.workspace import WorkspaceState
 from ..models.common import Metric, iso
 
 
 def usage_document(
     workspace_id: str,
-    usage: WorkspaceUsage,
-    profile: WorkspaceProfile,
+    state: WorkspaceState,
     now: datetime,
     contract_usage: ContractPeriod | None = None,
 ) -> dict[str, Any]:
+    usage, profile = state.usage, state.profile
     cycle = profile.cycle
     period = cycle.period_containing(now)
     contract = profile.contract
@@ -28,7 +30,8 @@ def usage_document(
         name = metric.value
         tally = usage.tallies.get(name)
         price = contract.prices.get(name) if contract else None
-        if tally is None and price is None:
+        alert_state = state.alerts.get(name)
+        if tally is None and price is None and alert_state is None:
             continue
         period_tally = tally.for_period(period) if tally else None
         used = usage_in(tally, period)
@@ -36,8 +39,7 @@ def usage_document(
         entry: dict[str, Any] = {
             "usage": used,
             "last_updated": iso(period_tally.last_updated) if period_tally and period_tally.last_updated else None,
-            "alert": None,
-            "scheduled_alert": None,
+            **_alert_settings(alert_state, period),
             "estimated_cost": _cost(name, used, usage, profile, period, others),
             "contract": None,
         }
@@ -53,6 +55,26 @@ def usage_document(
         "period_start": iso(period.start),
         "period_end": iso(period.end),
         "metrics": metrics,
+    }
+
+
+def _alert_settings(alert_state: AlertState | None, period: BillingPeriod) -> dict[str, Any]:
+    if alert_state is None:
+        return {"alert": None, "scheduled_alert": None}
+    rolled = roll_to(alert_state, period)
+    setting, scheduled = rolled.setting, rolled.scheduled
+    return {
+        "alert": None
+        if setting is None
+        else {"threshold": setting.threshold, "early_warnings": setting.early_warnings, "enabled": setting.enabled},
+        "scheduled_alert": None
+        if scheduled is None
+        else {
+            "threshold": scheduled.setting.threshold,
+            "early_warnings": scheduled.setting.early_warnings,
+            "enabled": scheduled.setting.enabled,
+            "effective_from": iso(scheduled.effective_from),
+        },
     }
 
 
@@ -84,10 +106,9 @@ def _cost(
     return {"amount": money(amount), "currency": contract.currency}
 
 
-def daily_document(
-    workspace_id: str, metric: str, usage: WorkspaceUsage, profile: WorkspaceProfile, now: datetime
-) -> dict[str, Any]:
-    cycle = profile.cycle
+def daily_document(workspace_id: str, metric: str, state: WorkspaceState, now: datetime) -> dict[str, Any]:
+    usage = state.usage
+    cycle = state.profile.cycle
     period = cycle.period_containing(now)
     today = cycle.local_date(now)
     days = [day for day in cycle.days_in(period) if day <= today]

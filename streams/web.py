@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING
 from faust.web import Request, Response, View
 
 from ..core.contract_usage import ContractUsage
-from ..core.contracts import WorkspaceProfile
-from ..core.metering import WorkspaceUsage
+from ..core.workspace import WorkspaceState
 from ..models.common import METRIC_NAMES
 from .codec import decode_contract_usage, decode_workspace
 from .usage_view import daily_document, usage_document
@@ -39,13 +38,13 @@ def register(mw: Meterwatch) -> None:
             found = _workspace(mw, workspace_id)
             if found is None:
                 return self.json({"error": "unknown_workspace", "workspace_id": workspace_id}, status=404)
-            usage, profile = found
             now = datetime.now(UTC)
             contract_usage = None
-            if profile.contract is not None:
-                state = await contract_usage_of(mw, profile.contract.contract_id)
-                contract_usage = state.for_period(profile.cycle.period_containing(now))
-            return self.json(usage_document(workspace_id, usage, profile, now, contract_usage))
+            contract = found.profile.contract
+            if contract is not None:
+                summed = await contract_usage_of(mw, contract.contract_id)
+                contract_usage = summed.for_period(found.profile.cycle.period_containing(now))
+            return self.json(usage_document(workspace_id, found, now, contract_usage))
 
     @app.page("/usage/{workspace_id}/daily")
     class Daily(View):
@@ -57,8 +56,7 @@ def register(mw: Meterwatch) -> None:
             found = _workspace(mw, workspace_id)
             if found is None:
                 return self.json({"error": "unknown_workspace", "workspace_id": workspace_id}, status=404)
-            usage, profile = found
-            return self.json(daily_document(workspace_id, metric, usage, profile, datetime.now(UTC)))
+            return self.json(daily_document(workspace_id, metric, found, datetime.now(UTC)))
 
     @app.page("/internal/contract-usage/{contract_id}")
     class ContractUsageView(View):
@@ -79,9 +77,8 @@ async def contract_usage_of(mw: Meterwatch, contract_id: str) -> ContractUsage:
         return decode_contract_usage(await response.read())
 
 
-def _workspace(mw: Meterwatch, workspace_id: str) -> tuple[WorkspaceUsage, WorkspaceProfile] | None:
-    state = decode_workspace(mw.tables.workspaces.get(workspace_id))
-    return None if state is None else (state.usage, state.profile)
+def _workspace(mw: Meterwatch, workspace_id: str) -> WorkspaceState | None:
+    return decode_workspace(mw.tables.workspaces.get(workspace_id))
 
 
 def readiness(mw: Meterwatch) -> str:

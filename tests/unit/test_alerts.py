@@ -203,14 +203,27 @@ SCENARIOS = [
     ),
     pytest.param(
         [Set(1000), Use(1000), Use(500, P2), Use(800, P2), Use(1000, P2), Use(1000, P3)],
-        [APPLIED, alert(100, 1000, 1000), alert(50, 1000, 500, P2), alert(80, 1000, 800, P2),
-         alert(100, 1000, 1000, P2), alert(100, 1000, 1000, P3)],
+        [
+            APPLIED,
+            alert(100, 1000, 1000),
+            alert(50, 1000, 500, P2),
+            alert(80, 1000, 800, P2),
+            alert(100, 1000, 1000, P2),
+            alert(100, 1000, 1000, P3),
+        ],
         id="new-period-re-arms-every-level",
     ),
     pytest.param(
         [Set(1000), Use(600), Set(500), Use(800), Use(1000), Use(250, P2), Use(500, P2)],
-        [APPLIED, alert(50, 1000, 600), scheduled(P2), alert(80, 1000, 800), alert(100, 1000, 1000),
-         alert(50, 500, 250, P2), alert(100, 500, 500, P2)],
+        [
+            APPLIED,
+            alert(50, 1000, 600),
+            scheduled(P2),
+            alert(80, 1000, 800),
+            alert(100, 1000, 1000),
+            alert(50, 500, 250, P2),
+            alert(100, 500, 500, P2),
+        ],
         id="lowering-below-usage-is-scheduled-old-threshold-alerts-meanwhile-new-one-next-period",
     ),
     pytest.param(
@@ -225,8 +238,7 @@ SCENARIOS = [
     ),
     pytest.param(
         [Set(1000), Use(600), Set(500), Set(2000), Use(1000), Use(600, P2), Use(1000, P2)],
-        [APPLIED, alert(50, 1000, 600), scheduled(P2), APPLIED, alert(50, 2000, 1000),
-         alert(50, 2000, 1000, P2)],
+        [APPLIED, alert(50, 1000, 600), scheduled(P2), APPLIED, alert(50, 2000, 1000), alert(50, 2000, 1000, P2)],
         id="a-raise-applied-at-once-cancels-a-pending-schedule",
     ),
     pytest.param(
