@@ -13,8 +13,8 @@ are derived from the state, so replaying the same inputs yields the same transit
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal, TypeAlias
 
 from .periods import BillingPeriod
@@ -224,7 +224,7 @@ def transition_id(workspace_id: str, period_start: datetime, sequence: int) -> s
     """The id of the `sequence`-th (1-based) transition of a workspace in the period that
     starts at `period_start`. Equal instants in different zones give the same id."""
     _require_workspace_id(workspace_id)
-    start_utc = _require_aware(period_start, "period_start").astimezone(timezone.utc)
+    start_utc = _require_aware(period_start, "period_start").astimezone(UTC)
     _require_count(sequence, "sequence")
     name = _ID_FIELD_SEPARATOR.join((workspace_id, start_utc.isoformat(), str(sequence)))
     return str(uuid.uuid5(_TRANSITION_ID_NAMESPACE, name))
@@ -236,9 +236,7 @@ def should_notify(transition: Transition) -> bool:
     return transition.state == DISABLED
 
 
-def next_fin_state(
-    current: FinState, event: FinLimitInput
-) -> tuple[FinState, Transition | None]:
+def next_fin_state(current: FinState, event: FinLimitInput) -> tuple[FinState, Transition | None]:
     """Apply one input to a workspace's Fin state; return the new state and the transition
     to publish, if Fin's state changed.
 
@@ -292,9 +290,7 @@ def next_fin_state(
     state = fin_state_by_rule(setting, usage)
 
     if state == current.state:
-        unchanged = FinState(
-            current.workspace_id, state, period, usage, setting, transitions_in_period
-        )
+        unchanged = FinState(current.workspace_id, state, period, usage, setting, transitions_in_period)
         return unchanged, None
 
     # Only a disabled state or a setting change makes a change of state possible, and both
@@ -320,9 +316,7 @@ def next_fin_state(
     return new_state, transition
 
 
-def _reason(
-    *, new_state: FinAgentState, setting_caused: bool, setting: LimitSetting, rolled: bool
-) -> TransitionReason:
+def _reason(*, new_state: FinAgentState, setting_caused: bool, setting: LimitSetting, rolled: bool) -> TransitionReason:
     """Why Fin's state changed.
 
     The setting is the cause when the previous setting, applied to the new usage, would
@@ -338,8 +332,3 @@ def _reason(
     if rolled:
         return "new_period"
     return "usage_dropped"
-
-
-# Keep `replace` importable for callers building states in tests without re-validating
-# by hand; it runs __post_init__, so the rule check still applies.
-del replace

@@ -56,6 +56,9 @@ def create_app(
         broker_session_timeout=10,
         broker_heartbeat_interval=1,
         consumer_auto_offset_reset="earliest",
+        # Under exactly_once, outputs become visible when the transaction commits: commit often
+        # enough that an alert is out within a second of its event.
+        broker_commit_interval=0.2,
         web_port=settings.web_port,
         web_bind=settings.web_bind,
         web_host=settings.web_host,
