@@ -165,12 +165,12 @@ def versions() -> dict[str, str]:
 def repo_state() -> dict[str, Any]:
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10).stdout.strip()
+            return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10).stdout.rstrip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
     changed = [line for line in git("status", "--porcelain").splitlines() if not line[3:].startswith("bench/")]
-    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_changes_outside_bench": changed}
+    return {"commit": git("rev-parse", "--short", "HEAD").strip(), "uncommitted_changes_outside_bench": changed}
 
 
 def tansu_version() -> str:
@@ -311,7 +311,7 @@ class MeterwatchWorker:
     partitions: int
     data_dir: Path
     log_path: Path
-    profile_path: Path | None = None
+    profile_path: Path | None = None  # pyinstrument only: the whole process runs under it
     web_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     conn: http.client.HTTPConnection | None = None
@@ -463,6 +463,7 @@ class MeterwatchWorker:
             "sst_bytes": sst,
             "wal_bytes": wal,
             "files": files,
+            "listing": sorted(str(p.relative_to(self.data_dir)) for p in self.data_dir.rglob("*"))[:20],
         }
 
     def stop(self) -> None:
@@ -516,13 +517,45 @@ def run_bare_faust(bootstrap: str, topic: str, partitions: int, messages: int, p
         stop_process(proc)
 
 
-def run_meterwatch(worker: MeterwatchWorker, expected: dict[str, int]) -> dict[str, Any]:
+def find_py_spy() -> str | None:
+    for candidate in (os.environ.get("PY_SPY"), shutil.which("py-spy"), "/tmp/pyspy/bin/py-spy"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def start_py_spy(pid: int, raw_path: Path, log_dir: Path) -> subprocess.Popen[bytes]:
+    """Sample the worker from outside (no instrumentation in it), from now until stopped."""
+    py_spy = find_py_spy()
+    assert py_spy is not None
+    argv = [py_spy, "record", "--pid", str(pid), "--format", "raw", "--output", str(raw_path),
+            "--rate", "100", "--idle", "--function", "--threads"]  # fmt: skip
+    with open(log_dir / f"{raw_path.stem}.py-spy.log", "wb") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_py_spy(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)  # py-spy writes its output on SIGINT
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            stop_process(proc)
+
+
+def run_meterwatch(worker: MeterwatchWorker, expected: dict[str, int], spy_path: Path | None = None, log_dir: Path | None = None) -> dict[str, Any]:
     worker.start()
+    spy = None
     try:
         launched = time.perf_counter()
         healthy_at, guarantee = worker.wait_healthy()
+        if spy_path is not None:
+            spy = start_py_spy(worker.pid, spy_path, log_dir or RESULTS)
         total = sum(expected.values())
         counted = worker.wait_counted(expected, timeout=max(300.0, total / 1000))
+        if spy is not None:
+            stop_py_spy(spy)
         memory = worker.memory()
         if not counted["complete"]:
             raise RuntimeError(f"worker counted {counted['counted']} of {total} in time:\n{tail(worker.log_path)}")
@@ -538,6 +571,8 @@ def run_meterwatch(worker: MeterwatchWorker, expected: dict[str, int]) -> dict[s
             "rss_bytes": memory.get("VmRSS"),
         }
     finally:
+        if spy is not None:
+            stop_py_spy(spy)
         worker.stop()
 
 
@@ -570,7 +605,11 @@ def run_shape(args: argparse.Namespace, shape: Shape, bootstrap: str, tag: str, 
     bare = run_bare_faust(bootstrap, topic, partitions, produced["messages"], shape.events_per_message, work, log_dir, shape.name)
     log(f"{shape.name}: bare Faust: {rate(bare['events_per_s'])} events/s")
 
-    profile_path = RESULTS / f"profile-{shape.name}.txt" if args.profile else None
+    profile_path = spy_path = None
+    if args.profile == "pyinstrument":
+        profile_path = RESULTS / f"profile-{shape.name}.txt"
+    elif args.profile == "py-spy":
+        spy_path = RESULTS / f"profile-{shape.name}.raw"
     worker = MeterwatchWorker(
         bootstrap=bootstrap,
         prefix=prefix,
@@ -580,11 +619,18 @@ def run_shape(args: argparse.Namespace, shape: Shape, bootstrap: str, tag: str, 
         log_path=log_dir / f"worker-{shape.name}.log",
         profile_path=profile_path,
     )
-    log(f"{shape.name}: meterwatch worker end to end{' (under pyinstrument)' if profile_path else ''} ...")
-    mw = run_meterwatch(worker, expected)
+    log(f"{shape.name}: meterwatch worker end to end{' (profiled with ' + args.profile + ')' if args.profile else ''} ...")
+    mw = run_meterwatch(worker, expected, spy_path, log_dir)
     mw["env"] = worker.env_settings
     if profile_path:
         mw["profile"] = str(profile_path)
+    if spy_path:
+        from profile_summary import render, summarise
+
+        mw["profile"] = str(spy_path)
+        summary = summarise(spy_path)
+        mw["profile_summary"] = summary
+        (RESULTS / f"profile-{shape.name}.txt").write_text(render(summary) + "\n")
     log(f"{shape.name}: meterwatch: {rate(mw['events_per_s'])} events/s, peak RSS {mib(mw['peak_rss_bytes'])}")
     return {"shape": shape.name, "events_per_message": shape.events_per_message, "produced": produced, "raw": raw, "bare_faust": bare, "meterwatch": mw}
 
@@ -665,7 +711,11 @@ def run_dedupe_memory(args: argparse.Namespace, bootstrap: str, tag: str, work: 
     result["rss_trajectory"] = trajectory
     steps_done = result["steps"]
     if len(steps_done) == 2 and steps_done[0]["rss_bytes"] and steps_done[1]["rss_bytes"]:
-        result["rss_ratio"] = steps_done[1]["rss_bytes"] / steps_done[0]["rss_bytes"]
+        first, second = steps_done
+        result["rss_ratio"] = second["rss_bytes"] / first["rss_bytes"]
+        extra_ids = second["counted"] - first["counted"]
+        if extra_ids > 0:
+            result["rss_growth_bytes_per_id"] = (second["rss_bytes"] - first["rss_bytes"]) / extra_ids
     return result
 
 
@@ -691,14 +741,14 @@ def report(results: dict[str, Any]) -> str:
     for key, value in results["config"].items():
         lines.append(f"  {key}: {value}")
     lines.append("")
-    header = f"{'phase':<34}{'shape':<8}{'events':>10}{'seconds':>9}{'events/s':>11}{'÷ raw':>8}{'÷ bare':>8}  target"
+    header = f"{'phase':<44}{'shape':<8}{'events':>10}{'seconds':>9}{'events/s':>11}{'÷ raw':>8}{'÷ bare':>8}  target"
     lines.append(header)
     lines.append("-" * len(header))
     for shape in results["shapes"]:
         name = shape["shape"]
         raw, bare, mw = shape["raw"], shape["bare_faust"], shape["meterwatch"]
-        lines.append(f"{'1. raw aiokafka + parse/validate':<34}{name:<8}{raw['events']:>10,}{raw['seconds']:>9.2f}{rate(raw['events_per_s']):>11}")
-        lines.append(f"{'2. bare Faust agent (iterate only)':<34}{name:<8}{bare['events']:>10,}{bare['seconds']:>9.2f}{rate(bare['events_per_s']):>11}")
+        lines.append(f"{'1. raw aiokafka + parse/validate':<44}{name:<8}{raw['events']:>10,}{raw['seconds']:>9.2f}{rate(raw['events_per_s']):>11}")
+        lines.append(f"{'2. bare Faust agent (iterate only)':<44}{name:<8}{bare['events']:>10,}{bare['seconds']:>9.2f}{rate(bare['events_per_s']):>11}")
         vs_raw = mw["events_per_s"] / raw["events_per_s"]
         vs_bare = mw["events_per_s"] / bare["events_per_s"]
         if name == "single":
@@ -709,7 +759,7 @@ def report(results: dict[str, Any]) -> str:
                 f"aim ≥ {TARGET_BATCH_VS_RAW} × raw: {verdict(vs_raw >= TARGET_BATCH_VS_RAW)}"
             )
         profiled = " (PROFILED)" if mw.get("profile") else ""
-        lines.append(f"{'3. meterwatch worker end to end' + profiled:<34}{name:<8}{mw['events']:>10,}{mw['seconds']:>9.2f}{rate(mw['events_per_s']):>11}{vs_raw:>8.3f}{vs_bare:>8.3f}  {target}")
+        lines.append(f"{'3. meterwatch worker end to end' + profiled:<44}{name:<8}{mw['events']:>10,}{mw['seconds']:>9.2f}{rate(mw['events_per_s']):>11}{vs_raw:>8.3f}{vs_bare:>8.3f}  {target}")
         if mw["overcounted"]:
             lines.append(f"   !! meterwatch over-counted: {mw['overcounted']}")
         lines.append("")
@@ -720,6 +770,14 @@ def report(results: dict[str, Any]) -> str:
             f"guarantee {mw['processing_guarantee']}, peak RSS (VmHWM) {mib(mw['peak_rss_bytes'])}; "
             f"bare Faust peak RSS {mib(shape['bare_faust'].get('peak_rss_bytes'))}"
         )
+    for shape in results["shapes"]:
+        summary = shape["meterwatch"].get("profile_summary")
+        if summary:
+            from profile_summary import render
+
+            lines.append("")
+            lines.append(f"profile of the meterwatch worker, {shape['shape']} run (py-spy, while counting):")
+            lines.extend("  " + line for line in render(summary, max_inclusive=25).splitlines())
     batch = next((s for s in results["shapes"] if s["shape"] == "batch"), None)
     lines.append("")
     lines.append("memory:")
@@ -735,11 +793,24 @@ def report(results: dict[str, Any]) -> str:
                 f"RocksDB seen-event-ids {mib(db['allocated_bytes'])} on disk ({db['dirs']} partition dirs; "
                 f"SST {mib(db['sst_bytes'])}, WAL {mib(db['wal_bytes'])}); counted at {rate(step['events_per_s'])} events/s"
             )
+        if dedupe["steps"] and not dedupe["steps"][0]["rocksdb"]["dirs"]:
+            lines.append(
+                "  !! no RocksDB directory for seen-event-ids under METERWATCH_DATA_DIR "
+                f"(contents: {dedupe['steps'][0]['rocksdb'].get('listing')}): the dedupe table is NOT on disk"
+            )
         if dedupe["skipped_5m"]:
             lines.append("  4b. the 5,000,000-id step was SKIPPED (--quick)")
         if "rss_ratio" in dedupe:
             ratio = dedupe["rss_ratio"]
-            lines.append(f"  RSS 5M / RSS 1M = {ratio:.3f}  target ≤ {TARGET_RSS_GROWTH}: {verdict(ratio <= TARGET_RSS_GROWTH)}")
+            second = dedupe["steps"][1]
+            label = "5M" if second["complete"] else f"{second['counted']:,} counted (5M step incomplete)"
+            lines.append(f"  RSS {label} / RSS 1M = {ratio:.3f}  target ≤ {TARGET_RSS_GROWTH}: {verdict(ratio <= TARGET_RSS_GROWTH)}")
+            if "rss_growth_bytes_per_id" in dedupe:
+                lines.append(f"  RSS growth between the two measurements: {dedupe['rss_growth_bytes_per_id']:,.0f} bytes per additional event id")
+        trajectory = dedupe.get("rss_trajectory") or []
+        if trajectory:
+            picks = trajectory[:: max(1, len(trajectory) // 8)] + ([trajectory[-1]] if len(trajectory) > 1 else [])
+            lines.append("  RSS while counting (s since healthy, ~ids counted, RSS): " + "; ".join(f"{t:.0f}s {n:,} {mib(r)}" for t, n, r in picks))
     else:
         lines.append("  4b. dedupe store step not run")
     return "\n".join(lines)
@@ -761,9 +832,19 @@ def main() -> int:
     parser.add_argument("--dedupe-first", type=int, default=1_000_000)
     parser.add_argument("--dedupe-second", type=int, default=5_000_000)
     parser.add_argument("--dedupe-timeout", type=float, default=900.0, help="seconds allowed for the 1M→5M step")
-    parser.add_argument("--profile", action="store_true", help="run the meterwatch workers under pyinstrument (bench/results/profile-*.txt); figures are then not comparable")
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const="py-spy",
+        choices=["py-spy", "pyinstrument"],
+        help="profile the meterwatch workers of phase 3: py-spy (default; sampled from outside while counting; "
+        "needs py-spy on PATH, in $PY_SPY or /tmp/pyspy/bin) or pyinstrument (whole process, heavy overhead); "
+        "summaries in bench/results/profile-*.txt",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args()
+    if args.profile == "py-spy" and find_py_spy() is None:
+        parser.error("--profile py-spy: py-spy not found (pip install --target /tmp/pyspy py-spy, or use --profile pyinstrument)")
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     tag = time.strftime("%m%d%H%M%S")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal
 
 from .periods import BillingPeriod
@@ -242,7 +242,7 @@ def apply_setting(
         alerted = state.alerted | _reached_pairs(levels_of(setting), setting.threshold, usage_now)
         applied = AlertState(period=state.period, setting=setting, scheduled=None, alerted=alerted)
         return applied, SettingOutcome("applied")
-    effective_from = next_period_start.astimezone(timezone.utc)
+    effective_from = next_period_start.astimezone(UTC)
     scheduled = replace(state, scheduled=ScheduledSetting(setting, effective_from))
     return scheduled, SettingOutcome("scheduled", effective_from)
 
@@ -306,5 +306,5 @@ def alert_id(scope: str, owner_id: str, metric: str, period_start: datetime, thr
     for name, value in (("scope", scope), ("owner_id", owner_id), ("metric", metric)):
         if not value or _ALERT_ID_SEPARATOR in value:
             raise ValueError(f"{name} must be non-empty and free of U+001F, got {value!r}")
-    fields = (scope, owner_id, metric, period_start.astimezone(timezone.utc).isoformat(), str(threshold), str(level))
+    fields = (scope, owner_id, metric, period_start.astimezone(UTC).isoformat(), str(threshold), str(level))
     return str(uuid.uuid5(_ALERT_ID_NAMESPACE, _ALERT_ID_SEPARATOR.join(fields)))

@@ -6,10 +6,10 @@ delivered twice, or an older one arriving late, changes nothing: the newest posi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
-from typing import Mapping
 
 from .periods import LATE_EVENT_GRACE, BillingPeriod
 

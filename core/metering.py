@@ -6,10 +6,10 @@ Tallies are frozen; every change returns a new one (Faust only persists assignme
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from types import MappingProxyType
-from typing import Mapping
 
 from .periods import LATE_EVENT_GRACE, BillingCycle, BillingPeriod
 

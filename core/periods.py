@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import calendar
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 __all__ = [
@@ -43,7 +43,7 @@ def _require_aware(value: object, name: str) -> datetime:
 
 
 def _as_utc(value: object, name: str) -> datetime:
-    return _require_aware(value, name).astimezone(timezone.utc)
+    return _require_aware(value, name).astimezone(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +177,7 @@ class BillingCycle:
         clock change becomes the first instant that exists after it, i.e. the transition.
         """
         midnight = datetime.combine(day, time())
-        earliest = midnight.replace(tzinfo=self._zone, fold=0).astimezone(timezone.utc)
+        earliest = midnight.replace(tzinfo=self._zone, fold=0).astimezone(UTC)
         if self._wall_time(earliest) == midnight:
             return earliest
         return self._transition_across(midnight)
@@ -185,7 +185,7 @@ class BillingCycle:
     def _transition_across(self, missing_wall: datetime) -> datetime:
         # For a wall time inside a gap, fold=1 reads it with the offset after the
         # transition and fold=0 with the offset before; the transition lies between them.
-        candidates = [missing_wall.replace(tzinfo=self._zone, fold=fold).astimezone(timezone.utc) for fold in (0, 1)]
+        candidates = [missing_wall.replace(tzinfo=self._zone, fold=fold).astimezone(UTC) for fold in (0, 1)]
         before, after = min(candidates), max(candidates)
         # Invariant: wall(before) < missing_wall <= wall(after).
         while after - before > _TRANSITION_RESOLUTION:

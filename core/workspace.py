@@ -6,12 +6,13 @@ describes exactly the counts, settings and states it was written with.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 from .alerts import AlertState
 from .contracts import WorkspaceProfile
+from .fin_limit import FinState
 from .metering import WorkspaceUsage
 from .periods import BillingPeriod
 
@@ -31,6 +32,7 @@ class WorkspaceState:
     profile: WorkspaceProfile = field(default_factory=WorkspaceProfile)
     alerts: Mapping[str, AlertState] = field(default_factory=lambda: MappingProxyType({}))
     contract_others: ContractOthers | None = None
+    fin: FinState | None = None
 
     def others_usage(self, metric: str, period: BillingPeriod) -> int:
         others = self.contract_others

@@ -44,10 +44,6 @@ class MailSender(Protocol):
     async def send(self, message: EmailMessage, recipients: Sequence[str] | None = None) -> SendResult: ...
 
 
-def addressed_to(message: EmailMessage) -> list[str]:
-    return [address for _, address in getaddresses(message.get_all("To", []) + message.get_all("Cc", []))]
-
-
 class SmtpMailer:
     """One connection per send: alert mail is rare, and a fresh connection has no stale state."""
 
@@ -65,8 +61,8 @@ class SmtpMailer:
         return f"SmtpMailer({self.host}:{self.port}, starttls={self.starttls}, login={self._username is not None})"
 
     async def send(self, message: EmailMessage, recipients: Sequence[str] | None = None) -> SendResult:
-        """One attempt to deliver ``message`` to ``recipients`` (default: its To and Cc)."""
-        to = list(recipients) if recipients is not None else addressed_to(message)
+        """One attempt to deliver ``message`` to ``recipients`` (default: its To)."""
+        to = list(recipients if recipients is not None else (a for _, a in getaddresses(message.get_all("To", []))))
         if not to:
             return SendResult(permanent_error="the message has no recipients")
         client = aiosmtplib.SMTP(
@@ -92,6 +88,9 @@ class SmtpMailer:
             # Refused or reset connections, timeouts, TLS failures, no STARTTLS: the server or
             # the network, not the mail; a later attempt can succeed.
             return SendResult(transient_error=f"{type(error).__name__}: {one_line(error, 200)}")
+        except asyncio.CancelledError:
+            client.close()  # shutting down: no waiting for a polite QUIT
+            raise
         finally:
             await _quit_quietly(client)
         return _per_recipient(to, {address: _reply(*reply) for address, reply in errors.items()})
@@ -178,18 +177,20 @@ class MailOutbox:
 
     async def close(self, grace: float = 0.0) -> list[str]:
         """Stop, after waiting up to ``grace`` seconds for pending mail. Returns the keys never sent."""
-        self._closed = True
-        if grace > 0 and self._pending:
-            await asyncio.wait(list(self._pending.values()), timeout=grace)
-        unsent = list(self._pending)
-        for task in list(self._pending.values()):
+        self._closed = True  # also ends a retry loop whose cancellation was lost (asyncio.wait_for on 3.11)
+        pending = dict(self._pending)
+        if grace > 0 and pending:
+            await asyncio.wait(pending.values(), timeout=grace)
+        for task in pending.values():
             task.cancel()
-        await asyncio.gather(*self._pending.values(), return_exceptions=True)
+        settled = await asyncio.gather(*pending.values(), return_exceptions=True)
+        unsent = [key for key, done in zip(pending, settled, strict=True) if done is not True]
         if unsent:
             log.warning("mail outbox closed with %d unsent mail(s): %r", len(unsent), unsent)
         return unsent
 
-    async def _deliver(self, key: str, message: EmailMessage) -> None:
+    async def _deliver(self, key: str, message: EmailMessage) -> bool:
+        """True once the key is settled (sent or failed, and reported); False if closed first."""
         try:
             recipients: list[str] | None = None  # None: everyone the message is addressed to
             accepted: list[str] = []
@@ -221,6 +222,7 @@ class MailOutbox:
                 reason = result.permanent_error or f"every recipient refused: {refused}"
                 log.error("mail %r: not sent: %s", key, reason)
                 await _call(self._on_failed, key, reason)
+            return True
         finally:
             self._pending.pop(key, None)
 

@@ -100,7 +100,8 @@ def check_recipients(addresses: Any) -> RecipientCheck:
 def sender_address(sender: str) -> Address:
     """``METERWATCH_SMTP_FROM`` as ``alerts@example.com`` or ``Meterwatch <alerts@example.com>``."""
     name, address = parseaddr(sender)
-    if not valid_address(address):
+    # parseaddr skips what follows a line break; a sender with one is a broken setting, not a name.
+    if not valid_address(address) or any(unicodedata.category(char) in ("Cc", "Zl", "Zp") for char in sender):
         raise MailCompositionError(f"the sender address {one_line(sender)!r} is not a valid address")
     local, domain = address.split("@")
     return Address(display_name=one_line(name, 80), username=local, domain=domain)

@@ -79,7 +79,7 @@ def create_app(
     built = Meterwatch(app, settings, guarantee, names, channels, tables, metrics or Metrics())
 
     # Imported here so that each module registers its own agents or views on this app only.
-    from . import contracts, control, counting, ingest, observability, web
+    from . import contracts, control, counting, ingest, observability, timers, web
 
     ingest.register(built)
     control.register(built)
@@ -87,6 +87,7 @@ def create_app(
     contracts.register(built)
     web.register(built)
     observability.register(built)
+    timers.register(built)
     return built
 
 

@@ -26,14 +26,9 @@ def by_source_partition(events: Iterable[EventT]) -> Iterator[tuple[int, list[Ev
             yield partition, part
 
 
-async def hand_over_table_writes(mw: Meterwatch) -> None:
-    """Table writes wait in Faust's buffer; hand them to the producer while still acting for the
-    partition that made them."""
-    await mw.app.producer.buffer.flush()
-
-
 async def finish(mw: Meterwatch, publisher: TopicPublisher) -> None:
     """Wait until every record and table write of the batch is acknowledged, before the batch's
     input is acknowledged: input is never committed ahead of what it produced."""
     await publisher.flush()
-    await mw.app.producer.flush()
+    for table in mw.tables.all():
+        await table.wait_for_writes()

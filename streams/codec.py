@@ -12,6 +12,7 @@ import orjson
 from ..core.alerts import AlertSetting, AlertState, ScheduledSetting
 from ..core.contract_usage import ContractPeriod, ContractUsage
 from ..core.contracts import ContractTerms, Price, WorkspaceProfile
+from ..core.fin_limit import FinState, LimitSetting
 from ..core.metering import MetricTally, PeriodTally, WorkspaceUsage
 from ..core.periods import BillingCycle, BillingPeriod
 from ..core.workspace import ContractOthers, WorkspaceState
@@ -27,6 +28,7 @@ def encode_workspace(state: WorkspaceState) -> bytes:
             "contract_others": None
             if others is None
             else {"period": _period(others.period), "usage": dict(others.usage)},
+            "fin": None if state.fin is None else _fin(state.fin),
         }
     )
 
@@ -43,6 +45,31 @@ def decode_workspace(raw: bytes | None) -> WorkspaceState | None:
         contract_others=None
         if others is None
         else ContractOthers(_read_period(others["period"]), MappingProxyType(others["usage"])),
+        fin=None if data.get("fin") is None else _read_fin(data["fin"]),
+    )
+
+
+def _fin(fin: FinState) -> dict[str, Any]:
+    setting = fin.setting
+    return {
+        "workspace_id": fin.workspace_id,
+        "state": fin.state,
+        "period": _period(fin.period),
+        "usage": fin.usage,
+        "setting": None if setting is None else [setting.limit, setting.enabled],
+        "transitions_in_period": fin.transitions_in_period,
+    }
+
+
+def _read_fin(data: dict[str, Any]) -> FinState:
+    setting = data["setting"]
+    return FinState(
+        workspace_id=data["workspace_id"],
+        state=data["state"],
+        period=_read_period(data["period"]),
+        usage=data["usage"],
+        setting=None if setting is None else LimitSetting(setting[0], setting[1]),
+        transitions_in_period=data["transitions_in_period"],
     )
 
 

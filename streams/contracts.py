@@ -14,7 +14,7 @@ from ..core.contract_usage import ContractUsage, WorkspaceReport, change_members
 from ..core.periods import BillingPeriod
 from ..models.outputs import command_result
 from ..sinks.kafka import TopicPublisher
-from .batches import by_source_partition, finish, hand_over_table_writes
+from .batches import by_source_partition, finish
 from .codec import decode_contract_usage, encode_contract_usage
 from .commands import CONTRACT_LEFT, CONTRACT_TERMS
 from .inbox import command_message
@@ -82,7 +82,6 @@ async def sum_batch(mw: Meterwatch, events: list[EventT]) -> None:
                 now = datetime.fromtimestamp(event.message.timestamp, tz=UTC)
                 state, _change = record_report(state, read_report(document), now)
             table[contract_id] = encode_contract_usage(state)
-        await hand_over_table_writes(mw)
     await finish(mw, publisher)
 
 

@@ -12,7 +12,7 @@ from faust.types import EventT
 from ..models.commands import CommandRejected, Subscription, parse_command
 from ..models.outputs import command_result
 from ..sinks.kafka import TopicPublisher
-from .batches import by_source_partition, finish, hand_over_table_writes
+from .batches import by_source_partition, finish
 from .contracts import subscription_message
 from .inbox import command_message
 
@@ -31,7 +31,6 @@ async def forward_commands(mw: Meterwatch, events: list[EventT]) -> None:
     publisher = TopicPublisher()
     for _, part in by_source_partition(events):
         await _forward_part(mw, part, publisher)
-        await hand_over_table_writes(mw)
     await finish(mw, publisher)
 
 

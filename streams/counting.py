@@ -20,14 +20,15 @@ from faust.types import EventT
 
 from ..core.contract_usage import WorkspaceReport
 from ..core.dedupe import FirstSeen, decode_first_seen, encode_first_seen, is_repeat
-from ..core.metering import Reading, UsageChange, count_reading
+from ..core.fin_limit import Transition
+from ..core.metering import FIN_RESOLUTIONS, Reading, UsageChange, count_reading
 from ..core.periods import BillingPeriod, event_time_rejection
 from ..core.workspace import WorkspaceState
 from ..models.outputs import dead_letter
 from ..sinks.kafka import Publisher, TopicPublisher
-from . import commands
+from . import commands, fin
 from .alerting import alert_record, apply_alert_settings, judge_change
-from .batches import by_source_partition, finish, hand_over_table_writes
+from .batches import by_source_partition, finish
 from .codec import decode_workspace, encode_workspace
 from .contracts import report_message
 from .inbox import COMMAND, POSITION_STRIDE, USAGE, InboxEvent, read_usage
@@ -65,7 +66,6 @@ async def _count_batch(mw: Meterwatch, events: list[EventT]) -> None:
             by_workspace[event.message.key.decode()].append(event)
         for workspace_id, workspace_events in by_workspace.items():
             await WorkspaceBatch(mw, workspace_id, publisher).apply(workspace_events)
-        await hand_over_table_writes(mw)
     await finish(mw, publisher)
 
 
@@ -122,6 +122,11 @@ class WorkspaceBatch:
         if change.after != change.before:
             self.changed[(item.metric, change.period)] = change.after
             await self._judge(item, change)
+            if item.metric == FIN_RESOLUTIONS:
+                self.state, transition = fin.on_usage(
+                    self.state, self.workspace_id, change.after, change.period, item.received
+                )
+                await self._publish_transition(transition)
         if first is None or first.position != position:
             self.first_seen[key] = FirstSeen(now_ms, position)
 
@@ -139,10 +144,32 @@ class WorkspaceBatch:
             self.mw.metrics.alerts.labels("workspace", str(reached.level)).inc()
             await self.publisher.publish(self.mw.channels.alerts, self.workspace_id, record)
 
+    async def _publish_transition(self, transition: Transition | None) -> None:
+        if transition is None:
+            return
+        self.mw.metrics.limit_transitions.labels(transition.reason).inc()
+        channels = self.mw.channels
+        await self.publisher.publish(
+            channels.limits, self.workspace_id, fin.limit_record(self.workspace_id, transition)
+        )
+        notification = fin.notification_record(self.workspace_id, transition)
+        if notification is not None:
+            await self.publisher.publish(channels.notifications, self.workspace_id, notification)
+
     async def _command(self, command: dict[str, Any], received: datetime) -> None:
-        if command["type"] == "alert_settings":
+        kind = command["type"]
+        if kind == "alert_settings":
             self.state, result = apply_alert_settings(self.state, command, received)
             await self._answer(command, result)
+            return
+        if kind == "limit_settings":
+            self.state, transition, result = fin.on_limit_settings(self.state, self.workspace_id, command, received)
+            await self._answer(command, result)
+            await self._publish_transition(transition)
+            return
+        if kind == fin.PERIOD_TICK:
+            self.state, transition = fin.on_period_tick(self.state, self.workspace_id, received)
+            await self._publish_transition(transition)
             return
         before = self.state.profile.contract
         profile, result = commands.apply_to_profile(self.state.profile, self.workspace_id, command)

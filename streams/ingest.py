@@ -15,7 +15,7 @@ from faust.types import EventT
 from ..models.outputs import dead_letter
 from ..models.usage_event import UsageEvent, parse_usage_message
 from ..sinks.kafka import TopicPublisher
-from .batches import by_source_partition, finish, hand_over_table_writes
+from .batches import by_source_partition, finish
 from .inbox import EVENTS_PER_MESSAGE, Origin, usage_message
 
 if TYPE_CHECKING:
@@ -43,7 +43,6 @@ async def forward_usage(mw: Meterwatch, events: list[EventT]) -> None:
         publisher = TopicPublisher()
         for _, part in by_source_partition(events):
             await _forward_part(mw, part, publisher)
-            await hand_over_table_writes(mw)
         await finish(mw, publisher)
 
 

@@ -68,6 +68,12 @@ class Metrics:
         self.alerts = Counter(
             "meterwatch_alerts_total", "Usage alerts published, by scope and level.", ["scope", "level"], registry=r
         )
+        self.limit_transitions = Counter(
+            "meterwatch_limit_transitions_total",
+            "Fin hard-limit state changes published, by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.rebalances = Counter(
             "meterwatch_rebalances_total", "Consumer group rebalances seen by this worker.", registry=r
         )

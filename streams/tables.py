@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import faust
 
 from ..config import Settings
+from .durable_table import DurableTable
 
 
 @dataclass(frozen=True)
@@ -19,30 +20,23 @@ class Tables:
     # workspace_id \x1f event_id -> FirstSeen (core.dedupe); on disk, so memory stays bounded
     seen_event_ids: faust.Table
 
+    def all(self) -> tuple[DurableTable, ...]:
+        return (self.workspaces, self.contract_usage, self.seen_event_ids)  # type: ignore[return-value]
+
 
 def declare_tables(app: faust.App, settings: Settings) -> Tables:
-    def table(name: str, *, retention_seconds: float | None = None, **options: object) -> faust.Table:
-        changelog = app.topic(
-            settings.internal_topic(f"{name}-changelog"),
-            key_type=str,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=settings.partitions,
-            compacting=True,
-            # Entries that outlive their use are also deleted, so recovery reads a bounded log.
-            deleting=retention_seconds is not None,
-            retention=retention_seconds,
-            internal=True,
-        )
-        return app.Table(
-            name,
+    def table(name: str, **options: object) -> faust.Table:
+        # Faust names the changelog "{app id}-{name}-changelog"; the app id is "{prefix}{app_id}".
+        table = DurableTable(
+            app,
+            name=name,
             key_type=str,
             value_type=bytes,
             partitions=settings.partitions,
-            changelog_topic=changelog,
+            beacon=app.tables.beacon,
             **options,
         )
+        return app.tables.add(table)
 
     window_seconds = int(settings.dedupe_window.total_seconds())
     return Tables(
@@ -50,7 +44,9 @@ def declare_tables(app: faust.App, settings: Settings) -> Tables:
         contract_usage=table("contract-usage"),
         seen_event_ids=table(
             "seen-event-ids",
-            retention_seconds=window_seconds * 2,
+            # Entries long past the window are also deleted from the changelog, so recovery
+            # reads a bounded log.
+            extra_topic_configs={"cleanup.policy": "compact,delete", "retention.ms": str(window_seconds * 2 * 1000)},
             store="rocksdb://",
             # RocksDB drops entries once they are well past the window, bounding the disk too.
             options={"ttl": window_seconds * 2},

@@ -9,6 +9,7 @@ from ..core.alerts import AlertState, roll_to
 from ..core.contract_usage import ContractPeriod
 from ..core.contracts import WorkspaceProfile
 from ..core.costs import estimated_cost, money, prorated_seat_cost
+from ..core.fin_limit import fin_state_by_rule
 from ..core.metering import SEATS, WorkspaceUsage, daily_usage, usage_in
 from ..core.periods import BillingPeriod
 from ..core.workspace import WorkspaceState
@@ -31,7 +32,8 @@ def usage_document(
         tally = usage.tallies.get(name)
         price = contract.prices.get(name) if contract else None
         alert_state = state.alerts.get(name)
-        if tally is None and price is None and alert_state is None:
+        has_limit = name == Metric.FIN_RESOLUTIONS.value and state.fin is not None
+        if tally is None and price is None and alert_state is None and not has_limit:
             continue
         period_tally = tally.for_period(period) if tally else None
         used = usage_in(tally, period)
@@ -46,8 +48,9 @@ def usage_document(
         if contract is not None and contract.included(name) is not None:
             entry["contract"] = {"usage": used + others, "included": contract.included(name)}
         if name == Metric.FIN_RESOLUTIONS.value:
-            entry["limit"] = None
-            entry["fin_state"] = "enabled"
+            setting = state.fin.setting if state.fin else None
+            entry["limit"] = None if setting is None else {"limit": setting.limit, "enabled": setting.enabled}
+            entry["fin_state"] = _fin_state_now(state, period)
         metrics[name] = entry
     return {
         "workspace_id": workspace_id,
@@ -56,6 +59,16 @@ def usage_document(
         "period_end": iso(period.end),
         "metrics": metrics,
     }
+
+
+def _fin_state_now(state: WorkspaceState, period: BillingPeriod) -> str:
+    fin = state.fin
+    if fin is None:
+        return "enabled"
+    # A period that has ended re-enables Fin; the timer publishes it, the page need not wait.
+    if fin.period is not None and fin.period.start < period.start:
+        return fin_state_by_rule(fin.setting, 0)
+    return fin.state
 
 
 def _alert_settings(alert_state: AlertState | None, period: BillingPeriod) -> dict[str, Any]:

@@ -1,0 +1,49 @@
+"""A Faust table whose changelog writes are sent at once and can be awaited.
+
+Faust queues table writes in a buffer that a background task drains, and its ``flush`` gives up
+after 0.1 s with messages still queued, so an offset could be committed ahead of the state it
+produced. Here each write is published from the writing task itself (so, under exactly_once, it
+joins the transaction of the partition being processed) and its future is kept until
+``wait_for_writes`` has seen the broker acknowledge it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import faust
+from faust.types import FutureMessage
+
+
+class DurableTable(faust.Table):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unacknowledged: list[FutureMessage] = []
+
+    def send_changelog(
+        self,
+        partition: int | None,
+        key: Any,
+        value: Any,
+        key_serializer: Any = None,
+        value_serializer: Any = None,
+    ) -> FutureMessage:
+        message = self.changelog_topic.as_future_message(
+            key=key,
+            value=value,
+            partition=partition,
+            key_serializer=key_serializer or self.key_serializer,
+            value_serializer=value_serializer or self.value_serializer,
+            callback=self._on_changelog_sent,
+            eager_partitioning=True,
+        )
+        # The task copies this context, so the send knows which source partition it serves.
+        asyncio.ensure_future(self.changelog_topic.publish_message(message))
+        self._unacknowledged.append(message)
+        return message
+
+    async def wait_for_writes(self) -> None:
+        pending, self._unacknowledged = self._unacknowledged, []
+        if pending:
+            await asyncio.gather(*pending)

@@ -1,0 +1,109 @@
+"""The Fin hard limit end to end: transitions on usage.limits in order, the in-app notification,
+retractions, and the state surviving a restart (CONTRACT 3.2, 3.3, 5.2, 5.3)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+from tests.support.kafka_io import produce, read_all
+from tests.support.worker import WorkerProcess, eventually, http_get
+
+WS = "ws_fin"
+
+
+def limit_settings(limit: int, enabled: bool = True) -> dict:
+    return {
+        "type": "limit_settings",
+        "command_id": f"lim-{uuid.uuid4().hex[:8]}",
+        "issued_at": datetime.now(timezone.utc).isoformat(),
+        "workspace_id": WS,
+        "actor": {"id": "admin", "billing_permission": True},
+        "metric": "fin_resolutions",
+        "limit": limit,
+        "enabled": enabled,
+    }
+
+
+def resolution(conversation: str, quantity: int = 1) -> dict:
+    return {
+        "event_id": uuid.uuid4().hex,
+        "workspace_id": WS,
+        "metric": "fin_resolutions",
+        "quantity": quantity,
+        "occurred_at": datetime.now(timezone.utc).isoformat(),
+        "conversation_id": conversation,
+    }
+
+
+async def test_every_reason_in_order_with_notification_and_restart(running_worker: WorkerProcess, deployment: dict[str, str]) -> None:
+    bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
+    prefix = deployment["METERWATCH_TOPIC_PREFIX"]
+
+    async def send_command(command: dict) -> None:
+        await produce(bootstrap, prefix + "usage.control", [(WS.encode(), command)])
+        await eventually(lambda: _answered(command["command_id"]), timeout=30)
+
+    async def _answered(command_id: str) -> bool:
+        results = await read_all(bootstrap, prefix + "usage.command-results", timeout=2)
+        return any(r["command_id"] == command_id and r["status"] == "applied" for r in results)
+
+    async def resolve(*events: dict) -> None:
+        for e in events:
+            await produce(bootstrap, prefix + "usage.events", [(WS.encode(), e)])
+
+    def fin_usage(expected: int) -> bool:
+        status, body = http_get(f"{running_worker.base_url}/usage/{WS}")
+        return status == 200 and body["metrics"].get("fin_resolutions", {}).get("usage") == expected
+
+    async def transitions(expect: int) -> list[dict]:
+        async def arrived() -> list[dict] | None:
+            records = await read_all(bootstrap, prefix + "usage.limits", timeout=2)
+            return records if len(records) >= expect else None
+
+        return await eventually(arrived, timeout=20)
+
+    await send_command(limit_settings(3))
+    await resolve(resolution("c1"), resolution("c2"), resolution("c2"), resolution("c3"))  # c2 counts once
+    await eventually(lambda: fin_usage(3))
+    await resolve(resolution("c_never", -1))  # retracting what was never counted changes nothing
+    await resolve(resolution("c3", -1))  # a counted one: usage 2, Fin enabled again
+    await eventually(lambda: fin_usage(2))
+    await send_command(limit_settings(2))  # at current usage: disabled at once
+    await send_command(limit_settings(10))  # raised above usage
+    await send_command(limit_settings(1))  # lowered below usage
+    await send_command(limit_settings(1, enabled=False))  # turned off
+
+    records = await transitions(6)
+    assert [(r["state"], r["reason"]) for r in records] == [
+        ("disabled", "limit_reached"),
+        ("enabled", "usage_dropped"),
+        ("disabled", "limit_lowered"),
+        ("enabled", "limit_raised"),
+        ("disabled", "limit_lowered"),
+        ("enabled", "limit_turned_off"),
+    ]
+    assert records[0]["usage"] == 3 and records[0]["limit"] == 3 and records[0]["metric"] == "fin_resolutions"
+    assert len({r["transition_id"] for r in records}) == 6
+
+    notifications = await read_all(bootstrap, prefix + "usage.notifications", expect=3, timeout=20)
+    assert [n["kind"] for n in notifications] == ["fin_limit_reached"] * 3
+    disabled_ids = [r["transition_id"] for r in records if r["state"] == "disabled"]
+    assert [n["transition_id"] for n in notifications] == disabled_ids
+
+    status, body = http_get(f"{running_worker.base_url}/usage/{WS}")
+    assert body["metrics"]["fin_resolutions"]["limit"] == {"limit": 1, "enabled": False}
+    assert body["metrics"]["fin_resolutions"]["fin_state"] == "enabled"
+
+    # A restart neither repeats nor loses a transition, and the state carries on from where it was.
+    running_worker.stop()
+    running_worker.start()
+    running_worker.wait_healthy()
+    await eventually(lambda: fin_usage(2))
+    status, body = http_get(f"{running_worker.base_url}/usage/{WS}")
+    assert body["metrics"]["fin_resolutions"]["limit"] == {"limit": 1, "enabled": False}
+    await send_command(limit_settings(2))  # usage 2 ≥ 2: disabled again, the seventh transition
+    records = await transitions(7)
+    assert len(records) == 7
+    assert (records[-1]["state"], records[-1]["reason"]) == ("disabled", "limit_lowered")
+    assert len({r["transition_id"] for r in records}) == 7
