@@ -124,6 +124,69 @@ def tail(path: Path, lines: int = 30) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# other load on the machine (other people's brokers, workers or tests would skew the figures)
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _processes() -> dict[int, tuple[int, float, str]]:
+    """pid -> (ppid, cpu seconds so far, command)."""
+    found: dict[int, tuple[int, float, str]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                raw = stat.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                command = cmdline.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()
+        found[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS, command[:120])
+    return found
+
+
+def _ours(processes: dict[int, tuple[int, float, str]]) -> set[int]:
+    ours = {os.getpid()}
+    changed = True
+    while changed:
+        changed = False
+        for pid, (ppid, _cpu, _cmd) in processes.items():
+            if ppid in ours and pid not in ours:
+                ours.add(pid)
+                changed = True
+    return ours
+
+
+class ForeignLoad:
+    """CPU used, during a phase, by processes that are not this benchmark or its children."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.before = _processes()
+
+    def finish(self) -> dict[str, Any]:
+        after = _processes()
+        ours = _ours(after) | _ours(self.before)
+        elapsed = max(1e-6, time.monotonic() - self.started)
+        used: dict[str, float] = {}
+        for pid, (_ppid, cpu, command) in after.items():
+            if pid in ours or not command:
+                continue
+            delta = cpu - self.before[pid][1] if pid in self.before else cpu
+            if delta > 0.05:
+                used[f"{pid} {command}"] = round(delta, 2)
+        total = sum(used.values())
+        return {
+            "cpu_seconds": round(total, 2),
+            "cores": round(total / elapsed, 2),
+            "top": sorted(used.items(), key=lambda kv: -kv[1])[:5],
+            "loadavg": os.getloadavg(),
+        }
+
+
+# --------------------------------------------------------------------------------------------
 # machine, versions
 
 
@@ -596,13 +659,17 @@ def run_shape(args: argparse.Namespace, shape: Shape, bootstrap: str, tag: str, 
     log(f"{shape.name}: produced {produced['messages']:,} messages ({mib(produced['bytes'])}) in {produced['seconds']:.1f}s (not counted)")
 
     log(f"{shape.name}: raw aiokafka ceiling ...")
+    load = ForeignLoad()
     raw = run_raw(bootstrap, topic, partitions, produced["messages"], log_dir, shape.name)
+    raw["foreign_load"] = load.finish()
     if raw["events"] != args.events:
         raise RuntimeError(f"raw ceiling accepted {raw['events']} of {args.events} events ({raw['rejected']} rejected)")
     log(f"{shape.name}: raw: {rate(raw['events_per_s'])} events/s")
 
     log(f"{shape.name}: bare Faust agent ceiling ...")
+    load = ForeignLoad()
     bare = run_bare_faust(bootstrap, topic, partitions, produced["messages"], shape.events_per_message, work, log_dir, shape.name)
+    bare["foreign_load"] = load.finish()
     log(f"{shape.name}: bare Faust: {rate(bare['events_per_s'])} events/s")
 
     profile_path = spy_path = None
@@ -620,7 +687,9 @@ def run_shape(args: argparse.Namespace, shape: Shape, bootstrap: str, tag: str, 
         profile_path=profile_path,
     )
     log(f"{shape.name}: meterwatch worker end to end{' (profiled with ' + args.profile + ')' if args.profile else ''} ...")
+    load = ForeignLoad()
     mw = run_meterwatch(worker, expected, spy_path, log_dir)
+    mw["foreign_load"] = load.finish()
     mw["env"] = worker.env_settings
     if profile_path:
         mw["profile"] = str(profile_path)
@@ -671,6 +740,7 @@ def run_dedupe_memory(args: argparse.Namespace, bootstrap: str, tag: str, work: 
         trajectory.append((round(elapsed, 1), counted_estimate, rss))
         log(f"dedupe: ~{counted_estimate:,} counted after {elapsed:.0f}s, RSS {mib(rss)}")
 
+    load = ForeignLoad()
     log(f"dedupe: producing {steps[0]:,} events before the worker starts ...")
     produced = asyncio.run(produce(0, steps[0]))
     log(f"dedupe: produced in {produced['seconds']:.1f}s (not counted)")
@@ -709,6 +779,7 @@ def run_dedupe_memory(args: argparse.Namespace, bootstrap: str, tag: str, work: 
     finally:
         worker.stop()
     result["rss_trajectory"] = trajectory
+    result["foreign_load"] = load.finish()
     steps_done = result["steps"]
     if len(steps_done) == 2 and steps_done[0]["rss_bytes"] and steps_done[1]["rss_bytes"]:
         first, second = steps_done
@@ -778,6 +849,20 @@ def report(results: dict[str, Any]) -> str:
             lines.append("")
             lines.append(f"profile of the meterwatch worker, {shape['shape']} run (py-spy, while counting):")
             lines.extend("  " + line for line in render(summary, max_inclusive=25).splitlines())
+    foreign = []
+    for shape in results["shapes"]:
+        for phase in ("raw", "bare_faust", "meterwatch"):
+            load = shape[phase].get("foreign_load")
+            if load and load["cores"] >= 0.05:
+                foreign.append(f"{phase}/{shape['shape']}: {load['cores']:.2f} cores ({', '.join(k.split(' ', 2)[1][-40:] + ' ' + str(v) + 's' for k, v in load['top'][:2])})")
+    dedupe_load = (results.get("dedupe") or {}).get("foreign_load")
+    if dedupe_load and dedupe_load["cores"] >= 0.05:
+        foreign.append(f"dedupe: {dedupe_load['cores']:.2f} cores")
+    lines.append("")
+    if foreign:
+        lines.append("!! other processes used CPU during these phases (figures may be skewed): " + "; ".join(foreign))
+    else:
+        lines.append("no other process used noticeable CPU during the phases (< 0.05 cores)")
     batch = next((s for s in results["shapes"] if s["shape"] == "batch"), None)
     lines.append("")
     lines.append("memory:")

@@ -7,14 +7,31 @@ from decimal import Decimal
 from typing import Annotated, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 from ..core.periods import BillingCycle
+from ..sinks.mail_text import valid_address
 from .common import Identifier, Metric, Timestamp
 
-# A pragmatic address check: one @, no spaces or control characters, a dot in the domain.
-_EMAIL = r"^[^@\s\x00-\x1f\x7f<>,;\"]{1,64}@[^@\s\x00-\x1f\x7f<>,;\"]+\.[^@\s\x00-\x1f\x7f<>,;\"]+$"
-EmailAddress = Annotated[str, Field(pattern=_EMAIL, max_length=254)]
+
+def _deliverable(address: str) -> str:
+    # The same check the mail sink makes, so an accepted contact can always be mailed.
+    if not valid_address(address):
+        raise ValueError(f"not a deliverable email address: {address!r:.80}")
+    return address
+
+
+EmailAddress = Annotated[str, AfterValidator(_deliverable)]
 
 
 class Actor(BaseModel):

@@ -22,6 +22,7 @@ class Channels:
     usage_control: faust.TopicT
     workspace_inbox: faust.TopicT
     contract_inbox: faust.TopicT
+    mail_requests: faust.TopicT
     alerts: faust.TopicT
     limits: faust.TopicT
     notifications: faust.TopicT
@@ -79,7 +80,7 @@ def create_app(
     built = Meterwatch(app, settings, guarantee, names, channels, tables, metrics or Metrics())
 
     # Imported here so that each module registers its own agents or views on this app only.
-    from . import contracts, control, counting, ingest, observability, timers, web
+    from . import contracts, control, counting, ingest, mailing, observability, timers, web
 
     ingest.register(built)
     control.register(built)
@@ -88,6 +89,7 @@ def create_app(
     web.register(built)
     observability.register(built)
     timers.register(built)
+    mailing.register(built)
     return built
 
 
@@ -108,6 +110,7 @@ def _declare_channels(app: faust.App, names: TopicNames, settings: Settings) -> 
         usage_control=raw(names.usage_control),
         workspace_inbox=raw(names.workspace_inbox, internal=True),
         contract_inbox=raw(names.contract_inbox, internal=True),
+        mail_requests=raw(names.mail_requests, internal=True),
         alerts=raw(names.alerts),
         limits=raw(names.limits),
         notifications=raw(names.notifications),

@@ -32,6 +32,7 @@ from .batches import by_source_partition, finish
 from .codec import decode_workspace, encode_workspace
 from .contracts import report_message
 from .inbox import COMMAND, POSITION_STRIDE, USAGE, InboxEvent, read_usage
+from .mailing import ALERT, FIN_DISABLED, mail_id, mail_request
 
 if TYPE_CHECKING:
     from .app import Meterwatch
@@ -143,6 +144,7 @@ class WorkspaceBatch:
             record = alert_record(self.state, self.workspace_id, item.metric, reached, item.event_id, item.received)
             self.mw.metrics.alerts.labels("workspace", str(reached.level)).inc()
             await self.publisher.publish(self.mw.channels.alerts, self.workspace_id, record)
+            await self._request_mail(ALERT, record, record["recipients"])
 
     async def _publish_transition(self, transition: Transition | None) -> None:
         if transition is None:
@@ -155,6 +157,16 @@ class WorkspaceBatch:
         notification = fin.notification_record(self.workspace_id, transition)
         if notification is not None:
             await self.publisher.publish(channels.notifications, self.workspace_id, notification)
+            record = fin.limit_record(self.workspace_id, transition)
+            await self._request_mail(FIN_DISABLED, record, list(self.state.profile.billing_contacts))
+
+    async def _request_mail(self, kind: str, record: dict[str, Any], recipients: list[str]) -> None:
+        # No SMTP server configured, or nobody to tell: the record on its topic is all there is.
+        if not self.mw.settings.smtp_host or not recipients:
+            return
+        await self.publisher.publish(
+            self.mw.channels.mail_requests, mail_id(kind, record), mail_request(kind, record, recipients)
+        )
 
     async def _command(self, command: dict[str, Any], received: datetime) -> None:
         kind = command["type"]

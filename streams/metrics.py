@@ -74,6 +74,19 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.emails_sent = Counter("meterwatch_emails_sent_total", "Mails accepted by the SMTP server.", registry=r)
+        self.emails_failed = Counter(
+            "meterwatch_emails_failed_total",
+            "Mails (or recipients) that could not be sent and will not be retried, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.email_retries = Counter(
+            "meterwatch_email_retries_total", "SMTP attempts that failed transiently and were retried.", registry=r
+        )
+        self.mail_backlog = Gauge(
+            "meterwatch_mail_backlog", "Mails being sent or waiting for the SMTP server on this worker.", registry=r
+        )
         self.rebalances = Counter(
             "meterwatch_rebalances_total", "Consumer group rebalances seen by this worker.", registry=r
         )

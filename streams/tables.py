@@ -19,9 +19,11 @@ class Tables:
     contract_usage: faust.Table
     # workspace_id \x1f event_id -> FirstSeen (core.dedupe); on disk, so memory stays bounded
     seen_event_ids: faust.Table
+    # alert_id / transition_id -> "sent" or "failed: reason": what the mail agent has done
+    mails_sent: faust.Table
 
     def all(self) -> tuple[DurableTable, ...]:
-        return (self.workspaces, self.contract_usage, self.seen_event_ids)  # type: ignore[return-value]
+        return (self.workspaces, self.contract_usage, self.seen_event_ids, self.mails_sent)  # type: ignore[return-value]
 
 
 def declare_tables(app: faust.App, settings: Settings) -> Tables:
@@ -42,6 +44,7 @@ def declare_tables(app: faust.App, settings: Settings) -> Tables:
     return Tables(
         workspaces=table("workspaces"),
         contract_usage=table("contract-usage"),
+        mails_sent=table("mails-sent"),
         seen_event_ids=table(
             "seen-event-ids",
             # Entries long past the window are also deleted from the changelog, so recovery

@@ -48,6 +48,7 @@ class TopicNames:
     command_results: str
     workspace_inbox: str
     contract_inbox: str
+    mail_requests: str
 
     @classmethod
     def for_settings(cls, settings: Settings) -> TopicNames:
@@ -63,6 +64,8 @@ class TopicNames:
             workspace_inbox=settings.internal_topic("workspace-inbox"),
             # Each workspace's latest usage, to the partition that owns its contract.
             contract_inbox=settings.internal_topic("contract-inbox"),
+            # Alerts and Fin transitions to mail, with their recipients, keyed by their id.
+            mail_requests=settings.internal_topic("mail-requests"),
         )
 
 
@@ -80,4 +83,5 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(names.command_results, n),
         TopicSpec(names.workspace_inbox, n, internal=True),
         TopicSpec(names.contract_inbox, n, internal=True),
+        TopicSpec(names.mail_requests, n, internal=True),
     ]

@@ -189,7 +189,7 @@ def test_unknown_fields_in_a_command_are_ignored() -> None:
         pytest.param(command("alert_settings", enabled="yes"), "invalid_command", id="enabled-not-bool"),
         pytest.param(command("limit_settings", limit=-1), "invalid_command", id="limit-negative"),
         pytest.param(command("billing_contacts", emails=["not-an-email"]), "invalid_command", id="email-no-at"),
-        pytest.param(command("billing_contacts", emails=["billing@localhost"]), "invalid_command", id="email-no-dot"),
+        pytest.param(command("billing_contacts", emails=["billing@under_score.example.com"]), "invalid_command", id="email-underscore-domain"),
         pytest.param(command("billing_contacts", emails=["bill ing@example.com"]), "invalid_command", id="email-space"),
         pytest.param(command("billing_contacts", emails=["a@b@example.com"]), "invalid_command", id="email-two-at"),
         pytest.param(

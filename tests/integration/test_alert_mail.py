@@ -1,0 +1,155 @@
+"""Alert and Fin mails through a real SMTP server, and an SMTP outage under alert traffic
+(CONTRACT 4, 5.6)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.support.kafka_io import produce, read_all
+from tests.support.smtp import SmtpServer
+from tests.support.worker import WorkerProcess, eventually, free_port, http_get
+
+ADMIN = {"id": "admin", "billing_permission": True}
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpServer]:
+    server = SmtpServer(free_port()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def mailing_worker(deployment: dict[str, str], smtp_server: SmtpServer, tmp_path: Path) -> Iterator[WorkerProcess]:
+    env = {
+        **deployment,
+        "METERWATCH_SMTP_HOST": "127.0.0.1",
+        "METERWATCH_SMTP_PORT": str(smtp_server.port),
+        "METERWATCH_SMTP_FROM": "meterwatch@billing.example.com",
+    }
+    worker = WorkerProcess(env=env, log_path=tmp_path / "worker.log", web_port=int(env["METERWATCH_WEB_PORT"]))
+    worker.start()
+    try:
+        worker.wait_healthy()
+        yield worker
+    finally:
+        worker.stop()
+
+
+def command(kind: str, workspace: str, **fields: object) -> dict:
+    return {
+        "type": kind,
+        "command_id": f"{kind}-{uuid.uuid4().hex[:8]}",
+        "issued_at": datetime.now(timezone.utc).isoformat(),
+        "workspace_id": workspace,
+        "actor": ADMIN,
+        **fields,
+    }
+
+
+def event(workspace: str, metric: str, quantity: int, conversation: str | None = None) -> dict:
+    return {
+        "event_id": uuid.uuid4().hex,
+        "workspace_id": workspace,
+        "metric": metric,
+        "quantity": quantity,
+        "occurred_at": datetime.now(timezone.utc).isoformat(),
+        "conversation_id": conversation,
+    }
+
+
+async def set_up(deployment: dict[str, str], workspace: str, *commands: dict) -> None:
+    bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
+    prefix = deployment["METERWATCH_TOPIC_PREFIX"]
+    await produce(bootstrap, prefix + "usage.control", [(workspace.encode(), c) for c in commands])
+    ids = {c["command_id"] for c in commands}
+
+    async def answered() -> bool:
+        results = await read_all(bootstrap, prefix + "usage.command-results", timeout=2)
+        return ids <= {r["command_id"] for r in results}
+
+    await eventually(answered, timeout=30)
+
+
+async def test_each_alert_and_fin_disable_mails_the_contacts_once(mailing_worker: WorkerProcess, smtp_server: SmtpServer, deployment: dict[str, str]) -> None:
+    bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
+    prefix = deployment["METERWATCH_TOPIC_PREFIX"]
+    ws = "ws_mail"
+    await set_up(
+        deployment,
+        ws,
+        command("billing_contacts", ws, emails=["ana@example.com", "bo@example.com", "ana@example.com"]),
+        command("alert_settings", ws, metric="sms", threshold=100, early_warnings=True, enabled=True),
+        command("limit_settings", ws, metric="fin_resolutions", limit=2, enabled=True),
+    )
+    for quantity in (50, 30, 20):
+        await produce(bootstrap, prefix + "usage.events", [(ws.encode(), event(ws, "sms", quantity))])
+    await produce(bootstrap, prefix + "usage.events", [(ws.encode(), event(ws, "fin_resolutions", 1, f"c{i}")) for i in range(2)])
+
+    mails = await eventually(lambda: smtp_server.mails if len(smtp_server.mails) >= 4 else None, timeout=30)
+    time.sleep(2)  # anything extra would arrive now
+    mails = smtp_server.mails
+    assert len(mails) == 4
+    alerts = await read_all(bootstrap, prefix + "usage.alerts", expect=3)
+    alert_ids = {a["alert_id"] for a in alerts}
+    mailed_alert_ids = {m.message["X-Meterwatch-Alert-Id"] for m in mails if m.message["X-Meterwatch-Alert-Id"]}
+    assert mailed_alert_ids == alert_ids
+    for mail in mails:
+        assert sorted(mail.recipients) == ["ana@example.com", "bo@example.com"]
+    subjects = sorted(m.message["Subject"] for m in mails)
+    assert any("80%" in s for s in subjects) and any("SMS" in s for s in subjects)
+    [fin_mail] = [m for m in mails if m.message["X-Meterwatch-Transition-Id"]]
+    [transition] = await read_all(bootstrap, prefix + "usage.limits", expect=1)
+    assert fin_mail.message["X-Meterwatch-Transition-Id"] == transition["transition_id"]
+    body = next(m for m in mails if m.message["X-Meterwatch-Alert-Id"]).message.get_content()
+    assert "100" in body
+
+
+async def test_smtp_outage_does_not_slow_counting_and_every_alert_is_mailed_once(mailing_worker: WorkerProcess, smtp_server: SmtpServer, deployment: dict[str, str]) -> None:
+    bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
+    prefix = deployment["METERWATCH_TOPIC_PREFIX"]
+    workspaces = [f"ws-out-{i}" for i in range(5)]
+    for ws in workspaces:
+        await set_up(
+            deployment,
+            ws,
+            command("billing_contacts", ws, emails=[f"billing@{ws}.example.com"]),
+            command("alert_settings", ws, metric="email", threshold=500, early_warnings=True, enabled=True),
+        )
+    smtp_server.stop()  # the outage begins
+    expected: Counter[str] = Counter()
+    messages = []
+    for i in range(3000):
+        ws = workspaces[i % len(workspaces)]
+        expected[ws] += 1
+        messages.append((ws.encode(), event(ws, "email", 1)))
+    await produce(bootstrap, prefix + "usage.events", messages)
+
+    def all_counted() -> bool:
+        for ws in workspaces:
+            status, body = http_get(f"{mailing_worker.base_url}/usage/{ws}")
+            if status != 200 or body["metrics"].get("email", {}).get("usage") != expected[ws]:
+                return False
+        return True
+
+    # Counting goes on while mail cannot be sent.
+    await eventually(all_counted, timeout=30)
+    alerts = await read_all(bootstrap, prefix + "usage.alerts", expect=15)
+    assert len(alerts) == 15  # 50, 80 and 100% of 500 for each of 5 workspaces (each reached 600)
+    smtp_server.start()  # the outage ends, on the same port
+    try:
+        await eventually(lambda: smtp_server.mails if len(smtp_server.mails) >= len(alerts) else None, timeout=90)
+    except AssertionError:
+        raise AssertionError(f"{len(smtp_server.mails)} mails of {len(alerts)}\n{mailing_worker.log_tail(30)}") from None
+    time.sleep(3)
+    mails = smtp_server.mails
+    assert Counter(m.message["X-Meterwatch-Alert-Id"] for m in mails) == Counter(a["alert_id"] for a in alerts)

@@ -1,0 +1,58 @@
+"""A real SMTP server (aiosmtpd) on a loopback port, recording every mail it accepts."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import threading
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+
+@dataclass
+class ReceivedMail:
+    sender: str
+    recipients: list[str]
+    message: EmailMessage
+
+
+@dataclass
+class MailRecorder:
+    mails: list[ReceivedMail] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        message = email.message_from_bytes(envelope.content, policy=email.policy.SMTP)
+        with self.lock:
+            self.mails.append(ReceivedMail(envelope.mail_from, list(envelope.rcpt_tos), message))  # type: ignore[arg-type]
+        return "250 OK"
+
+    def snapshot(self) -> list[ReceivedMail]:
+        with self.lock:
+            return list(self.mails)
+
+
+class SmtpServer:
+    """Start, stop and start again on the same port (an outage)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.recorder = MailRecorder()
+        self._controller: Controller | None = None
+
+    def start(self) -> SmtpServer:
+        self._controller = Controller(self.recorder, hostname="127.0.0.1", port=self.port)
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    @property
+    def mails(self) -> list[ReceivedMail]:
+        return self.recorder.snapshot()
