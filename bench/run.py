@@ -735,10 +735,13 @@ def run_dedupe_memory(args: argparse.Namespace, bootstrap: str, tag: str, work: 
     result: dict[str, Any] = {"env": worker.env_settings, "steps": [], "skipped_5m": args.quick}
     trajectory: list[tuple[float, int, int | None]] = []
 
-    def progress(elapsed: float, counted_estimate: int) -> None:
+    healthy = [time.perf_counter()]
+
+    def progress(_elapsed_in_step: float, counted_estimate: int) -> None:
+        elapsed = time.perf_counter() - healthy[0]
         rss = worker.memory().get("VmRSS")
         trajectory.append((round(elapsed, 1), counted_estimate, rss))
-        log(f"dedupe: ~{counted_estimate:,} counted after {elapsed:.0f}s, RSS {mib(rss)}")
+        log(f"dedupe: ~{counted_estimate:,} counted {elapsed:.0f}s after the worker became healthy, RSS {mib(rss)}")
 
     load = ForeignLoad()
     log(f"dedupe: producing {steps[0]:,} events before the worker starts ...")
@@ -747,7 +750,7 @@ def run_dedupe_memory(args: argparse.Namespace, bootstrap: str, tag: str, work: 
     try:
         worker.start()
         healthy_at, _guarantee = worker.wait_healthy()
-        clock = healthy_at
+        clock = healthy[0] = healthy_at
         done = 0
         for index, total in enumerate(steps):
             step_started = time.perf_counter()
@@ -895,7 +898,7 @@ def report(results: dict[str, Any]) -> str:
         trajectory = dedupe.get("rss_trajectory") or []
         if trajectory:
             picks = trajectory[:: max(1, len(trajectory) // 8)] + ([trajectory[-1]] if len(trajectory) > 1 else [])
-            lines.append("  RSS while counting (s since healthy, ~ids counted, RSS): " + "; ".join(f"{t:.0f}s {n:,} {mib(r)}" for t, n, r in picks))
+            lines.append("  RSS while counting (s since the worker became healthy, ~ids counted, RSS): " + "; ".join(f"{t:.0f}s {n:,} {mib(r)}" for t, n, r in picks))
     else:
         lines.append("  4b. dedupe store step not run")
     return "\n".join(lines)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
 
+from .alerts import ContractAlertState
+from .contracts import ContractTerms
 from .periods import LATE_EVENT_GRACE, BillingPeriod
 
 
@@ -41,6 +43,21 @@ class ContractUsage:
     periods: tuple[ContractPeriod, ...] = ()
     # The workspaces of the latest subscription; their reports are the ones summed.
     workspace_ids: tuple[str, ...] = ()
+    terms: ContractTerms | None = None
+    # Each member's billing contacts, as it last reported them: contract alerts go to all.
+    contacts: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    alerts: Mapping[str, ContractAlertState] = field(default_factory=lambda: MappingProxyType({}))
+
+    def recipients(self) -> tuple[str, ...]:
+        """Every member's contacts, each address once (compared without case)."""
+        seen: dict[str, str] = {}
+        for workspace_id in self.workspace_ids:
+            for address in self.contacts.get(workspace_id, ()):
+                seen.setdefault(address.lower(), address)
+        return tuple(seen.values())
+
+    def latest(self) -> ContractPeriod | None:
+        return self.periods[-1] if self.periods else None
 
     def for_period(self, period: BillingPeriod) -> ContractPeriod | None:
         for candidate in self.periods:
@@ -100,4 +117,7 @@ def change_membership(state: ContractUsage, workspace_ids: tuple[str, ...]) -> t
         )
         for p in state.periods
     )
-    return ContractUsage(periods, wanted), MembershipChange(joined=wanted, left=left)
+    contacts = MappingProxyType({ws: c for ws, c in state.contacts.items() if ws not in left})
+    return replace(state, periods=periods, workspace_ids=wanted, contacts=contacts), MembershipChange(
+        joined=wanted, left=left
+    )

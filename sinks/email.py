@@ -206,6 +206,8 @@ class MailOutbox:
                     refused.update(dict.fromkeys(recipients, result.permanent_error))
                 if not result.needs_retry:
                     break
+                if self._closed:
+                    return False
                 if result.deferred and not result.transient_error:
                     recipients = list(result.deferred)  # the others have their copy already
                 delay = self._backoff.delay(attempt, self._rng)

@@ -80,13 +80,14 @@ def create_app(
     built = Meterwatch(app, settings, guarantee, names, channels, tables, metrics or Metrics())
 
     # Imported here so that each module registers its own agents or views on this app only.
-    from . import contracts, control, counting, ingest, mailing, observability, timers, web
+    from . import contracts, control, counting, ingest, mailing, observability, timers, ui, web
 
     ingest.register(built)
     control.register(built)
     counting.register(built)
     contracts.register(built)
     web.register(built)
+    ui.register(built)
     observability.register(built)
     timers.register(built)
     mailing.register(built)

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from ..core.alerts import AlertSetting, AlertState, ScheduledSetting
+from ..core.alerts import AlertSetting, AlertState, ContractAlertState, ScheduledSetting
 from ..core.contract_usage import ContractPeriod, ContractUsage
 from ..core.contracts import ContractTerms, Price, WorkspaceProfile
 from ..core.fin_limit import FinState, LimitSetting
@@ -155,10 +155,12 @@ def _read_period_tally(data: dict[str, Any]) -> PeriodTally:
 
 
 def _profile(profile: WorkspaceProfile) -> dict[str, Any]:
-    contract = profile.contract
-    return {
-        "billing_contacts": list(profile.billing_contacts),
-        "contract": None
+    return {"billing_contacts": list(profile.billing_contacts), "contract": _terms(profile.contract)}
+
+
+def _terms(contract: ContractTerms | None) -> dict[str, Any] | None:
+    return (
+        None
         if contract is None
         else {
             "contract_id": contract.contract_id,
@@ -171,26 +173,26 @@ def _profile(profile: WorkspaceProfile) -> dict[str, Any]:
             },
             "workspace_ids": list(contract.workspace_ids),
             "messages_included": contract.messages_included,
-        },
-    }
+        }
+    )
 
 
 def _read_profile(data: dict[str, Any]) -> WorkspaceProfile:
-    contract = data["contract"]
-    return WorkspaceProfile(
-        billing_contacts=tuple(data["billing_contacts"]),
-        contract=None
-        if contract is None
-        else ContractTerms(
-            contract_id=contract["contract_id"],
-            cycle=BillingCycle(contract["anchor_day"], contract["timezone"]),
-            currency=contract["currency"],
-            prices=MappingProxyType(
-                {m: Price(Decimal(p["unit_price"]), p["included"]) for m, p in contract["prices"].items()}
-            ),
-            workspace_ids=tuple(contract["workspace_ids"]),
-            messages_included=contract["messages_included"],
+    return WorkspaceProfile(billing_contacts=tuple(data["billing_contacts"]), contract=_read_terms(data["contract"]))
+
+
+def _read_terms(contract: dict[str, Any] | None) -> ContractTerms | None:
+    if contract is None:
+        return None
+    return ContractTerms(
+        contract_id=contract["contract_id"],
+        cycle=BillingCycle(contract["anchor_day"], contract["timezone"]),
+        currency=contract["currency"],
+        prices=MappingProxyType(
+            {m: Price(Decimal(p["unit_price"]), p["included"]) for m, p in contract["prices"].items()}
         ),
+        workspace_ids=tuple(contract["workspace_ids"]),
+        messages_included=contract["messages_included"],
     )
 
 
@@ -198,6 +200,12 @@ def encode_contract_usage(state: ContractUsage) -> bytes:
     return orjson.dumps(
         {
             "workspace_ids": list(state.workspace_ids),
+            "terms": _terms(state.terms),
+            "contacts": {ws: list(c) for ws, c in state.contacts.items()},
+            "alerts": {
+                metric: {"period": _period(a.period), "alerted": sorted(list(pair) for pair in a.alerted)}
+                for metric, a in state.alerts.items()
+            },
             "periods": [
                 {
                     "start": p.period.start.isoformat(),
@@ -216,6 +224,14 @@ def decode_contract_usage(raw: bytes | None) -> ContractUsage:
     data = orjson.loads(raw)
     return ContractUsage(
         workspace_ids=tuple(data.get("workspace_ids", ())),
+        terms=_read_terms(data.get("terms")),
+        contacts=MappingProxyType({ws: tuple(c) for ws, c in data.get("contacts", {}).items()}),
+        alerts=MappingProxyType(
+            {
+                metric: ContractAlertState(_read_period(a["period"]), frozenset((p[0], p[1]) for p in a["alerted"]))
+                for metric, a in data.get("alerts", {}).items()
+            }
+        ),
         periods=tuple(
             ContractPeriod(
                 period=BillingPeriod(datetime.fromisoformat(p["start"]), datetime.fromisoformat(p["end"])),

@@ -30,7 +30,7 @@ from . import commands, fin
 from .alerting import alert_record, apply_alert_settings, judge_change
 from .batches import by_source_partition, finish
 from .codec import decode_workspace, encode_workspace
-from .contracts import report_message
+from .contracts import CONTRACT_OTHERS, contacts_message, report_message, take_contract_others
 from .inbox import COMMAND, POSITION_STRIDE, USAGE, InboxEvent, read_usage
 from .mailing import ALERT, FIN_DISABLED, mail_id, mail_request
 
@@ -82,6 +82,7 @@ class WorkspaceBatch:
         self.first_seen: dict[str, FirstSeen] = {}
         # (metric, period) whose usage this batch changed, for the contract's sum.
         self.changed: dict[tuple[str, BillingPeriod], int] = {}
+        self.contacts_changed = False
         self.window_ms = int(mw.settings.dedupe_window.total_seconds() * 1000)
 
     async def apply(self, events: list[EventT]) -> None:
@@ -183,14 +184,20 @@ class WorkspaceBatch:
             self.state, transition = fin.on_period_tick(self.state, self.workspace_id, received)
             await self._publish_transition(transition)
             return
-        before = self.state.profile.contract
+        if kind == CONTRACT_OTHERS:
+            self.state = take_contract_others(self.state, command)
+            return
+        before = self.state.profile
         profile, result = commands.apply_to_profile(self.state.profile, self.workspace_id, command)
         self.state = replace(self.state, profile=profile)
-        if profile.contract is not None and profile.contract != before:
-            # A new contract learns what this workspace has used so far.
+        if profile.contract is not None and profile.contract != before.contract:
+            # A new contract learns what this workspace has used so far, and whom to tell.
             for metric, tally in self.state.usage.tallies.items():
                 for period_tally in tally.periods:
                     self.changed[(metric, period_tally.period)] = period_tally.usage
+            self.contacts_changed = True
+        if profile.billing_contacts != before.billing_contacts:
+            self.contacts_changed = True
         if result is not None:
             await self._answer(command, result)
 
@@ -219,6 +226,9 @@ class WorkspaceBatch:
         contract = self.state.profile.contract
         if contract is None:
             return
+        if self.contacts_changed:
+            message = contacts_message(self.workspace_id, self.state.profile.billing_contacts)
+            await self.publisher.publish(self.mw.channels.contract_inbox, contract.contract_id, message)
         for (metric, period), usage in self.changed.items():
             report = WorkspaceReport(self.workspace_id, metric, period, usage, self.state.usage.applied_through)
             await self.publisher.publish(self.mw.channels.contract_inbox, contract.contract_id, report_message(report))

@@ -3,6 +3,7 @@ estimated costs counting the included quantity once (CONTRACT 1, 3.2, 3.3, 6).""
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import uuid
 from datetime import date, datetime, time, timezone
@@ -136,3 +137,46 @@ async def test_a_workspace_that_leaves_the_contract_stops_counting_towards_it(ru
     await produce(bootstrap, prefix + "usage.control", [(b"c_move", subscription("c_move", ["ws_m1"]))])
     await eventually(lambda: contract_usage_seen_by("ws_m1") == 30)
     await eventually(lambda: http_get(f"{running_worker.base_url}/usage/ws_m2")[1]["contract_id"] is None)
+
+
+async def test_contract_alerts_at_80_and_100_percent_go_to_every_members_contacts(running_worker: WorkerProcess, deployment: dict[str, str]) -> None:
+    bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
+    prefix = deployment["METERWATCH_TOPIC_PREFIX"]
+    admin = {"id": "admin", "billing_permission": True}
+
+    def contacts(workspace: str, emails: list[str]) -> dict:
+        return {
+            "type": "billing_contacts",
+            "command_id": f"bc-{uuid.uuid4().hex[:6]}",
+            "issued_at": datetime.now(timezone.utc).isoformat(),
+            "workspace_id": workspace,
+            "actor": admin,
+            "emails": emails,
+        }
+
+    await produce(bootstrap, prefix + "usage.control", [(b"c_al", subscription("c_al", ["ws_a1", "ws_a2"]))])
+    await eventually(lambda: http_get(f"{running_worker.base_url}/usage/ws_a2")[0] == 200)
+    await produce(
+        bootstrap,
+        prefix + "usage.control",
+        [
+            (b"ws_a1", contacts("ws_a1", ["fin@acme.example.com", "cfo@acme.example.com"])),
+            (b"ws_a2", contacts("ws_a2", ["FIN@acme.example.com", "ops@acme.example.com"])),
+        ],
+    )
+    await asyncio.sleep(2)  # the contacts reach the contract's owner before the usage does
+    await produce(bootstrap, prefix + "usage.events", [(b"ws_a1", event("ws_a1", "sms", 50))])
+    await produce(bootstrap, prefix + "usage.events", [(b"ws_a2", event("ws_a2", "sms", 35))])  # 85 of 100
+    await eventually(lambda: (http_get(f"{running_worker.base_url}/usage/ws_a1")[1]["metrics"]["sms"]["contract"] or {}).get("usage") == 85)
+    await produce(bootstrap, prefix + "usage.events", [(b"ws_a2", event("ws_a2", "sms", 20))])  # 105 of 100
+
+    async def contract_alerts() -> list[dict] | None:
+        records = [r for r in await read_all(bootstrap, prefix + "usage.alerts", timeout=2) if r["scope"] == "contract"]
+        return records if len(records) >= 2 else None
+
+    alerts = await eventually(contract_alerts, timeout=30)
+    assert [(a["level"], a["threshold"], a["usage"]) for a in alerts] == [(80, 100, 85), (100, 100, 105)]
+    assert all(a["contract_id"] == "c_al" for a in alerts)
+    assert sorted(alerts[0]["recipients"]) == ["cfo@acme.example.com", "fin@acme.example.com", "ops@acme.example.com"]
+    assert alerts[1]["estimated_cost"] == {"amount": "0.25", "currency": "EUR"}  # 5 over × 0.05
+    assert alerts[0]["alert_id"] != alerts[1]["alert_id"]

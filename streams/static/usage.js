@@ -1,0 +1,335 @@
+// The usage page: reads /usage/{id} and /usage/{id}/daily?metric=… (relative URLs, so they reach
+// the worker that served the page, which routes them to the workspace's owner) and draws one
+// small SVG chart per metric. It refreshes itself, changing only what changed.
+"use strict";
+
+(function () {
+  const REFRESH_MS = 4000;
+  const CHART_HEIGHT = 220;
+  const SVG = "http://www.w3.org/2000/svg";
+  const workspace = document.body.dataset.workspace;
+  const api = "../../usage/" + encodeURIComponent(workspace);
+
+  const METRICS = {
+    messages_sent: ["Messages sent", "Proactive messages sent to your customers."],
+    phone: ["Phone", "Phone calls through your workspace."],
+    sms: ["SMS", "SMS messages sent and received."],
+    whatsapp: ["WhatsApp", "WhatsApp messages sent and received."],
+    email: ["Emails", "Emails sent from your workspace."],
+    fin_resolutions: ["Fin AI Agent resolutions", "Conversations Fin AI Agent resolved."],
+    seats: ["Seats", "Teammate seats in use each day."],
+  };
+  const COLORS = { usage: "#1f6f5c", contracted: "#0550ae", alert: "#a63c00", scheduled: "#57606a", limit: "#b3152a" };
+
+  const count = new Intl.NumberFormat("en");
+  const dayFormat = new Intl.DateTimeFormat("en", { month: "short", day: "numeric", timeZone: "UTC" });
+  const dayYearFormat = new Intl.DateTimeFormat("en", { month: "short", day: "numeric", year: "numeric", timeZone: "UTC" });
+  const timeFormat = new Intl.DateTimeFormat("en", {
+    month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short",
+  });
+  const $ = (id) => document.getElementById(id);
+  const sections = new Map();
+  let last = null;
+  let timer = null;
+  let running = false;
+
+  class NotFound extends Error {}
+
+  async function getJson(url) {
+    const response = await fetch(url, { headers: { Accept: "application/json" }, cache: "no-store" });
+    if (response.status === 404) throw new NotFound(url);
+    if (!response.ok) throw new Error(url + ": HTTP " + response.status);
+    return response.json();
+  }
+
+  async function load() {
+    const usage = await getJson(api);
+    const names = Object.keys(usage.metrics);
+    // With no metric yet, one daily document still gives the period's local dates.
+    const wanted = names.length ? names : ["sms"];
+    const dailies = await Promise.all(wanted.map((m) => getJson(api + "/daily?metric=" + encodeURIComponent(m))));
+    return { usage, names, daily: Object.fromEntries(wanted.map((m, i) => [m, dailies[i]])) };
+  }
+
+  async function tick() {
+    clearTimeout(timer);
+    if (running || document.hidden) return; // a visible page starts again on visibilitychange
+    running = true;
+    try {
+      last = await load();
+      render(last);
+      setText($("status"), "");
+      setText($("refreshed"), "Refreshed at " + new Date().toLocaleTimeString("en") + " · refreshes every few seconds.");
+    } catch (error) {
+      if (error instanceof NotFound) {
+        setText($("period"), "—");
+        setText($("status"), "This workspace is unknown.");
+        return;
+      }
+      setText($("status"), "Could not refresh the figures; trying again.");
+    } finally {
+      running = false;
+    }
+    timer = setTimeout(tick, REFRESH_MS);
+  }
+
+  // ---- the page ---------------------------------------------------------------------------
+
+  function render({ usage, names, daily }) {
+    const period = periodOf(daily[Object.keys(daily)[0]]);
+    setText($("period"), period.text);
+    $("empty").hidden = names.length > 0;
+    for (const name of names) {
+      const section = sections.get(name) || addSection(name, names);
+      fill(section, name, usage.metrics[name], daily[name], period, usage.period_end);
+    }
+  }
+
+  function periodOf(doc) {
+    // period_end is exclusive; the first day is the contract's local date of period_start.
+    const first = Date.parse(doc.days[0].date + "T00:00:00Z");
+    const length = Math.round((Date.parse(doc.period_end) - Date.parse(doc.period_start)) / 86400000);
+    const lastDay = first + (length - 1) * 86400000;
+    const text = dayYearFormat.formatRange ? dayYearFormat.formatRange(first, lastDay)
+      : dayYearFormat.format(first) + " – " + dayYearFormat.format(lastDay);
+    return { first, length, next: first + length * 86400000, text: text + " (day " + doc.days.length + " of " + length + ")" };
+  }
+
+  function addSection(name, order) {
+    const [label, about] = METRICS[name] || [name, ""];
+    const id = "metric-" + name;
+    const section = el("section", { class: "metric", id, "aria-labelledby": id + "-h" });
+    section.innerHTML = `
+      <h2 id="${id}-h"></h2>
+      <p class="about"></p>
+      <div class="metric-body">
+        <div class="facts"><dl>
+          <div data-row="usage"><dt></dt><dd data-fact="usage"></dd></div>
+          <div data-row="cost"><dt>Estimated cost</dt><dd><span data-fact="cost"></span><span class="note" data-fact="cost-note"></span></dd></div>
+          <div data-row="contract"><dt>Contracted</dt><dd data-fact="contract"></dd></div>
+          <div data-row="alert"><dt>Usage alert</dt><dd data-fact="alert"></dd></div>
+          <div data-row="scheduled"><dt>Scheduled alert</dt><dd data-fact="scheduled"></dd></div>
+          <div data-row="limit"><dt>Fin limit</dt><dd data-fact="limit"></dd></div>
+          <div data-row="updated"><dt>Last updated</dt><dd data-fact="updated"><time></time></dd></div>
+        </dl></div>
+        <figure class="chart"><div class="plot"></div>
+          <table class="visually-hidden"><caption></caption>
+            <thead><tr><th scope="col">Date</th><th scope="col"></th></tr></thead><tbody></tbody></table>
+        </figure>
+      </div>`;
+    section.querySelector("h2").textContent = label;
+    section.querySelector(".about").textContent = about;
+    const seats = name === "seats";
+    section.querySelector("[data-row=usage] dt").textContent = seats ? "Seats in use" : "Used so far";
+    section.querySelector("caption").textContent = label + (seats ? ": seats in use each day" : ": usage so far, by day");
+    section.querySelector("thead th:last-child").textContent = seats ? "Seats" : "Cumulative usage";
+    // Keep the API's order of metrics, whatever order they first appear in.
+    const after = order.slice(order.indexOf(name) + 1).map((m) => sections.get(m)).find(Boolean);
+    $("metrics").insertBefore(section, after ? after.root : null);
+    const entry = { root: section, key: "", rows: "" };
+    sections.set(name, entry);
+    return entry;
+  }
+
+  function fill(section, name, m, doc, period, periodEnd) {
+    const root = section.root;
+    const fact = (key) => root.querySelector(`[data-fact=${key}]`);
+    const row = (key, shown) => { root.querySelector(`[data-row=${key}]`).hidden = !shown; };
+    const label = (METRICS[name] || [name])[0];
+    const lines = referenceLines(name, m, period, periodEnd);
+
+    setText(fact("usage"), count.format(m.usage));
+    setText(fact("cost"), m.estimated_cost ? money(m.estimated_cost) : "—");
+    let note = m.estimated_cost && !m.contract ? "Pay-as-you-go: billed at the end of the period" : "";
+    if (name === "seats" && m.estimated_cost) note = "Seats are prorated by daily use; your invoice may differ";
+    setText(fact("cost-note"), note);
+    row("contract", true);
+    setText(fact("contract"), contractText(m));
+    row("alert", name !== "seats");
+    setText(fact("alert"), alertText(m));
+    fact("alert").classList.toggle("warn", reachedLevel(m) > 0);
+    row("scheduled", Boolean(m.scheduled_alert));
+    setText(fact("scheduled"), m.scheduled_alert ? scheduledText(m.scheduled_alert, period, periodEnd) : "");
+    row("limit", name === "fin_resolutions");
+    setText(fact("limit"), name === "fin_resolutions" ? limitText(m) : "");
+    fact("limit").classList.toggle("warn", m.fin_state === "disabled");
+    const time = fact("updated").querySelector("time");
+    setText(time, m.last_updated ? timeFormat.format(new Date(m.last_updated)) : "No usage yet this period");
+    if (m.last_updated) time.dateTime = m.last_updated; else time.removeAttribute("datetime");
+
+    const summary = summaryText(label, name, m);
+    const plot = root.querySelector(".plot");
+    const width = Math.max(260, Math.round(plot.clientWidth || 600));
+    const key = JSON.stringify([width, summary, doc.days, lines, period.length]);
+    if (key !== section.key) {
+      section.key = key;
+      const svg = chart(doc, period, lines, width, summary);
+      if (plot.firstChild) plot.firstChild.replaceWith(svg); else plot.append(svg);
+    }
+    const rows = JSON.stringify(doc.days);
+    if (rows !== section.rows) {
+      section.rows = rows;
+      const body = root.querySelector("tbody");
+      body.replaceChildren(...doc.days.map((d) => {
+        const tr = el("tr");
+        tr.append(el("th", { scope: "row" }, dayYearFormat.format(Date.parse(d.date + "T00:00:00Z"))), el("td", {}, count.format(d.usage)));
+        return tr;
+      }));
+    }
+  }
+
+  // ---- words ------------------------------------------------------------------------------
+
+  function money(cost) {
+    const decimals = (cost.amount.split(".")[1] || "").length;
+    try {
+      return new Intl.NumberFormat("en", {
+        style: "currency", currency: cost.currency, minimumFractionDigits: decimals, maximumFractionDigits: decimals,
+      }).format(cost.amount);
+    } catch (_) {
+      return cost.amount + " " + cost.currency;
+    }
+  }
+
+  function contractText(m) {
+    if (!m.contract) return m.estimated_cost ? "None: pay-as-you-go" : "—";
+    const text = count.format(m.contract.included) + " included";
+    return m.contract.usage === m.usage ? text
+      : text + "; " + count.format(m.contract.usage) + " used by all the contract's workspaces";
+  }
+
+  function reachedLevel(m) {
+    const a = m.alert;
+    if (!a || !a.enabled) return 0;
+    const levels = a.early_warnings ? [100, 80, 50] : [100];
+    return levels.find((level) => m.usage * 100 >= a.threshold * level) || 0;
+  }
+
+  function alertText(m) {
+    if (!m.alert) return "Not set";
+    if (!m.alert.enabled) return "Off";
+    const level = reachedLevel(m);
+    const early = m.alert.early_warnings ? " (also at 50% and 80%)" : "";
+    return "At " + count.format(m.alert.threshold) + early + (level ? " · " + level + "% reached" : "");
+  }
+
+  function scheduledText(s, period, periodEnd) {
+    const when = s.effective_from === periodEnd ? "next period, " + dayFormat.format(period.next)
+      : timeFormat.format(new Date(s.effective_from));
+    return (s.enabled ? "At " + count.format(s.threshold) : "Off") + " from " + when;
+  }
+
+  function limitText(m) {
+    const state = m.fin_state === "disabled" ? "Fin AI Agent is off: limit reached" : "Fin AI Agent is on";
+    if (!m.limit || !m.limit.enabled) return "No limit · " + state;
+    return count.format(m.limit.limit) + " resolutions · " + state;
+  }
+
+  function summaryText(label, name, m) {
+    const parts = [label + ": " + count.format(m.usage) + (name === "seats" ? " seats in use" : " used")];
+    if (m.contract) {
+      parts[0] += m.contract.usage === m.usage ? " of " + count.format(m.contract.included) + " contracted"
+        : " (contract: " + count.format(m.contract.usage) + " of " + count.format(m.contract.included) + " contracted)";
+    } else if (m.estimated_cost) {
+      parts.push("pay-as-you-go");
+    }
+    if (m.alert && m.alert.enabled) parts.push("alert at " + count.format(m.alert.threshold));
+    if (m.scheduled_alert && m.scheduled_alert.enabled) parts.push("alert at " + count.format(m.scheduled_alert.threshold) + " from the next period");
+    if (name === "fin_resolutions" && m.limit && m.limit.enabled) parts.push("limit " + count.format(m.limit.limit));
+    if (name === "fin_resolutions") parts.push("Fin AI Agent " + (m.fin_state === "disabled" ? "off" : "on"));
+    if (m.estimated_cost) parts.push("estimated cost " + money(m.estimated_cost));
+    return parts.join("; ");
+  }
+
+  // ---- the chart --------------------------------------------------------------------------
+
+  function referenceLines(name, m, period, periodEnd) {
+    const lines = [];
+    if (m.contract && m.contract.included != null) {
+      lines.push({ kind: "contracted", value: m.contract.included, label: "Contracted " + count.format(m.contract.included) });
+    }
+    if (m.alert && m.alert.enabled) lines.push({ kind: "alert", value: m.alert.threshold, label: "Alert " + count.format(m.alert.threshold) });
+    const s = m.scheduled_alert;
+    if (s && s.enabled) {
+      const when = s.effective_from === periodEnd ? dayFormat.format(period.next) : timeFormat.format(new Date(s.effective_from));
+      lines.push({ kind: "scheduled", value: s.threshold, label: "Alert from " + when + ": " + count.format(s.threshold) });
+    }
+    if (name === "fin_resolutions" && m.limit && m.limit.enabled) {
+      lines.push({ kind: "limit", value: m.limit.limit, label: "Limit " + count.format(m.limit.limit) });
+    }
+    return lines;
+  }
+
+  function chart(doc, period, lines, width, summary) {
+    const values = doc.days.map((d) => d.usage);
+    const top = niceTop(Math.max(1, ...values, ...lines.map((l) => l.value)));
+    const ticks = [0, top / 2, top];
+    const left = 12 + 7 * Math.max(...ticks.map((t) => count.format(t).length));
+    const box = { left, right: width - 10, top: 14, bottom: CHART_HEIGHT - 26 };
+    const slot = (box.right - box.left) / period.length;
+    const y = (v) => box.bottom - (Math.max(0, v) / top) * (box.bottom - box.top);
+
+    const svg = el("svg", { viewBox: `0 0 ${width} ${CHART_HEIGHT}`, role: "img", "aria-label": summary, focusable: "false" }, null, SVG);
+    svg.append(el("title", {}, summary, SVG));
+    for (const t of ticks) {
+      svg.append(el("line", { x1: box.left, x2: box.right, y1: y(t), y2: y(t), class: "grid" }, null, SVG));
+      svg.append(el("text", { x: box.left - 6, y: y(t) + 4, "text-anchor": "end", class: "tick" }, count.format(t), SVG));
+    }
+    const lastDay = period.first + (period.length - 1) * 86400000;
+    svg.append(el("text", { x: box.left, y: CHART_HEIGHT - 6, class: "tick" }, dayFormat.format(period.first), SVG));
+    svg.append(el("text", { x: box.right, y: CHART_HEIGHT - 6, "text-anchor": "end", class: "tick" }, dayFormat.format(lastDay), SVG));
+
+    if (doc.cumulative) {
+      // Cumulative: 0 at the start of the period, then the total at the end of each day so far.
+      const points = [[box.left, y(0)], ...values.map((v, i) => [box.left + (i + 1) * slot, y(v)])];
+      const line = points.map(([px, py]) => px.toFixed(1) + "," + py.toFixed(1)).join(" L");
+      const [endX, endY] = points[points.length - 1];
+      svg.append(el("path", { d: `M${line} L${endX.toFixed(1)},${box.bottom} Z`, class: "area", fill: COLORS.usage }, null, SVG));
+      svg.append(el("path", { d: "M" + line, class: "usage", stroke: COLORS.usage }, null, SVG));
+      svg.append(el("circle", { cx: endX, cy: endY, r: 4, fill: COLORS.usage }, null, SVG));
+    } else {
+      values.forEach((v, i) => {
+        const h = box.bottom - y(v);
+        svg.append(el("rect", { x: box.left + i * slot + slot * 0.15, y: y(v), width: Math.max(1, slot * 0.7), height: h, fill: COLORS.usage }, null, SVG));
+      });
+    }
+    // Reference lines; the dashed alert line is drawn over a contracted line at the same level.
+    let labelFloor = Infinity;
+    for (const l of [...lines].sort((a, b) => a.value - b.value)) {
+      const ly = y(l.value);
+      svg.append(el("line", { x1: box.left, x2: box.right, y1: ly, y2: ly, class: "ref " + l.kind, stroke: COLORS[l.kind] }, null, SVG));
+      const ty = Math.max(box.top - 2, Math.min(ly - 5, labelFloor - 14));
+      labelFloor = ty;
+      svg.append(el("text", { x: box.right - 2, y: ty, "text-anchor": "end", class: "ref-label", fill: COLORS[l.kind] }, l.label, SVG));
+    }
+    return svg;
+  }
+
+  function niceTop(max) {
+    const raw = (max * 1.1) / 2; // two steps: 0, half, top
+    const magnitude = Math.pow(10, Math.floor(Math.log10(raw)));
+    const step = [1, 1.5, 2, 2.5, 3, 4, 5, 6, 7.5, 8, 10].map((f) => f * magnitude).find((s) => s >= raw);
+    return 2 * Math.max(1, Math.ceil(step));
+  }
+
+  // ---- helpers ----------------------------------------------------------------------------
+
+  function el(tag, attrs = {}, text = null, ns = null) {
+    const node = ns ? document.createElementNS(ns, tag) : document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+    if (text != null) node.textContent = text;
+    return node;
+  }
+
+  function setText(node, text) {
+    if (node.textContent !== text) node.textContent = text;
+  }
+
+  let resized = null;
+  window.addEventListener("resize", () => {
+    clearTimeout(resized);
+    resized = setTimeout(() => last && render(last), 150);
+  });
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) tick(); });
+  tick();
+})();

@@ -1,0 +1,318 @@
+"""The usage page in a real browser: headless Chromium driven through chromedriver, against a real
+worker on a real broker (CONTRACT 7; the help article's "Viewing your usage").
+
+Needs Debian's ``chromium`` and ``chromium-driver`` and the ``selenium`` package; skipped without
+them. Screenshots land in ``tests/artifacts/``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Iterator
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from tests.support.kafka_io import produce, read_all
+from tests.support.worker import WorkerProcess, eventually, http_get
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+webdriver = pytest.importorskip("selenium.webdriver")
+if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+    pytest.skip("needs Debian's chromium and chromium-driver packages", allow_module_level=True)
+
+from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
+from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+WS = "ws_page"
+CONTRACT = "c_page"
+ZONE = "America/New_York"
+ANCHOR_DAY = 15
+ADMIN = {"id": "admin", "billing_permission": True}
+CHROMIUM_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+]
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[WebDriver]:
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    options.add_argument("--window-size=1280,900")
+    options.add_argument("--lang=en-US")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # Both paths given explicitly: Selenium Manager is never asked to find or download anything.
+    service = Service(executable_path=str(CHROMEDRIVER), log_output=str(tmp_path / "chromedriver.log"))
+    driver = webdriver.Chrome(options=options, service=service)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+# ---- what the test sends -------------------------------------------------------------------
+
+
+def command(kind: str, **fields: Any) -> dict:
+    return {
+        "type": kind,
+        "command_id": f"{kind}-{uuid.uuid4().hex[:8]}",
+        "issued_at": datetime.now(timezone.utc).isoformat(),
+        **fields,
+    }
+
+
+def workspace_command(kind: str, **fields: Any) -> dict:
+    return command(kind, workspace_id=WS, actor=ADMIN, **fields)
+
+
+def event(metric: str, quantity: int, conversation: str | None = None) -> dict:
+    return {
+        "event_id": uuid.uuid4().hex,
+        "workspace_id": WS,
+        "metric": metric,
+        "quantity": quantity,
+        "occurred_at": datetime.now(timezone.utc).isoformat(),
+        "conversation_id": conversation,
+    }
+
+
+class Kafka:
+    def __init__(self, deployment: dict[str, str]) -> None:
+        self.bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
+        self.prefix = deployment["METERWATCH_TOPIC_PREFIX"]
+
+    async def commands(self, key: str, *commands: dict) -> dict[str, dict]:
+        await produce(self.bootstrap, self.prefix + "usage.control", [(key.encode(), c) for c in commands])
+        ids = {c["command_id"] for c in commands}
+
+        async def answered() -> dict[str, dict] | None:
+            results = await read_all(self.bootstrap, self.prefix + "usage.command-results", timeout=2)
+            mine = {r["command_id"]: r for r in results if r["command_id"] in ids}
+            return mine if len(mine) == len(ids) else None
+
+        return await eventually(answered, timeout=30)
+
+    async def use(self, *events: dict) -> None:
+        await produce(self.bootstrap, self.prefix + "usage.events", [(WS.encode(), e) for e in events])
+
+
+def current_period(now: datetime) -> tuple[date, date]:
+    """An independent oracle: the local first and last day of the period (anchor day ≤ 28)."""
+    today = now.astimezone(ZoneInfo(ZONE)).date()
+    start = today.replace(day=ANCHOR_DAY)
+    if start > today:
+        start = (start - timedelta(days=28)).replace(day=ANCHOR_DAY)
+    following = (start + timedelta(days=31)).replace(day=ANCHOR_DAY)
+    return start, following - timedelta(days=1)
+
+
+# ---- what a person sees --------------------------------------------------------------------
+
+
+def section(driver: WebDriver, metric: str) -> WebElement:
+    return driver.find_element(By.ID, f"metric-{metric}")
+
+
+def fact(driver: WebDriver, metric: str, name: str) -> str:
+    return section(driver, metric).find_element(By.CSS_SELECTOR, f"[data-fact={name}]").text
+
+
+def shows(driver: WebDriver, metric: str, name: str, expected: str, timeout: float = 20) -> None:
+    def matches(d: WebDriver) -> bool:
+        try:
+            return fact(d, metric, name) == expected
+        except Exception:
+            return False
+
+    WebDriverWait(driver, timeout, poll_frequency=0.2).until(
+        matches, message=f"{metric} {name} never showed {expected!r}"
+    )
+
+
+def dollars(cost: dict) -> str:
+    assert cost["currency"] == "USD"
+    units, cents = cost["amount"].split(".")
+    return f"${int(units):,}.{cents}"
+
+
+def full_page_screenshot(driver: WebDriver, path: Path, width: int) -> None:
+    driver.set_window_size(width, 900)
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(width, height + 20)
+    time.sleep(0.5)  # the charts redraw for the new width
+    driver.save_screenshot(str(path))
+
+
+async def test_the_usage_page_shows_the_period_charts_and_costs_and_follows_usage(
+    running_worker: WorkerProcess, deployment: dict[str, str], browser: WebDriver
+) -> None:
+    kafka = Kafka(deployment)
+    base = running_worker.base_url
+    started = time.monotonic()
+
+    subscription = command(
+        "subscription",
+        contract_id=CONTRACT,
+        workspace_ids=[WS],
+        billing_anchor=f"2026-01-{ANCHOR_DAY}",
+        timezone=ZONE,
+        currency="USD",
+        prices={
+            "sms": {"unit_price": "0.0125", "included": 1000},
+            "email": {"unit_price": "0.002", "included": None},
+            "fin_resolutions": {"unit_price": "0.99", "included": None},
+        },
+    )
+    await kafka.commands(CONTRACT, subscription)
+    await eventually(lambda: (http_get(f"{base}/usage/{WS}")[1] or {}).get("contract_id") == CONTRACT)
+    results = await kafka.commands(
+        WS,
+        workspace_command("billing_contacts", emails=["ana@example.com"]),
+        workspace_command("alert_settings", metric="sms", threshold=1500, early_warnings=True, enabled=True),
+        workspace_command("alert_settings", metric="email", threshold=2000, early_warnings=False, enabled=True),
+        workspace_command("limit_settings", metric="fin_resolutions", limit=3, enabled=True),
+    )
+    assert {r["status"] for r in results.values()} == {"applied"}, results
+    await kafka.use(event("sms", 500), event("sms", 300), event("sms", 3), event("email", 1234), event("fin_resolutions", 1, "conv-1"))
+
+    def usage_is(**expected: int) -> dict | None:
+        status, body = http_get(f"{base}/usage/{WS}")
+        if status != 200:
+            return None
+        metrics = body["metrics"]
+        return body if all((metrics.get(m) or {}).get("usage") == n for m, n in expected.items()) else None
+
+    await eventually(lambda: usage_is(sms=803, email=1234, fin_resolutions=1))
+    # Lowered below the usage so far: takes effect next period, so the page shows it as scheduled.
+    [lowered] = (await kafka.commands(WS, workspace_command("alert_settings", metric="email", threshold=1000, early_warnings=False, enabled=True))).values()
+    assert lowered["status"] == "scheduled"
+    api = await eventually(lambda: usage_is(sms=803))
+    assert api["metrics"]["sms"]["estimated_cost"] == {"amount": "0.00", "currency": "USD"}  # within the 1,000 included
+    assert api["metrics"]["email"]["estimated_cost"] == {"amount": "2.47", "currency": "USD"}  # 1,234 × 0.002
+    set_up = time.monotonic() - started
+
+    # ---- the page, as a person opens it
+    browser.get(f"{base}/ui/usage/{WS}")
+    shows(browser, "sms", "usage", "803")
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Usage"
+    assert browser.title == f"Usage · {WS}"
+
+    first, last = current_period(datetime.now(timezone.utc))
+    period = browser.find_element(By.ID, "period").text
+    for day in (first, last):
+        assert f"{day:%b} {day.day}" in period, period
+    assert str(last.year) in period, period
+
+    headings = [s.find_element(By.TAG_NAME, "h2").text for s in browser.find_elements(By.CSS_SELECTOR, "section.metric")]
+    assert headings == ["SMS", "Emails", "Fin AI Agent resolutions"]
+    for metric in ("sms", "email", "fin_resolutions"):
+        chart = section(browser, metric).find_element(By.CSS_SELECTOR, "svg[role=img]")
+        assert chart.find_elements(By.CSS_SELECTOR, "path.usage"), f"{metric}: no usage line"
+
+    assert fact(browser, "email", "usage") == "1,234"
+    assert fact(browser, "fin_resolutions", "usage") == "1"
+    for metric in ("sms", "email", "fin_resolutions"):
+        assert fact(browser, metric, "cost") == dollars(api["metrics"][metric]["estimated_cost"])
+    assert fact(browser, "sms", "contract") == "1,000 included"
+    assert "pay-as-you-go" in fact(browser, "email", "cost-note").lower()
+    assert fact(browser, "sms", "alert") == "At 1,500 (also at 50% and 80%) · 50% reached"
+    assert fact(browser, "email", "scheduled").startswith("At 1,000 from next period")
+    assert fact(browser, "fin_resolutions", "limit") == "3 resolutions · Fin AI Agent is on"
+
+    # The SMS chart: the contracted amount as a blue line, the alert threshold above it, usage below both.
+    sms_chart = section(browser, "sms").find_element(By.CSS_SELECTOR, "svg")
+    contracted = sms_chart.find_element(By.CSS_SELECTOR, "line.ref.contracted")
+    alert = sms_chart.find_element(By.CSS_SELECTOR, "line.ref.alert")
+    assert contracted.value_of_css_property("stroke") == "rgb(5, 80, 174)"  # blue
+    dot_y = float(sms_chart.find_element(By.TAG_NAME, "circle").get_attribute("cy"))
+    assert float(alert.get_attribute("y1")) < float(contracted.get_attribute("y1")) < dot_y  # SVG y grows downwards
+    labels = [t.text for t in sms_chart.find_elements(By.CSS_SELECTOR, "text.ref-label")]
+    assert labels == ["Contracted 1,000", "Alert 1,500"]
+    email_lines = {l.get_attribute("class") for l in section(browser, "email").find_elements(By.CSS_SELECTOR, "line.ref")}
+    assert email_lines == {"ref alert", "ref scheduled"}  # no contracted line: pay-as-you-go
+    fin_lines = {l.get_attribute("class") for l in section(browser, "fin_resolutions").find_elements(By.CSS_SELECTOR, "line.ref")}
+    assert fin_lines == {"ref limit"}
+
+    # When the data was last updated: the time the API gives, shown to the reader.
+    for metric in ("sms", "email", "fin_resolutions"):
+        when = section(browser, metric).find_element(By.CSS_SELECTOR, "[data-fact=updated] time")
+        assert when.get_attribute("datetime") == api["metrics"][metric]["last_updated"]
+        assert when.text.strip()
+
+    # Accessible: each chart is an image with a text equivalent, and a table of the figures.
+    charts = browser.find_elements(By.CSS_SELECTOR, "svg")
+    assert len(charts) == 3
+    for chart in charts:
+        assert chart.get_attribute("role") == "img"
+        assert chart.accessible_name, chart.get_attribute("outerHTML")[:200]
+    assert sms_chart.accessible_name.startswith("SMS: 803 used of 1,000 contracted; alert at 1,500")
+    rows = section(browser, "sms").find_elements(By.CSS_SELECTOR, "table tbody tr")
+    assert rows and rows[-1].find_element(By.TAG_NAME, "td").get_attribute("textContent") == "803"
+    assert len(rows) == (datetime.now(ZoneInfo(ZONE)).date() - first).days + 1
+
+    # Everything came from the worker: no other host, no console errors (CSP violations included).
+    origins = browser.execute_script(
+        "return [location.href, ...performance.getEntriesByType('resource').map(e => e.name)].map(u => new URL(u).origin)"
+    )
+    assert set(origins) == {base}, origins
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == [], errors
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    full_page_screenshot(browser, ARTIFACTS / "usage-page.png", 1280)
+
+    # ---- more usage: the open page follows by itself, without reloading or moving the reader
+    browser.set_window_size(1280, 700)
+    browser.execute_script("window.scrollTo(0, 300); window.__sameDocument = true;")
+    scrolled = browser.execute_script("return window.scrollY")
+    await kafka.use(event("sms", 250), event("fin_resolutions", 1, "conv-2"), event("fin_resolutions", 1, "conv-3"))
+    await eventually(lambda: usage_is(sms=1053, fin_resolutions=3))
+    in_api = time.monotonic()
+    shows(browser, "sms", "usage", "1,053", timeout=10)
+    shows(browser, "fin_resolutions", "limit", "3 resolutions · Fin AI Agent is off: limit reached", timeout=10)
+    followed = time.monotonic() - in_api
+    assert browser.execute_script("return window.__sameDocument") is True  # not reloaded
+    assert browser.execute_script("return window.scrollY") == scrolled
+    assert fact(browser, "sms", "alert") == "At 1,500 (also at 50% and 80%) · 50% reached"  # 1,053 < 80% of 1,500
+    after = (await eventually(lambda: usage_is(sms=1053)))["metrics"]
+    assert after["sms"]["estimated_cost"]["amount"] == "0.66"  # 53 over the included 1,000 at 0.0125
+    shows(browser, "sms", "cost", dollars(after["sms"]["estimated_cost"]), timeout=10)
+    assert section(browser, "sms").find_element(By.CSS_SELECTOR, "svg").accessible_name.startswith("SMS: 1,053 used of 1,000 contracted")
+
+    # A phone-width screen: no sideways scrolling, everything still there.
+    browser.set_window_size(390, 844)
+    time.sleep(0.5)
+    widths = browser.execute_script("return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+    assert widths[0] <= widths[1], widths
+    full_page_screenshot(browser, ARTIFACTS / "usage-page-phone.png", 390)
+    assert all(c.accessible_name for c in browser.find_elements(By.CSS_SELECTOR, "svg"))
+
+    # An unknown workspace: 404, and a page that says so.
+    status, _ = http_get(f"{base}/ui/usage/ws_nobody")
+    assert status == 404
+    browser.get(f"{base}/ui/usage/ws_nobody")
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Workspace not found"
+
+    print(f"\n[usage page] set-up {set_up:.1f}s, page followed new usage in {followed:.1f}s, total {time.monotonic() - started:.1f}s")
