@@ -65,8 +65,17 @@ async def _count_batch(mw: Meterwatch, events: list[EventT]) -> None:
             if event.message.key is None:
                 continue  # only meterwatch writes the inbox, always keyed
             by_workspace[event.message.key.decode()].append(event)
-        for workspace_id, workspace_events in by_workspace.items():
-            await WorkspaceBatch(mw, workspace_id, publisher).apply(workspace_events)
+        batches = [WorkspaceBatch(mw, workspace_id, publisher) for workspace_id in by_workspace]
+        for batch in batches:
+            await batch.apply(by_workspace[batch.workspace_id])
+        # Event ids are remembered before the counts they guard are written: were the counts
+        # kept and the ids lost (a crash between the two writes, without transactions), a
+        # later copy of an event would be counted again.
+        for batch in batches:
+            batch.remember_event_ids()
+        await mw.tables.seen_event_ids.wait_for_writes()
+        for batch in batches:
+            batch.write_state()
     await finish(mw, publisher)
 
 
@@ -100,7 +109,6 @@ class WorkspaceBatch:
                 await self._command(document["command"], received)
             self.state = replace(self.state, usage=replace(self.state.usage, applied_through=offset))
             self.applied_any = True
-        self._write()
         await self._report_to_contract()
 
     async def _count(self, item: InboxEvent, position: int) -> None:
@@ -233,9 +241,11 @@ class WorkspaceBatch:
             report = WorkspaceReport(self.workspace_id, metric, period, usage, self.state.usage.applied_through)
             await self.publisher.publish(self.mw.channels.contract_inbox, contract.contract_id, report_message(report))
 
-    def _write(self) -> None:
-        tables = self.mw.tables
+    def remember_event_ids(self) -> None:
+        seen = self.mw.tables.seen_event_ids
         for key, first in self.first_seen.items():
-            tables.seen_event_ids[key] = encode_first_seen(first)
+            seen[key] = encode_first_seen(first)
+
+    def write_state(self) -> None:
         if self.applied_any:
-            tables.workspaces[self.workspace_id] = encode_workspace(self.state)
+            self.mw.tables.workspaces[self.workspace_id] = encode_workspace(self.state)

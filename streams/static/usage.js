@@ -113,8 +113,8 @@
           <div data-row="updated"><dt>Last updated</dt><dd data-fact="updated"><time></time></dd></div>
         </dl></div>
         <figure class="chart"><div class="plot"></div>
-          <table class="visually-hidden"><caption></caption>
-            <thead><tr><th scope="col">Date</th><th scope="col"></th></tr></thead><tbody></tbody></table>
+          <div class="visually-hidden"><table><caption></caption>
+            <thead><tr><th scope="col">Date</th><th scope="col"></th></tr></thead><tbody></tbody></table></div>
         </figure>
       </div>`;
     section.querySelector("h2").textContent = label;
