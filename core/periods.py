@@ -8,6 +8,7 @@ ZoneInfo is wall-clock arithmetic and goes wrong across daylight-saving changes.
 from __future__ import annotations
 
 import calendar
+import functools
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -168,7 +169,8 @@ class BillingCycle:
         return date(year, month, min(self.anchor_day, last_day))
 
     def _start_of(self, index: int) -> datetime:
-        return self._first_instant_of(self._anchor_date(index))
+        # Every event asks for its period; the answer for a month never changes.
+        return _period_start(self, index)
 
     def _first_instant_of(self, day: date) -> datetime:
         """The UTC instant of local midnight starting `day`.
@@ -202,6 +204,11 @@ class BillingCycle:
 
 
 CALENDAR_MONTH_UTC = BillingCycle(1, "UTC")
+
+
+@functools.lru_cache(maxsize=4096)
+def _period_start(cycle: BillingCycle, index: int) -> datetime:
+    return cycle._first_instant_of(cycle._anchor_date(index))
 
 
 def event_time_rejection(occurred_at: datetime, now: datetime, cycle: BillingCycle) -> str | None:

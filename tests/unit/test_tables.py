@@ -1,0 +1,32 @@
+"""The tables as the worker declares them: names, partitions, and where their data lives."""
+
+from __future__ import annotations
+
+import asyncio
+
+from faust.stores.memory import Store as MemoryStore
+from faust.stores.rocksdb import Store as RocksDBStore
+
+from meterwatch.config import ProcessingGuarantee, load_settings
+from meterwatch.streams.app import create_app
+
+
+def build(environ: dict[str, str]):  # type: ignore[no-untyped-def]
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    return create_app(load_settings(environ), "127.0.0.1:9092", ProcessingGuarantee.AT_LEAST_ONCE)
+
+
+def test_the_dedupe_store_is_on_disk_so_memory_stays_bounded() -> None:
+    mw = build({})
+    assert isinstance(mw.tables.seen_event_ids.data, RocksDBStore)
+    assert isinstance(mw.tables.workspaces.data, MemoryStore)
+
+
+def test_every_name_carries_the_prefix_and_app_id() -> None:
+    mw = build({"METERWATCH_TOPIC_PREFIX": "eu.", "METERWATCH_APP_ID": "billing", "METERWATCH_PARTITIONS": "12"})
+    assert mw.app.conf.id == "eu.billing"
+    for table in mw.tables.all():
+        assert table.changelog_topic.get_topic_name().startswith("eu.billing-")
+        assert table.partitions == 12
+    assert mw.names.usage_events == "eu.usage.events"
+    assert mw.names.workspace_inbox == "eu.billing-workspace-inbox"
