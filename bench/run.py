@@ -116,6 +116,39 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def log_stats(path: Path, since: int = 0) -> dict[str, Any]:
+    """Faust's own complaints in a worker log: overlapping timers (a blocked event loop) and a
+    full producer buffer (table writes waiting)."""
+    import re
+
+    stalls: list[float] = []
+    commit_overlaps = buffer_full = errors = 0
+    try:
+        with open(path, "rb") as log_file:
+            log_file.seek(since)
+            for raw in log_file:
+                line = raw.decode(errors="replace")
+                if "is overlapping" in line:
+                    found = re.search(r"runtime=([0-9.]+)", line)
+                    if "Timer commit" in line:
+                        commit_overlaps += 1
+                    elif found:
+                        stalls.append(float(found.group(1)))
+                elif "producer buffer full" in line:
+                    buffer_full += 1
+                elif " ERROR " in line or "Traceback" in line:
+                    errors += 1
+    except OSError:
+        pass
+    return {
+        "loop_stall_warnings": len(stalls),
+        "max_loop_stall_seconds": max(stalls) if stalls else None,
+        "commit_overlap_warnings": commit_overlaps,
+        "producer_buffer_full_warnings": buffer_full,
+        "error_lines": errors,
+    }
+
+
 def tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -129,9 +162,9 @@ def tail(path: Path, lines: int = 30) -> str:
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _processes() -> dict[int, tuple[int, float, str]]:
-    """pid -> (ppid, cpu seconds so far, command)."""
-    found: dict[int, tuple[int, float, str]] = {}
+def _processes() -> dict[int, tuple[int, float, float, str]]:
+    """pid -> (ppid, own cpu seconds, cpu seconds of its reaped children, command)."""
+    found: dict[int, tuple[int, float, float, str]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -143,45 +176,63 @@ def _processes() -> dict[int, tuple[int, float, str]]:
         except OSError:
             continue
         fields = raw[raw.rindex(")") + 2 :].split()
-        found[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS, command[:120])
+        own = (int(fields[11]) + int(fields[12])) / _TICKS
+        children = (int(fields[13]) + int(fields[14])) / _TICKS
+        found[int(entry)] = (int(fields[1]), own, children, command[:120])
     return found
 
 
-def _ours(processes: dict[int, tuple[int, float, str]]) -> set[int]:
+def _ours(processes: dict[int, tuple[int, float, float, str]]) -> set[int]:
     ours = {os.getpid()}
     changed = True
     while changed:
         changed = False
-        for pid, (ppid, _cpu, _cmd) in processes.items():
-            if ppid in ours and pid not in ours:
+        for pid, info in processes.items():
+            if info[0] in ours and pid not in ours:
                 ours.add(pid)
                 changed = True
     return ours
 
 
+def _system_busy_seconds() -> float:
+    with open("/proc/stat") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / _TICKS
+
+
+def _our_cpu(processes: dict[int, tuple[int, float, float, str]]) -> float:
+    # Children we reaped are in their parent's "children" time, so processes that ended during
+    # the phase still count as ours.
+    return sum(processes[pid][1] + processes[pid][2] for pid in _ours(processes) if pid in processes)
+
+
 class ForeignLoad:
-    """CPU used, during a phase, by processes that are not this benchmark or its children."""
+    """CPU used during a phase by processes that are not this benchmark or its children:
+    the machine's busy time (/proc/stat) less ours, so processes that came and went count too."""
 
     def __init__(self) -> None:
         self.started = time.monotonic()
         self.before = _processes()
+        self.busy = _system_busy_seconds()
+        self.ours = _our_cpu(self.before)
 
     def finish(self) -> dict[str, Any]:
         after = _processes()
-        ours = _ours(after) | _ours(self.before)
         elapsed = max(1e-6, time.monotonic() - self.started)
+        foreign = max(0.0, (_system_busy_seconds() - self.busy) - (_our_cpu(after) - self.ours))
+        ours = _ours(after)
         used: dict[str, float] = {}
-        for pid, (_ppid, cpu, command) in after.items():
+        for pid, (_ppid, cpu, _children, command) in after.items():
             if pid in ours or not command:
                 continue
             delta = cpu - self.before[pid][1] if pid in self.before else cpu
             if delta > 0.05:
                 used[f"{pid} {command}"] = round(delta, 2)
-        total = sum(used.values())
         return {
-            "cpu_seconds": round(total, 2),
-            "cores": round(total / elapsed, 2),
-            "top": sorted(used.items(), key=lambda kv: -kv[1])[:5],
+            "cpu_seconds": round(foreign, 2),
+            "cores": round(foreign / elapsed, 2),
+            "top_still_running": sorted(used.items(), key=lambda kv: -kv[1])[:5],
             "loadavg": os.getloadavg(),
         }
 
@@ -639,6 +690,11 @@ def run_meterwatch(worker: MeterwatchWorker, expected: dict[str, int], spy_path:
         worker.stop()
 
 
+def with_log_stats(result: dict[str, Any], worker: MeterwatchWorker) -> dict[str, Any]:
+    result["log"] = log_stats(worker.log_path)
+    return result
+
+
 def run_shape(args: argparse.Namespace, shape: Shape, bootstrap: str, tag: str, work: Path, log_dir: Path) -> dict[str, Any]:
     partitions = args.partitions
     workspaces = workspace_names(args.workspaces)
@@ -690,6 +746,7 @@ def run_shape(args: argparse.Namespace, shape: Shape, bootstrap: str, tag: str, 
     load = ForeignLoad()
     mw = run_meterwatch(worker, expected, spy_path, log_dir)
     mw["foreign_load"] = load.finish()
+    with_log_stats(mw, worker)
     mw["env"] = worker.env_settings
     if profile_path:
         mw["profile"] = str(profile_path)
@@ -782,6 +839,7 @@ def run_dedupe_memory(args: argparse.Namespace, bootstrap: str, tag: str, work: 
     finally:
         worker.stop()
     result["rss_trajectory"] = trajectory
+    with_log_stats(result, worker)
     result["foreign_load"] = load.finish()
     steps_done = result["steps"]
     if len(steps_done) == 2 and steps_done[0]["rss_bytes"] and steps_done[1]["rss_bytes"]:
@@ -844,6 +902,12 @@ def report(results: dict[str, Any]) -> str:
             f"guarantee {mw['processing_guarantee']}, peak RSS (VmHWM) {mib(mw['peak_rss_bytes'])}; "
             f"bare Faust peak RSS {mib(shape['bare_faust'].get('peak_rss_bytes'))}"
         )
+        stats = mw.get("log")
+        if stats:
+            lines.append(
+                f"  worker log: {stats['loop_stall_warnings']} 'Timer … is overlapping' (event loop blocked; longest {stats['max_loop_stall_seconds'] or 0:.2f}s), "
+                f"{stats['commit_overlap_warnings']} commit-timer overlaps, {stats['producer_buffer_full_warnings']} 'producer buffer full', {stats['error_lines']} error lines"
+            )
     for shape in results["shapes"]:
         summary = shape["meterwatch"].get("profile_summary")
         if summary:
@@ -857,7 +921,8 @@ def report(results: dict[str, Any]) -> str:
         for phase in ("raw", "bare_faust", "meterwatch"):
             load = shape[phase].get("foreign_load")
             if load and load["cores"] >= 0.05:
-                foreign.append(f"{phase}/{shape['shape']}: {load['cores']:.2f} cores ({', '.join(k.split(' ', 2)[1][-40:] + ' ' + str(v) + 's' for k, v in load['top'][:2])})")
+                names = ", ".join(k.split(" ", 2)[1][-30:] for k, _v in load["top_still_running"][:3])
+                foreign.append(f"{phase}/{shape['shape']}: {load['cores']:.2f} cores" + (f" (e.g. {names})" if names else ""))
     dedupe_load = (results.get("dedupe") or {}).get("foreign_load")
     if dedupe_load and dedupe_load["cores"] >= 0.05:
         foreign.append(f"dedupe: {dedupe_load['cores']:.2f} cores")
@@ -885,6 +950,12 @@ def report(results: dict[str, Any]) -> str:
             lines.append(
                 "  !! no RocksDB directory for seen-event-ids under METERWATCH_DATA_DIR "
                 f"(contents: {dedupe['steps'][0]['rocksdb'].get('listing')}): the dedupe table is NOT on disk"
+            )
+        stats = dedupe.get("log")
+        if stats:
+            lines.append(
+                f"  dedupe worker log: {stats['loop_stall_warnings']} event-loop stalls (longest {stats['max_loop_stall_seconds'] or 0:.2f}s), "
+                f"{stats['commit_overlap_warnings']} commit-timer overlaps, {stats['producer_buffer_full_warnings']} 'producer buffer full', {stats['error_lines']} error lines"
             )
         if dedupe["skipped_5m"]:
             lines.append("  4b. the 5,000,000-id step was SKIPPED (--quick)")

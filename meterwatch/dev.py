@@ -87,6 +87,7 @@ async def _run(
         _say("meterwatch is consuming. Look at:")
         for workspace in WORKSPACES:
             _say(f"  usage API   {base}/usage/{workspace}")
+        _say(f"  usage page  {base}/ui/usage/{CONTRACT_WORKSPACES[0]}")
         _say(f"  daily       {base}/usage/{CONTRACT_WORKSPACES[0]}/daily?metric=messages_sent")
         _say(f"  metrics     {base}/metrics")
         _say(f"  health      {base}/health")

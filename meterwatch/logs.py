@@ -35,5 +35,7 @@ def logging_config(level: str, fmt: str) -> dict[str, Any]:
         },
         "root": {"handlers": ["stderr"], "level": level},
         # Faust and aiokafka are chatty at INFO; their warnings still show.
-        "loggers": {name: {"level": "WARNING" if level != "DEBUG" else "INFO"} for name in ("faust", "aiokafka", "mode")},
+        "loggers": {
+            name: {"level": "WARNING" if level != "DEBUG" else "INFO"} for name in ("faust", "aiokafka", "mode")
+        },
     }

@@ -202,6 +202,7 @@ async def _subscribe(
     left = {"type": CONTRACT_LEFT, "contract_id": command["contract_id"], "command_id": command["command_id"]}
     for workspace_id in membership.left:
         await publisher.publish(mw.channels.workspace_inbox, workspace_id, command_message(received_ms, left))
+    mw.metrics.commands.labels("subscription", "applied").inc()
     await publisher.publish(
         mw.channels.command_results, command["contract_id"], command_result(command["command_id"], "applied")
     )

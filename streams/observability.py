@@ -35,11 +35,14 @@ def register(mw: Meterwatch) -> None:
 def sample_gauges(mw: Meterwatch) -> None:
     metrics = mw.metrics
     consumer = mw.app.consumer
-    inputs = {mw.names.usage_events, mw.names.usage_control, mw.names.workspace_inbox, mw.names.contract_inbox}
+    names = mw.names
+    inputs = {names.usage_events, names.usage_control, names.workspace_inbox, names.contract_inbox, names.mail_requests}
     try:
         assignment = consumer.assignment()
     except Exception:  # not started, or mid-rebalance: sample next time
         return
+    # Partitions this worker gave up must not keep reporting their last lag.
+    metrics.consumer_lag.clear()
     for tp in assignment:
         if tp.topic not in inputs:
             continue

@@ -50,8 +50,9 @@ def declare_tables(app: faust.App, settings: Settings) -> Tables:
             # Entries long past the window are also deleted from the changelog, so recovery
             # reads a bounded log.
             extra_topic_configs={"cleanup.policy": "compact,delete", "retention.ms": str(window_seconds * 2 * 1000)},
-            # "rocksdb://" parses to a URL that is falsy, and Faust then silently uses memory.
-            store="rocksdb:///",
+            # "rocksdb://" parses to a falsy URL, and Faust then silently uses memory; the path
+            # names the files under the app's table directory.
+            store="rocksdb:seen-event-ids",
             # RocksDB drops entries once they are well past the window, bounding the disk too.
             options={"ttl": window_seconds * 2},
         ),

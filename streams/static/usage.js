@@ -25,7 +25,7 @@
   const dayFormat = new Intl.DateTimeFormat("en", { month: "short", day: "numeric", timeZone: "UTC" });
   const dayYearFormat = new Intl.DateTimeFormat("en", { month: "short", day: "numeric", year: "numeric", timeZone: "UTC" });
   const timeFormat = new Intl.DateTimeFormat("en", {
-    month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short",
+    month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23", timeZoneName: "short",
   });
   const $ = (id) => document.getElementById(id);
   const sections = new Map();
@@ -59,7 +59,7 @@
       last = await load();
       render(last);
       setText($("status"), "");
-      setText($("refreshed"), "Refreshed at " + new Date().toLocaleTimeString("en") + " · refreshes every few seconds.");
+      setText($("refreshed"), "Refreshed at " + new Date().toLocaleTimeString("en", { hourCycle: "h23" }) + " · refreshes every few seconds.");
     } catch (error) {
       if (error instanceof NotFound) {
         setText($("period"), "—");
@@ -78,6 +78,7 @@
   function render({ usage, names, daily }) {
     const period = periodOf(daily[Object.keys(daily)[0]]);
     setText($("period"), period.text);
+    setText($("period-day"), period.day);
     $("empty").hidden = names.length > 0;
     for (const name of names) {
       const section = sections.get(name) || addSection(name, names);
@@ -92,7 +93,7 @@
     const lastDay = first + (length - 1) * 86400000;
     const text = dayYearFormat.formatRange ? dayYearFormat.formatRange(first, lastDay)
       : dayYearFormat.format(first) + " – " + dayYearFormat.format(lastDay);
-    return { first, length, next: first + length * 86400000, text: text + " (day " + doc.days.length + " of " + length + ")" };
+    return { first, length, next: first + length * 86400000, text, day: "Day " + doc.days.length + " of " + length + "." };
   }
 
   function addSection(name, order) {
@@ -100,23 +101,26 @@
     const id = "metric-" + name;
     const section = el("section", { class: "metric", id, "aria-labelledby": id + "-h" });
     section.innerHTML = `
-      <h2 id="${id}-h"></h2>
+      <h2></h2>
       <p class="about"></p>
       <div class="metric-body">
         <div class="facts"><dl>
           <div data-row="usage"><dt></dt><dd data-fact="usage"></dd></div>
           <div data-row="cost"><dt>Estimated cost</dt><dd><span data-fact="cost"></span><span class="note" data-fact="cost-note"></span></dd></div>
           <div data-row="contract"><dt>Contracted</dt><dd data-fact="contract"></dd></div>
-          <div data-row="alert"><dt>Usage alert</dt><dd data-fact="alert"></dd></div>
+          <div data-row="alert"><dt>Usage alert</dt><dd><span data-fact="alert"></span>
+            <span class="badge" data-fact="alert-level"></span><span class="note" data-fact="alert-note"></span></dd></div>
           <div data-row="scheduled"><dt>Scheduled alert</dt><dd data-fact="scheduled"></dd></div>
           <div data-row="limit"><dt>Fin limit</dt><dd data-fact="limit"></dd></div>
+          <div data-row="fin"><dt>Fin AI Agent</dt><dd data-fact="fin"></dd></div>
           <div data-row="updated"><dt>Last updated</dt><dd data-fact="updated"><time></time></dd></div>
         </dl></div>
-        <figure class="chart"><div class="plot"></div>
+        <figure class="chart"><div class="plot"></div><ul class="legend"></ul>
           <div class="visually-hidden"><table><caption></caption>
             <thead><tr><th scope="col">Date</th><th scope="col"></th></tr></thead><tbody></tbody></table></div>
         </figure>
       </div>`;
+    section.querySelector("h2").id = id + "-h";
     section.querySelector("h2").textContent = label;
     section.querySelector(".about").textContent = about;
     const seats = name === "seats";
@@ -143,16 +147,21 @@
     let note = m.estimated_cost && !m.contract ? "Pay-as-you-go: billed at the end of the period" : "";
     if (name === "seats" && m.estimated_cost) note = "Seats are prorated by daily use; your invoice may differ";
     setText(fact("cost-note"), note);
-    row("contract", true);
+    row("contract", Boolean(m.contract));
     setText(fact("contract"), contractText(m));
     row("alert", name !== "seats");
     setText(fact("alert"), alertText(m));
-    fact("alert").classList.toggle("warn", reachedLevel(m) > 0);
+    const level = reachedLevel(m);
+    setText(fact("alert-level"), level ? level + "% reached" : "");
+    setText(fact("alert-note"), m.alert && m.alert.enabled && m.alert.early_warnings ? "Also alerts at 50% and 80%" : "");
     row("scheduled", Boolean(m.scheduled_alert));
     setText(fact("scheduled"), m.scheduled_alert ? scheduledText(m.scheduled_alert, period, periodEnd) : "");
-    row("limit", name === "fin_resolutions");
-    setText(fact("limit"), name === "fin_resolutions" ? limitText(m) : "");
-    fact("limit").classList.toggle("warn", m.fin_state === "disabled");
+    const fin = name === "fin_resolutions";
+    row("limit", fin);
+    row("fin", fin);
+    setText(fact("limit"), fin ? limitText(m) : "");
+    setText(fact("fin"), m.fin_state === "disabled" ? "Off: limit reached" : "On");
+    fact("fin").classList.toggle("badge", m.fin_state === "disabled");
     const time = fact("updated").querySelector("time");
     setText(time, m.last_updated ? timeFormat.format(new Date(m.last_updated)) : "No usage yet this period");
     if (m.last_updated) time.dateTime = m.last_updated; else time.removeAttribute("datetime");
@@ -165,6 +174,8 @@
       section.key = key;
       const svg = chart(doc, period, lines, width, summary);
       if (plot.firstChild) plot.firstChild.replaceWith(svg); else plot.append(svg);
+      const usageItem = { kind: "usage", label: doc.cumulative ? "Usage so far" : "Seats each day" };
+      root.querySelector(".legend").replaceChildren(...[usageItem, ...lines].map(legendItem));
     }
     const rows = JSON.stringify(doc.days);
     if (rows !== section.rows) {
@@ -192,7 +203,7 @@
   }
 
   function contractText(m) {
-    if (!m.contract) return m.estimated_cost ? "None: pay-as-you-go" : "—";
+    if (!m.contract) return "";
     const text = count.format(m.contract.included) + " included";
     return m.contract.usage === m.usage ? text
       : text + "; " + count.format(m.contract.usage) + " used by all the contract's workspaces";
@@ -208,21 +219,17 @@
   function alertText(m) {
     if (!m.alert) return "Not set";
     if (!m.alert.enabled) return "Off";
-    const level = reachedLevel(m);
-    const early = m.alert.early_warnings ? " (also at 50% and 80%)" : "";
-    return "At " + count.format(m.alert.threshold) + early + (level ? " · " + level + "% reached" : "");
+    return "At " + count.format(m.alert.threshold);
   }
 
   function scheduledText(s, period, periodEnd) {
-    const when = s.effective_from === periodEnd ? "next period, " + dayFormat.format(period.next)
+    const when = s.effective_from === periodEnd ? dayFormat.format(period.next) + " (next period)"
       : timeFormat.format(new Date(s.effective_from));
     return (s.enabled ? "At " + count.format(s.threshold) : "Off") + " from " + when;
   }
 
   function limitText(m) {
-    const state = m.fin_state === "disabled" ? "Fin AI Agent is off: limit reached" : "Fin AI Agent is on";
-    if (!m.limit || !m.limit.enabled) return "No limit · " + state;
-    return count.format(m.limit.limit) + " resolutions · " + state;
+    return m.limit && m.limit.enabled ? count.format(m.limit.limit) + " resolutions" : "No limit";
   }
 
   function summaryText(label, name, m) {
@@ -278,7 +285,13 @@
     const lastDay = period.first + (period.length - 1) * 86400000;
     svg.append(el("text", { x: box.left, y: CHART_HEIGHT - 6, class: "tick" }, dayFormat.format(period.first), SVG));
     svg.append(el("text", { x: box.right, y: CHART_HEIGHT - 6, "text-anchor": "end", class: "tick" }, dayFormat.format(lastDay), SVG));
+    const todayX = box.left + (values.length - (doc.cumulative ? 0 : 0.5)) * slot; // the last point or bar
+    if (todayX - box.left > 70 && box.right - todayX > 70) {
+      svg.append(el("line", { x1: todayX, x2: todayX, y1: box.bottom, y2: box.bottom + 4, class: "grid" }, null, SVG));
+      svg.append(el("text", { x: todayX, y: CHART_HEIGHT - 6, "text-anchor": "middle", class: "tick" }, "Today", SVG));
+    }
 
+    const segments = []; // the data's outline, so that line labels can stay clear of it
     if (doc.cumulative) {
       // Cumulative: 0 at the start of the period, then the total at the end of each day so far.
       const points = [[box.left, y(0)], ...values.map((v, i) => [box.left + (i + 1) * slot, y(v)])];
@@ -287,10 +300,13 @@
       svg.append(el("path", { d: `M${line} L${endX.toFixed(1)},${box.bottom} Z`, class: "area", fill: COLORS.usage }, null, SVG));
       svg.append(el("path", { d: "M" + line, class: "usage", stroke: COLORS.usage }, null, SVG));
       svg.append(el("circle", { cx: endX, cy: endY, r: 4, fill: COLORS.usage }, null, SVG));
+      points.slice(1).forEach(([px, py], i) => segments.push([...points[i], px, py]));
+      segments.push([endX - 6, endY, endX + 6, endY], [endX, endY - 6, endX, endY + 6]); // the dot
     } else {
       values.forEach((v, i) => {
-        const h = box.bottom - y(v);
-        svg.append(el("rect", { x: box.left + i * slot + slot * 0.15, y: y(v), width: Math.max(1, slot * 0.7), height: h, fill: COLORS.usage }, null, SVG));
+        const x = box.left + i * slot + slot * 0.15, w = Math.max(1, slot * 0.7);
+        svg.append(el("rect", { x, y: y(v), width: w, height: box.bottom - y(v), fill: COLORS.usage }, null, SVG));
+        segments.push([x, y(v), x + w, y(v)], [x + w / 2, y(v), x + w / 2, box.bottom]);
       });
     }
     // Reference lines; the dashed alert line is drawn over a contracted line at the same level.
@@ -300,9 +316,39 @@
       svg.append(el("line", { x1: box.left, x2: box.right, y1: ly, y2: ly, class: "ref " + l.kind, stroke: COLORS[l.kind] }, null, SVG));
       const ty = Math.max(box.top - 2, Math.min(ly - 5, labelFloor - 14));
       labelFloor = ty;
-      svg.append(el("text", { x: box.right - 2, y: ty, "text-anchor": "end", class: "ref-label", fill: COLORS[l.kind] }, l.label, SVG));
+      const short = count.format(l.value);
+      // The label where the data is not in the way: at the right end, else the left; else
+      // just the number; else none (the legend under the chart names every line anyway).
+      const spots = [[l.label, "end", ty], [l.label, "start", ty], [short, "end", ty], [short, "end", ly + 15], [short, "start", ty]];
+      const spot = spots.find(([text, anchor, at]) => {
+        const w = text.length * 7, x0 = anchor === "end" ? box.right - 2 - w : box.left + 4;
+        return at > box.top - 4 && at < box.bottom - 2 && !crosses(segments, { left: x0 - 4, right: x0 + w + 4, top: at - 14, bottom: at + 4 });
+      });
+      if (spot) {
+        const [text, anchor, at] = spot;
+        const x = anchor === "end" ? box.right - 2 : box.left + 4;
+        svg.append(el("text", { x, y: at, "text-anchor": anchor, class: "ref-label", fill: COLORS[l.kind] }, text, SVG));
+      }
     }
     return svg;
+  }
+
+  function crosses(segments, r) {
+    return segments.some(([x1, y1, x2, y2]) => {
+      for (let t = 0; t <= 1; t += 0.05) {
+        const x = x1 + (x2 - x1) * t, y = y1 + (y2 - y1) * t;
+        if (x >= r.left && x <= r.right && y >= r.top && y <= r.bottom) return true;
+      }
+      return false;
+    });
+  }
+
+  function legendItem(l) {
+    const swatch = el("svg", { width: 28, height: 10, "aria-hidden": "true", focusable: "false" }, null, SVG);
+    swatch.append(el("line", { x1: 1, x2: 27, y1: 5, y2: 5, class: l.kind === "usage" ? "usage" : "ref " + l.kind, stroke: COLORS[l.kind] }, null, SVG));
+    const item = el("li");
+    item.append(swatch, document.createTextNode(l.label));
+    return item;
   }
 
   function niceTop(max) {

@@ -7,11 +7,13 @@ them. Screenshots land in ``tests/artifacts/``.
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
-from datetime import date, datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -78,7 +80,7 @@ def command(kind: str, **fields: Any) -> dict:
     return {
         "type": kind,
         "command_id": f"{kind}-{uuid.uuid4().hex[:8]}",
-        "issued_at": datetime.now(timezone.utc).isoformat(),
+        "issued_at": datetime.now(UTC).isoformat(),
         **fields,
     }
 
@@ -93,7 +95,7 @@ def event(metric: str, quantity: int, conversation: str | None = None) -> dict:
         "workspace_id": WS,
         "metric": metric,
         "quantity": quantity,
-        "occurred_at": datetime.now(timezone.utc).isoformat(),
+        "occurred_at": datetime.now(UTC).isoformat(),
         "conversation_id": conversation,
     }
 
@@ -157,12 +159,22 @@ def dollars(cost: dict) -> str:
     return f"${int(units):,}.{cents}"
 
 
-def full_page_screenshot(driver: WebDriver, path: Path, width: int) -> None:
-    driver.set_window_size(width, 900)
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(width, height + 20)
-    time.sleep(0.5)  # the charts redraw for the new width
-    driver.save_screenshot(str(path))
+def assert_charts_are_named(driver: WebDriver) -> None:
+    for svg in driver.find_elements(By.CSS_SELECTOR, "svg"):
+        if svg.get_attribute("aria-hidden") == "true":
+            continue
+        assert svg.get_attribute("role") == "img", svg.get_attribute("outerHTML")[:200]
+        assert svg.accessible_name, svg.get_attribute("outerHTML")[:200]
+
+
+def full_page_screenshot(driver: WebDriver, path: Path) -> None:
+    time.sleep(0.5)  # the charts redraw for a new width
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
+    )
+    path.write_bytes(base64.b64decode(shot["data"]))
 
 
 async def test_the_usage_page_shows_the_period_charts_and_costs_and_follows_usage(
@@ -195,7 +207,13 @@ async def test_the_usage_page_shows_the_period_charts_and_costs_and_follows_usag
         workspace_command("limit_settings", metric="fin_resolutions", limit=3, enabled=True),
     )
     assert {r["status"] for r in results.values()} == {"applied"}, results
-    await kafka.use(event("sms", 500), event("sms", 300), event("sms", 3), event("email", 1234), event("fin_resolutions", 1, "conv-1"))
+    await kafka.use(
+        event("sms", 500),
+        event("sms", 300),
+        event("sms", 3),
+        event("email", 1234),
+        event("fin_resolutions", 1, "conv-1"),
+    )
 
     def usage_is(**expected: int) -> dict | None:
         status, body = http_get(f"{base}/usage/{WS}")
@@ -206,7 +224,11 @@ async def test_the_usage_page_shows_the_period_charts_and_costs_and_follows_usag
 
     await eventually(lambda: usage_is(sms=803, email=1234, fin_resolutions=1))
     # Lowered below the usage so far: takes effect next period, so the page shows it as scheduled.
-    [lowered] = (await kafka.commands(WS, workspace_command("alert_settings", metric="email", threshold=1000, early_warnings=False, enabled=True))).values()
+    [lowered] = (
+        await kafka.commands(
+            WS, workspace_command("alert_settings", metric="email", threshold=1000, early_warnings=False, enabled=True)
+        )
+    ).values()
     assert lowered["status"] == "scheduled"
     api = await eventually(lambda: usage_is(sms=803))
     assert api["metrics"]["sms"]["estimated_cost"] == {"amount": "0.00", "currency": "USD"}  # within the 1,000 included
@@ -219,13 +241,15 @@ async def test_the_usage_page_shows_the_period_charts_and_costs_and_follows_usag
     assert browser.find_element(By.TAG_NAME, "h1").text == "Usage"
     assert browser.title == f"Usage · {WS}"
 
-    first, last = current_period(datetime.now(timezone.utc))
+    first, last = current_period(datetime.now(UTC))
     period = browser.find_element(By.ID, "period").text
     for day in (first, last):
         assert f"{day:%b} {day.day}" in period, period
     assert str(last.year) in period, period
 
-    headings = [s.find_element(By.TAG_NAME, "h2").text for s in browser.find_elements(By.CSS_SELECTOR, "section.metric")]
+    headings = [
+        s.find_element(By.TAG_NAME, "h2").text for s in browser.find_elements(By.CSS_SELECTOR, "section.metric")
+    ]
     assert headings == ["SMS", "Emails", "Fin AI Agent resolutions"]
     for metric in ("sms", "email", "fin_resolutions"):
         chart = section(browser, metric).find_element(By.CSS_SELECTOR, "svg[role=img]")
@@ -236,13 +260,19 @@ async def test_the_usage_page_shows_the_period_charts_and_costs_and_follows_usag
     for metric in ("sms", "email", "fin_resolutions"):
         assert fact(browser, metric, "cost") == dollars(api["metrics"][metric]["estimated_cost"])
     assert fact(browser, "sms", "contract") == "1,000 included"
+    assert not section(browser, "email").find_element(By.CSS_SELECTOR, "[data-row=contract]").is_displayed()
     assert "pay-as-you-go" in fact(browser, "email", "cost-note").lower()
-    assert fact(browser, "sms", "alert") == "At 1,500 (also at 50% and 80%) · 50% reached"
-    assert fact(browser, "email", "scheduled").startswith("At 1,000 from next period")
-    assert fact(browser, "fin_resolutions", "limit") == "3 resolutions · Fin AI Agent is on"
+    assert (fact(browser, "sms", "alert"), fact(browser, "sms", "alert-level")) == ("At 1,500", "50% reached")
+    assert fact(browser, "sms", "alert-note") == "Also alerts at 50% and 80%"
+    assert fact(browser, "email", "scheduled").startswith("At 1,000 from ")
+    assert fact(browser, "email", "scheduled").endswith("(next period)")
+    assert (fact(browser, "fin_resolutions", "limit"), fact(browser, "fin_resolutions", "fin")) == (
+        "3 resolutions",
+        "On",
+    )
 
     # The SMS chart: the contracted amount as a blue line, the alert threshold above it, usage below both.
-    sms_chart = section(browser, "sms").find_element(By.CSS_SELECTOR, "svg")
+    sms_chart = section(browser, "sms").find_element(By.CSS_SELECTOR, ".plot svg")
     contracted = sms_chart.find_element(By.CSS_SELECTOR, "line.ref.contracted")
     alert = sms_chart.find_element(By.CSS_SELECTOR, "line.ref.alert")
     assert contracted.value_of_css_property("stroke") == "rgb(5, 80, 174)"  # blue
@@ -250,9 +280,16 @@ async def test_the_usage_page_shows_the_period_charts_and_costs_and_follows_usag
     assert float(alert.get_attribute("y1")) < float(contracted.get_attribute("y1")) < dot_y  # SVG y grows downwards
     labels = [t.text for t in sms_chart.find_elements(By.CSS_SELECTOR, "text.ref-label")]
     assert labels == ["Contracted 1,000", "Alert 1,500"]
-    email_lines = {l.get_attribute("class") for l in section(browser, "email").find_elements(By.CSS_SELECTOR, "line.ref")}
+    legend = section(browser, "sms").find_element(By.CLASS_NAME, "legend").text.splitlines()
+    assert legend == ["Usage so far", "Contracted 1,000", "Alert 1,500"]
+    email_lines = {
+        line.get_attribute("class") for line in section(browser, "email").find_elements(By.CSS_SELECTOR, "line.ref")
+    }
     assert email_lines == {"ref alert", "ref scheduled"}  # no contracted line: pay-as-you-go
-    fin_lines = {l.get_attribute("class") for l in section(browser, "fin_resolutions").find_elements(By.CSS_SELECTOR, "line.ref")}
+    fin_lines = {
+        line.get_attribute("class")
+        for line in section(browser, "fin_resolutions").find_elements(By.CSS_SELECTOR, "line.ref")
+    }
     assert fin_lines == {"ref limit"}
 
     # When the data was last updated: the time the API gives, shown to the reader.
@@ -261,12 +298,11 @@ async def test_the_usage_page_shows_the_period_charts_and_costs_and_follows_usag
         assert when.get_attribute("datetime") == api["metrics"][metric]["last_updated"]
         assert when.text.strip()
 
-    # Accessible: each chart is an image with a text equivalent, and a table of the figures.
-    charts = browser.find_elements(By.CSS_SELECTOR, "svg")
+    # Accessible: each chart is an image with a text equivalent, and a table of the figures;
+    # any other SVG (the legend's swatches) is hidden from assistive technology.
+    charts = browser.find_elements(By.CSS_SELECTOR, ".plot svg")
     assert len(charts) == 3
-    for chart in charts:
-        assert chart.get_attribute("role") == "img"
-        assert chart.accessible_name, chart.get_attribute("outerHTML")[:200]
+    assert_charts_are_named(browser)
     assert sms_chart.accessible_name.startswith("SMS: 803 used of 1,000 contracted; alert at 1,500")
     rows = section(browser, "sms").find_elements(By.CSS_SELECTOR, "table tbody tr")
     assert rows and rows[-1].find_element(By.TAG_NAME, "td").get_attribute("textContent") == "803"
@@ -281,33 +317,43 @@ async def test_the_usage_page_shows_the_period_charts_and_costs_and_follows_usag
     assert errors == [], errors
 
     ARTIFACTS.mkdir(exist_ok=True)
-    full_page_screenshot(browser, ARTIFACTS / "usage-page.png", 1280)
+    browser.set_window_size(1280, 900)
+    full_page_screenshot(browser, ARTIFACTS / "usage-page.png")
 
     # ---- more usage: the open page follows by itself, without reloading or moving the reader
     browser.set_window_size(1280, 700)
     browser.execute_script("window.scrollTo(0, 300); window.__sameDocument = true;")
     scrolled = browser.execute_script("return window.scrollY")
-    await kafka.use(event("sms", 250), event("fin_resolutions", 1, "conv-2"), event("fin_resolutions", 1, "conv-3"))
-    await eventually(lambda: usage_is(sms=1053, fin_resolutions=3))
+    await kafka.use(event("sms", 400), event("fin_resolutions", 1, "conv-2"), event("fin_resolutions", 1, "conv-3"))
+    after = (await eventually(lambda: usage_is(sms=1203, fin_resolutions=3)))["metrics"]
     in_api = time.monotonic()
-    shows(browser, "sms", "usage", "1,053", timeout=10)
-    shows(browser, "fin_resolutions", "limit", "3 resolutions · Fin AI Agent is off: limit reached", timeout=10)
+    shows(browser, "sms", "usage", "1,203", timeout=10)
+    shows(browser, "sms", "alert-level", "80% reached", timeout=10)  # 1,203 ≥ 80% of 1,500
+    shows(browser, "fin_resolutions", "fin", "Off: limit reached", timeout=10)
     followed = time.monotonic() - in_api
     assert browser.execute_script("return window.__sameDocument") is True  # not reloaded
     assert browser.execute_script("return window.scrollY") == scrolled
-    assert fact(browser, "sms", "alert") == "At 1,500 (also at 50% and 80%) · 50% reached"  # 1,053 < 80% of 1,500
-    after = (await eventually(lambda: usage_is(sms=1053)))["metrics"]
-    assert after["sms"]["estimated_cost"]["amount"] == "0.66"  # 53 over the included 1,000 at 0.0125
+    assert after["sms"]["estimated_cost"]["amount"] == "2.54"  # 203 over the included 1,000 at 0.0125
     shows(browser, "sms", "cost", dollars(after["sms"]["estimated_cost"]), timeout=10)
-    assert section(browser, "sms").find_element(By.CSS_SELECTOR, "svg").accessible_name.startswith("SMS: 1,053 used of 1,000 contracted")
+    sms_chart = section(browser, "sms").find_element(By.CSS_SELECTOR, ".plot svg")
+    assert sms_chart.accessible_name.startswith("SMS: 1,203 used of 1,000 contracted; alert at 1,500")
+    dot_y = float(sms_chart.find_element(By.TAG_NAME, "circle").get_attribute("cy"))
+    alert_y = float(sms_chart.find_element(By.CSS_SELECTOR, "line.ref.alert").get_attribute("y1"))
+    contracted_y = float(sms_chart.find_element(By.CSS_SELECTOR, "line.ref.contracted").get_attribute("y1"))
+    assert alert_y < dot_y < contracted_y  # the usage has passed the contracted amount, not the alert
 
-    # A phone-width screen: no sideways scrolling, everything still there.
-    browser.set_window_size(390, 844)
+    # A phone (390 × 844 CSS pixels, a mobile viewport): no sideways scrolling, everything still there.
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride", {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True}
+    )
     time.sleep(0.5)
-    widths = browser.execute_script("return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+    assert browser.execute_script("return window.innerWidth") == 390
+    widths = browser.execute_script(
+        "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
     assert widths[0] <= widths[1], widths
-    full_page_screenshot(browser, ARTIFACTS / "usage-page-phone.png", 390)
-    assert all(c.accessible_name for c in browser.find_elements(By.CSS_SELECTOR, "svg"))
+    full_page_screenshot(browser, ARTIFACTS / "usage-page-phone.png")
+    assert_charts_are_named(browser)
 
     # An unknown workspace: 404, and a page that says so.
     status, _ = http_get(f"{base}/ui/usage/ws_nobody")
@@ -315,4 +361,6 @@ async def test_the_usage_page_shows_the_period_charts_and_costs_and_follows_usag
     browser.get(f"{base}/ui/usage/ws_nobody")
     assert browser.find_element(By.TAG_NAME, "h1").text == "Workspace not found"
 
-    print(f"\n[usage page] set-up {set_up:.1f}s, page followed new usage in {followed:.1f}s, total {time.monotonic() - started:.1f}s")
+    print(
+        f"\n[usage page] set-up {set_up:.1f}s, page followed new usage in {followed:.1f}s, total {time.monotonic() - started:.1f}s"
+    )

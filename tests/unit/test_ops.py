@@ -42,7 +42,7 @@ SEVERITIES = {"critical", "warning", "info"}
 # Strings (label values, regexes) are dropped before looking for metric names: `job=~"meterwatch.*"`
 # names a job, not a metric.
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"' + r"|'(?:[^'\\]|\\.)*'" + r"|`[^`]*`")
-_METRIC_NAME = re.compile(r"(?<![A-Za-z0-9_:])meterwatch_[A-Za-z0-9_:]*")
+_METRIC_NAME = re.compile(r"(?<![A-Za-z0-9_:])(?:meterwatch|process)_[A-Za-z0-9_:]*")
 _RATE_ARGUMENT = re.compile(r"\b(?:rate|irate|increase)\s*\(\s*(meterwatch_[A-Za-z0-9_:]*)")
 _GRAFANA_VARIABLE = re.compile(r"\$\{?(\w+)\}?")
 
@@ -308,9 +308,9 @@ def test_panels_do_not_overlap() -> None:
 
 def test_panel_queries_honour_the_job_and_instance_variables() -> None:
     for where, expr in dashboard_expressions():
-        for selector in re.findall(r"(?:meterwatch_[A-Za-z0-9_:]*|\bup)\{([^}]*)\}", expr):
+        for selector in re.findall(r"(?:(?:meterwatch|process)_[A-Za-z0-9_:]*|\bup)\{([^}]*)\}", expr):
             assert 'job=~"$job"' in selector and 'instance=~"$instance"' in selector, f"{where}: {expr}"
-        assert not re.search(r"(?:meterwatch_[A-Za-z0-9_:]*|\bup)(?![A-Za-z0-9_:{])", expr), f"{where}: bare {expr}"
+        assert not re.search(r"(?:(?:meterwatch|process)_[A-Za-z0-9_:]*|\bup)(?![A-Za-z0-9_:{])", expr), f"{where}: bare {expr}"
 
 
 # ------------------------------------------------------------------ Prometheus' own checks
