@@ -56,7 +56,7 @@ def setup_commands(now: datetime) -> list[tuple[str, dict[str, Any]]]:
                     "issued_at": issued,
                     "workspace_id": workspace,
                     "actor": ADMIN,
-                    "emails": [f"billing@{workspace.removeprefix('ws_')}.example.com"],
+                    "emails": [f"billing@{workspace.removeprefix('ws_').replace('_', '-')}.example.com"],
                 },
             )
         )

@@ -166,7 +166,11 @@ async def _report_outputs(settings: Settings, bootstrap: str) -> None:
 
 def _describe(topic: str, record: dict[str, Any]) -> str:
     if topic == "usage.alerts":
-        return f"ALERT  {record.get('workspace_id') or record.get('contract_id')}: {record['metric']} reached {record['level']}% of {record['threshold']} (usage {record['usage']})"
+        owner = record.get("workspace_id") or f"contract {record.get('contract_id')}"
+        return (
+            f"ALERT  {owner}: {record['metric']} reached {record['level']}% of {record['threshold']} "
+            f"(usage {record['usage']}) [{record['alert_id'][:8]}]"
+        )
     if topic == "usage.limits":
         return f"FIN    {record['workspace_id']}: Fin {record['state']} ({record['reason']}, usage {record['usage']} / limit {record['limit']})"
     if topic == "usage.dead-letter":
