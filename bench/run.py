@@ -109,6 +109,14 @@ def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 30.0) ->
         proc.wait()
 
 
+def die_with_us() -> None:
+    """``preexec_fn``: Linux kills the child (SIGKILL) if this benchmark dies, however it dies,
+    so no worker, ceiling or profiler outlives an interrupted run."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, ctypes.c_ulong(signal.SIGKILL))  # PR_SET_PDEATHSIG
+
+
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("METERWATCH_")}
     env["PYTHONUNBUFFERED"] = "1"
@@ -448,7 +456,8 @@ class MeterwatchWorker:
             argv = [PYTHON, "-m", "pyinstrument", "-r", "text", "-o", str(self.profile_path), "-m", "meterwatch", "worker"]
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(
-                argv, env=child_env(self.env_settings), stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
+                argv, env=child_env(self.env_settings), stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                start_new_session=True, preexec_fn=die_with_us,
             )
 
     @property
@@ -597,7 +606,7 @@ def run_raw(bootstrap: str, topic: str, partitions: int, messages: int, log_dir:
             "--partitions", str(partitions), "--expected-messages", str(messages)]  # fmt: skip
     stderr_path = log_dir / f"raw-{name}.log"
     with open(stderr_path, "wb") as err:
-        proc = subprocess.Popen(argv, env=child_env(), stdout=subprocess.PIPE, stderr=err, cwd=REPO, start_new_session=True)
+        proc = subprocess.Popen(argv, env=child_env(), stdout=subprocess.PIPE, stderr=err, cwd=REPO, start_new_session=True, preexec_fn=die_with_us)
         try:
             out, _ = proc.communicate(timeout=900)
         finally:
@@ -615,7 +624,7 @@ def run_bare_faust(bootstrap: str, topic: str, partitions: int, messages: int, p
             "--partitions", str(partitions), "--expected-messages", str(messages), "--events-per-message", str(per_message),
             "--web-port", str(free_port()), "--datadir", str(work / f"bare-{name}-data"), "--result", str(result_path)]  # fmt: skip
     with open(log_path, "wb") as out:
-        proc = subprocess.Popen(argv, env=child_env(), stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+        proc = subprocess.Popen(argv, env=child_env(), stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True, preexec_fn=die_with_us)
     try:
         deadline = time.monotonic() + 900
         while not result_path.exists():
@@ -645,7 +654,7 @@ def start_py_spy(pid: int, raw_path: Path, log_dir: Path) -> subprocess.Popen[by
     argv = [py_spy, "record", "--pid", str(pid), "--format", "raw", "--output", str(raw_path),
             "--rate", "100", "--idle", "--function", "--threads"]  # fmt: skip
     with open(log_dir / f"{raw_path.stem}.py-spy.log", "wb") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_us)
 
 
 def stop_py_spy(proc: subprocess.Popen[bytes]) -> None:
@@ -761,7 +770,9 @@ def run_shape(args: argparse.Namespace, shape: Shape, bootstrap: str, tag: str, 
     return {"shape": shape.name, "events_per_message": shape.events_per_message, "produced": produced, "raw": raw, "bare_faust": bare, "meterwatch": mw}
 
 
-def run_dedupe_memory(args: argparse.Namespace, bootstrap: str, tag: str, work: Path, log_dir: Path) -> dict[str, Any]:
+def run_dedupe_memory(
+    args: argparse.Namespace, bootstrap: str, tag: str, work: Path, log_dir: Path, on_step: Callable[[dict[str, Any]], Any] | None = None
+) -> dict[str, Any]:
     """One worker, batch messages; measure after 1M distinct event ids, then after 5M."""
     shape = Shape("batch", args.batch_size)
     partitions = args.partitions
@@ -832,6 +843,8 @@ def run_dedupe_memory(args: argparse.Namespace, bootstrap: str, tag: str, work: 
                 "overcounted": counted["overcounted"],
             }
             result["steps"].append(step)
+            if on_step is not None:
+                on_step({**result, "rss_trajectory": list(trajectory)})
             log(f"dedupe: {total:,} ids: complete={step['complete']} RSS {mib(step['rss_bytes'])}, RocksDB {mib(step['rocksdb']['allocated_bytes'])}, {rate(step['events_per_s'])} events/s")
             if not counted["complete"]:
                 break
@@ -1051,9 +1064,17 @@ def main() -> int:
         stack.callback(shutil.rmtree, work, ignore_errors=True)
         log(f"broker: {results['broker']['kind']} at {bootstrap}; work dir {work}; logs {log_dir}")
 
-        results["shapes"] = [run_shape(args, shape, bootstrap, tag, work, log_dir) for shape in shapes]
+        def save_partial() -> None:
+            # A run cut short still leaves what it measured.
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_bytes(orjson.dumps({**results, "partial": True}, option=orjson.OPT_INDENT_2))
+
+        results["shapes"] = []
+        for shape in shapes:
+            results["shapes"].append(run_shape(args, shape, bootstrap, tag, work, log_dir))
+            save_partial()
         if not args.skip_memory:
-            results["dedupe"] = run_dedupe_memory(args, bootstrap, tag, work, log_dir)
+            results["dedupe"] = run_dedupe_memory(args, bootstrap, tag, work, log_dir, on_step=lambda partial: (results.__setitem__("dedupe", partial), save_partial()))
         if not args.bootstrap:
             results["broker"]["peak_rss_bytes"] = proc_status(broker.pid).get("VmHWM")
 
