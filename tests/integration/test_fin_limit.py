@@ -99,7 +99,9 @@ async def test_every_reason_in_order_with_notification_and_restart(running_worke
     running_worker.stop()
     running_worker.start()
     running_worker.wait_healthy()
-    await eventually(lambda: fin_usage(2))
+    # Under exactly_once, recovery waits out the changelog's last transaction marker (~10 s per
+    # pass), and a loaded CI machine needs more than the default wait.
+    await eventually(lambda: fin_usage(2), timeout=90)
     status, body = http_get(f"{running_worker.base_url}/usage/{WS}")
     assert body["metrics"]["fin_resolutions"]["limit"] == {"limit": 1, "enabled": False}
     await send_command(limit_settings(2))  # usage 2 ≥ 2: disabled again, the seventh transition
