@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, TypeAlias
 
-from .periods import BillingPeriod
+from .periods import BillingPeriod, _require_aware
 
 __all__ = [
     "ENABLED",
@@ -65,14 +65,6 @@ def _require_count(value: object, name: str) -> int:
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
     if value < 0:
         raise ValueError(f"{name} must not be negative, got {value}")
-    return value
-
-
-def _require_aware(value: object, name: str) -> datetime:
-    if not isinstance(value, datetime):
-        raise TypeError(f"{name} must be a datetime, got {type(value).__name__}")
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"{name} must be timezone-aware, got naive {value.isoformat()}")
     return value
 
 
