@@ -8,6 +8,9 @@ from typing import Any
 
 import orjson
 
+# mode.Service subclasses defined by meterwatch log here instead of under their module's name.
+FAUST_SERVICES_LOG = logging.getLogger("meterwatch.faust")
+
 
 class JsonLines(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -35,7 +38,15 @@ def logging_config(level: str, fmt: str) -> dict[str, Any]:
         },
         "root": {"handlers": ["stderr"], "level": level},
         # Faust and aiokafka are chatty at INFO; their warnings still show.
+        # FAUST_SERVICES_LOG carries the Starting.../Stopping... lines of meterwatch's own Faust
+        # services; streams.lifecycle says what matters in one line each.
         "loggers": {
-            name: {"level": "WARNING" if level != "DEBUG" else "INFO"} for name in ("faust", "aiokafka", "mode")
+            name: {"level": "WARNING" if level != "DEBUG" else "INFO"}
+            for name in (
+                "faust",
+                "aiokafka",
+                "mode",
+                FAUST_SERVICES_LOG.name,
+            )
         },
     }

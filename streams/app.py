@@ -84,7 +84,7 @@ def create_app(
     built = Meterwatch(app, settings, guarantee, names, channels, tables, metrics or Metrics())
 
     # Imported here so that each module registers its own agents or views on this app only.
-    from . import contracts, control, counting, ingest, mailing, observability, timers, ui, web
+    from . import contracts, control, counting, ingest, lifecycle, mailing, observability, timers, ui, web
 
     ingest.register(built)
     control.register(built)
@@ -93,6 +93,7 @@ def create_app(
     web.register(built)
     ui.register(built)
     observability.register(built)
+    lifecycle.register(built)
     timers.register(built)
     mailing.register(built)
     return built

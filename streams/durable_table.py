@@ -15,8 +15,12 @@ from typing import Any
 import faust
 from faust.types import FutureMessage
 
+from ..logs import FAUST_SERVICES_LOG
+
 
 class DurableTable(faust.Table):
+    logger = FAUST_SERVICES_LOG
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._unacknowledged: list[FutureMessage] = []

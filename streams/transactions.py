@@ -17,8 +17,12 @@ from faust.transport.consumer import TransactionManager
 from faust.types import HeadersArg
 from faust.types.tuples import RecordMetadata
 
+from ..logs import FAUST_SERVICES_LOG
+
 
 class SourcePartitionTransactions(TransactionManager):
+    logger = FAUST_SERVICES_LOG
+
     async def send(
         self,
         topic: str,

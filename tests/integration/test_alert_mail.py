@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -49,7 +49,7 @@ def command(kind: str, workspace: str, **fields: object) -> dict:
     return {
         "type": kind,
         "command_id": f"{kind}-{uuid.uuid4().hex[:8]}",
-        "issued_at": datetime.now(timezone.utc).isoformat(),
+        "issued_at": datetime.now(UTC).isoformat(),
         "workspace_id": workspace,
         "actor": ADMIN,
         **fields,
@@ -62,7 +62,7 @@ def event(workspace: str, metric: str, quantity: int, conversation: str | None =
         "workspace_id": workspace,
         "metric": metric,
         "quantity": quantity,
-        "occurred_at": datetime.now(timezone.utc).isoformat(),
+        "occurred_at": datetime.now(UTC).isoformat(),
         "conversation_id": conversation,
     }
 

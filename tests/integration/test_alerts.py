@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from tests.support.kafka_io import produce, read_all
 from tests.support.worker import WorkerProcess, eventually, http_get
@@ -16,7 +16,7 @@ def alert_settings(workspace: str, metric: str, threshold: int, *, early: bool =
     return {
         "type": "alert_settings",
         "command_id": f"cmd-{uuid.uuid4().hex[:8]}",
-        "issued_at": datetime.now(timezone.utc).isoformat(),
+        "issued_at": datetime.now(UTC).isoformat(),
         "workspace_id": workspace,
         "actor": ADMIN,
         "metric": metric,
@@ -32,7 +32,7 @@ def event(workspace: str, metric: str, quantity: int) -> dict:
         "workspace_id": workspace,
         "metric": metric,
         "quantity": quantity,
-        "occurred_at": datetime.now(timezone.utc).isoformat(),
+        "occurred_at": datetime.now(UTC).isoformat(),
     }
 
 
@@ -92,7 +92,7 @@ async def test_levels_alert_once_each_and_a_jump_only_the_highest(running_worker
     first = alerts[0]
     assert first["scope"] == "workspace" and first["metric"] == "sms" and first["threshold"] == 1000
     assert first["recipients"] == [] and first["estimated_cost"] is None
-    assert first["period_start"].startswith(datetime.now(timezone.utc).strftime("%Y-%m"))
+    assert first["period_start"].startswith(datetime.now(UTC).strftime("%Y-%m"))
 
     # A jump over several levels of a fresh threshold alerts only the highest.
     await d.command("ws_jump", alert_settings("ws_jump", "email", 100))
@@ -153,7 +153,7 @@ async def test_alert_cost_is_the_price_of_the_threshold_above_what_the_contract_
     subscription = {
         "type": "subscription",
         "command_id": "sub-cost",
-        "issued_at": datetime.now(timezone.utc).isoformat(),
+        "issued_at": datetime.now(UTC).isoformat(),
         "contract_id": "c_cost",
         "workspace_ids": ["ws_cost"],
         "billing_anchor": "2026-01-01",

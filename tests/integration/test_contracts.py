@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import calendar
 import uuid
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from zoneinfo import ZoneInfo
 
 from tests.support.kafka_io import produce, read_all
@@ -34,14 +34,14 @@ def expected_period(now: datetime, anchor_day: int, zone: str) -> tuple[datetime
         year, month = shift(year, month, -1)
         start = start_in(year, month)
     end = start_in(*shift(year, month, 1))
-    return start.astimezone(timezone.utc), end.astimezone(timezone.utc)
+    return start.astimezone(UTC), end.astimezone(UTC)
 
 
 def subscription(contract: str, workspaces: list[str]) -> dict:
     return {
         "type": "subscription",
         "command_id": f"sub-{uuid.uuid4().hex[:6]}",
-        "issued_at": datetime.now(timezone.utc).isoformat(),
+        "issued_at": datetime.now(UTC).isoformat(),
         "contract_id": contract,
         "workspace_ids": workspaces,
         "billing_anchor": "2026-01-31",
@@ -60,7 +60,7 @@ def event(workspace: str, metric: str, quantity: int) -> dict:
         "workspace_id": workspace,
         "metric": metric,
         "quantity": quantity,
-        "occurred_at": datetime.now(timezone.utc).isoformat(),
+        "occurred_at": datetime.now(UTC).isoformat(),
     }
 
 
@@ -91,7 +91,7 @@ async def test_contract_on_the_31st_in_new_york(running_worker: WorkerProcess, d
         return None
 
     body = await eventually(contract_settled, timeout=30)
-    start, end = expected_period(datetime.now(timezone.utc), 31, ZONE)
+    start, end = expected_period(datetime.now(UTC), 31, ZONE)
     assert body["contract_id"] == "c_ny"
     assert (parse(body["period_start"]), parse(body["period_end"])) == (start, end)
     sms = body["metrics"]["sms"]
@@ -148,7 +148,7 @@ async def test_contract_alerts_at_80_and_100_percent_go_to_every_members_contact
         return {
             "type": "billing_contacts",
             "command_id": f"bc-{uuid.uuid4().hex[:6]}",
-            "issued_at": datetime.now(timezone.utc).isoformat(),
+            "issued_at": datetime.now(UTC).isoformat(),
             "workspace_id": workspace,
             "actor": admin,
             "emails": emails,

@@ -4,7 +4,7 @@ retractions, and the state surviving a restart (CONTRACT 3.2, 3.3, 5.2, 5.3)."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from tests.support.kafka_io import produce, read_all
 from tests.support.worker import WorkerProcess, eventually, http_get
@@ -16,7 +16,7 @@ def limit_settings(limit: int, enabled: bool = True) -> dict:
     return {
         "type": "limit_settings",
         "command_id": f"lim-{uuid.uuid4().hex[:8]}",
-        "issued_at": datetime.now(timezone.utc).isoformat(),
+        "issued_at": datetime.now(UTC).isoformat(),
         "workspace_id": WS,
         "actor": {"id": "admin", "billing_permission": True},
         "metric": "fin_resolutions",
@@ -31,7 +31,7 @@ def resolution(conversation: str, quantity: int = 1) -> dict:
         "workspace_id": WS,
         "metric": "fin_resolutions",
         "quantity": quantity,
-        "occurred_at": datetime.now(timezone.utc).isoformat(),
+        "occurred_at": datetime.now(UTC).isoformat(),
         "conversation_id": conversation,
     }
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -19,7 +19,7 @@ def event(workspace: str, metric: str = "sms", quantity: int = 1, *, event_id: s
         "workspace_id": workspace,
         "metric": metric,
         "quantity": quantity,
-        "occurred_at": (at or datetime.now(timezone.utc)).isoformat(),
+        "occurred_at": (at or datetime.now(UTC)).isoformat(),
         "conversation_id": conversation,
     }
 
@@ -92,7 +92,7 @@ async def test_conversations_count_once_and_retractions_undo_only_counted(runnin
 async def test_each_bad_input_is_dead_lettered_with_its_own_code(running_worker: WorkerProcess, deployment: dict[str, str]) -> None:
     bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
     prefix = deployment["METERWATCH_TOPIC_PREFIX"]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     good = event("ws_d", quantity=1)
     bad_in_batch = {**event("ws_d"), "metric": "carrier_pigeons"}
     messages = [

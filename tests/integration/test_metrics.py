@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import urllib.request
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -31,7 +31,7 @@ def event(workspace: str, metric: str, quantity: int = 1) -> dict:
         "workspace_id": workspace,
         "metric": metric,
         "quantity": quantity,
-        "occurred_at": datetime.now(timezone.utc).isoformat(),
+        "occurred_at": datetime.now(UTC).isoformat(),
     }
 
 

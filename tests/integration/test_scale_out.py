@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -52,7 +52,7 @@ async def test_either_worker_answers_for_every_workspace(two_workers: list[Worke
             "workspace_id": workspace,
             "metric": "whatsapp",
             "quantity": quantity,
-            "occurred_at": datetime.now(timezone.utc).isoformat(),
+            "occurred_at": datetime.now(UTC).isoformat(),
         }
         messages.append((workspace.encode(), event))
     await produce(bootstrap, topic, messages)
