@@ -34,6 +34,7 @@ class Channels:
 class Meterwatch:
     app: faust.App
     settings: Settings
+    bootstrap: str
     guarantee: ProcessingGuarantee
     names: TopicNames
     channels: Channels
@@ -81,7 +82,7 @@ def create_app(
     names = TopicNames.for_settings(settings)
     channels = _declare_channels(app, names, settings)
     tables = declare_tables(app, settings)
-    built = Meterwatch(app, settings, guarantee, names, channels, tables, metrics or Metrics())
+    built = Meterwatch(app, settings, bootstrap, guarantee, names, channels, tables, metrics or Metrics())
 
     # Imported here so that each module registers its own agents or views on this app only.
     from . import contracts, control, counting, ingest, lifecycle, mailing, observability, timers, ui, web

@@ -6,11 +6,14 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaProducer
 
 from .codec import decode_workspace
 from .fin import PERIOD_TICK, needs_period_tick
 from .inbox import command_message
+from .kafka_client import client_options
 
 if TYPE_CHECKING:
     from .app import Meterwatch
@@ -20,7 +23,46 @@ log = logging.getLogger(__name__)
 PERIOD_CHECK_SECONDS = 10.0
 
 
+class TickSender:
+    """Sends period ticks to workspace inboxes with a producer of its own, outside transactions.
+
+    A tick answers no input, so under exactly_once there is no source offset whose commit would
+    make it visible: sent through Faust it would wait in an open transaction until unrelated
+    traffic on the same partition committed it, and a quiet workspace would never see it.
+    A tick is safe to repeat (the Fin state machine ignores a period it already started), so a
+    plain producer is enough; not an idempotent one, which the embedded broker cannot give.
+    """
+
+    def __init__(self, mw: Meterwatch) -> None:
+        self._mw = mw
+        self._producer: AIOKafkaProducer | None = None
+
+    async def send(self, workspace_id: str, tick: bytes) -> None:
+        if self._producer is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self._mw.bootstrap, acks="all", **client_options(self._mw.settings)
+            )
+            try:
+                await producer.start()
+            except Exception:
+                await producer.stop()
+                raise
+            self._producer = producer
+        topic = self._mw.channels.workspace_inbox.get_topic_name()
+        key = workspace_id.encode()
+        # The same partition Faust's own sends pick for this key: the one that owns the workspace.
+        partition = self._mw.app.consumer.key_partition(topic, key, None)
+        await self._producer.send_and_wait(topic, tick, key=key, partition=partition)
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()
+
+
 def register(mw: Meterwatch) -> None:
+    sender = TickSender(mw)
+
     @mw.app.timer(PERIOD_CHECK_SECONDS)
     async def start_new_periods() -> None:
         now = datetime.now(UTC)
@@ -33,6 +75,10 @@ def register(mw: Meterwatch) -> None:
         tick = command_message(int(time.time() * 1000), {"type": PERIOD_TICK})
         for workspace_id in due:
             try:
-                await mw.channels.workspace_inbox.send(key=workspace_id.encode(), value=tick)
-            except Exception:  # a rebalance moved the workspace away; its new owner ticks it
+                await sender.send(workspace_id, tick)
+            except Exception:  # broker trouble: the next round sends it again
                 log.warning("could not send the period tick for a workspace; will retry", exc_info=True)
+
+    @mw.app.on_before_shutdown.connect
+    async def stop_tick_sender(app: Any, **kwargs: Any) -> None:
+        await sender.stop()

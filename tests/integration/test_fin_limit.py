@@ -3,8 +3,9 @@ retractions, and the state surviving a restart (CONTRACT 3.2, 3.3, 5.2, 5.3)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from tests.support.kafka_io import produce, read_all
 from tests.support.worker import WorkerProcess, eventually, http_get
@@ -109,3 +110,44 @@ async def test_every_reason_in_order_with_notification_and_restart(running_worke
     assert len(records) == 7
     assert (records[-1]["state"], records[-1]["reason"]) == ("disabled", "limit_lowered")
     assert len({r["transition_id"] for r in records}) == 7
+
+
+async def test_a_new_period_re_enables_fin_with_no_event_for_the_workspace(running_worker: WorkerProcess, deployment: dict[str, str]) -> None:
+    """The period timer, not an event, ends a disabled period (CONTRACT 5.2 ``new_period``).
+
+    A limit of 1 and one resolution arrive with record timestamps an hour before this calendar
+    month began, as if received then (meterwatch takes the record timestamp as the moment of
+    receipt): Fin is disabled for last month, a period that is already over. Nothing else is
+    sent for the workspace.
+    """
+    bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
+    prefix = deployment["METERWATCH_TOPIC_PREFIX"]
+    month_start = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    last_month = month_start - timedelta(hours=1)
+    then_ms = int(last_month.timestamp() * 1000)
+    command = limit_settings(1) | {"issued_at": last_month.isoformat()}
+    await produce(bootstrap, prefix + "usage.control", [(WS.encode(), command)], timestamp_ms=then_ms)
+    await eventually(lambda: _applied(bootstrap, prefix, command["command_id"]), timeout=30)
+    event = resolution("c_last_month") | {"occurred_at": (last_month - timedelta(minutes=1)).isoformat()}
+    await produce(bootstrap, prefix + "usage.events", [(WS.encode(), event)], timestamp_ms=then_ms)
+
+    async def transitions(expect: int) -> list[dict] | None:
+        records = await read_all(bootstrap, prefix + "usage.limits", timeout=2)
+        return records if len(records) >= expect else None
+
+    # The period timer runs every 10 s; allow a few rounds on a loaded machine.
+    records = await eventually(lambda: transitions(2), timeout=60)
+    assert [(r["state"], r["reason"]) for r in records] == [("disabled", "limit_reached"), ("enabled", "new_period")]
+    assert records[0]["period_end"] == records[1]["period_start"]
+    assert datetime.fromisoformat(records[1]["period_start"]) == month_start
+    assert records[1]["usage"] == 0
+    status, body = http_get(f"{running_worker.base_url}/usage/{WS}")
+    assert status == 200 and body["metrics"]["fin_resolutions"]["fin_state"] == "enabled"
+    # Ticked once: later rounds of the timer find nothing to do.
+    await asyncio.sleep(12)
+    assert len(await read_all(bootstrap, prefix + "usage.limits", timeout=2)) == 2
+
+
+async def _applied(bootstrap: str, prefix: str, command_id: str) -> bool:
+    results = await read_all(bootstrap, prefix + "usage.command-results", timeout=2)
+    return any(r["command_id"] == command_id and r["status"] == "applied" for r in results)

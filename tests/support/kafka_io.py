@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 
-async def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, Any]]) -> None:
-    """Send (key, value) pairs; dict/list values are JSON-encoded, bytes sent as they are."""
+async def produce(
+    bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, Any]], *, timestamp_ms: int | None = None
+) -> None:
+    """Send (key, value) pairs; dict/list values are JSON-encoded, bytes sent as they are.
+
+    ``timestamp_ms`` sets the records' timestamp, which the broker keeps (CreateTime) and
+    meterwatch reads as the moment a command or event was received.
+    """
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=1 << 20)
     await producer.start()
     try:
         futures = []
         for key, value in messages:
             raw = value if isinstance(value, bytes) or value is None else orjson.dumps(value)
-            futures.append(await producer.send(topic, raw, key=key))
+            futures.append(await producer.send(topic, raw, key=key, timestamp_ms=timestamp_ms))
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
