@@ -11,6 +11,11 @@ from ..config import Settings
 from .durable_table import DurableTable
 
 
+# Per partition of the seen-event-ids store: at most 2 memtables plus the block cache.
+ROCKSDB_MEMTABLE_BYTES = 4 * 1024 * 1024
+ROCKSDB_BLOCK_CACHE_BYTES = 8 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class Tables:
     # workspace_id -> WorkspaceState: usage, contract terms, contacts, alert and Fin states
@@ -53,7 +58,15 @@ def declare_tables(app: faust.App, settings: Settings) -> Tables:
             # "rocksdb://" parses to a falsy URL, and Faust then silently uses memory; the path
             # names the files under the app's table directory.
             store="rocksdb:seen-event-ids",
-            # RocksDB drops entries once they are well past the window, bounding the disk too.
-            options={"ttl": window_seconds * 2},
+            options={
+                # RocksDB drops entries once they are well past the window, bounding the disk too.
+                "ttl": window_seconds * 2,
+                # Faust's defaults (3 memtables of 64 MiB and a 2 GiB block cache per partition)
+                # let memory grow with the id count until the first flush, hundreds of MiB per
+                # worker; ids are written once and rarely read back, so small ones cost little.
+                "write_buffer_size": ROCKSDB_MEMTABLE_BYTES,
+                "max_write_buffer_number": 2,
+                "block_cache_size": ROCKSDB_BLOCK_CACHE_BYTES,
+            },
         ),
     )

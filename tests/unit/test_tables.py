@@ -20,6 +20,12 @@ def test_the_dedupe_store_is_on_disk_so_memory_stays_bounded() -> None:
     mw = build({})
     assert isinstance(mw.tables.seen_event_ids.data, RocksDBStore)
     assert isinstance(mw.tables.workspaces.data, MemoryStore)
+    # Faust's RocksDB defaults reserve up to 3 x 64 MiB of memtables and a 2 GiB block cache
+    # per partition: the bounds that keep a worker's memory flat are ours.
+    options = mw.tables.seen_event_ids.data.rocksdb_options
+    assert options.write_buffer_size * options.max_write_buffer_number <= 8 * 1024 * 1024
+    assert options.block_cache_size <= 8 * 1024 * 1024
+    assert options.ttl == 2 * 24 * 3600
 
 
 def test_every_name_carries_the_prefix_and_app_id() -> None:
