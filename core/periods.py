@@ -24,6 +24,7 @@ __all__ = [
 
 MAX_FUTURE_SKEW = timedelta(minutes=5)
 LATE_EVENT_GRACE = timedelta(days=7)
+_LONGEST_PERIOD = timedelta(days=32)  # a month, plus a daylight-saving hour either way
 
 # Transitions in the tz database fall on whole seconds, so searching for one at this
 # resolution finds it exactly.
@@ -82,8 +83,9 @@ def _load_zone(name: object) -> ZoneInfo:
         raise ValueError(f"timezone {name!r} depends on the host; use an IANA name")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as error:
-        raise ValueError(f"unknown IANA time zone {name!r}") from error
+    except (ZoneInfoNotFoundError, ValueError, OSError) as error:
+        # OSError: a name that is a tzdata directory ("Europe") or too long for a file name.
+        raise ValueError(f"unknown IANA time zone {name[:64]!r}") from error
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +223,10 @@ def event_time_rejection(occurred_at: datetime, now: datetime, cycle: BillingCyc
     now_utc = _as_utc(now, "now")
     if occurred_utc > now_utc + MAX_FUTURE_SKEW:
         return "occurred_in_future"
+    # Far older than any period plus grace: closed, without computing a period that may lie
+    # before year 1 in the cycle's time zone.
+    if occurred_utc < now_utc - _LONGEST_PERIOD - LATE_EVENT_GRACE:
+        return "period_closed"
     if now_utc > cycle.period_containing(occurred_utc).end + LATE_EVENT_GRACE:
         return "period_closed"
     return None

@@ -34,6 +34,13 @@ def _deliverable(address: str) -> str:
 EmailAddress = Annotated[str, AfterValidator(_deliverable)]
 
 
+# Usage, thresholds and limits are counts that must survive JSON consumers that read numbers as
+# doubles; prices have more room than any real price needs.
+MAX_AMOUNT = 2**53 - 1
+MAX_UNIT_PRICE = Decimal(1_000_000)
+MAX_PRICE_DECIMALS = 12
+
+
 class Actor(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -56,7 +63,7 @@ class _WorkspaceCommand(_Command):
 class AlertSettings(_WorkspaceCommand):
     type: Literal["alert_settings"]
     metric: Metric
-    threshold: StrictInt = Field(gt=0)
+    threshold: StrictInt = Field(gt=0, le=MAX_AMOUNT)
     early_warnings: StrictBool = False
     enabled: StrictBool = True
 
@@ -64,7 +71,7 @@ class AlertSettings(_WorkspaceCommand):
 class LimitSettings(_WorkspaceCommand):
     type: Literal["limit_settings"]
     metric: Metric
-    limit: StrictInt = Field(ge=0)
+    limit: StrictInt = Field(ge=0, le=MAX_AMOUNT)
     enabled: StrictBool = True
 
 
@@ -76,8 +83,9 @@ class BillingContacts(_WorkspaceCommand):
 class PriceTerm(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    unit_price: Decimal = Field(ge=0, allow_inf_nan=False)
-    included: StrictInt | None = Field(default=None, ge=0)
+    # Bounded so that a price like 1E+3000000 cannot make every cost figure megabytes long.
+    unit_price: Decimal = Field(ge=0, le=MAX_UNIT_PRICE, decimal_places=MAX_PRICE_DECIMALS, allow_inf_nan=False)
+    included: StrictInt | None = Field(default=None, ge=0, le=MAX_AMOUNT)
 
 
 class Subscription(_Command):
@@ -88,7 +96,7 @@ class Subscription(_Command):
     timezone: str
     currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
     prices: dict[Metric, PriceTerm] = Field(default_factory=dict)
-    messages_included: StrictInt | None = Field(default=None, ge=0)
+    messages_included: StrictInt | None = Field(default=None, ge=0, le=MAX_AMOUNT)
 
     @field_validator("timezone")
     @classmethod

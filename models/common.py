@@ -43,7 +43,10 @@ def _rfc3339_text(value: Any) -> Any:
 
 
 def _utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-23:59 lies past year 9999 in UTC
+        raise PydanticCustomError("rfc3339", "timestamp out of range once converted to UTC") from None
 
 
 Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text), AfterValidator(_utc)]

@@ -24,15 +24,27 @@ def dead_letter(
         "source_topic": source_topic,
         "partition": partition,
         "offset": offset,
-        "key": _text(key)[0],
+        "key": _text(_capped(key))[0],
         "error": {"code": code, "message": message},
         "at": iso(at),
     }
-    text, encoding = _text(value)
+    text, encoding = _text(_capped(value))
     record["value"] = text
     if encoding:
         record["value_encoding"] = encoding
+    if value is not None and len(value) > MAX_DEAD_LETTER_BYTES:
+        # The record must fit the broker's message size (1 MB by default) even once escaped.
+        record["value_truncated"] = True
+        record["value_length"] = len(value)
     return record
+
+
+# 64 KiB of control characters is 384 KiB of JSON escapes; key and value together stay under 1 MB.
+MAX_DEAD_LETTER_BYTES = 64 * 1024
+
+
+def _capped(raw: bytes | None) -> bytes | None:
+    return raw if raw is None or len(raw) <= MAX_DEAD_LETTER_BYTES else raw[:MAX_DEAD_LETTER_BYTES]
 
 
 def _text(raw: bytes | None) -> tuple[str | None, str | None]:

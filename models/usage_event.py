@@ -133,11 +133,29 @@ def parse_usage_message(raw: bytes | None) -> tuple[list[UsageEvent], list[Rejec
                 Rejection(
                     code=code,
                     message=message,
-                    value=None if whole else orjson.dumps(item),
+                    value=None if whole else _item_bytes(item),
+                    workspace_id=_workspace_of(item),
+                )
+            )
+        except (RecursionError, OverflowError, ValueError) as error:  # hostile shapes past pydantic's own checks
+            rejected.append(
+                Rejection(
+                    code=RejectCode.INVALID_SCHEMA,
+                    message=f"event cannot be read: {type(error).__name__}",
+                    value=None if whole else _item_bytes(item),
                     workspace_id=_workspace_of(item),
                 )
             )
     return accepted, rejected
+
+
+def _item_bytes(item: Any) -> bytes | None:
+    """One batch item as JSON for its dead letter; None (the whole message) if it cannot be
+    re-encoded, e.g. nested deeper than orjson writes."""
+    try:
+        return orjson.dumps(item)
+    except (orjson.JSONEncodeError, RecursionError):
+        return None
 
 
 def reject_reason(error: ValidationError) -> tuple[str, str]:

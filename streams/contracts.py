@@ -32,6 +32,7 @@ from .codec import decode_contract_usage, encode_contract_usage
 from .commands import CONTRACT_LEFT, CONTRACT_TERMS, contract_terms
 from .inbox import command_message
 from .mailing import ALERT, mail_request
+from .poison import dead_letter_failure
 
 if TYPE_CHECKING:
     from .app import Meterwatch
@@ -109,23 +110,33 @@ class ContractBatch:
 
     async def apply(self, events: list[EventT]) -> None:
         for event in events:
-            document = orjson.loads(event.message.value)
-            kind = document["kind"]
-            if kind == SUBSCRIPTION:
-                self.state = await _subscribe(self.mw, self.state, document["command"], event, self.publisher)
-                self.sums_changed = True
-            elif kind == CONTACTS:
-                contacts = {**self.state.contacts, document["workspace_id"]: tuple(document["emails"])}
-                self.state = replace(self.state, contacts=MappingProxyType(contacts))
-            else:
-                now = datetime.fromtimestamp(event.message.timestamp, tz=UTC)
-                self.state, change = record_report(self.state, read_report(document), now)
-                if change.after != change.before:
-                    self.sums_changed = True
-                    await self._judge(change, now)
+            before = (self.state, self.sums_changed)
+            try:
+                await self._apply_one(event)
+            except Exception as error:
+                self.state, self.sums_changed = before
+                await dead_letter_failure(
+                    self.mw, self.publisher, "sum_contract_usage", event, error, key=self.contract_id
+                )
         self.mw.tables.contract_usage[self.contract_id] = encode_contract_usage(self.state)
         if self.sums_changed:
             await self._tell_members(int(events[-1].message.timestamp * 1000))
+
+    async def _apply_one(self, event: EventT) -> None:
+        document = orjson.loads(event.message.value)
+        kind = document["kind"]
+        if kind == SUBSCRIPTION:
+            self.state = await _subscribe(self.mw, self.state, document["command"], event, self.publisher)
+            self.sums_changed = True
+        elif kind == CONTACTS:
+            contacts = {**self.state.contacts, document["workspace_id"]: tuple(document["emails"])}
+            self.state = replace(self.state, contacts=MappingProxyType(contacts))
+        else:
+            now = datetime.fromtimestamp(event.message.timestamp, tz=UTC)
+            self.state, change = record_report(self.state, read_report(document), now)
+            if change.after != change.before:
+                self.sums_changed = True
+                await self._judge(change, now)
 
     async def _judge(self, change: ContractTotalChange, now: datetime) -> None:
         terms = self.state.terms

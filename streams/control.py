@@ -15,6 +15,7 @@ from ..sinks.kafka import TopicPublisher
 from .batches import by_source_partition, finish
 from .contracts import subscription_message
 from .inbox import command_message
+from .poison import INTERNAL_ERROR, dead_letter_failure
 
 if TYPE_CHECKING:
     from .app import Meterwatch
@@ -35,27 +36,44 @@ async def forward_commands(mw: Meterwatch, events: list[EventT]) -> None:
 
 
 async def _forward_part(mw: Meterwatch, events: list[EventT], publisher: TopicPublisher) -> None:
-    channels = mw.channels
     for event in events:
-        message = event.message
-        received_ms = int(message.timestamp * 1000)
-        key = message.key.decode("utf-8", "replace") if message.key is not None else None
         try:
-            command = parse_command(message.value)
-        except CommandRejected as rejected:
-            mw.metrics.commands.labels(_command_type(message.value), "rejected").inc()
-            await publisher.publish(
-                channels.command_results, key, command_result(rejected.command_id, "rejected", reason=rejected.reason)
-            )
-            continue
-        document = command.model_dump(mode="json")
-        if isinstance(command, Subscription):
-            # The contract's owner knows who was a member before, so it tells who joined and left.
-            await publisher.publish(channels.contract_inbox, command.contract_id, subscription_message(document))
-        else:
-            await publisher.publish(
-                channels.workspace_inbox, command.workspace_id, command_message(received_ms, document)
-            )
+            await _route_command(mw, event, publisher)
+        except Exception as error:
+            await dead_letter_failure(mw, publisher, "route_commands", event, error)
+            command_id = _command_id(event.message.value)
+            result = command_result(command_id, "rejected", reason=INTERNAL_ERROR)
+            await publisher.publish(mw.channels.command_results, None, result)
+
+
+async def _route_command(mw: Meterwatch, event: EventT, publisher: TopicPublisher) -> None:
+    channels = mw.channels
+    message = event.message
+    received_ms = int(message.timestamp * 1000)
+    key = message.key.decode("utf-8", "replace") if message.key is not None else None
+    try:
+        command = parse_command(message.value)
+    except CommandRejected as rejected:
+        mw.metrics.commands.labels(_command_type(message.value), "rejected").inc()
+        await publisher.publish(
+            channels.command_results, key, command_result(rejected.command_id, "rejected", reason=rejected.reason)
+        )
+        return
+    document = command.model_dump(mode="json")
+    if isinstance(command, Subscription):
+        # The contract's owner knows who was a member before, so it tells who joined and left.
+        await publisher.publish(channels.contract_inbox, command.contract_id, subscription_message(document))
+    else:
+        await publisher.publish(channels.workspace_inbox, command.workspace_id, command_message(received_ms, document))
+
+
+def _command_id(raw: bytes | None) -> str | None:
+    """The command's id, if it has a readable one, so that even a failed command is answered."""
+    try:
+        command_id = orjson.loads(raw or b"").get("command_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return command_id if isinstance(command_id, str) and len(command_id) <= 256 else None
 
 
 def _command_type(raw: bytes | None) -> str:

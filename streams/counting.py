@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Coroutine, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,9 @@ from ..core.fin_limit import Transition
 from ..core.metering import FIN_RESOLUTIONS, Reading, UsageChange, count_reading
 from ..core.periods import BillingPeriod, event_time_rejection
 from ..core.workspace import WorkspaceState
+from ..models.commands import MAX_AMOUNT
 from ..models.outputs import dead_letter
+from ..models.usage_event import RejectCode
 from ..sinks.kafka import Publisher, TopicPublisher
 from . import commands, fin
 from .alerting import alert_record, apply_alert_settings, judge_change
@@ -33,6 +36,7 @@ from .codec import decode_workspace, encode_workspace
 from .contracts import CONTRACT_OTHERS, contacts_message, report_message, take_contract_others
 from .inbox import COMMAND, POSITION_STRIDE, USAGE, InboxEvent, read_usage
 from .mailing import ALERT, FIN_DISABLED, mail_id, mail_request
+from .poison import dead_letter_failure
 
 if TYPE_CHECKING:
     from .app import Meterwatch
@@ -71,8 +75,7 @@ async def _count_batch(mw: Meterwatch, events: list[EventT]) -> None:
         # Event ids are remembered before the counts they guard are written: were the counts
         # kept and the ids lost (a crash between the two writes, without transactions), a
         # later copy of an event would be counted again.
-        for batch in batches:
-            batch.remember_event_ids()
+        mw.tables.seen_event_ids.remember({k: v for batch in batches for k, v in batch.event_ids_to_remember()})
         await mw.tables.seen_event_ids.wait_for_writes()
         for batch in batches:
             batch.write_state()
@@ -103,13 +106,26 @@ class WorkspaceBatch:
             document = orjson.loads(event.message.value)
             if document["kind"] == USAGE:
                 for index, item in enumerate(read_usage(document)):
-                    await self._count(item, offset * POSITION_STRIDE + index)
+                    await self._isolated(event, self._count(item, offset * POSITION_STRIDE + index), item)
             elif document["kind"] == COMMAND:
                 received = datetime.fromtimestamp(document["received_ms"] / 1000, tz=UTC)
-                await self._command(document["command"], received)
+                await self._isolated(event, self._command(document["command"], received))
             self.state = replace(self.state, usage=replace(self.state.usage, applied_through=offset))
             self.applied_any = True
         await self._report_to_contract()
+
+    async def _isolated(self, event: EventT, step: Coroutine[Any, Any, None], item: InboxEvent | None = None) -> None:
+        """Run one event's or command's step; should it fail, the workspace is as before it."""
+        # first_seen is only written by a step's last statement, so a failed step left it alone.
+        before, changed_before = self.state, dict(self.changed)
+        try:
+            await step
+        except Exception as error:
+            self.state, self.changed = before, changed_before
+            value = item.as_json(self.workspace_id) if item is not None else None
+            await dead_letter_failure(
+                self.mw, self.publisher, "count_usage", event, error, key=self.workspace_id, value=value
+            )
 
     async def _count(self, item: InboxEvent, position: int) -> None:
         cycle = self.state.profile.cycle
@@ -127,6 +143,11 @@ class WorkspaceBatch:
         reading = Reading(item.event_id, item.metric, item.quantity, item.occurred_at, item.conversation_id)
         usage = self.state.usage
         tally, change = count_reading(usage.tally(item.metric), reading, cycle, item.received)
+        if change.after > MAX_AMOUNT:
+            # Usage stays a number every JSON reader can hold; the event is refused, not wrapped.
+            self.mw.metrics.events_rejected.labels(RejectCode.QUANTITY_OUT_OF_RANGE).inc()
+            await self._dead_letter(item, RejectCode.QUANTITY_OUT_OF_RANGE)
+            return
         self._observe_counted(item)
         self.state = replace(self.state, usage=replace(usage, tallies={**usage.tallies, item.metric: tally}))
         if change.after != change.before:
@@ -217,6 +238,7 @@ class WorkspaceBatch:
         messages = {
             "occurred_in_future": "occurred_at is more than 5 minutes in the future",
             "period_closed": "the event's billing period ended more than 7 days ago",
+            RejectCode.QUANTITY_OUT_OF_RANGE: f"usage would exceed {MAX_AMOUNT} in its period",
         }
         record = dead_letter(
             source_topic=item.origin.topic,
@@ -241,10 +263,9 @@ class WorkspaceBatch:
             report = WorkspaceReport(self.workspace_id, metric, period, usage, self.state.usage.applied_through)
             await self.publisher.publish(self.mw.channels.contract_inbox, contract.contract_id, report_message(report))
 
-    def remember_event_ids(self) -> None:
-        seen = self.mw.tables.seen_event_ids
+    def event_ids_to_remember(self) -> Iterator[tuple[str, bytes]]:
         for key, first in self.first_seen.items():
-            seen[key] = encode_first_seen(first)
+            yield key, encode_first_seen(first)
 
     def write_state(self) -> None:
         if self.applied_any:

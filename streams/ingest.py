@@ -17,6 +17,7 @@ from ..models.usage_event import UsageEvent, parse_usage_message
 from ..sinks.kafka import TopicPublisher
 from .batches import by_source_partition, finish
 from .inbox import EVENTS_PER_MESSAGE, Origin, usage_message
+from .poison import dead_letter_failure
 
 if TYPE_CHECKING:
     from .app import Meterwatch
@@ -49,29 +50,41 @@ async def forward_usage(mw: Meterwatch, events: list[EventT]) -> None:
 async def _forward_part(mw: Meterwatch, events: list[EventT], publisher: TopicPublisher) -> None:
     by_workspace: dict[str, list[tuple[UsageEvent, Origin, int]]] = defaultdict(list)
     for event in events:
-        message = event.message
-        received_ms = int(message.timestamp * 1000)
-        accepted, rejected = parse_usage_message(message.value)
-        origin = Origin(message.topic, message.partition, message.offset, message.key)
-        for rejection in rejected:
-            mw.metrics.events_rejected.labels(rejection.code).inc()
-            await publisher.publish(
-                mw.channels.dead_letter,
-                rejection.workspace_id,
-                dead_letter(
-                    source_topic=message.topic,
-                    partition=message.partition,
-                    offset=message.offset,
-                    key=message.key,
-                    value=rejection.value if rejection.value is not None else message.value,
-                    code=rejection.code,
-                    message=rejection.message,
-                    at=datetime.now(UTC),
-                ),
-            )
-        for usage_event in accepted:
-            by_workspace[usage_event.workspace_id].append((usage_event, origin, received_ms))
+        try:
+            await _route_message(mw, event, by_workspace, publisher)
+        except Exception as error:
+            await dead_letter_failure(mw, publisher, "route_usage_events", event, error)
     for workspace_id, items in by_workspace.items():
         for start in range(0, len(items), EVENTS_PER_MESSAGE):
             chunk = items[start : start + EVENTS_PER_MESSAGE]
             await publisher.publish(mw.channels.workspace_inbox, workspace_id, usage_message(chunk))
+
+
+async def _route_message(
+    mw: Meterwatch,
+    event: EventT,
+    by_workspace: dict[str, list[tuple[UsageEvent, Origin, int]]],
+    publisher: TopicPublisher,
+) -> None:
+    message = event.message
+    received_ms = int(message.timestamp * 1000)
+    accepted, rejected = parse_usage_message(message.value)
+    origin = Origin(message.topic, message.partition, message.offset, message.key)
+    for rejection in rejected:
+        mw.metrics.events_rejected.labels(rejection.code).inc()
+        await publisher.publish(
+            mw.channels.dead_letter,
+            rejection.workspace_id,
+            dead_letter(
+                source_topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
+                key=message.key,
+                value=rejection.value if rejection.value is not None else message.value,
+                code=rejection.code,
+                message=rejection.message,
+                at=datetime.now(UTC),
+            ),
+        )
+    for usage_event in accepted:
+        by_workspace[usage_event.workspace_id].append((usage_event, origin, received_ms))

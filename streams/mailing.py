@@ -19,6 +19,7 @@ from ..sinks.email import Backoff, SmtpMailer
 from ..sinks.kafka import TopicPublisher
 from ..sinks.mail_text import MailCompositionError, compose_alert_mail, compose_fin_disabled_mail
 from .batches import by_source_partition, finish
+from .poison import dead_letter_failure
 
 if TYPE_CHECKING:
     from .app import Meterwatch
@@ -52,14 +53,18 @@ def register(mw: Meterwatch) -> None:
 
 async def send_batch(mw: Meterwatch, mailer: SmtpMailer, backoff: Backoff, events: list[EventT]) -> None:
     ledger = mw.tables.mails_sent
+    publisher = TopicPublisher()
     for _, part in by_source_partition(events):
         for event in part:
-            request = orjson.loads(event.message.value)
-            key = mail_id(request["kind"], request["record"])
-            if ledger.get(key) is not None:
-                continue  # sent (or given up) before a restart
-            ledger[key] = await deliver(mw, mailer, backoff, request)
-    await finish(mw, TopicPublisher())
+            try:
+                request = orjson.loads(event.message.value)
+                key = mail_id(request["kind"], request["record"])
+                if ledger.get(key) is not None:
+                    continue  # sent (or given up) before a restart
+                ledger[key] = await deliver(mw, mailer, backoff, request)
+            except Exception as error:
+                await dead_letter_failure(mw, publisher, "mail_billing_contacts", event, error)
+    await finish(mw, publisher)
 
 
 async def deliver(mw: Meterwatch, mailer: SmtpMailer, backoff: Backoff, request: dict[str, Any]) -> bytes:

@@ -9,7 +9,7 @@ import faust
 
 from ..config import Settings
 from .durable_table import DurableTable
-
+from .seen_ids_table import SeenEventIdsTable
 
 # Per partition of the seen-event-ids store: at most 2 memtables plus the block cache.
 ROCKSDB_MEMTABLE_BYTES = 4 * 1024 * 1024
@@ -23,7 +23,7 @@ class Tables:
     # contract_id -> ContractUsage: every workspace's latest usage, summed per contract
     contract_usage: faust.Table
     # workspace_id \x1f event_id -> FirstSeen (core.dedupe); on disk, so memory stays bounded
-    seen_event_ids: faust.Table
+    seen_event_ids: SeenEventIdsTable
     # alert_id / transition_id -> "sent" or "failed: reason": what the mail agent has done
     mails_sent: faust.Table
 
@@ -32,9 +32,9 @@ class Tables:
 
 
 def declare_tables(app: faust.App, settings: Settings) -> Tables:
-    def table(name: str, **options: object) -> faust.Table:
+    def table(name: str, kind: type[DurableTable] = DurableTable, **options: object) -> faust.Table:
         # Faust names the changelog "{app id}-{name}-changelog"; the app id is "{prefix}{app_id}".
-        table = DurableTable(
+        table = kind(
             app,
             name=name,
             key_type=str,
@@ -52,6 +52,7 @@ def declare_tables(app: faust.App, settings: Settings) -> Tables:
         mails_sent=table("mails-sent"),
         seen_event_ids=table(
             "seen-event-ids",
+            SeenEventIdsTable,
             # Entries long past the window are also deleted from the changelog, so recovery
             # reads a bounded log.
             extra_topic_configs={"cleanup.policy": "compact,delete", "retention.ms": str(window_seconds * 2 * 1000)},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -125,3 +126,24 @@ async def test_each_bad_input_is_dead_lettered_with_its_own_code(running_worker:
     assert by_code["invalid_json"]["value"] == "{not json"
     # The good event of the batch is still counted.
     await eventually(lambda: usage_of(running_worker, "ws_d", "sms") == 1)
+
+
+async def test_a_worker_that_lost_its_disk_still_knows_every_event_id(running_worker: WorkerProcess, deployment: dict[str, str]) -> None:
+    """Event ids come back from the changelog (packed a batch at a time), not only from RocksDB."""
+    bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
+    topic = deployment["METERWATCH_TOPIC_PREFIX"] + "usage.events"
+    workspaces = [f"ws_disk_{i}" for i in range(4)]
+    first = [event(workspaces[i % 4], quantity=1 + i % 3) for i in range(400)]
+    expected = {ws: sum(e["quantity"] for e in first if e["workspace_id"] == ws) for ws in workspaces}
+    await produce(bootstrap, topic, [(None, first[i : i + 50]) for i in range(0, len(first), 50)])
+    await eventually(lambda: all(usage_of(running_worker, ws, "sms") == expected[ws] for ws in workspaces), timeout=60)
+
+    running_worker.stop()
+    shutil.rmtree(deployment["METERWATCH_DATA_DIR"])
+    running_worker.start()
+    running_worker.wait_healthy()
+    # Every event again, as a producer retrying after a long outage would, then one new event each.
+    again = [(e["workspace_id"].encode(), e) for e in first]
+    fresh = [event(ws, quantity=5) for ws in workspaces]
+    await produce(bootstrap, topic, again + [(e["workspace_id"].encode(), e) for e in fresh])
+    await eventually(lambda: all(usage_of(running_worker, ws, "sms") == expected[ws] + 5 for ws in workspaces), timeout=90)

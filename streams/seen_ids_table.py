@@ -1,0 +1,91 @@
+"""The dedupe store: event ids kept on disk, written to their changelog a batch at a time.
+
+A plain table sends one changelog record per key, so one per counted event: a send task each,
+the largest cost of the hot path. Here the ids a batch remembers for one partition travel as
+one record, a *chunk*, and recovery unpacks chunks back into the ids they carry. Chunk keys are
+random, so compaction never drops a chunk for a later one (a replayed batch may carry fewer
+ids); the changelog's time retention ends them, as it ended single ids before.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from faust.streams import current_event
+from faust.types import EventT
+
+from .durable_table import DurableTable
+
+# Identifiers never hold C0 controls (models.common), so these cannot occur inside a key or value.
+# The chunk's key goes through the table's key serializer like any key; its value is raw bytes.
+CHUNK_KEY_PREFIX = "\x00chunk:"
+_FIELD = b"\t"
+_ENTRY = b"\n"
+
+
+def pack_chunk(entries: Mapping[str, bytes]) -> bytes:
+    return _ENTRY.join(key.encode() + _FIELD + value for key, value in entries.items())
+
+
+def unpack_chunk(raw: bytes) -> Iterator[tuple[str, bytes]]:
+    for entry in raw.split(_ENTRY):
+        key, value = entry.split(_FIELD, 1)
+        yield key.decode(), value
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    """The fields of a changelog message that a store's ``apply_changelog_batch`` reads."""
+
+    tp: Any
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Unpacked:
+    key: str
+    message: _Record
+
+
+def is_chunk(event: EventT) -> bool:
+    return isinstance(event.key, str) and event.key.startswith(CHUNK_KEY_PREFIX)
+
+
+def unpack_changelog(batch: Iterable[EventT], encode_key: Callable[[str], bytes]) -> Iterator[Any]:
+    """Changelog events with every chunk replaced by one event per id it carries, each keyed
+    as the table itself would have keyed it (``encode_key``)."""
+    for event in batch:
+        if not is_chunk(event):
+            yield event
+            continue
+        message = event.message
+        if message.value is None:
+            continue  # a tombstone for a chunk: nothing to restore
+        for key, value in unpack_chunk(message.value):
+            record = _Record(message.tp, message.partition, message.offset, encode_key(key), value)
+            yield _Unpacked(key, record)
+
+
+class SeenEventIdsTable(DurableTable):
+    def remember(self, entries: Mapping[str, bytes]) -> None:
+        """Store ``entries`` locally and send them as one changelog record.
+
+        Every entry belongs to the partition of the current event (``acting_for``); the chunk
+        goes to that partition's changelog, like the entries' own records would have.
+        """
+        if not entries:
+            return
+        event = current_event()
+        assert event is not None, "remember() runs acting for an event of the partition"
+        for key, value in entries.items():
+            self.data[key] = value  # the local store only; the chunk below is the changelog
+        self.send_changelog(event.message.partition, CHUNK_KEY_PREFIX + uuid.uuid4().hex, pack_chunk(entries))
+
+    def apply_changelog_batch(self, batch: Iterable[EventT]) -> None:
+        super().apply_changelog_batch(list(unpack_changelog(batch, self.data._encode_key)))  # noqa: SLF001

@@ -1,0 +1,40 @@
+"""Chunks of event ids in the dedupe changelog: packed once per batch, unpacked on recovery."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import orjson
+from hypothesis import given
+from hypothesis import strategies as st
+from meterwatch.streams.seen_ids_table import CHUNK_KEY_PREFIX, pack_chunk, unpack_changelog, unpack_chunk
+
+# What reaches the store: "{workspace}\x1f{event_id}" keys (identifiers hold no C0 controls
+# other than the separator meterwatch puts there) and "at_ms,position" values.
+identifier = st.text(st.characters(blacklist_categories=("Cs",), min_codepoint=0x20), min_size=1, max_size=40)
+seen_key = st.builds(lambda ws, ev: f"{ws}\x1f{ev}", identifier, identifier)
+first_seen = st.builds(lambda at, pos: b"%d,%d" % (at, pos), st.integers(0, 2**48), st.integers(0, 2**60))
+
+
+@given(st.dictionaries(seen_key, first_seen, min_size=1, max_size=50))
+def test_a_chunk_unpacks_to_exactly_what_was_packed(entries: dict[str, bytes]) -> None:
+    assert dict(unpack_chunk(pack_chunk(entries))) == entries
+
+
+def changelog_event(key: str, value: bytes | None, offset: int) -> SimpleNamespace:
+    message = SimpleNamespace(tp=("seen", 3), partition=3, offset=offset, key=orjson.dumps(key), value=value)
+    return SimpleNamespace(key=key, message=message)
+
+
+def test_recovery_sees_one_record_per_id_at_the_chunk_offset_and_plain_records_unchanged() -> None:
+    plain = changelog_event("ws\x1fold", b"1,2", offset=7)
+    chunk = changelog_event(
+        CHUNK_KEY_PREFIX + "c1", pack_chunk({"ws\x1fa": b"10,1024", "ws\x1fb": b"10,1025"}), offset=8
+    )
+    chunk_tombstone = changelog_event(CHUNK_KEY_PREFIX + "c0", None, offset=9)
+    unpacked = list(unpack_changelog([plain, chunk, chunk_tombstone], encode_key=orjson.dumps))
+    assert unpacked[0] is plain
+    assert [(e.key, e.message.key, e.message.value, e.message.offset, e.message.partition) for e in unpacked[1:]] == [
+        ("ws\x1fa", b'"ws\\u001fa"', b"10,1024", 8, 3),
+        ("ws\x1fb", b'"ws\\u001fb"', b"10,1025", 8, 3),
+    ]
