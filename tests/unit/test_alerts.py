@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import FrozenInstanceError, dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from meterwatch.core.alerts import (
     AlertSetting,
     AlertState,
@@ -36,7 +35,7 @@ from meterwatch.core.periods import BillingCycle, BillingPeriod
 
 
 def utc(*fields: int) -> datetime:
-    return datetime(*fields, tzinfo=timezone.utc)
+    return datetime(*fields, tzinfo=UTC)
 
 
 P1 = BillingPeriod(utc(2026, 11, 1), utc(2026, 12, 1))

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from meterwatch.models.commands import (
     AlertSettings,
     BillingContacts,
@@ -89,7 +88,7 @@ def test_alert_settings_are_accepted() -> None:
 
     assert isinstance(parsed, AlertSettings)
     assert parsed.command_id == "cmd-alert_settings-1"
-    assert parsed.issued_at == datetime(2026, 11, 24, 9, tzinfo=timezone.utc)
+    assert parsed.issued_at == datetime(2026, 11, 24, 9, tzinfo=UTC)
     assert parsed.workspace_id == "ws_42"
     assert parsed.actor.id == "user_1"
     assert (parsed.metric, parsed.threshold, parsed.early_warnings, parsed.enabled) == (Metric.SMS, 1000, True, True)
@@ -342,3 +341,38 @@ def test_any_json_value_is_parsed_or_rejected_with_a_reason(document: Any) -> No
 @given(st.binary(max_size=200))
 def test_any_bytes_are_parsed_or_rejected_with_a_reason(raw: bytes) -> None:
     _parse_or_reject(raw)
+
+
+# --- bounds found by the hostile-input fault test ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        command("subscription", timezone="Europe"),  # a tzdata directory, not a zone
+        command("subscription", timezone="America/Argentina"),
+        command("subscription", timezone="x" * 300),  # longer than a file name
+        command("subscription", prices={"sms": {"unit_price": "1E+3000000"}}),
+        command("subscription", prices={"sms": {"unit_price": "1E-3000000"}}),
+        command("subscription", prices={"sms": {"unit_price": "0.5", "included": 2**53}}),
+        command("subscription", messages_included=2**53),
+        command("alert_settings", threshold=2**53),
+        command("limit_settings", limit=2**64),
+        command("limit_settings", issued_at="0001-01-01T00:00:00+14:00"),  # before year 1 in UTC
+        command("limit_settings", issued_at="9999-12-31T23:59:59-23:59"),  # after year 9999 in UTC
+    ],
+)
+def test_values_past_what_meterwatch_can_hold_are_rejected_not_crashed_on(document: dict[str, Any]) -> None:
+    assert REASON.match(rejection(document).reason)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        command("subscription", prices={"sms": {"unit_price": "1000000", "included": 2**53 - 1}}),
+        command("alert_settings", threshold=2**53 - 1),
+        command("limit_settings", limit=2**53 - 1),
+    ],
+)
+def test_the_largest_amounts_and_prices_are_accepted(document: dict[str, Any]) -> None:
+    parse_command(encode(document))

@@ -1,11 +1,10 @@
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, localcontext
 from fractions import Fraction
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from meterwatch.core.costs import estimated_cost, money, prorated_seat_cost
 from meterwatch.core.periods import CALENDAR_MONTH_UTC
 
@@ -148,7 +147,7 @@ def test_proration_that_does_not_terminate_keeps_ample_precision():
 
 
 def test_proration_over_a_billing_cycles_days():
-    february = CALENDAR_MONTH_UTC.period_containing(datetime(2024, 2, 15, tzinfo=timezone.utc))
+    february = CALENDAR_MONTH_UTC.period_containing(datetime(2024, 2, 15, tzinfo=UTC))
     days = CALENDAR_MONTH_UTC.days_in(february)
     assert len(days) == 29
     # one seat for the last 10 days of a 29-day February at 29/seat-month

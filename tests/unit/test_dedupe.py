@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from meterwatch.core.dedupe import FirstSeen, decode_first_seen, encode_first_seen, is_repeat
 
 HOUR_MS = 3_600_000

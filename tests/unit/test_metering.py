@@ -5,12 +5,11 @@ Everything here is pure: the billing cycle and the time of counting are passed i
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from meterwatch.core.metering import (
     MetricTally,
     Reading,
@@ -31,7 +30,7 @@ COUNTED_METRICS = ["messages_sent", "phone", "sms", "whatsapp", "email"]
 
 
 def utc(*fields: int) -> datetime:
-    return datetime(*fields, tzinfo=timezone.utc)
+    return datetime(*fields, tzinfo=UTC)
 
 
 def period(start: datetime, end: datetime) -> BillingPeriod:

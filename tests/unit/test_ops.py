@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from meterwatch.streams.metrics import Metrics
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
-
-from meterwatch.streams.metrics import Metrics
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is in the dev extra")
 

@@ -1,13 +1,12 @@
 import calendar
 import dataclasses
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from itertools import count, takewhile
 from zoneinfo import ZoneInfo, available_timezones
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from meterwatch.core.periods import (
     CALENDAR_MONTH_UTC,
     LATE_EVENT_GRACE,
@@ -21,7 +20,7 @@ MICROSECOND = timedelta(microseconds=1)
 
 
 def utc(*fields: int) -> datetime:
-    return datetime(*fields, tzinfo=timezone.utc)
+    return datetime(*fields, tzinfo=UTC)
 
 
 def wall(instant: datetime, zone: ZoneInfo) -> datetime:
@@ -96,7 +95,7 @@ def test_period_containing_examples(anchor_day, zone, at, start, end):
     cycle = BillingCycle(anchor_day, zone)
     period = cycle.period_containing(at)
     assert period == BillingPeriod(start, end)
-    assert period.start.tzinfo is timezone.utc and period.end.tzinfo is timezone.utc
+    assert period.start.tzinfo is UTC and period.end.tzinfo is UTC
     assert cycle.period_containing(at.astimezone(ZoneInfo(zone))) == period
 
 
@@ -162,7 +161,7 @@ def test_billing_period_normalises_to_utc_and_is_half_open():
     kolkata = ZoneInfo("Asia/Kolkata")
     start, end = datetime(2024, 2, 1, tzinfo=kolkata), datetime(2024, 3, 1, tzinfo=kolkata)
     period = BillingPeriod(start, end)
-    assert period.start == utc(2024, 1, 31, 18, 30) and period.start.tzinfo is timezone.utc
+    assert period.start == utc(2024, 1, 31, 18, 30) and period.start.tzinfo is UTC
     assert period.contains(period.start) and period.contains(period.end - MICROSECOND)
     assert not period.contains(period.end) and not period.contains(period.start - MICROSECOND)
     assert period.contains(datetime(2024, 2, 1, tzinfo=kolkata))
@@ -243,7 +242,7 @@ def test_event_time_rejection_uses_the_cycle():
 
 ZONE_NAMES = sorted(available_timezones() - {"localtime", "posixrules"})
 cycles = st.builds(BillingCycle, st.integers(1, 31), st.sampled_from(ZONE_NAMES))
-instants = st.datetimes(datetime(1900, 1, 1), datetime(2200, 1, 1), timezones=st.just(timezone.utc))
+instants = st.datetimes(datetime(1900, 1, 1), datetime(2200, 1, 1), timezones=st.just(UTC))
 PROPERTY = settings(max_examples=300, deadline=None)
 
 
@@ -296,3 +295,9 @@ def test_days_in_lists_the_local_days_of_the_period(cycle, at):
     seen = _sampled_local_dates(period, ZoneInfo(cycle.timezone))
     assert days == sorted(d for d in seen if first <= d <= last)
     assert 27 <= len(days) <= 32
+
+
+def test_an_event_from_year_1_is_in_a_closed_period_even_east_of_utc():
+    # Its period in Kiritimati (UTC+14) would start before year 1: it is judged closed without it.
+    occurred = datetime(1, 1, 1, tzinfo=UTC)
+    assert event_time_rejection(occurred, datetime(2026, 11, 24, tzinfo=UTC), BillingCycle(15, "Pacific/Kiritimati")) == "period_closed"

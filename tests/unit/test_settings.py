@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-
 from meterwatch.config.settings import ConfigError, ProcessingGuarantee, load_settings
 
 PASSWORD = "s3cr3t-Pa55word!"

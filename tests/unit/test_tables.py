@@ -6,7 +6,6 @@ import asyncio
 
 from faust.stores.memory import Store as MemoryStore
 from faust.stores.rocksdb import Store as RocksDBStore
-
 from meterwatch.config import ProcessingGuarantee, load_settings
 from meterwatch.streams.app import create_app
 

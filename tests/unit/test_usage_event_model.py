@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from meterwatch.models.common import Metric
 from meterwatch.models.usage_event import RejectCode, UsageEvent, parse_usage_message
 
@@ -63,7 +63,7 @@ def test_the_contract_example_is_accepted() -> None:
             workspace_id="ws_42",
             metric=Metric.SMS,
             quantity=3,
-            occurred_at=datetime(2026, 11, 24, 9, tzinfo=timezone.utc),
+            occurred_at=datetime(2026, 11, 24, 9, tzinfo=UTC),
             conversation_id=None,
         )
     ]
@@ -100,7 +100,7 @@ def test_valid_events_are_accepted(document: dict[str, Any]) -> None:
 def test_occurred_at_with_an_offset_is_the_same_instant_in_utc() -> None:
     accepted, _ = parse_usage_message(encode(event(occurred_at="2026-11-24T10:30:00+01:30")))
 
-    assert accepted[0].occurred_at == datetime(2026, 11, 24, 9, 0, tzinfo=timezone.utc)
+    assert accepted[0].occurred_at == datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
     assert accepted[0].occurred_at.utcoffset().total_seconds() == 0
 
 
@@ -330,7 +330,7 @@ near_events = st.fixed_dictionaries(
         "metric": st.one_of(st.sampled_from(sorted(m.value for m in Metric)), valid_text, st.integers()),
         "quantity": st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.booleans(), valid_text, st.none()),
         "occurred_at": st.one_of(
-            st.datetimes(timezones=st.just(timezone.utc)).map(lambda d: d.isoformat()),
+            st.datetimes(timezones=st.just(UTC)).map(lambda d: d.isoformat()),
             st.datetimes().map(lambda d: d.isoformat()),
             valid_text,
             st.integers(),
@@ -375,3 +375,18 @@ def test_any_almost_valid_event_or_batch_is_accepted_or_rejected_with_a_code(doc
 @given(st.binary(max_size=200))
 def test_any_bytes_are_accepted_or_rejected_with_a_code(raw: bytes) -> None:
     _check_outcome(raw)
+
+
+@pytest.mark.parametrize("occurred_at", ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+14:00"])
+def test_a_timestamp_outside_years_1_to_9999_in_utc_is_a_schema_error(occurred_at: str) -> None:
+    raw = orjson.dumps({"event_id": "e1", "workspace_id": "ws", "metric": "sms", "quantity": 1, "occurred_at": occurred_at})
+    accepted, rejected = parse_usage_message(raw)
+    assert accepted == [] and [r.code for r in rejected] == ["invalid_schema"]
+
+
+def test_a_batch_item_too_deep_to_re_encode_is_dead_lettered_with_the_whole_message() -> None:
+    good = {"event_id": "e1", "workspace_id": "ws", "metric": "sms", "quantity": 1, "occurred_at": "2026-11-24T00:00:00Z"}
+    raw = b"[" + orjson.dumps(good) + b"," + b"[" * 600 + b"1" + b"]" * 600 + b"]"
+    accepted, rejected = parse_usage_message(raw)
+    assert [e.event_id for e in accepted] == ["e1"]
+    assert [(r.code, r.value) for r in rejected] == [("invalid_schema", None)]  # None: the message as sent
