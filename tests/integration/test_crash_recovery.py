@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.brokers import TestBroker
-from tests.support.kafka_io import produce
+from tests.support.kafka_io import produce, read_all
 from tests.support.worker import WorkerProcess, eventually, http_get
 
 WORKSPACES = [f"ws_kill_{i}" for i in range(12)]
@@ -64,7 +64,24 @@ def lag_by_partition(worker: WorkerProcess) -> dict[str, float]:
     }
 
 
-async def diagnose_shortfall(worker: WorkerProcess, expected: Counter[str], guarantee: str) -> str:
+async def where_events_went_missing(worker: WorkerProcess, distinct_events: int) -> str:
+    """Stage one forwards each accepted event to the workspace inbox: an inbox holding every
+    event means stage one lost nothing, and the shortfall is in counting (stage two)."""
+    env = worker.env
+    inbox = f"{env['METERWATCH_TOPIC_PREFIX']}{env['METERWATCH_APP_ID']}-workspace-inbox"
+    forwarded = {
+        row[0]
+        for document in await read_all(env["METERWATCH_KAFKA_BOOTSTRAP"], inbox, timeout=60)
+        if document.get("kind") == "usage"
+        for row in document["events"]
+    }
+    stage = "counting (stage two)" if len(forwarded) == distinct_events else "forwarding (stage one)"
+    return f"the inbox holds {len(forwarded)} of {distinct_events} distinct events: lost in {stage}"
+
+
+async def diagnose_shortfall(
+    worker: WorkerProcess, expected: Counter[str], distinct_events: int, guarantee: str
+) -> str:
     """Stall or loss? A stall shows as consumer lag and ends if given time; a loss does neither.
 
     The report also goes to tests/artifacts/, where a CI run that marks this test xfail keeps it.
@@ -83,6 +100,7 @@ async def diagnose_shortfall(worker: WorkerProcess, expected: Counter[str], guar
             break
         await asyncio.sleep(15)
     verdict = "a stall: it caught up late" if not short else "not caught up after 300 s"
+    lines.append(await where_events_went_missing(worker, distinct_events))
     report = "\n".join([f"kill test ({guarantee}) short after 120 s; {verdict}", *lines, worker.log_tail(200)])
     artifacts = Path(__file__).resolve().parents[1] / "artifacts"
     artifacts.mkdir(exist_ok=True)
@@ -138,7 +156,9 @@ async def test_sigkill_mid_stream_neither_loses_nor_doubles(
     try:
         await eventually(lambda: total_counted(running_worker) == dict(expected), timeout=120, interval=0.5)
     except AssertionError:
-        raise AssertionError(await diagnose_shortfall(running_worker, expected, guarantee)) from None
+        raise AssertionError(
+            await diagnose_shortfall(running_worker, expected, len(singles) + len(batched), guarantee)
+        ) from None
     # And it stays exact: nothing counted late a second time.
     await asyncio.sleep(3)
     assert total_counted(running_worker) == dict(expected)
