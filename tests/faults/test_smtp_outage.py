@@ -1,0 +1,163 @@
+"""The SMTP server down for 60 s under alert traffic (issue 9, fault suite).
+
+Counting must not wait for mail: events/s with the server down stay within 10 % of an
+undisturbed run measured in the same test, on the same worker, with the same traffic shape.
+Afterwards every alert of both runs is mailed exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.kafka_io import produce, read_all
+from tests.support.smtp import SmtpServer
+from tests.support.worker import WorkerProcess, eventually, free_port, http_get
+
+ADMIN = {"id": "admin", "billing_permission": True}
+WORKSPACES_PER_RUN = 10
+EVENTS_PER_RUN = 40_000
+BATCH = 100
+THRESHOLD = EVENTS_PER_RUN // WORKSPACES_PER_RUN  # every workspace reaches 100 %: 3 alerts each
+OUTAGE_SECONDS = 60.0
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpServer]:
+    server = SmtpServer(free_port()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def mailing_worker(deployment: dict[str, str], smtp_server: SmtpServer, tmp_path: Path) -> Iterator[WorkerProcess]:
+    env = {
+        **deployment,
+        "METERWATCH_SMTP_HOST": "127.0.0.1",
+        "METERWATCH_SMTP_PORT": str(smtp_server.port),
+        "METERWATCH_SMTP_FROM": "meterwatch@billing.example.com",
+    }
+    worker = WorkerProcess(env=env, log_path=tmp_path / "worker.log", web_port=int(env["METERWATCH_WEB_PORT"]))
+    worker.start()
+    try:
+        worker.wait_healthy()
+        yield worker
+    finally:
+        worker.stop()
+
+
+def command(kind: str, workspace: str, **fields: object) -> dict:
+    return {
+        "type": kind,
+        "command_id": f"{kind}-{uuid.uuid4().hex[:8]}",
+        "issued_at": datetime.now(UTC).isoformat(),
+        "workspace_id": workspace,
+        "actor": ADMIN,
+        **fields,
+    }
+
+
+def batches(workspaces: list[str]) -> list[tuple[None, list[dict]]]:
+    now = datetime.now(UTC).isoformat()
+    events = [
+        {
+            "event_id": uuid.uuid4().hex,
+            "workspace_id": workspaces[i % len(workspaces)],
+            "metric": "email",
+            "quantity": 1,
+            "occurred_at": now,
+        }
+        for i in range(EVENTS_PER_RUN)
+    ]
+    return [(None, events[i : i + BATCH]) for i in range(0, len(events), BATCH)]
+
+
+def events_counted(worker: WorkerProcess) -> float:
+    _, text = http_get(f"{worker.base_url}/metrics")
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "meterwatch_events_counted_total"
+    )
+
+
+class Deployment:
+    def __init__(self, env: dict[str, str], worker: WorkerProcess) -> None:
+        self.bootstrap = env["METERWATCH_KAFKA_BOOTSTRAP"]
+        self.prefix = env["METERWATCH_TOPIC_PREFIX"]
+        self.worker = worker
+
+    async def configure(self, workspaces: list[str]) -> None:
+        commands = []
+        for ws in workspaces:
+            commands.append(command("billing_contacts", ws, emails=[f"billing@{ws}.example.com"]))
+            commands.append(
+                command("alert_settings", ws, metric="email", threshold=THRESHOLD, early_warnings=True, enabled=True)
+            )
+        await produce(
+            self.bootstrap, self.prefix + "usage.control", [(c["workspace_id"].encode(), c) for c in commands]
+        )
+        ids = {c["command_id"] for c in commands}
+
+        async def answered() -> bool:
+            results = await read_all(self.bootstrap, self.prefix + "usage.command-results", timeout=2)
+            return ids <= {r["command_id"] for r in results if r["status"] == "applied"}
+
+        await eventually(answered, timeout=60)
+
+    async def counting_rate(self, workspaces: list[str]) -> float:
+        """Events/s from the first publish until the worker has counted every event of the run."""
+        messages = batches(workspaces)
+        before = events_counted(self.worker)
+        started = time.monotonic()
+        await produce(self.bootstrap, self.prefix + "usage.events", messages)
+        await eventually(lambda: events_counted(self.worker) >= before + EVENTS_PER_RUN, timeout=300, interval=0.1)
+        return EVENTS_PER_RUN / (time.monotonic() - started)
+
+
+async def test_counting_keeps_its_pace_while_smtp_is_down_and_every_alert_is_mailed_once(
+    mailing_worker: WorkerProcess, smtp_server: SmtpServer, deployment: dict[str, str]
+) -> None:
+    run = Deployment(deployment, mailing_worker)
+    undisturbed = [f"ws-calm-{i}" for i in range(WORKSPACES_PER_RUN)]
+    during_outage = [f"ws-outage-{i}" for i in range(WORKSPACES_PER_RUN)]
+    warm_up = [f"ws-warm-{i}" for i in range(WORKSPACES_PER_RUN)]
+    await run.configure(undisturbed + during_outage + warm_up)
+    await run.counting_rate(warm_up)  # first batches pay for connections and caches
+
+    calm_rate = await run.counting_rate(undisturbed)
+    smtp_server.stop()
+    outage_began = time.monotonic()
+    outage_rate = await run.counting_rate(during_outage)
+    await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - outage_began)))
+    mails_during_outage = len(smtp_server.mails)
+    smtp_server.start()
+    outage_seconds = time.monotonic() - outage_began
+
+    alerts = await read_all(run.bootstrap, run.prefix + "usage.alerts", expect=9 * WORKSPACES_PER_RUN, timeout=60)
+    expected = Counter(a["alert_id"] for a in alerts)
+    await eventually(lambda: len(smtp_server.mails) >= len(alerts), timeout=180)
+    await asyncio.sleep(3)  # a duplicate would arrive now
+    mailed = Counter(m.message["X-Meterwatch-Alert-Id"] for m in smtp_server.mails)
+    print(
+        f"\n[smtp outage] {EVENTS_PER_RUN:,} events per run: undisturbed {calm_rate:,.0f} events/s, "
+        f"SMTP down {outage_rate:,.0f} events/s ({outage_rate / calm_rate:.2f} x); outage "
+        f"{outage_seconds:.0f} s; alerts {len(alerts)}, mails {sum(mailed.values())}"
+    )
+    assert len(alerts) == 9 * WORKSPACES_PER_RUN  # 50, 80 and 100 % for each workspace of the three runs
+    assert len(expected) == len(alerts)
+    assert mailed == expected, "every alert mailed exactly once"
+    outage_alerts = {a["alert_id"] for a in alerts if a["workspace_id"] in during_outage}
+    assert mails_during_outage <= len(alerts) - len(outage_alerts), "nothing was mailed while the server was down"
+    assert outage_rate >= 0.9 * calm_rate, f"counting slowed to {outage_rate / calm_rate:.2f} x while SMTP was down"
