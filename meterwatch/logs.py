@@ -12,6 +12,32 @@ import orjson
 FAUST_SERVICES_LOG = logging.getLogger("meterwatch.faust")
 
 
+class OncePerInterval(logging.Filter):
+    """Lets a repeated message through once per interval, saying how many were held back.
+
+    During a broker outage aiokafka logs every failed reconnect, hundreds of lines a second;
+    one line every few seconds tells an operator the same.
+    """
+
+    def __init__(self, interval_seconds: float = 10.0) -> None:
+        super().__init__()
+        self.interval = interval_seconds
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, str(record.msg))
+        last_at, held_back = self._last.get(key, (float("-inf"), 0))
+        if record.created - last_at < self.interval:
+            self._last[key] = (last_at, held_back + 1)
+            return False
+        self._last[key] = (record.created, 0)
+        if held_back:
+            record.msg = f"{record.msg} ({held_back} more like this in the last {self.interval:.0f}s)"
+        return True
+
+
 class JsonLines(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -33,8 +59,14 @@ def logging_config(level: str, fmt: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"default": formatter},
+        "filters": {"once_per_interval": {"()": OncePerInterval}},
         "handlers": {
-            "stderr": {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"}
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "default",
+                "stream": "ext://sys.stderr",
+                "filters": ["once_per_interval"],
+            }
         },
         "root": {"handlers": ["stderr"], "level": level},
         # Faust and aiokafka are chatty at INFO; their warnings still show.

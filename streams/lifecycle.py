@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import faust
 
 from ..logs import FAUST_SERVICES_LOG
+from .web import broker_reachable
 
 if TYPE_CHECKING:
     from .app import Meterwatch
@@ -75,14 +76,22 @@ def register(mw: Meterwatch) -> None:
         log.info("rebalance: assigned %s", partitions_summary(assigned))
 
     @app.task
-    async def log_long_recovery() -> None:
+    async def log_long_recovery_and_broker_outages() -> None:
         # A recovery that takes longer than a second gets a line saying how far it has to go,
         # and another every 30 s while it lasts: the only sign of progress a stuck-looking
-        # worker gives.
+        # worker gives. Losing and regaining the broker get a line each.
         recovery = app.tables.recovery
         last_said = 0.0
+        reachable: bool | None = True
         while True:
             await asyncio.sleep(WATCH_RECOVERY_EVERY_SECONDS)
+            now_reachable = broker_reachable(app)
+            if now_reachable is not None and now_reachable != reachable:
+                if now_reachable:
+                    log.info("broker: reachable again; consuming resumes")
+                else:
+                    log.warning("broker: no connection to any broker; reconnecting (health says broker_unreachable)")
+                reachable = now_reachable
             if not recovery.in_recovery:
                 last_said = 0.0
                 continue

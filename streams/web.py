@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from faust.web import Request, Response, View
 
@@ -86,9 +86,25 @@ def readiness(mw: Meterwatch) -> str:
     app = mw.app
     if not app.started or app.consumer is None:
         return "starting"
+    if broker_reachable(app) is False:
+        return "broker_unreachable"
     if app.rebalancing:
         return "rebalancing"
     recovery = app.tables.recovery
     if recovery.in_recovery or not recovery.completed.is_set():
         return "recovering"
     return "consuming"
+
+
+def broker_reachable(app: Any) -> bool | None:
+    """Whether the consumer holds an open connection to any broker; None if it cannot be told.
+
+    Faust keeps consuming (and reconnecting) through a broker outage without a state of its
+    own for it, so the consumer's connections are the one honest sign.
+    """
+    try:
+        client = app.consumer._thread._ensure_consumer()._client  # noqa: SLF001 - no public view
+        connections = list(client._conns.values())  # noqa: SLF001
+    except Exception:
+        return None
+    return any(connection.connected() for connection in connections)
