@@ -23,10 +23,11 @@ class StartupError(RuntimeError):
 async def prepare(settings: Settings, bootstrap: str) -> ProcessingGuarantee:
     """Wait for the broker, choose the guarantee and create the topics."""
     from .streams.admin import TopicLayoutError, ensure_topics
+    from .streams.kafka_client import client_options
     from .streams.topics import topic_specs
 
     try:
-        await wait_for_broker(bootstrap, timeout=30.0)
+        await wait_for_broker(bootstrap, timeout=settings.startup_timeout.total_seconds(), **client_options(settings))
     except BrokerUnreachable as error:
         raise StartupError(f"{error} (METERWATCH_KAFKA_BOOTSTRAP)") from None
     guarantee = await choose_guarantee(settings, bootstrap)

@@ -10,6 +10,7 @@ import faust
 
 from ..config import ProcessingGuarantee, Settings
 from .metrics import Metrics
+from .routing import RawKeyRouter
 from .tables import Tables, declare_tables
 from .topics import TopicNames
 
@@ -74,6 +75,7 @@ def create_app(
         producer_acks=-1,
         key_serializer="raw",
         value_serializer="raw",
+        Router=RawKeyRouter,
     )
     if guarantee is ProcessingGuarantee.EXACTLY_ONCE:
         from .transactions import install

@@ -26,8 +26,27 @@ _FIELD = b"\t"
 _ENTRY = b"\n"
 
 
+# Well under the broker's default 1 MB message size, with room for the record's own overhead.
+MAX_CHUNK_BYTES = 256 * 1024
+
+
 def pack_chunk(entries: Mapping[str, bytes]) -> bytes:
     return _ENTRY.join(key.encode() + _FIELD + value for key, value in entries.items())
+
+
+def pack_chunks(entries: Mapping[str, bytes], max_bytes: int = MAX_CHUNK_BYTES) -> Iterator[bytes]:
+    """``entries`` packed into as few chunks as fit ``max_bytes`` each (an entry never splits)."""
+    chunk: list[bytes] = []
+    size = 0
+    for key, value in entries.items():
+        entry = key.encode() + _FIELD + value
+        if chunk and size + len(entry) + 1 > max_bytes:
+            yield _ENTRY.join(chunk)
+            chunk, size = [], 0
+        chunk.append(entry)
+        size += len(entry) + 1
+    if chunk:
+        yield _ENTRY.join(chunk)
 
 
 def unpack_chunk(raw: bytes) -> Iterator[tuple[str, bytes]]:
@@ -74,7 +93,7 @@ def unpack_changelog(batch: Iterable[EventT], encode_key: Callable[[str], bytes]
 
 class SeenEventIdsTable(DurableTable):
     def remember(self, entries: Mapping[str, bytes]) -> None:
-        """Store ``entries`` locally and send them as one changelog record.
+        """Store ``entries`` locally and send them to the changelog in as few records as fit.
 
         Every entry belongs to the partition of the current event (``acting_for``); the chunk
         goes to that partition's changelog, like the entries' own records would have.
@@ -85,7 +104,8 @@ class SeenEventIdsTable(DurableTable):
         assert event is not None, "remember() runs acting for an event of the partition"
         for key, value in entries.items():
             self.data[key] = value  # the local store only; the chunk below is the changelog
-        self.send_changelog(event.message.partition, CHUNK_KEY_PREFIX + uuid.uuid4().hex, pack_chunk(entries))
+        for chunk in pack_chunks(entries):
+            self.send_changelog(event.message.partition, CHUNK_KEY_PREFIX + uuid.uuid4().hex, chunk)
 
     def apply_changelog_batch(self, batch: Iterable[EventT]) -> None:
         super().apply_changelog_batch(list(unpack_changelog(batch, self.data._encode_key)))  # noqa: SLF001

@@ -88,10 +88,13 @@ def readiness(mw: Meterwatch) -> str:
         return "starting"
     if broker_reachable(app) is False:
         return "broker_unreachable"
+    # Faust clears ``rebalancing`` only once tables are recovered, so recovery is asked first.
+    recovery = app.tables.recovery
+    if recovery.in_recovery:
+        return "recovering"
     if app.rebalancing:
         return "rebalancing"
-    recovery = app.tables.recovery
-    if recovery.in_recovery or not recovery.completed.is_set():
+    if not recovery.completed.is_set():
         return "recovering"
     return "consuming"
 

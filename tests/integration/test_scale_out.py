@@ -33,11 +33,6 @@ def two_workers(deployment: dict[str, str], tmp_path: Path) -> Iterator[list[Wor
             worker.stop()
 
 
-@pytest.mark.xfail(
-    reason="passed in every local run on both brokers, failed once in CI (60 s without both workers "
-    "answering every workspace); investigating under issue 9",
-    strict=False,
-)
 async def test_either_worker_answers_for_every_workspace(two_workers: list[WorkerProcess], deployment: dict[str, str]) -> None:
     bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
     topic = deployment["METERWATCH_TOPIC_PREFIX"] + "usage.events"

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -49,11 +50,14 @@ def test_a_bad_setting_is_one_line_naming_the_variable(env: dict[str, str], name
 
 def test_an_unreachable_broker_is_reported_as_such() -> None:
     port = closed_port()
-    result = run_meterwatch("worker", env={
+    result = run_meterwatch(
+        "worker",
+        env={
             "METERWATCH_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",
             "METERWATCH_STARTUP_TIMEOUT": "2s",
             "METERWATCH_SMTP_PASSWORD": "hunter2-secret",
-        },)
+        },
+    )
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert f"127.0.0.1:{port}" in last and "no Kafka broker answers" in last
@@ -66,3 +70,18 @@ def test_worker_without_a_broker_says_how_to_get_one() -> None:
     assert result.returncode == 2
     assert "METERWATCH_KAFKA_BOOTSTRAP is not set" in result.stderr
     assert "meterwatch dev" in result.stderr
+
+
+def test_the_startup_timeout_bounds_the_wait_for_a_broker_that_never_answers() -> None:
+    # A socket that accepts connections and never speaks Kafka: only the timeout ends the wait.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        result = run_meterwatch(
+            "worker", env={"METERWATCH_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}", "METERWATCH_STARTUP_TIMEOUT": "3s"}
+        )
+        waited = time.monotonic() - started
+    assert result.returncode == 2, result.stderr
+    assert waited < 20, f"waited {waited:.0f}s for a 3s start-up timeout"

@@ -188,7 +188,11 @@ def test_unknown_fields_in_a_command_are_ignored() -> None:
         pytest.param(command("alert_settings", enabled="yes"), "invalid_command", id="enabled-not-bool"),
         pytest.param(command("limit_settings", limit=-1), "invalid_command", id="limit-negative"),
         pytest.param(command("billing_contacts", emails=["not-an-email"]), "invalid_command", id="email-no-at"),
-        pytest.param(command("billing_contacts", emails=["billing@under_score.example.com"]), "invalid_command", id="email-underscore-domain"),
+        pytest.param(
+            command("billing_contacts", emails=["billing@under_score.example.com"]),
+            "invalid_command",
+            id="email-underscore-domain",
+        ),
         pytest.param(command("billing_contacts", emails=["bill ing@example.com"]), "invalid_command", id="email-space"),
         pytest.param(command("billing_contacts", emails=["a@b@example.com"]), "invalid_command", id="email-two-at"),
         pytest.param(
@@ -196,7 +200,9 @@ def test_unknown_fields_in_a_command_are_ignored() -> None:
             "invalid_command",
             id="email-header-injection",
         ),
-        pytest.param(command("billing_contacts", emails="billing@example.com"), "invalid_command", id="emails-not-list"),
+        pytest.param(
+            command("billing_contacts", emails="billing@example.com"), "invalid_command", id="emails-not-list"
+        ),
         pytest.param(command("subscription", timezone="Mars/Olympus"), "invalid_command", id="unknown-timezone"),
         pytest.param(command("subscription", timezone="EST5EDTX"), "invalid_command", id="bogus-timezone"),
         pytest.param(command("subscription", timezone=""), "invalid_command", id="empty-timezone"),
@@ -229,7 +235,9 @@ def test_unknown_fields_in_a_command_are_ignored() -> None:
             id="permission-not-bool",
         ),
         pytest.param(command("alert_settings", issued_at=...), "invalid_command", id="missing-issued_at"),
-        pytest.param(command("alert_settings", issued_at="2026-11-24T09:00:00"), "invalid_command", id="naive-issued_at"),
+        pytest.param(
+            command("alert_settings", issued_at="2026-11-24T09:00:00"), "invalid_command", id="naive-issued_at"
+        ),
         pytest.param(command("alert_settings", workspace_id=...), "invalid_command", id="missing-workspace"),
         pytest.param(command("reset_usage", workspace_id="ws_42", actor=ADMIN), "invalid_command", id="unknown-type"),
         pytest.param(command("alert_settings", type=...), "invalid_command", id="missing-type"),
@@ -315,7 +323,18 @@ almost_commands = st.builds(
     st.sampled_from(["alert_settings", "limit_settings", "billing_contacts", "subscription", "other"]),
     st.dictionaries(
         st.sampled_from(
-            ["command_id", "metric", "threshold", "limit", "emails", "timezone", "actor", "issued_at", "prices", "enabled"]
+            [
+                "command_id",
+                "metric",
+                "threshold",
+                "limit",
+                "emails",
+                "timezone",
+                "actor",
+                "issued_at",
+                "prices",
+                "enabled",
+            ]
         ),
         json_values,
         max_size=3,

@@ -123,12 +123,8 @@ def nov(day: int) -> date:
         ({nov(1): 10}, D("30"), 0, 100, 0, D("0")),
     ],
 )
-def test_prorated_seat_cost_examples(
-    seats_by_day, unit_price, carried_in, included, others_seats, expected
-):
-    cost = prorated_seat_cost(
-        seats_by_day, NOVEMBER, unit_price, carried_in, included, others_seats
-    )
+def test_prorated_seat_cost_examples(seats_by_day, unit_price, carried_in, included, others_seats, expected):
+    cost = prorated_seat_cost(seats_by_day, NOVEMBER, unit_price, carried_in, included, others_seats)
     assert isinstance(cost, Decimal)
     assert cost == expected
 
@@ -201,9 +197,7 @@ def test_money_rounds_half_up_to_cents(amount, shown):
     assert money(amount) == shown
 
 
-@pytest.mark.parametrize(
-    ("amount", "error"), [(12.4, TypeError), ("12.40", TypeError), (D("NaN"), ValueError)]
-)
+@pytest.mark.parametrize(("amount", "error"), [(12.4, TypeError), ("12.40", TypeError), (D("NaN"), ValueError)])
 def test_money_rejects_non_decimal_amounts(amount, error):
     with pytest.raises(error):
         money(amount)

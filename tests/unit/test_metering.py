@@ -58,9 +58,7 @@ def count_all(
     """Count (quantity, occurred_at[, conversation_id]) events in order, each counted at ``counted_at`` or else when it occurred."""
     tally = tally or MetricTally(metric)
     for quantity, at, *conversation in events:
-        tally, _ = count_reading(
-            tally, reading(metric, quantity, at, *conversation), cycle, counted_at or at
-        )
+        tally, _ = count_reading(tally, reading(metric, quantity, at, *conversation), cycle, counted_at or at)
     return tally
 
 
@@ -309,9 +307,7 @@ def test_a_late_seat_report_for_the_previous_period_updates_what_the_new_period_
     # last count forward (CONTRACT 3.3): 12, not the 10 known when March opened.
     tally = count_all("seats", [(10, utc(2024, 2, 20)), (11, utc(2024, 3, 2))])
 
-    tally, _ = count_reading(
-        tally, reading("seats", 12, utc(2024, 2, 28, 12)), UTC_MONTHS, counted_at=utc(2024, 3, 3)
-    )
+    tally, _ = count_reading(tally, reading("seats", 12, utc(2024, 2, 28, 12)), UTC_MONTHS, counted_at=utc(2024, 3, 3))
 
     assert usage_in(tally, FEBRUARY_UTC) == 12
     assert usage_in(tally, MARCH_UTC) == 11
@@ -430,9 +426,7 @@ def test_a_late_event_in_a_non_utc_cycle_counts_in_its_local_period() -> None:
         (utc(2024, 3, 20), False),
     ],
 )
-def test_a_period_is_dropped_once_it_ended_more_than_seven_days_ago(
-    counted_at: datetime, previous_kept: bool
-) -> None:
+def test_a_period_is_dropped_once_it_ended_more_than_seven_days_ago(counted_at: datetime, previous_kept: bool) -> None:
     tally = count_all("sms", [(10, utc(2024, 2, 20))])
 
     tally, _ = count_reading(tally, reading("sms", 1, utc(2024, 3, 2)), UTC_MONTHS, counted_at)
@@ -445,9 +439,7 @@ def test_a_correction_counted_on_the_last_day_of_the_grace_still_applies() -> No
     tally = count_all("sms", [(10, utc(2024, 2, 20))])
 
     # February ended on 1 March; 8 March is the last moment it accepts events.
-    tally, _ = count_reading(
-        tally, reading("sms", -1, utc(2024, 2, 21)), UTC_MONTHS, counted_at=utc(2024, 3, 8)
-    )
+    tally, _ = count_reading(tally, reading("sms", -1, utc(2024, 2, 21)), UTC_MONTHS, counted_at=utc(2024, 3, 8))
 
     assert usage_in(tally, FEBRUARY_UTC) == 9
     assert [t.period for t in tally.periods] == [FEBRUARY_UTC]
@@ -474,18 +466,24 @@ def test_periods_are_kept_in_order() -> None:
 
 @pytest.mark.parametrize(
     "metric, quantity, conversation",
-    [("sms", 5, None), ("sms", -20, None), ("fin_resolutions", 1, "c2"), ("fin_resolutions", -1, "c1"), ("seats", 30, None)],
+    [
+        ("sms", 5, None),
+        ("sms", -20, None),
+        ("fin_resolutions", 1, "c2"),
+        ("fin_resolutions", -1, "c1"),
+        ("seats", 30, None),
+    ],
 )
 def test_counting_leaves_the_input_tally_unchanged(metric: str, quantity: int, conversation: str | None) -> None:
     seed = (
-        [(1, utc(2024, 3, 2), "c1")]
-        if metric == "fin_resolutions"
-        else [(10, utc(2024, 2, 27)), (7, utc(2024, 3, 2))]
+        [(1, utc(2024, 3, 2), "c1")] if metric == "fin_resolutions" else [(10, utc(2024, 2, 27)), (7, utc(2024, 3, 2))]
     )
     before = count_all(metric, seed, counted_at=utc(2024, 3, 2))
     frozen = snapshot(before)
 
-    after, _ = count_reading(before, reading(metric, quantity, utc(2024, 3, 2, 5), conversation), UTC_MONTHS, utc(2024, 3, 2, 5))
+    after, _ = count_reading(
+        before, reading(metric, quantity, utc(2024, 3, 2, 5), conversation), UTC_MONTHS, utc(2024, 3, 2, 5)
+    )
 
     assert snapshot(before) == frozen
     assert after is not before

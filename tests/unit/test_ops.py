@@ -309,7 +309,9 @@ def test_panel_queries_honour_the_job_and_instance_variables() -> None:
     for where, expr in dashboard_expressions():
         for selector in re.findall(r"(?:(?:meterwatch|process)_[A-Za-z0-9_:]*|\bup)\{([^}]*)\}", expr):
             assert 'job=~"$job"' in selector and 'instance=~"$instance"' in selector, f"{where}: {expr}"
-        assert not re.search(r"(?:(?:meterwatch|process)_[A-Za-z0-9_:]*|\bup)(?![A-Za-z0-9_:{])", expr), f"{where}: bare {expr}"
+        assert not re.search(r"(?:(?:meterwatch|process)_[A-Za-z0-9_:]*|\bup)(?![A-Za-z0-9_:{])", expr), (
+            f"{where}: bare {expr}"
+        )
 
 
 # ------------------------------------------------------------------ Prometheus' own checks

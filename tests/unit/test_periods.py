@@ -79,8 +79,7 @@ PERIOD_EXAMPLES = [
     (4, "America/Sao_Paulo", utc(2018, 11, 4, 3), utc(2018, 11, 4, 3), utc(2018, 12, 4, 2)),
     # St John's (historical): at 2006-10-29 00:01 NDT clocks went back to 23:01 NST on the
     # 28th, so 02:45Z reads as Oct 28 locally yet comes after the period's start.
-    (29, "America/St_Johns", utc(2006, 10, 29, 2, 45), utc(2006, 10, 29, 2, 30),
-     utc(2006, 11, 29, 3, 30)),
+    (29, "America/St_Johns", utc(2006, 10, 29, 2, 45), utc(2006, 10, 29, 2, 30), utc(2006, 11, 29, 3, 30)),
     # Toronto (historical): clocks went from 1919-03-30 23:30 EST to 00:30 EDT, so midnight
     # lies inside the gap and the first instant after it is the transition, 04:30Z.
     (31, "America/Toronto", utc(1919, 3, 31, 12), utc(1919, 3, 31, 4, 30), utc(1919, 4, 30, 4)),
@@ -140,9 +139,7 @@ def test_bad_anchor_day_is_rejected(anchor_day):
         BillingCycle(anchor_day, "UTC")
 
 
-@pytest.mark.parametrize(
-    "zone", ["Mars/Olympus_Mons", "", "../etc/passwd", "/etc/localtime", "localtime", None, 5]
-)
+@pytest.mark.parametrize("zone", ["Mars/Olympus_Mons", "", "../etc/passwd", "/etc/localtime", "localtime", None, 5])
 def test_unknown_timezone_is_rejected(zone):
     with pytest.raises(ValueError, match="time zone|timezone"):
         BillingCycle(1, zone)
@@ -221,8 +218,7 @@ NY = ZoneInfo("America/New_York")
         # Skew is measured in real time, not wall time: 01:58 EST to 03:02 EDT is 4 minutes.
         (datetime(2024, 3, 10, 3, 2, tzinfo=NY), datetime(2024, 3, 10, 1, 58, tzinfo=NY), None),
         # 01:00 EDT to the repeated 01:02 EST (fold=1) is 62 minutes, not 2.
-        (datetime(2024, 11, 3, 1, 2, fold=1, tzinfo=NY), datetime(2024, 11, 3, 1, tzinfo=NY),
-         "occurred_in_future"),
+        (datetime(2024, 11, 3, 1, 2, fold=1, tzinfo=NY), datetime(2024, 11, 3, 1, tzinfo=NY), "occurred_in_future"),
     ],
 )
 def test_event_time_rejection_boundaries(occurred_at, now, expected):
@@ -300,4 +296,7 @@ def test_days_in_lists_the_local_days_of_the_period(cycle, at):
 def test_an_event_from_year_1_is_in_a_closed_period_even_east_of_utc():
     # Its period in Kiritimati (UTC+14) would start before year 1: it is judged closed without it.
     occurred = datetime(1, 1, 1, tzinfo=UTC)
-    assert event_time_rejection(occurred, datetime(2026, 11, 24, tzinfo=UTC), BillingCycle(15, "Pacific/Kiritimati")) == "period_closed"
+    assert (
+        event_time_rejection(occurred, datetime(2026, 11, 24, tzinfo=UTC), BillingCycle(15, "Pacific/Kiritimati"))
+        == "period_closed"
+    )

@@ -7,7 +7,14 @@ from types import SimpleNamespace
 import orjson
 from hypothesis import given
 from hypothesis import strategies as st
-from meterwatch.streams.seen_ids_table import CHUNK_KEY_PREFIX, pack_chunk, unpack_changelog, unpack_chunk
+from meterwatch.streams.seen_ids_table import (
+    CHUNK_KEY_PREFIX,
+    MAX_CHUNK_BYTES,
+    pack_chunk,
+    pack_chunks,
+    unpack_changelog,
+    unpack_chunk,
+)
 
 # What reaches the store: "{workspace}\x1f{event_id}" keys (identifiers hold no C0 controls
 # other than the separator meterwatch puts there) and "at_ms,position" values.
@@ -38,3 +45,18 @@ def test_recovery_sees_one_record_per_id_at_the_chunk_offset_and_plain_records_u
         ("ws\x1fa", b'"ws\\u001fa"', b"10,1024", 8, 3),
         ("ws\x1fb", b'"ws\\u001fb"', b"10,1025", 8, 3),
     ]
+
+
+@given(st.dictionaries(seen_key, first_seen, min_size=1, max_size=200), st.integers(60, 2000))
+def test_chunks_fit_their_size_and_together_carry_every_entry_once(entries: dict[str, bytes], max_bytes: int) -> None:
+    chunks = list(pack_chunks(entries, max_bytes))
+    longest_entry = max(len(k.encode()) + 1 + len(v) for k, v in entries.items())
+    assert all(len(chunk) <= max(max_bytes, longest_entry) for chunk in chunks)
+    unpacked = [pair for chunk in chunks for pair in unpack_chunk(chunk)]
+    assert dict(unpacked) == entries and len(unpacked) == len(entries)
+
+
+def test_a_large_batch_of_ids_goes_out_in_records_under_the_broker_limit() -> None:
+    entries = {f"ws_{i % 4}\x1f{i:032x}": b"1764000000000,%d" % (i * 1024) for i in range(40_000)}
+    chunks = list(pack_chunks(entries))
+    assert len(chunks) > 1 and all(len(chunk) <= MAX_CHUNK_BYTES for chunk in chunks)

@@ -31,7 +31,9 @@ def event(**fields: Any) -> dict[str, Any]:
 
 
 def fin(**fields: Any) -> dict[str, Any]:
-    return event(**{"event_id": "fin-1", "metric": "fin_resolutions", "quantity": 1, "conversation_id": "conv_7", **fields})
+    return event(
+        **{"event_id": "fin-1", "metric": "fin_resolutions", "quantity": 1, "conversation_id": "conv_7", **fields}
+    )
 
 
 def encode(document: Any) -> bytes:
@@ -71,9 +73,7 @@ def test_the_contract_example_is_accepted() -> None:
 
 @pytest.mark.parametrize(
     "document",
-    [
-        pytest.param(event(metric=m), id=m) for m in ["messages_sent", "phone", "sms", "whatsapp", "email"]
-    ]
+    [pytest.param(event(metric=m), id=m) for m in ["messages_sent", "phone", "sms", "whatsapp", "email"]]
     + [
         pytest.param(event(quantity=-3), id="negative-correction"),
         pytest.param(event(quantity=2**53 - 1), id="largest-quantity"),
@@ -137,9 +137,17 @@ def test_a_batch_of_1000_events_is_accepted() -> None:
 @pytest.mark.parametrize(
     "raw, code",
     [
-        pytest.param(b'{"event_id": "e1", "workspace_id": "ws_\xff\xfe", "metric": "sms"}', RejectCode.INVALID_ENCODING, id="latin-1-bytes"),
+        pytest.param(
+            b'{"event_id": "e1", "workspace_id": "ws_\xff\xfe", "metric": "sms"}',
+            RejectCode.INVALID_ENCODING,
+            id="latin-1-bytes",
+        ),
         pytest.param("café".encode("utf-16"), RejectCode.INVALID_ENCODING, id="utf-16"),
-        pytest.param(b'{"event_id": "e1", "workspace_id": "ws_42", "metric": "sms", "quantity": 3', RejectCode.INVALID_JSON, id="truncated-json"),
+        pytest.param(
+            b'{"event_id": "e1", "workspace_id": "ws_42", "metric": "sms", "quantity": 3',
+            RejectCode.INVALID_JSON,
+            id="truncated-json",
+        ),
         pytest.param(b"event_id=e1&quantity=3", RejectCode.INVALID_JSON, id="form-encoded"),
         pytest.param(b"", RejectCode.INVALID_JSON, id="empty-value"),
         pytest.param(b"{'event_id': 'e1'}", RejectCode.INVALID_JSON, id="single-quotes"),
@@ -328,7 +336,9 @@ near_events = st.fixed_dictionaries(
         "event_id": st.one_of(valid_text, st.integers(), st.none()),
         "workspace_id": st.one_of(valid_text, st.integers(), st.none()),
         "metric": st.one_of(st.sampled_from(sorted(m.value for m in Metric)), valid_text, st.integers()),
-        "quantity": st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.booleans(), valid_text, st.none()),
+        "quantity": st.one_of(
+            st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.booleans(), valid_text, st.none()
+        ),
         "occurred_at": st.one_of(
             st.datetimes(timezones=st.just(UTC)).map(lambda d: d.isoformat()),
             st.datetimes().map(lambda d: d.isoformat()),
@@ -379,13 +389,21 @@ def test_any_bytes_are_accepted_or_rejected_with_a_code(raw: bytes) -> None:
 
 @pytest.mark.parametrize("occurred_at", ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+14:00"])
 def test_a_timestamp_outside_years_1_to_9999_in_utc_is_a_schema_error(occurred_at: str) -> None:
-    raw = orjson.dumps({"event_id": "e1", "workspace_id": "ws", "metric": "sms", "quantity": 1, "occurred_at": occurred_at})
+    raw = orjson.dumps(
+        {"event_id": "e1", "workspace_id": "ws", "metric": "sms", "quantity": 1, "occurred_at": occurred_at}
+    )
     accepted, rejected = parse_usage_message(raw)
     assert accepted == [] and [r.code for r in rejected] == ["invalid_schema"]
 
 
 def test_a_batch_item_too_deep_to_re_encode_is_dead_lettered_with_the_whole_message() -> None:
-    good = {"event_id": "e1", "workspace_id": "ws", "metric": "sms", "quantity": 1, "occurred_at": "2026-11-24T00:00:00Z"}
+    good = {
+        "event_id": "e1",
+        "workspace_id": "ws",
+        "metric": "sms",
+        "quantity": 1,
+        "occurred_at": "2026-11-24T00:00:00Z",
+    }
     raw = b"[" + orjson.dumps(good) + b"," + b"[" * 600 + b"1" + b"]" * 600 + b"]"
     accepted, rejected = parse_usage_message(raw)
     assert [e.event_id for e in accepted] == ["e1"]
