@@ -76,6 +76,9 @@ def create_app(
         key_serializer="raw",
         value_serializer="raw",
         Router=RawKeyRouter,
+        # Faust would otherwise read its own variables (WEB_PORT, BROKER, ...) over these; on
+        # Kubernetes a Service named "web" sets WEB_PORT=tcp://... and the worker crashed.
+        env={},
     )
     if guarantee is ProcessingGuarantee.EXACTLY_ONCE:
         from .transactions import install

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from faust.stores.memory import Store as MemoryStore
 from faust.stores.rocksdb import Store as RocksDBStore
 from meterwatch.config import ProcessingGuarantee, load_settings
@@ -35,3 +36,12 @@ def test_every_name_carries_the_prefix_and_app_id() -> None:
         assert table.partitions == 12
     assert mw.names.usage_events == "eu.usage.events"
     assert mw.names.workspace_inbox == "eu.billing-workspace-inbox"
+
+
+def test_faust_reads_no_environment_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Kubernetes sets WEB_PORT=tcp://10.0.0.1:80 for a Service named "web".
+    monkeypatch.setenv("WEB_PORT", "tcp://10.0.0.1:80")
+    monkeypatch.setenv("BROKER", "kafka://elsewhere:9092")
+    mw = build({"METERWATCH_WEB_PORT": "7000"})
+    assert mw.app.conf.web_port == 7000
+    assert [str(url) for url in mw.app.conf.broker] == ["kafka://127.0.0.1:9092"]
