@@ -80,9 +80,6 @@ def create_app(
         # Kubernetes a Service named "web" sets WEB_PORT=tcp://... and the worker crashed.
         env={},
     )
-    from . import recovery
-
-    recovery.install(app)
     if guarantee is ProcessingGuarantee.EXACTLY_ONCE:
         from .transactions import install
 
