@@ -117,10 +117,14 @@ def guarantee(request: pytest.FixtureRequest, kafka_broker: TestBroker, deployme
         pytest.skip("kill test is not reliable on the embedded broker (Tansu); runs on Apache Kafka")
     if request.param == "at_least_once":
         deployment["METERWATCH_PROCESSING_GUARANTEE"] = "at_least_once"
-    # Exact in every local run under both guarantees, but in three CI runs on Apache Kafka one of
-    # the two variants ended short when its 120 s wait ran out (a stall after the restart, or a
-    # loss: not yet known). It runs and reports; it does not block until understood (README).
-    request.node.add_marker(pytest.mark.xfail(reason="kill run short in some CI runs; investigating", strict=False))
+    # Not yet reliable: in about one restart in ten, stage one never forwards the first one or
+    # two messages after each input partition's committed offset (README, Known issues). It runs
+    # and reports (stall or loss, which stage); it does not block until that is fixed.
+    request.node.add_marker(
+        pytest.mark.xfail(
+            reason="a restart can skip 1-2 messages per input partition (README, Known issues)", strict=False
+        )
+    )
     return request.param
 
 
