@@ -111,9 +111,8 @@ async def diagnose_shortfall(
 @pytest.fixture(params=["broker_default", "at_least_once"])
 def guarantee(request: pytest.FixtureRequest, kafka_broker: TestBroker, deployment: dict[str, str]) -> str:
     if kafka_broker.kind == "embedded":
-        # Seen here: on the embedded broker (Tansu) about one run in three ends a few dozen events
-        # short (or over) after the kill, while the same test with the same code is exact on
-        # Apache Kafka under both guarantees. Under investigation; see the README.
+        # On the embedded broker (Tansu) runs have also ended a few dozen events short or over,
+        # on top of what Apache Kafka runs show (README, Known issues).
         pytest.skip("kill test is not reliable on the embedded broker (Tansu); runs on Apache Kafka")
     if request.param == "at_least_once":
         deployment["METERWATCH_PROCESSING_GUARANTEE"] = "at_least_once"
