@@ -54,6 +54,8 @@ class SourcePartitionTransactions(TransactionManager):
 
 
 class CommittedEndConsumerThread(AIOKafkaConsumerThread):
+    logger = FAUST_SERVICES_LOG
+
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         # Under exactly_once Faust reads a changelog's end from the last fetch response, which
         # holds nothing for a partition not fetched since it was assigned: recovery then took
@@ -64,6 +66,8 @@ class CommittedEndConsumerThread(AIOKafkaConsumerThread):
 
 
 class CommittedEndConsumer(Consumer):
+    logger = FAUST_SERVICES_LOG
+
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return CommittedEndConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
