@@ -7,7 +7,7 @@ import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from tests.support.kafka_io import produce, read_all
+from tests.support.kafka_io import produce, produce_one, read_all, read_timestamped
 from tests.support.worker import WorkerProcess, eventually, http_get
 
 WS = "ws_fin"
@@ -37,7 +37,9 @@ def resolution(conversation: str, quantity: int = 1) -> dict:
     }
 
 
-async def test_every_reason_in_order_with_notification_and_restart(running_worker: WorkerProcess, deployment: dict[str, str]) -> None:
+async def test_every_reason_in_order_with_notification_and_restart(
+    running_worker: WorkerProcess, deployment: dict[str, str]
+) -> None:
     bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
     prefix = deployment["METERWATCH_TOPIC_PREFIX"]
 
@@ -112,7 +114,9 @@ async def test_every_reason_in_order_with_notification_and_restart(running_worke
     assert len({r["transition_id"] for r in records}) == 7
 
 
-async def test_a_new_period_re_enables_fin_with_no_event_for_the_workspace(running_worker: WorkerProcess, deployment: dict[str, str]) -> None:
+async def test_a_new_period_re_enables_fin_with_no_event_for_the_workspace(
+    running_worker: WorkerProcess, deployment: dict[str, str]
+) -> None:
     """The period timer, not an event, ends a disabled period (CONTRACT 5.2 ``new_period``).
 
     A limit of 1 and one resolution arrive with record timestamps an hour before this calendar
@@ -151,3 +155,25 @@ async def test_a_new_period_re_enables_fin_with_no_event_for_the_workspace(runni
 async def _applied(bootstrap: str, prefix: str, command_id: str) -> bool:
     results = await read_all(bootstrap, prefix + "usage.command-results", timeout=2)
     return any(r["command_id"] == command_id and r["status"] == "applied" for r in results)
+
+
+async def test_the_transition_is_published_within_a_second_of_its_event(
+    running_worker: WorkerProcess, deployment: dict[str, str]
+) -> None:
+    """CONTRACT 5.2: near real time. Measured between the broker timestamps of the resolution
+    that reaches the limit and of the transition it causes (both set when each was written)."""
+    bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
+    prefix = deployment["METERWATCH_TOPIC_PREFIX"]
+    command = limit_settings(1)
+    await produce(bootstrap, prefix + "usage.control", [(WS.encode(), command)])
+    await eventually(lambda: _applied(bootstrap, prefix, command["command_id"]), timeout=30)
+    sent_ms = await produce_one(bootstrap, prefix + "usage.events", WS.encode(), resolution("c_fast"))
+
+    async def transition() -> tuple[int, dict] | None:
+        records = await read_timestamped(bootstrap, prefix + "usage.limits", timeout=2)
+        return records[0] if records else None
+
+    published_ms, record = await eventually(transition, timeout=30)
+    assert (record["state"], record["reason"]) == ("disabled", "limit_reached")
+    print(f"\ntransition published {published_ms - sent_ms} ms after its event")
+    assert published_ms - sent_ms < 1000

@@ -30,7 +30,44 @@ async def produce(
         await producer.stop()
 
 
-async def read_all(bootstrap: str, topic: str, *, expect: int | None = None, timeout: float = 20.0, isolation: str = "read_committed") -> list[Any]:
+async def produce_one(bootstrap: str, topic: str, key: bytes | None, value: Any) -> int:
+    """Send one JSON record and return the timestamp (ms) the broker gave it."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        metadata = await producer.send_and_wait(topic, orjson.dumps(value), key=key)
+    finally:
+        await producer.stop()
+    return metadata.timestamp
+
+
+async def read_timestamped(bootstrap: str, topic: str, *, timeout: float = 5.0) -> list[tuple[int, Any]]:
+    """Every record of a committed topic as (timestamp in ms, decoded value)."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    records: list[tuple[int, Any]] = []
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(timeout_ms=300)
+            records.extend((m.timestamp, orjson.loads(m.value)) for msgs in batch.values() for m in msgs)
+            if records and not batch:
+                break
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def read_all(
+    bootstrap: str, topic: str, *, expect: int | None = None, timeout: float = 20.0, isolation: str = "read_committed"
+) -> list[Any]:
     """Read a topic from the beginning: until ``expect`` records, or until it is quiet."""
     consumer = AIOKafkaConsumer(
         topic,
