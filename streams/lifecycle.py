@@ -39,8 +39,14 @@ def partitions_summary(partitions: Iterable[Any]) -> str:
 
 
 def records_behind(highwaters: Counter[Any], offsets: Counter[Any]) -> int:
-    """Changelog records still to read; an offset of -1 means nothing read yet."""
-    return sum(max(0, highwater - offsets.get(tp, -1)) for tp, highwater in highwaters.items())
+    """Changelog records still to read; an offset of -1 or None means nothing read yet, and a
+    highwater of None (not known yet) counts as nothing to read."""
+    behind = 0
+    for tp, highwater in highwaters.items():
+        read = offsets.get(tp)
+        if highwater is not None:
+            behind += max(0, highwater - (read if read is not None else -1))
+    return behind
 
 
 class RebalanceLog(faust.Sensor):
@@ -97,8 +103,12 @@ def register(mw: Meterwatch) -> None:
                 continue
             if time.monotonic() - last_said >= 30.0:
                 last_said = time.monotonic()
+                try:
+                    to_go = records_behind(recovery.active_highwaters, recovery.active_offsets)
+                except Exception:  # Faust's bookkeeping mid-change: a log line must never stop the worker
+                    continue
                 log.info(
                     "recovery: restoring tables from %d changelog partitions, %d records to go",
                     len(recovery.active_tps),
-                    records_behind(recovery.active_highwaters, recovery.active_offsets),
+                    to_go,
                 )

@@ -31,7 +31,9 @@ def test_partitions_summary_counts_and_sorts(partitions: list[TP], expected: str
         ({"a": 10}, {}, 11),  # nothing read: offsets 0..10 to go
         ({"a": 10}, {"a": 4}, 6),
         ({"a": 10, "b": 3}, {"a": 10, "b": 5}, 0),  # past the highwater counts as done
+        ({"a": 5}, {"a": None}, 6),  # Faust fills unknown offsets with None: nothing read yet
+        ({"a": None, "b": 2}, {}, 3),  # a highwater not known yet: nothing to read there
     ],
 )
-def test_records_behind(highwaters: dict[str, int], offsets: dict[str, int], expected: int) -> None:
+def test_records_behind(highwaters: dict[str, int | None], offsets: dict[str, int | None], expected: int) -> None:
     assert records_behind(Counter(highwaters), Counter(offsets)) == expected
