@@ -1,13 +1,16 @@
 """The SMTP server down for 60 s under alert traffic (issue 9, fault suite).
 
-Counting must not wait for mail: events/s with the server down stay within 10 % of an
-undisturbed run measured in the same test, on the same worker, with the same traffic shape.
-Afterwards every alert of both runs is mailed exactly once.
+Counting must not wait for mail: events/s with the server down stay within 10 % of
+undisturbed runs measured in the same test, on the same worker, with the same traffic shape.
+One 4-second run is at the mercy of a busy machine (a CI run once measured 0.80), so each side
+is the median of three runs: undisturbed ones before the outage and after its mail has gone
+out, and three inside the 60 s outage. Afterwards every alert is mailed exactly once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 import uuid
 from collections import Counter
@@ -28,6 +31,7 @@ EVENTS_PER_RUN = 40_000
 BATCH = 100
 THRESHOLD = EVENTS_PER_RUN // WORKSPACES_PER_RUN  # every workspace reaches 100 %: 3 alerts each
 OUTAGE_SECONDS = 60.0
+RUNS = ("warm", "calm-a", "calm-b", "down-a", "down-b", "down-c", "calm-c")
 
 
 @pytest.fixture
@@ -130,34 +134,41 @@ async def test_counting_keeps_its_pace_while_smtp_is_down_and_every_alert_is_mai
     mailing_worker: WorkerProcess, smtp_server: SmtpServer, deployment: dict[str, str]
 ) -> None:
     run = Deployment(deployment, mailing_worker)
-    undisturbed = [f"ws-calm-{i}" for i in range(WORKSPACES_PER_RUN)]
-    during_outage = [f"ws-outage-{i}" for i in range(WORKSPACES_PER_RUN)]
-    warm_up = [f"ws-warm-{i}" for i in range(WORKSPACES_PER_RUN)]
-    await run.configure(undisturbed + during_outage + warm_up)
-    await run.counting_rate(warm_up)  # first batches pay for connections and caches
+    runs = {name: [f"ws-{name}-{i}" for i in range(WORKSPACES_PER_RUN)] for name in RUNS}
+    await run.configure([ws for workspaces in runs.values() for ws in workspaces])
+    await run.counting_rate(runs["warm"])  # first batches pay for connections and caches
 
-    calm_rate = await run.counting_rate(undisturbed)
+    calm_rates = [await run.counting_rate(runs["calm-a"]), await run.counting_rate(runs["calm-b"])]
     smtp_server.stop()
     outage_began = time.monotonic()
-    outage_rate = await run.counting_rate(during_outage)
+    outage_rates = [await run.counting_rate(runs[name]) for name in ("down-a", "down-b", "down-c")]
+    during_outage = {ws for name in ("down-a", "down-b", "down-c") for ws in runs[name]}
     await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - outage_began)))
     mails_during_outage = len(smtp_server.mails)
     smtp_server.start()
     outage_seconds = time.monotonic() - outage_began
 
-    alerts = await read_all(run.bootstrap, run.prefix + "usage.alerts", expect=9 * WORKSPACES_PER_RUN, timeout=60)
-    expected = Counter(a["alert_id"] for a in alerts)
+    alerts_expected = 3 * WORKSPACES_PER_RUN * (len(RUNS) - 1)  # 50, 80, 100 % each, but calm-c's
+    alerts = await read_all(run.bootstrap, run.prefix + "usage.alerts", expect=alerts_expected, timeout=60)
+    await eventually(lambda: len(smtp_server.mails) >= len(alerts), timeout=180)
+    calm_rates.append(await run.counting_rate(runs["calm-c"]))  # with the backlog mailed
+    alerts = await read_all(
+        run.bootstrap, run.prefix + "usage.alerts", expect=alerts_expected + 3 * WORKSPACES_PER_RUN, timeout=60
+    )
     await eventually(lambda: len(smtp_server.mails) >= len(alerts), timeout=180)
     await asyncio.sleep(3)  # a duplicate would arrive now
+    expected = Counter(a["alert_id"] for a in alerts)
     mailed = Counter(m.message["X-Meterwatch-Alert-Id"] for m in smtp_server.mails)
+    calm, down = statistics.median(calm_rates), statistics.median(outage_rates)
     print(
-        f"\n[smtp outage] {EVENTS_PER_RUN:,} events per run: undisturbed {calm_rate:,.0f} events/s, "
-        f"SMTP down {outage_rate:,.0f} events/s ({outage_rate / calm_rate:.2f} x); outage "
-        f"{outage_seconds:.0f} s; alerts {len(alerts)}, mails {sum(mailed.values())}"
+        f"\n[smtp outage] {EVENTS_PER_RUN:,} events per run: undisturbed "
+        f"{', '.join(f'{r:,.0f}' for r in calm_rates)} events/s (median {calm:,.0f}); SMTP down "
+        f"{', '.join(f'{r:,.0f}' for r in outage_rates)} (median {down:,.0f}, {down / calm:.2f} x); "
+        f"outage {outage_seconds:.0f} s; alerts {len(alerts)}, mails {sum(mailed.values())}"
     )
-    assert len(alerts) == 9 * WORKSPACES_PER_RUN  # 50, 80 and 100 % for each workspace of the three runs
+    assert len(alerts) == 3 * WORKSPACES_PER_RUN * len(RUNS)  # every workspace of every run reached 100 %
     assert len(expected) == len(alerts)
     assert mailed == expected, "every alert mailed exactly once"
     outage_alerts = {a["alert_id"] for a in alerts if a["workspace_id"] in during_outage}
     assert mails_during_outage <= len(alerts) - len(outage_alerts), "nothing was mailed while the server was down"
-    assert outage_rate >= 0.9 * calm_rate, f"counting slowed to {outage_rate / calm_rate:.2f} x while SMTP was down"
+    assert down >= 0.9 * calm, f"counting slowed to {down / calm:.2f} x while SMTP was down"
