@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import faust
 
 from ..config import ProcessingGuarantee, Settings
+from .commit_gate import CommitGate
+from .consumer import CommittedOrBeginningConsumer
 from .metrics import Metrics
+from .recovery import RebalanceSafeTableManager
 from .routing import RawKeyRouter
 from .tables import Tables, declare_tables
 from .topics import TopicNames
@@ -41,6 +44,7 @@ class Meterwatch:
     channels: Channels
     tables: Tables
     metrics: Metrics
+    commit_gate: CommitGate = field(default_factory=CommitGate)
 
 
 def create_app(
@@ -76,18 +80,21 @@ def create_app(
         key_serializer="raw",
         value_serializer="raw",
         Router=RawKeyRouter,
+        TableManager=RebalanceSafeTableManager,
         # Faust would otherwise read its own variables (WEB_PORT, BROKER, ...) over these; on
         # Kubernetes a Service named "web" sets WEB_PORT=tcp://... and the worker crashed.
         env={},
     )
+    app.transport.Consumer = CommittedOrBeginningConsumer
+    commit_gate = CommitGate()
     if guarantee is ProcessingGuarantee.EXACTLY_ONCE:
         from .transactions import install
 
-        install(app)
+        install(app, commit_gate)
     names = TopicNames.for_settings(settings)
     channels = _declare_channels(app, names, settings)
     tables = declare_tables(app, settings)
-    built = Meterwatch(app, settings, bootstrap, guarantee, names, channels, tables, metrics or Metrics())
+    built = Meterwatch(app, settings, bootstrap, guarantee, names, channels, tables, metrics or Metrics(), commit_gate)
 
     # Imported here so that each module registers its own agents or views on this app only.
     from . import contracts, control, counting, ingest, lifecycle, mailing, observability, timers, ui, web

@@ -30,6 +30,7 @@ from ..sinks.kafka import TopicPublisher
 from .batches import by_source_partition, finish
 from .codec import decode_contract_usage, encode_contract_usage
 from .commands import CONTRACT_LEFT, CONTRACT_TERMS, contract_terms
+from .commit_gate import acknowledge
 from .inbox import command_message
 from .mailing import ALERT, mail_request
 from .poison import dead_letter_failure
@@ -42,7 +43,9 @@ def register(mw: Meterwatch) -> None:
     @mw.app.agent(mw.channels.contract_inbox, name=f"{mw.settings.group_id}.sum_contract_usage")
     async def sum_contract_usage(stream):  # type: ignore[no-untyped-def]
         async for events in stream.take_events(500, within=0.02):
-            await sum_batch(mw, events)
+            async with mw.commit_gate.batch():
+                await sum_batch(mw, events)
+                acknowledge(mw.app, events)
 
 
 SUBSCRIPTION = "subscription"

@@ -19,6 +19,7 @@ from ..sinks.email import Backoff, SmtpMailer
 from ..sinks.kafka import TopicPublisher
 from ..sinks.mail_text import MailCompositionError, compose_alert_mail, compose_fin_disabled_mail
 from .batches import by_source_partition, finish
+from .commit_gate import acknowledge
 from .poison import dead_letter_failure
 
 if TYPE_CHECKING:
@@ -59,11 +60,15 @@ async def send_batch(mw: Meterwatch, mailer: SmtpMailer, backoff: Backoff, event
             try:
                 request = orjson.loads(event.message.value)
                 key = mail_id(request["kind"], request["record"])
-                if ledger.get(key) is not None:
-                    continue  # sent (or given up) before a restart
-                ledger[key] = await deliver(mw, mailer, backoff, request)
+                if ledger.get(key) is None:  # else sent (or given up) before a restart
+                    ledger[key] = await deliver(mw, mailer, backoff, request)
+                    await ledger.wait_for_writes()
             except Exception as error:
                 await dead_letter_failure(mw, publisher, "mail_billing_contacts", event, error)
+            # SMTP has no transactions: a mail is out once the server took it. Its ledger entry
+            # and its request's offset go to the next commit together, each mail on its own:
+            # held to the end of the batch, a worker killed part-way through sent them all again.
+            acknowledge(mw.app, [event])
     await finish(mw, publisher)
 
 

@@ -14,15 +14,23 @@ from typing import Any
 
 from faust.streams import current_event
 from faust.transport.consumer import TransactionManager
-from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP, HeadersArg
 from faust.types.tuples import RecordMetadata
 
 from ..logs import FAUST_SERVICES_LOG
+from .commit_gate import CommitGate
+from .consumer import CommittedOrBeginningConsumer, CommittedOrBeginningConsumerThread
 
 
 class SourcePartitionTransactions(TransactionManager):
     logger = FAUST_SERVICES_LOG
+    commit_gate: CommitGate  # set by install()
+
+    async def commit(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
+        # A transaction ends only between batches (streams/commit_gate.py).
+        async with self.commit_gate.commit():
+            return await super().commit(offsets, start_new_transaction=start_new_transaction)
 
     async def send(
         self,
@@ -53,7 +61,7 @@ class SourcePartitionTransactions(TransactionManager):
         )
 
 
-class CommittedEndConsumerThread(AIOKafkaConsumerThread):
+class CommittedEndConsumerThread(CommittedOrBeginningConsumerThread):
     logger = FAUST_SERVICES_LOG
 
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
@@ -65,14 +73,17 @@ class CommittedEndConsumerThread(AIOKafkaConsumerThread):
         return await self._ensure_consumer().end_offsets(partitions)
 
 
-class CommittedEndConsumer(Consumer):
+class CommittedEndConsumer(CommittedOrBeginningConsumer):
     logger = FAUST_SERVICES_LOG
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return CommittedEndConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
-def install(app: Any) -> None:
-    """Make the app's Kafka transport create our transaction manager and consumer."""
-    app.transport.TransactionManager = SourcePartitionTransactions
+def install(app: Any, commit_gate: CommitGate) -> None:
+    """Make the app's Kafka transport create our transaction manager (committing through
+    ``commit_gate``) and consumer."""
+    app.transport.TransactionManager = type(
+        "GatedSourcePartitionTransactions", (SourcePartitionTransactions,), {"commit_gate": commit_gate}
+    )
     app.transport.Consumer = CommittedEndConsumer

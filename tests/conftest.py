@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from tests.support.brokers import TestBroker, test_broker
+from tests.support.smtp import MailRecorder, SmtpServer
 from tests.support.worker import WorkerProcess, free_port
 
 
@@ -36,9 +38,10 @@ def deployment(kafka_broker: TestBroker, tmp_path: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def running_worker(deployment: dict[str, str], tmp_path: Path) -> Iterator[WorkerProcess]:
-    worker = WorkerProcess(env=deployment, log_path=tmp_path / "worker.log", web_port=int(deployment["METERWATCH_WEB_PORT"]))
+@contextlib.contextmanager
+def healthy_worker(env: dict[str, str], log_path: Path) -> Iterator[WorkerProcess]:
+    """One worker on ``env``'s web port, healthy; stopped afterwards, with its log's tail printed."""
+    worker = WorkerProcess(env=env, log_path=log_path, web_port=int(env["METERWATCH_WEB_PORT"]))
     worker.start()
     try:
         worker.wait_healthy()
@@ -46,6 +49,49 @@ def running_worker(deployment: dict[str, str], tmp_path: Path) -> Iterator[Worke
     finally:
         worker.stop()
         print(f"\n--- worker log tail ---\n{worker.log_tail(30)}")
+
+
+@pytest.fixture
+def running_worker(deployment: dict[str, str], tmp_path: Path) -> Iterator[WorkerProcess]:
+    with healthy_worker(deployment, tmp_path / "worker.log") as worker:
+        yield worker
+
+
+@pytest.fixture
+def smtp_recorder() -> MailRecorder:
+    """What ``smtp_server`` hands each accepted mail to; a module may override it with its own handler."""
+    return MailRecorder()
+
+
+@pytest.fixture
+def smtp_server(smtp_recorder: MailRecorder) -> Iterator[SmtpServer]:
+    """A real SMTP server on a free loopback port; a test may stop and start it again (an outage)."""
+    server = SmtpServer(free_port(), recorder=smtp_recorder).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def smtp_sender() -> str:
+    """The address ``mailing_worker`` sends from; a module may override it."""
+    return "meterwatch@billing.example.com"
+
+
+@pytest.fixture
+def mailing_worker(
+    deployment: dict[str, str], smtp_server: SmtpServer, smtp_sender: str, tmp_path: Path
+) -> Iterator[WorkerProcess]:
+    """``running_worker``, mailing through ``smtp_server`` from ``smtp_sender``."""
+    env = {
+        **deployment,
+        "METERWATCH_SMTP_HOST": "127.0.0.1",
+        "METERWATCH_SMTP_PORT": str(smtp_server.port),
+        "METERWATCH_SMTP_FROM": smtp_sender,
+    }
+    with healthy_worker(env, tmp_path / "worker.log") as worker:
+        yield worker
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

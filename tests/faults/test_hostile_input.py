@@ -21,12 +21,11 @@ import threading
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
 from email.utils import getaddresses, parseaddr
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -34,8 +33,9 @@ import orjson
 import pytest
 
 from tests.support.kafka_io import produce, read_all
+from tests.support.messages import ADMIN
 from tests.support.smtp import SmtpServer
-from tests.support.worker import WorkerProcess, eventually, free_port, http_get
+from tests.support.worker import WorkerProcess, eventually, http_get
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -50,7 +50,6 @@ PATIENCE = 120.0  # seconds; the machine is small and shared
 
 SENDER = "meterwatch@billing.example.com"
 EVIL = "spy@evil.example"  # every injection attempt tries to make this a recipient
-ADMIN = {"id": "admin", "billing_permission": True}
 ADDITIVE_METRICS = ("messages_sent", "phone", "sms", "whatsapp", "email")
 MAX_QUANTITY = 2**53 - 1
 USAGE_CAP_BATCHES = 2
@@ -1182,32 +1181,15 @@ def expected_alerts() -> Counter[tuple[str, int]]:
 
 
 @pytest.fixture
-def smtp_server() -> Iterator[SmtpServer]:
-    server = SmtpServer(free_port())
-    server.recorder = RawMailbox()  # type: ignore[assignment]
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def smtp_recorder() -> RawMailbox:
+    """Overrides conftest's: ``smtp_server`` keeps each mail exactly as it arrived."""
+    return RawMailbox()
 
 
 @pytest.fixture
-def mailing_worker(deployment: dict[str, str], smtp_server: SmtpServer, tmp_path: Path) -> Iterator[WorkerProcess]:
-    env = {
-        **deployment,
-        "METERWATCH_SMTP_HOST": "127.0.0.1",
-        "METERWATCH_SMTP_PORT": str(smtp_server.port),
-        "METERWATCH_SMTP_FROM": SENDER,
-    }
-    worker = WorkerProcess(env=env, log_path=tmp_path / "worker.log", web_port=int(env["METERWATCH_WEB_PORT"]))
-    worker.start()
-    try:
-        worker.wait_healthy()
-        yield worker
-    finally:
-        worker.stop()
-        print(f"\n--- worker log tail ---\n{worker.log_tail(30)}")
+def smtp_sender() -> str:
+    """Overrides conftest's: ``mailing_worker`` sends from the address the mail checks expect."""
+    return SENDER
 
 
 async def send_events(bootstrap: str, topic: str, messages: list[EventMessage]) -> None:

@@ -14,61 +14,21 @@ import statistics
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.kafka_io import produce, read_all
+from tests.support.messages import command
 from tests.support.smtp import SmtpServer
-from tests.support.worker import WorkerProcess, eventually, free_port, http_get
+from tests.support.worker import WorkerProcess, eventually, http_get
 
-ADMIN = {"id": "admin", "billing_permission": True}
 WORKSPACES_PER_RUN = 10
 EVENTS_PER_RUN = 40_000
 BATCH = 100
 THRESHOLD = EVENTS_PER_RUN // WORKSPACES_PER_RUN  # every workspace reaches 100 %: 3 alerts each
 OUTAGE_SECONDS = 60.0
 RUNS = ("warm", "calm-a", "calm-b", "down-a", "down-b", "down-c", "calm-c")
-
-
-@pytest.fixture
-def smtp_server() -> Iterator[SmtpServer]:
-    server = SmtpServer(free_port()).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def mailing_worker(deployment: dict[str, str], smtp_server: SmtpServer, tmp_path: Path) -> Iterator[WorkerProcess]:
-    env = {
-        **deployment,
-        "METERWATCH_SMTP_HOST": "127.0.0.1",
-        "METERWATCH_SMTP_PORT": str(smtp_server.port),
-        "METERWATCH_SMTP_FROM": "meterwatch@billing.example.com",
-    }
-    worker = WorkerProcess(env=env, log_path=tmp_path / "worker.log", web_port=int(env["METERWATCH_WEB_PORT"]))
-    worker.start()
-    try:
-        worker.wait_healthy()
-        yield worker
-    finally:
-        worker.stop()
-
-
-def command(kind: str, workspace: str, **fields: object) -> dict:
-    return {
-        "type": kind,
-        "command_id": f"{kind}-{uuid.uuid4().hex[:8]}",
-        "issued_at": datetime.now(UTC).isoformat(),
-        "workspace_id": workspace,
-        "actor": ADMIN,
-        **fields,
-    }
 
 
 def batches(workspaces: list[str]) -> list[tuple[None, list[dict]]]:

@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime
 
 from tests.support.kafka_io import produce, read_all
+from tests.support.messages import event
 from tests.support.worker import WorkerProcess, eventually, http_get
 
 ADMIN = {"id": "u1", "billing_permission": True}
@@ -23,16 +24,6 @@ def alert_settings(workspace: str, metric: str, threshold: int, *, early: bool =
         "threshold": threshold,
         "early_warnings": early,
         "enabled": enabled,
-    }
-
-
-def event(workspace: str, metric: str, quantity: int) -> dict:
-    return {
-        "event_id": uuid.uuid4().hex,
-        "workspace_id": workspace,
-        "metric": metric,
-        "quantity": quantity,
-        "occurred_at": datetime.now(UTC).isoformat(),
     }
 
 

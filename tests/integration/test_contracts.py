@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime, time
 from zoneinfo import ZoneInfo
 
 from tests.support.kafka_io import produce, read_all
+from tests.support.messages import event
 from tests.support.worker import WorkerProcess, eventually, http_get
 
 ZONE = "America/New_York"
@@ -51,16 +52,6 @@ def subscription(contract: str, workspaces: list[str]) -> dict:
             "sms": {"unit_price": "0.05", "included": 100},
             "email": {"unit_price": "0.002", "included": None},
         },
-    }
-
-
-def event(workspace: str, metric: str, quantity: int) -> dict:
-    return {
-        "event_id": uuid.uuid4().hex,
-        "workspace_id": workspace,
-        "metric": metric,
-        "quantity": quantity,
-        "occurred_at": datetime.now(UTC).isoformat(),
     }
 
 

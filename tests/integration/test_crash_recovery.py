@@ -84,7 +84,7 @@ async def diagnose_shortfall(
 ) -> str:
     """Stall or loss? A stall shows as consumer lag and ends if given time; a loss does neither.
 
-    The report also goes to tests/artifacts/, where a CI run that marks this test xfail keeps it.
+    The report also goes to tests/artifacts/, where CI keeps it.
     """
     started = time.monotonic()
     lines = []
@@ -112,18 +112,10 @@ async def diagnose_shortfall(
 def guarantee(request: pytest.FixtureRequest, kafka_broker: TestBroker, deployment: dict[str, str]) -> str:
     if kafka_broker.kind == "embedded":
         # On the embedded broker (Tansu) runs have also ended a few dozen events short or over,
-        # on top of what Apache Kafka runs show (README, Known issues).
+        # not investigated yet (README, Known issues).
         pytest.skip("kill test is not reliable on the embedded broker (Tansu); runs on Apache Kafka")
     if request.param == "at_least_once":
         deployment["METERWATCH_PROCESSING_GUARANTEE"] = "at_least_once"
-    # Not yet reliable: in about one restart in ten, stage one never forwards the first one or
-    # two messages after each input partition's committed offset (README, Known issues). It runs
-    # and reports (stall or loss, which stage); it does not block until that is fixed.
-    request.node.add_marker(
-        pytest.mark.xfail(
-            reason="a restart can skip 1-2 messages per input partition (README, Known issues)", strict=False
-        )
-    )
     return request.param
 
 

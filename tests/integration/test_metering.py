@@ -3,35 +3,16 @@
 from __future__ import annotations
 
 import shutil
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from tests.support.brokers import TestBroker
 from tests.support.kafka_io import produce, read_all
+from tests.support.messages import event
 from tests.support.worker import WorkerProcess, eventually, http_get
 
 pytestmark = pytest.mark.integration
-
-
-def event(
-    workspace: str,
-    metric: str = "sms",
-    quantity: int = 1,
-    *,
-    event_id: str | None = None,
-    at: datetime | None = None,
-    conversation: str | None = None,
-) -> dict:
-    return {
-        "event_id": event_id or uuid.uuid4().hex,
-        "workspace_id": workspace,
-        "metric": metric,
-        "quantity": quantity,
-        "occurred_at": (at or datetime.now(UTC)).isoformat(),
-        "conversation_id": conversation,
-    }
 
 
 def usage_of(worker: WorkerProcess, workspace: str, metric: str) -> int | None:

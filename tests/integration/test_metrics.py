@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import urllib.request
 import uuid
-from datetime import UTC, datetime
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.kafka_io import produce
+from tests.support.messages import event
 from tests.support.worker import WorkerProcess, eventually
 
 
@@ -23,16 +23,6 @@ def scrape(worker: WorkerProcess) -> tuple[str, dict[tuple[str, tuple], float]]:
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return text, samples
-
-
-def event(workspace: str, metric: str, quantity: int = 1) -> dict:
-    return {
-        "event_id": uuid.uuid4().hex,
-        "workspace_id": workspace,
-        "metric": metric,
-        "quantity": quantity,
-        "occurred_at": datetime.now(UTC).isoformat(),
-    }
 
 
 async def test_counters_match_the_traffic_and_name_no_workspace(running_worker: WorkerProcess, deployment: dict[str, str]) -> None:

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import base64
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from tests.support.kafka_io import produce, read_all
+from tests.support.messages import bare_command, command, event
 from tests.support.worker import WorkerProcess, eventually, http_get
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -40,7 +39,6 @@ WS = "ws_page"
 CONTRACT = "c_page"
 ZONE = "America/New_York"
 ANCHOR_DAY = 15
-ADMIN = {"id": "admin", "billing_permission": True}
 CHROMIUM_FLAGS = [
     "--headless=new",
     "--no-sandbox",
@@ -74,30 +72,6 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
 
 
 # ---- what the test sends -------------------------------------------------------------------
-
-
-def command(kind: str, **fields: Any) -> dict:
-    return {
-        "type": kind,
-        "command_id": f"{kind}-{uuid.uuid4().hex[:8]}",
-        "issued_at": datetime.now(UTC).isoformat(),
-        **fields,
-    }
-
-
-def workspace_command(kind: str, **fields: Any) -> dict:
-    return command(kind, workspace_id=WS, actor=ADMIN, **fields)
-
-
-def event(metric: str, quantity: int, conversation: str | None = None) -> dict:
-    return {
-        "event_id": uuid.uuid4().hex,
-        "workspace_id": WS,
-        "metric": metric,
-        "quantity": quantity,
-        "occurred_at": datetime.now(UTC).isoformat(),
-        "conversation_id": conversation,
-    }
 
 
 class Kafka:
@@ -184,7 +158,7 @@ async def test_the_usage_page_shows_the_period_charts_and_costs_and_follows_usag
     base = running_worker.base_url
     started = time.monotonic()
 
-    subscription = command(
+    subscription = bare_command(
         "subscription",
         contract_id=CONTRACT,
         workspace_ids=[WS],
@@ -201,18 +175,18 @@ async def test_the_usage_page_shows_the_period_charts_and_costs_and_follows_usag
     await eventually(lambda: (http_get(f"{base}/usage/{WS}")[1] or {}).get("contract_id") == CONTRACT)
     results = await kafka.commands(
         WS,
-        workspace_command("billing_contacts", emails=["ana@example.com"]),
-        workspace_command("alert_settings", metric="sms", threshold=1500, early_warnings=True, enabled=True),
-        workspace_command("alert_settings", metric="email", threshold=2000, early_warnings=False, enabled=True),
-        workspace_command("limit_settings", metric="fin_resolutions", limit=3, enabled=True),
+        command("billing_contacts", WS, emails=["ana@example.com"]),
+        command("alert_settings", WS, metric="sms", threshold=1500, early_warnings=True, enabled=True),
+        command("alert_settings", WS, metric="email", threshold=2000, early_warnings=False, enabled=True),
+        command("limit_settings", WS, metric="fin_resolutions", limit=3, enabled=True),
     )
     assert {r["status"] for r in results.values()} == {"applied"}, results
     await kafka.use(
-        event("sms", 500),
-        event("sms", 300),
-        event("sms", 3),
-        event("email", 1234),
-        event("fin_resolutions", 1, "conv-1"),
+        event(WS, "sms", 500),
+        event(WS, "sms", 300),
+        event(WS, "sms", 3),
+        event(WS, "email", 1234),
+        event(WS, "fin_resolutions", 1, "conv-1"),
     )
 
     def usage_is(**expected: int) -> dict | None:
@@ -226,7 +200,7 @@ async def test_the_usage_page_shows_the_period_charts_and_costs_and_follows_usag
     # Lowered below the usage so far: takes effect next period, so the page shows it as scheduled.
     [lowered] = (
         await kafka.commands(
-            WS, workspace_command("alert_settings", metric="email", threshold=1000, early_warnings=False, enabled=True)
+            WS, command("alert_settings", WS, metric="email", threshold=1000, early_warnings=False, enabled=True)
         )
     ).values()
     assert lowered["status"] == "scheduled"
@@ -324,7 +298,9 @@ async def test_the_usage_page_shows_the_period_charts_and_costs_and_follows_usag
     browser.set_window_size(1280, 700)
     browser.execute_script("window.scrollTo(0, 300); window.__sameDocument = true;")
     scrolled = browser.execute_script("return window.scrollY")
-    await kafka.use(event("sms", 400), event("fin_resolutions", 1, "conv-2"), event("fin_resolutions", 1, "conv-3"))
+    await kafka.use(
+        event(WS, "sms", 400), event(WS, "fin_resolutions", 1, "conv-2"), event(WS, "fin_resolutions", 1, "conv-3")
+    )
     after = (await eventually(lambda: usage_is(sms=1203, fin_resolutions=3)))["metrics"]
     in_api = time.monotonic()
     shows(browser, "sms", "usage", "1,203", timeout=10)

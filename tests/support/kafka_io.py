@@ -41,16 +41,25 @@ async def produce_one(bootstrap: str, topic: str, key: bytes | None, value: Any)
     return metadata.timestamp
 
 
-async def read_timestamped(bootstrap: str, topic: str, *, timeout: float = 5.0) -> list[tuple[int, Any]]:
-    """Every record of a committed topic as (timestamp in ms, decoded value)."""
-    consumer = AIOKafkaConsumer(
+def topic_reader(bootstrap: str, topic: str, *, isolation: str = "read_committed") -> AIOKafkaConsumer:
+    """A consumer (not started yet) of the whole topic from its beginning, in no group, committing nothing.
+
+    ``read_all`` and ``read_timestamped`` read with one; a test that follows a topic for a while
+    can start its own.
+    """
+    return AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,
-        isolation_level="read_committed",
+        isolation_level=isolation,
     )
+
+
+async def read_timestamped(bootstrap: str, topic: str, *, timeout: float = 5.0) -> list[tuple[int, Any]]:
+    """Every record of a committed topic as (timestamp in ms, decoded value)."""
+    consumer = topic_reader(bootstrap, topic)
     await consumer.start()
     records: list[tuple[int, Any]] = []
     try:
@@ -69,14 +78,7 @@ async def read_all(
     bootstrap: str, topic: str, *, expect: int | None = None, timeout: float = 20.0, isolation: str = "read_committed"
 ) -> list[Any]:
     """Read a topic from the beginning: until ``expect`` records, or until it is quiet."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-        isolation_level=isolation,
-    )
+    consumer = topic_reader(bootstrap, topic, isolation=isolation)
     await consumer.start()
     records: list[Any] = []
     try:

@@ -38,9 +38,9 @@ class MailRecorder:
 class SmtpServer:
     """Start, stop and start again on the same port (an outage)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, recorder: MailRecorder | None = None) -> None:
         self.port = port
-        self.recorder = MailRecorder()
+        self.recorder = recorder if recorder is not None else MailRecorder()
         self._controller: Controller | None = None
 
     def start(self) -> SmtpServer:
