@@ -101,6 +101,7 @@ class RebalanceSafeRecovery(Recovery):
 
 class RebalanceSafeTableManager(TableManager):
     logger = FAUST_SERVICES_LOG
+
     @property
     def recovery(self) -> Recovery:
         if self._recovery is None:
