@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import faust
@@ -44,7 +44,7 @@ class Meterwatch:
     channels: Channels
     tables: Tables
     metrics: Metrics
-    commit_gate: CommitGate = field(default_factory=CommitGate)
+    commit_gate: CommitGate
 
 
 def create_app(
