@@ -7,7 +7,8 @@ what it produced (at-least-once without transactions; inside the transaction wit
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Protocol
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
 import faust
 
@@ -26,13 +27,25 @@ class TopicPublisher:
 
     async def publish(self, channel: faust.TopicT, key: str | None, record: Any) -> None:
         value = record if isinstance(record, bytes) else dumps(record)
-        fut = await channel.send(key=key.encode() if key is not None else None, value=value)
-        self._pending.append(fut)
+        # What channel.send does, keeping Faust's own promise of the send: it is the future Faust
+        # fails when the send fails, and one nobody holds is logged by asyncio as an ERROR.
+        message = channel.as_future_message(key=key.encode() if key is not None else None, value=value)
+        await channel.publish_message(message)
+        # flush() raises a failed send; a batch given up before its flush (streams/fencing.py)
+        # leaves it unawaited, and it is no news then.
+        message.add_done_callback(retrieve_exception)
+        self._pending.append(message)
 
     async def flush(self) -> None:
         pending, self._pending = self._pending, []
         if pending:
             await asyncio.gather(*pending)
+
+
+def retrieve_exception(future: asyncio.Future[Any]) -> None:
+    """Mark a finished future's error as seen (it is still raised to whoever awaits it)."""
+    if not future.cancelled():
+        future.exception()
 
 
 class ListPublisher:

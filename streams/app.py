@@ -97,7 +97,7 @@ def create_app(
     built = Meterwatch(app, settings, bootstrap, guarantee, names, channels, tables, metrics or Metrics(), commit_gate)
 
     # Imported here so that each module registers its own agents or views on this app only.
-    from . import contracts, control, counting, ingest, lifecycle, mailing, observability, timers, ui, web
+    from . import contracts, control, counting, fencing, ingest, lifecycle, mailing, observability, timers, ui, web
 
     ingest.register(built)
     control.register(built)
@@ -107,6 +107,7 @@ def create_app(
     ui.register(built)
     observability.register(built)
     lifecycle.register(built)
+    fencing.register(built)
     timers.register(built)
     mailing.register(built)
     return built

@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from faust.types import EventT
 
 from ..sinks.kafka import TopicPublisher
+from .commit_gate import acknowledge
 from .partition_context import acting_for
 
 if TYPE_CHECKING:
     from .app import Meterwatch
+
+
+async def handle_batch(
+    mw: Meterwatch, events: list[EventT], handler: Callable[[Meterwatch, list[EventT]], Awaitable[None]]
+) -> None:
+    """Run ``handler`` on a batch inside the commit gate and acknowledge the batch's input there,
+    unless the worker's transactions are lost: the batch is then left unacknowledged, to be
+    delivered again after the rebalance (streams/commit_gate.py, streams/fencing.py)."""
+    async with mw.commit_gate.batch() as admitted:
+        if admitted:
+            await handler(mw, events)
+            acknowledge(mw.app, events)
 
 
 def by_source_partition(events: Iterable[EventT]) -> Iterator[tuple[int, list[EventT]]]:

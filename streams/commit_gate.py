@@ -11,15 +11,31 @@ three-worker kill test saw one duplicate alert and one repeated Fin transition i
 The gate lets batches run side by side and a commit run alone: a commit waits until no batch is
 in flight, and no batch starts while a commit waits. A batch acknowledges its input before it
 leaves, so the commit that follows carries its offsets together with everything it produced.
+
+The gate also shuts when this worker's transactions are lost (another worker fenced its producer,
+streams/fencing.py): from then until the tables are rebuilt no batch runs and nothing commits,
+and a batch that was running when it happened is given up, unacknowledged.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from enum import Enum
 
 from faust.types import AppT, EventT
+
+from .fencing import is_lost_transaction
+
+log = logging.getLogger(__name__)
+
+
+class Transactions(Enum):
+    HELD = "held"
+    LOST = "lost"  # fenced: waiting for the next rebalance to give up the work in hand
+    GIVEN_UP = "given_up"  # local state dropped: waiting for the tables to be rebuilt
 
 
 class CommitGate:
@@ -30,23 +46,83 @@ class CommitGate:
         self._open = asyncio.Event()
         self._open.set()
         self._commits = asyncio.Lock()
+        self.transactions = Transactions.HELD
+        # Called once when transactions are lost; the worker asks the group for a rebalance.
+        self.on_lost: Callable[[], None] = lambda: None
 
     @property
     def batches_in_flight(self) -> int:
         return self._in_flight
 
+    @property
+    def lost(self) -> bool:
+        return self.transactions is Transactions.LOST
+
+    @property
+    def shut(self) -> bool:
+        return self.transactions is not Transactions.HELD
+
+    def lose_transactions(self, error: BaseException) -> None:
+        if self.transactions is Transactions.LOST:
+            return
+        log.warning(
+            "transactions lost (%s: %s): another worker has taken over; giving up the work in hand and rejoining",
+            type(error).__name__,
+            error,
+        )
+        self.transactions = Transactions.LOST
+        self.on_lost()
+
+    def give_up(self) -> bool:
+        """At a rebalance: whether the work in hand is to be dropped now (transactions lost)."""
+        if self.transactions is not Transactions.LOST:
+            return False
+        self.transactions = Transactions.GIVEN_UP
+        return True
+
+    def reopen(self) -> bool:
+        """Once the tables are rebuilt: let batches run again if the work in hand was given up."""
+        if self.transactions is not Transactions.GIVEN_UP:
+            return False
+        self.transactions = Transactions.HELD
+        return True
+
     @asynccontextmanager
-    async def batch(self) -> AsyncIterator[None]:
-        """Around one batch: from its first output to its input's acknowledgement."""
+    async def batch(self) -> AsyncIterator[bool]:
+        """Around one batch: from its first output to its input's acknowledgement. Yields whether
+        the batch may run; a batch whose transaction is lost part-way is given up quietly."""
         await self._open.wait()
+        if self.shut:
+            yield False
+            return
         self._in_flight += 1
         self._idle.clear()
         try:
-            yield
+            async with self._given_up_if_lost():
+                yield True
         finally:
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.set()
+
+    @asynccontextmanager
+    async def outside_batches(self) -> AsyncIterator[bool]:
+        """Like ``batch`` for work that must not hold commits back (mail, which can wait on an
+        SMTP server for minutes): shut out and given up the same way, but not waited for."""
+        if self.shut:
+            yield False
+            return
+        async with self._given_up_if_lost():
+            yield True
+
+    @asynccontextmanager
+    async def _given_up_if_lost(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except Exception as error:
+            if not is_lost_transaction(error):
+                raise
+            self.lose_transactions(error)
 
     @asynccontextmanager
     async def commit(self) -> AsyncIterator[None]:

@@ -27,10 +27,9 @@ from ..core.workspace import ContractOthers, WorkspaceState
 from ..models.common import iso
 from ..models.outputs import command_result
 from ..sinks.kafka import TopicPublisher
-from .batches import by_source_partition, finish
+from .batches import by_source_partition, finish, handle_batch
 from .codec import decode_contract_usage, encode_contract_usage
 from .commands import CONTRACT_LEFT, CONTRACT_TERMS, contract_terms
-from .commit_gate import acknowledge
 from .inbox import command_message
 from .mailing import ALERT, mail_request
 from .poison import dead_letter_failure
@@ -43,9 +42,7 @@ def register(mw: Meterwatch) -> None:
     @mw.app.agent(mw.channels.contract_inbox, name=f"{mw.settings.group_id}.sum_contract_usage")
     async def sum_contract_usage(stream):  # type: ignore[no-untyped-def]
         async for events in stream.take_events(500, within=0.02):
-            async with mw.commit_gate.batch():
-                await sum_batch(mw, events)
-                acknowledge(mw.app, events)
+            await handle_batch(mw, events, sum_batch)
 
 
 SUBSCRIPTION = "subscription"

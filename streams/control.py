@@ -12,8 +12,7 @@ from faust.types import EventT
 from ..models.commands import CommandRejected, Subscription, parse_command
 from ..models.outputs import command_result
 from ..sinks.kafka import TopicPublisher
-from .batches import by_source_partition, finish
-from .commit_gate import acknowledge
+from .batches import by_source_partition, finish, handle_batch
 from .contracts import subscription_message
 from .inbox import command_message
 from .poison import INTERNAL_ERROR, dead_letter_failure
@@ -26,9 +25,7 @@ def register(mw: Meterwatch) -> None:
     @mw.app.agent(mw.channels.usage_control, name=f"{mw.settings.group_id}.route_commands")
     async def route_commands(stream):  # type: ignore[no-untyped-def]
         async for events in stream.take_events(100, within=0.05):
-            async with mw.commit_gate.batch():
-                await forward_commands(mw, events)
-                acknowledge(mw.app, events)
+            await handle_batch(mw, events, forward_commands)
 
 
 async def forward_commands(mw: Meterwatch, events: list[EventT]) -> None:

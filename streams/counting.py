@@ -31,9 +31,8 @@ from ..models.usage_event import RejectCode
 from ..sinks.kafka import Publisher, TopicPublisher
 from . import commands, fin
 from .alerting import alert_record, apply_alert_settings, judge_change
-from .batches import by_source_partition, finish
+from .batches import by_source_partition, finish, handle_batch
 from .codec import decode_workspace, encode_workspace
-from .commit_gate import acknowledge
 from .contracts import CONTRACT_OTHERS, contacts_message, report_message, take_contract_others
 from .inbox import COMMAND, POSITION_STRIDE, USAGE, InboxEvent, read_usage
 from .mailing import ALERT, FIN_DISABLED, mail_id, mail_request
@@ -53,9 +52,7 @@ def register(mw: Meterwatch) -> None:
     @mw.app.agent(mw.channels.workspace_inbox, name=f"{mw.settings.group_id}.count_usage")
     async def count_usage(stream):  # type: ignore[no-untyped-def]
         async for events in stream.take_events(BATCH_MESSAGES, within=BATCH_WITHIN_SECONDS):
-            async with mw.commit_gate.batch():
-                await count_batch(mw, events)
-                acknowledge(mw.app, events)
+            await handle_batch(mw, events, count_batch)
 
 
 async def count_batch(mw: Meterwatch, events: list[EventT]) -> None:

@@ -16,6 +16,7 @@ import faust
 from faust.types import FutureMessage
 
 from ..logs import FAUST_SERVICES_LOG
+from ..sinks.kafka import retrieve_exception
 
 
 class DurableTable(faust.Table):
@@ -43,9 +44,24 @@ class DurableTable(faust.Table):
             eager_partitioning=True,
         )
         # The task copies this context, so the send knows which source partition it serves.
-        asyncio.ensure_future(self.changelog_topic.publish_message(message))
+        asyncio.ensure_future(self._publish(message))
         self._unacknowledged.append(message)
         return message
+
+    async def _publish(self, message: FutureMessage) -> None:
+        try:
+            await self.changelog_topic.publish_message(message)
+        except Exception as error:
+            # A send refused before it reached the producer (Faust raises then, and never
+            # resolves the message): wait_for_writes would otherwise wait for ever.
+            if not message.done():
+                message.set_exception(error)
+
+    def forget_unacknowledged(self) -> None:
+        """Drop the writes still awaited: their transaction is lost (streams/fencing.py)."""
+        for message in self._unacknowledged:
+            message.add_done_callback(retrieve_exception)
+        self._unacknowledged = []
 
     async def wait_for_writes(self) -> None:
         pending, self._unacknowledged = self._unacknowledged, []

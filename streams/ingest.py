@@ -15,8 +15,7 @@ from faust.types import EventT
 from ..models.outputs import dead_letter
 from ..models.usage_event import UsageEvent, parse_usage_message
 from ..sinks.kafka import TopicPublisher
-from .batches import by_source_partition, finish
-from .commit_gate import acknowledge
+from .batches import by_source_partition, finish, handle_batch
 from .inbox import EVENTS_PER_MESSAGE, Origin, usage_message
 from .poison import dead_letter_failure
 
@@ -36,9 +35,7 @@ def register(mw: Meterwatch) -> None:
     @mw.app.agent(channels.usage_events, name=f"{mw.settings.group_id}.route_usage_events")
     async def route_usage_events(stream):  # type: ignore[no-untyped-def]
         async for events in stream.take_events(BATCH_MESSAGES, within=BATCH_WITHIN_SECONDS):
-            async with mw.commit_gate.batch():
-                await forward_usage(mw, events)
-                acknowledge(mw.app, events)
+            await handle_batch(mw, events, forward_usage)
 
 
 async def forward_usage(mw: Meterwatch, events: list[EventT]) -> None:

@@ -53,10 +53,21 @@ def register(mw: Meterwatch) -> None:
 
 
 async def send_batch(mw: Meterwatch, mailer: SmtpMailer, backoff: Backoff, events: list[EventT]) -> None:
+    async with mw.commit_gate.outside_batches() as admitted:
+        if admitted:
+            publisher = TopicPublisher()
+            await _send_mails(mw, mailer, backoff, events, publisher)
+            await finish(mw, publisher)
+
+
+async def _send_mails(
+    mw: Meterwatch, mailer: SmtpMailer, backoff: Backoff, events: list[EventT], publisher: TopicPublisher
+) -> None:
     ledger = mw.tables.mails_sent
-    publisher = TopicPublisher()
     for _, part in by_source_partition(events):
         for event in part:
+            if mw.commit_gate.shut:
+                return  # the rest is delivered again after the rebalance (streams/fencing.py)
             try:
                 request = orjson.loads(event.message.value)
                 key = mail_id(request["kind"], request["record"])
@@ -69,7 +80,6 @@ async def send_batch(mw: Meterwatch, mailer: SmtpMailer, backoff: Backoff, event
             # and its request's offset go to the next commit together, each mail on its own:
             # held to the end of the batch, a worker killed part-way through sent them all again.
             acknowledge(mw.app, [event])
-    await finish(mw, publisher)
 
 
 async def deliver(mw: Meterwatch, mailer: SmtpMailer, backoff: Backoff, request: dict[str, Any]) -> bytes:

@@ -92,6 +92,11 @@ class Metrics:
         self.rebalances = Counter(
             "meterwatch_rebalances_total", "Consumer group rebalances seen by this worker.", registry=r
         )
+        self.transactions_lost = Counter(
+            "meterwatch_transactions_lost_total",
+            "Times another worker fenced this one's transactions; it gave up its work in hand and rebuilt its tables.",
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "meterwatch_consumer_lag_messages",
             "Messages behind the end of each assigned input partition.",

@@ -15,6 +15,7 @@ from faust.types import EventT
 
 from ..models.outputs import dead_letter
 from ..sinks.kafka import Publisher
+from .fencing import is_lost_transaction
 
 if TYPE_CHECKING:
     from .app import Meterwatch
@@ -34,7 +35,12 @@ async def dead_letter_failure(
     key: str | None = None,
     value: bytes | None = None,
 ) -> None:
-    """Log the failure with its traceback and dead-letter the message (or ``value``, one part of it)."""
+    """Log the failure with its traceback and dead-letter the message (or ``value``, one part of it).
+
+    A lost transaction is not the message's fault: it is raised again, and the whole batch is
+    given up (streams/fencing.py) rather than its good messages dead-lettered."""
+    if is_lost_transaction(error):
+        raise error
     message = event.message
     log.error(
         "%s: could not handle %s[%d]@%d (%s); dead-lettered as %s",

@@ -9,6 +9,7 @@ makes it visible. The agents name that partition with ``partition_context.acting
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Awaitable, Mapping
 from typing import Any
 
@@ -21,6 +22,7 @@ from faust.types.tuples import RecordMetadata
 from ..logs import FAUST_SERVICES_LOG
 from .commit_gate import CommitGate
 from .consumer import CommittedOrBeginningConsumer, CommittedOrBeginningConsumerThread
+from .fencing import is_lost_transaction
 
 
 class SourcePartitionTransactions(TransactionManager):
@@ -28,9 +30,29 @@ class SourcePartitionTransactions(TransactionManager):
     commit_gate: CommitGate  # set by install()
 
     async def commit(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
-        # A transaction ends only between batches (streams/commit_gate.py).
+        # Faust's own, except that a transaction ends only between batches (streams/commit_gate.py)
+        # and a fenced producer shuts the gate instead of crashing the worker (streams/fencing.py).
         async with self.commit_gate.commit():
-            return await super().commit(offsets, start_new_transaction=start_new_transaction)
+            if self.commit_gate.shut or not offsets:
+                return False
+            group_id = self.app.conf.id
+            by_transactional_id: dict[str, dict[TP, int]] = defaultdict(dict)
+            for tp, offset in offsets.items():
+                by_transactional_id[self.transactional_id_for(tp)][tp] = offset
+            try:
+                await self.producer.commit_transactions(
+                    by_transactional_id, group_id, start_new_transaction=start_new_transaction
+                )
+            except Exception as error:
+                if not is_lost_transaction(error):
+                    raise
+                self.commit_gate.lose_transactions(error)
+                return False
+            return True
+
+    def transactional_id_for(self, source: TP) -> str:
+        group = self.app.assignor.group_for_topic(source.topic)
+        return f"{self.app.conf.id}-{group}-{source.partition}"
 
     async def send(
         self,
@@ -48,8 +70,6 @@ class SourcePartitionTransactions(TransactionManager):
             return await super().send(
                 topic, key, value, partition, timestamp, headers, transactional_id=transactional_id
             )
-        source = event.message.tp
-        group = self.app.assignor.group_for_topic(source.topic)
         return await self.producer.send(
             topic,
             key,
@@ -57,7 +77,7 @@ class SourcePartitionTransactions(TransactionManager):
             self.consumer.key_partition(topic, key, partition),
             timestamp,
             headers,
-            transactional_id=f"{self.app.conf.id}-{group}-{source.partition}",
+            transactional_id=self.transactional_id_for(event.message.tp),
         )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -92,6 +92,29 @@ def mailing_worker(
     }
     with healthy_worker(env, tmp_path / "worker.log") as worker:
         yield worker
+
+
+FIGURES = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def fault_figures(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Prints a fault test's figures and repeats them at the end of the run, where CI's log shows
+    them even when output is captured (issue 9: every fault test prints its figures)."""
+
+    def record(text: str) -> None:
+        print(text)
+        request.config.stash.setdefault(FIGURES, []).append(f"{request.node.nodeid}\n{text.strip()}")
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    figures = config.stash.get(FIGURES, [])
+    if figures:
+        terminalreporter.section("fault suite figures")
+        for text in figures:
+            terminalreporter.write_line(text)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -14,7 +14,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -114,7 +114,7 @@ class Load:
 
 
 async def test_a_30_second_broker_outage_loses_and_doubles_nothing(
-    own_broker: OwnBroker, deployment: dict[str, str], tmp_path: Path
+    own_broker: OwnBroker, deployment: dict[str, str], tmp_path: Path, fault_figures: Callable[[str], None]
 ) -> None:
     env = {**deployment, "METERWATCH_KAFKA_BOOTSTRAP": own_broker.bootstrap}
     worker = WorkerProcess(env=env, log_path=tmp_path / "worker.log", web_port=int(env["METERWATCH_WEB_PORT"]))
@@ -155,7 +155,7 @@ async def test_a_30_second_broker_outage_loses_and_doubles_nothing(
         )
         status, body = http_get(f"{worker.base_url}/health")
         assert status == 200 and body["status"] == "consuming"
-        print(
+        fault_figures(
             f"\n[broker outage] {sum(load.sent.values()):,} units sent in {len(WORKSPACES)} workspaces, "
             f"{load.resends} batch re-sends; /health during the {OUTAGE_SECONDS:.0f} s outage: {dict(health_seen)}"
         )

@@ -1219,7 +1219,10 @@ def differences(got: Counter[Any], expected: Counter[Any]) -> str:
 
 
 async def test_hostile_input_never_crashes_the_worker_and_every_input_is_accounted_for(
-    mailing_worker: WorkerProcess, smtp_server: SmtpServer, deployment: dict[str, str]
+    mailing_worker: WorkerProcess,
+    smtp_server: SmtpServer,
+    deployment: dict[str, str],
+    fault_figures: Callable[[str], None],
 ) -> None:
     bootstrap, prefix = deployment["METERWATCH_KAFKA_BOOTSTRAP"], deployment["METERWATCH_TOPIC_PREFIX"]
     assert mailing_worker.process is not None
@@ -1282,39 +1285,46 @@ async def test_hostile_input_never_crashes_the_worker_and_every_input_is_account
     log = mailing_worker.log_path.read_text(errors="replace").splitlines()
     assert [line for line in log if "Crashed" in line or "Traceback" in line] == []
 
-    print_figures(plan, letters, answers, expected_usage, mails, time.monotonic() - started)
+    fault_figures(figures_text(plan, letters, answers, expected_usage, mails, time.monotonic() - started))
 
 
-def print_figures(
+def figures_text(
     plan: Plan,
     letters: list[dict[str, Any]],
     answers: list[dict[str, Any]],
     usage: dict[str, Counter[str]],
     mails: list[RawMail],
     seconds: float,
-) -> None:
+) -> str:
     hostile_events = [message for message in plan.events if message.hostile]
     hostile_commands = [command for command in plan.commands if command.hostile]
-    print(
+    lines = []
+    lines.append(
         f"\n[hostile input] {len(hostile_events) + len(hostile_commands):,} hostile inputs: "
         f"{len(hostile_events):,} event messages, {len(hostile_commands):,} commands"
     )
-    print(f"  event messages by kind: {dict(Counter(m.kind for m in hostile_events).most_common())}")
-    print(f"  commands by kind: {dict(Counter(c.kind for c in hostile_commands).most_common())}")
+    lines.append(f"  event messages by kind: {dict(Counter(m.kind for m in hostile_events).most_common())}")
+    lines.append(f"  commands by kind: {dict(Counter(c.kind for c in hostile_commands).most_common())}")
     good_events = len(plan.events) - len(hostile_events)
     good_commands = len(plan.commands) - len(hostile_commands)
     accepted = sum(len(message.usage) for message in plan.events)
-    print(f"  good: {good_events:,} event messages, {good_commands} commands; {accepted:,} events accepted in all")
+    lines.append(
+        f"  good: {good_events:,} event messages, {good_commands} commands; {accepted:,} events accepted in all"
+    )
     codes = Counter(letter["error"]["code"] for letter in letters)
-    print(f"  dead letters: {len(letters):,} by code {dict(codes.most_common())}")
+    lines.append(f"  dead letters: {len(letters):,} by code {dict(codes.most_common())}")
     statuses = Counter(answer["status"] for answer in answers)
     reasons = Counter(reason_code(answer) for answer in answers if answer["status"] == "rejected")
-    print(f"  command answers: {dict(statuses)}; rejected by reason {dict(reasons.most_common())}")
-    units = sum(sum(metrics.values()) for metrics in usage.values()) - MAX_QUANTITY_EVENTS * MAX_QUANTITY
+    lines.append(f"  command answers: {dict(statuses)}; rejected by reason {dict(reasons.most_common())}")
+    cap_sized = MAX_QUANTITY_EVENTS + USAGE_CAP_BATCHES  # events of 2**53 - 1 (one in each cap batch)
+    units = sum(sum(metrics.values()) for metrics in usage.values()) - cap_sized * MAX_QUANTITY
     pairs = sum(len(metrics) for metrics in usage.values())
-    print(
-        f"  counted exactly: {units:,} units + {MAX_QUANTITY_EVENTS} x (2**53 - 1), "
+    lines.append(
+        f"  counted exactly: {units:,} units + {cap_sized} x (2**53 - 1), "
         f"in {pairs} workspace-metrics of {len(usage)} workspaces"
     )
     recipients = sum(len(mail.envelope_to) for mail in mails)
-    print(f"  mails: {len(mails)} to {recipients} recipients, no header injected; {seconds:.0f} s from the first send")
+    lines.append(
+        f"  mails: {len(mails)} to {recipients} recipients, no header injected; {seconds:.0f} s from the first send"
+    )
+    return "\n".join(lines)

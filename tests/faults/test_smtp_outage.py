@@ -14,6 +14,7 @@ import statistics
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -91,7 +92,10 @@ class Deployment:
 
 
 async def test_counting_keeps_its_pace_while_smtp_is_down_and_every_alert_is_mailed_once(
-    mailing_worker: WorkerProcess, smtp_server: SmtpServer, deployment: dict[str, str]
+    mailing_worker: WorkerProcess,
+    smtp_server: SmtpServer,
+    deployment: dict[str, str],
+    fault_figures: Callable[[str], None],
 ) -> None:
     run = Deployment(deployment, mailing_worker)
     runs = {name: [f"ws-{name}-{i}" for i in range(WORKSPACES_PER_RUN)] for name in RUNS}
@@ -120,7 +124,7 @@ async def test_counting_keeps_its_pace_while_smtp_is_down_and_every_alert_is_mai
     expected = Counter(a["alert_id"] for a in alerts)
     mailed = Counter(m.message["X-Meterwatch-Alert-Id"] for m in smtp_server.mails)
     calm, down = statistics.median(calm_rates), statistics.median(outage_rates)
-    print(
+    fault_figures(
         f"\n[smtp outage] {EVENTS_PER_RUN:,} events per run: undisturbed "
         f"{', '.join(f'{r:,.0f}' for r in calm_rates)} events/s (median {calm:,.0f}); SMTP down "
         f"{', '.join(f'{r:,.0f}' for r in outage_rates)} (median {down:,.0f}, {down / calm:.2f} x); "

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.brokers import TestBroker
 from tests.support.kafka_io import produce, read_all
-from tests.support.worker import WorkerProcess, eventually, http_get
+from tests.support.worker import WorkerProcess, eventually, http_get, usage_shown
 
 WORKSPACES = [f"ws_kill_{i}" for i in range(12)]
 
@@ -46,12 +46,7 @@ def events_counted(worker: WorkerProcess) -> float:
 
 
 def total_counted(worker: WorkerProcess) -> dict[str, int]:
-    counted = {}
-    for workspace in WORKSPACES:
-        status, body = http_get(f"{worker.base_url}/usage/{workspace}")
-        if status == 200 and "messages_sent" in body["metrics"]:
-            counted[workspace] = body["metrics"]["messages_sent"]["usage"]
-    return counted
+    return usage_shown(worker, WORKSPACES)
 
 
 def lag_by_partition(worker: WorkerProcess) -> dict[str, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import threading
+import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
@@ -17,6 +18,7 @@ class ReceivedMail:
     sender: str
     recipients: list[str]
     message: EmailMessage
+    received_at: float = field(default_factory=time.monotonic)  # the clock asyncio's loop.time() reads
 
 
 @dataclass

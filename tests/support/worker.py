@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ class WorkerProcess:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.web_port}"
 
-    def start(self) -> "WorkerProcess":
+    def start(self) -> WorkerProcess:
         self.starts += 1
         log = open(self.log_path, "ab")
         log.write(f"\n===== start #{self.starts} =====\n".encode())
@@ -99,6 +100,16 @@ def _maybe_json(body: bytes) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
         return body.decode(errors="replace")
+
+
+def usage_shown(worker: WorkerProcess, workspaces: Iterable[str], metric: str = "messages_sent") -> dict[str, int]:
+    """``GET /usage`` of each workspace that has usage of ``metric``: workspace -> usage."""
+    shown = {}
+    for workspace in workspaces:
+        status, body = http_get(f"{worker.base_url}/usage/{workspace}")
+        if status == 200 and metric in body["metrics"]:
+            shown[workspace] = body["metrics"][metric]["usage"]
+    return shown
 
 
 async def eventually(check, timeout: float = 30.0, interval: float = 0.2):  # type: ignore[no-untyped-def]

@@ -1,10 +1,15 @@
-"""A transaction commit never lands inside a batch, and batches do not starve it."""
+"""A transaction commit never lands inside a batch, batches do not starve it, and a worker fenced
+off by another gives up its batches instead of crashing."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
+from aiokafka.errors import IllegalOperation, KafkaTimeoutError, ProducerFenced
+from faust.exceptions import ProducerSendError
 from meterwatch.streams.commit_gate import CommitGate
+from meterwatch.streams.fencing import is_lost_transaction
 
 
 async def test_a_commit_waits_for_the_batches_in_flight() -> None:
@@ -76,3 +81,73 @@ async def test_a_failed_batch_still_lets_commits_through() -> None:
     async with asyncio.timeout(1):
         async with gate.commit():
             pass
+
+
+# --------------------------------------------------------------------------- lost transactions
+
+
+def fenced_send() -> ProducerSendError:
+    """What Faust raises for a send on a producer that another worker fenced."""
+    try:
+        raise ProducerSendError(f"Error while sending: {ProducerFenced()!r}") from ProducerFenced()
+    except ProducerSendError as error:
+        return error
+
+
+@pytest.mark.parametrize(
+    ("error", "lost"),
+    [
+        (ProducerFenced(), True),
+        (IllegalOperation("Not in the middle of a transaction"), True),
+        (fenced_send(), True),
+        (ProducerSendError("No transaction producer found for : app-0-3"), True),
+        (ProducerSendError("Error while sending: KafkaTimeoutError()"), False),
+        (KafkaTimeoutError(), False),
+        (ValueError("bad input"), False),
+    ],
+)
+def test_what_counts_as_a_lost_transaction(error: BaseException, lost: bool) -> None:
+    assert is_lost_transaction(error) is lost
+
+
+async def test_a_fenced_batch_is_given_up_unacknowledged_and_the_gate_shuts_until_recovery() -> None:
+    gate = CommitGate()
+    rebalances_asked: list[str] = []
+    gate.on_lost = lambda: rebalances_asked.append("rejoin")
+    ran: list[str] = []
+
+    async with gate.batch() as admitted:
+        assert admitted
+        ran.append("fenced batch")
+        raise fenced_send()  # swallowed: the batch is given up, not crashed
+    assert gate.shut and gate.lost
+    assert rebalances_asked == ["rejoin"]
+
+    async with gate.batch() as admitted:  # the next batch is refused without running
+        assert not admitted
+    async with gate.outside_batches() as admitted:
+        assert not admitted
+    gate.lose_transactions(ProducerFenced())  # a second failure asks nothing more
+    assert rebalances_asked == ["rejoin"]
+
+    assert not gate.reopen()  # nothing was given up yet: recovery alone does not reopen
+    assert gate.give_up()  # the rebalance drops the work in hand
+    assert not gate.give_up()
+    assert gate.shut and not gate.lost
+    assert gate.reopen()  # tables rebuilt
+    assert not gate.shut
+    async with gate.batch() as admitted:
+        assert admitted
+    assert ran == ["fenced batch"]
+    assert gate.batches_in_flight == 0
+
+
+async def test_other_failures_still_escape_the_gate() -> None:
+    gate = CommitGate()
+    with pytest.raises(KafkaTimeoutError):
+        async with gate.batch():
+            raise KafkaTimeoutError()
+    with pytest.raises(ValueError):
+        async with gate.outside_batches():
+            raise ValueError("bad input")
+    assert not gate.shut

@@ -1,9 +1,18 @@
-"""After a rebalance, a partition with no committed offset is read from its beginning."""
+"""The stream consumer around a rebalance: finished work is committed before partitions are given
+up, partitions with no committed offset are read from their beginning, and one waiting for that
+seek is not checked for a position it does not have yet."""
 
 from __future__ import annotations
 
+import asyncio
+from types import SimpleNamespace
+
+import pytest
 from aiokafka import TopicPartition
-from meterwatch.streams.consumer import seek_to_committed_or_beginning
+from aiokafka.consumer.fetcher import OffsetResetStrategy
+from aiokafka.consumer.subscription_state import SubscriptionState
+from meterwatch.streams import consumer as consumer_module
+from meterwatch.streams.consumer import commit_before_handover, has_position, seek_to_committed_or_beginning
 
 EVENTS = [TopicPartition("t.usage.events", n) for n in range(4)]
 CHANGELOG = TopicPartition("t.app-workspaces-changelog", 0)
@@ -34,3 +43,53 @@ async def test_fetched_but_never_committed_partitions_are_read_again_from_the_st
     returned = await seek_to_committed_or_beginning(consumer, {CHANGELOG.topic})  # type: ignore[arg-type]
     assert returned == committed
     assert consumer.positions == {EVENTS[0]: 0, EVENTS[1]: 0, EVENTS[2]: 5, EVENTS[3]: 7, CHANGELOG: 7}
+
+
+class ConsumerWith:
+    """Just the part of an AIOKafkaConsumer that holds partition positions."""
+
+    def __init__(self, subscriptions: SubscriptionState) -> None:
+        self._fetcher = SimpleNamespace(_subscriptions=subscriptions)
+
+
+async def test_a_partition_waiting_for_its_seek_has_no_position_to_check() -> None:
+    subscriptions = SubscriptionState()
+    consumer = ConsumerWith(subscriptions)
+    assert not has_position(consumer, EVENTS[0])  # type: ignore[arg-type]  # nothing subscribed yet
+
+    subscriptions.assign_from_user({EVENTS[0], EVENTS[1]})
+    state = subscriptions.subscription.assignment.state_value(EVENTS[0])
+    assert not has_position(consumer, EVENTS[0])  # type: ignore[arg-type]  # assigned, not yet sought
+    state.seek(5)
+    assert has_position(consumer, EVENTS[0])  # type: ignore[arg-type]
+    state.await_reset(OffsetResetStrategy.EARLIEST)  # what seek_to_beginning does
+    assert not has_position(consumer, EVENTS[0])  # type: ignore[arg-type]
+    assert not has_position(consumer, EVENTS[2])  # type: ignore[arg-type]  # not assigned here
+
+
+class CommittingConsumer:
+    def __init__(self, commit_takes: float) -> None:
+        self.commit_takes = commit_takes
+        self.commits = 0
+
+    async def commit(self) -> bool:
+        await asyncio.sleep(self.commit_takes)
+        self.commits += 1
+        return True
+
+
+async def test_finished_work_is_committed_before_partitions_are_given_up() -> None:
+    consumer = CommittingConsumer(commit_takes=0)
+    await commit_before_handover(consumer)  # type: ignore[arg-type]
+    assert consumer.commits == 1
+
+
+async def test_a_commit_held_up_does_not_hold_up_the_rebalance(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(consumer_module, "HANDOVER_COMMIT_SECONDS", 0.05)
+    consumer = CommittingConsumer(commit_takes=60)
+    async with asyncio.timeout(1):
+        await commit_before_handover(consumer)  # type: ignore[arg-type]
+    assert consumer.commits == 0
+    assert "could not commit before giving partitions up" in caplog.text

@@ -1,0 +1,135 @@
+"""A worker fenced off by another gives up its work in hand and rebuilds its tables, instead of
+exiting (streams/fencing.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka.errors import KafkaTimeoutError, ProducerFenced
+from faust.types import TP
+from meterwatch.config import ProcessingGuarantee, load_settings
+from meterwatch.streams.app import create_app
+from meterwatch.streams.commit_gate import CommitGate
+from meterwatch.streams.fencing import forget_local_state
+from meterwatch.streams.transactions import SourcePartitionTransactions
+
+EVENTS_0, EVENTS_1 = TP("t.usage.events", 0), TP("t.usage.events", 1)
+
+
+class FakeProducer:
+    """Faust's producer as the commit uses it: one call for all transactional ids."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.error = error
+        self.commits: list[dict[str, dict[TP, int]]] = []
+
+    async def commit_transactions(
+        self, offsets: dict[str, dict[TP, int]], group_id: str, start_new_transaction: bool = True
+    ) -> None:
+        self.commits.append(offsets)
+        if self.error is not None:
+            raise self.error
+
+
+def transactions(producer: FakeProducer) -> SourcePartitionTransactions:
+    manager = SourcePartitionTransactions.__new__(SourcePartitionTransactions)
+    manager.commit_gate = CommitGate()
+    manager.producer = producer  # type: ignore[assignment]
+    crashes: list[BaseException] = []
+
+    async def crash(error: BaseException) -> None:
+        crashes.append(error)
+
+    manager.app = SimpleNamespace(  # type: ignore[assignment]
+        conf=SimpleNamespace(id="t.app"),
+        assignor=SimpleNamespace(group_for_topic=lambda topic: 0),
+        crash=crash,
+        crashes=crashes,
+    )
+    return manager
+
+
+async def test_a_commit_goes_by_the_source_partitions_transactional_ids() -> None:
+    producer = FakeProducer()
+    manager = transactions(producer)
+    assert await manager.commit({EVENTS_0: 10, EVENTS_1: 4})
+    assert producer.commits == [{"t.app-0-0": {EVENTS_0: 10}, "t.app-0-1": {EVENTS_1: 4}}]
+
+
+async def test_a_fenced_commit_shuts_the_gate_instead_of_crashing_the_worker() -> None:
+    producer = FakeProducer(ProducerFenced())
+    manager = transactions(producer)
+    asked: list[str] = []
+    manager.commit_gate.on_lost = lambda: asked.append("rejoin")
+
+    assert not await manager.commit({EVENTS_0: 10})
+    assert manager.commit_gate.lost
+    assert asked == ["rejoin"]
+    assert manager.app.crashes == []  # type: ignore[attr-defined]
+    # Until the tables are rebuilt nothing more is committed: the producer would refuse anyway.
+    assert not await manager.commit({EVENTS_0: 12})
+    assert len(producer.commits) == 1
+
+
+async def test_other_commit_failures_are_not_taken_for_a_fence() -> None:
+    manager = transactions(FakeProducer(KafkaTimeoutError()))
+    with pytest.raises(KafkaTimeoutError):
+        await manager.commit({EVENTS_0: 10})
+    assert not manager.commit_gate.shut
+
+
+def build() -> Any:
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    return create_app(load_settings({}), "127.0.0.1:9092", ProcessingGuarantee.EXACTLY_ONCE)
+
+
+def test_forgetting_local_state_empties_the_memory_tables_and_rereads_every_changelog() -> None:
+    mw = build()
+    workspaces = mw.tables.workspaces.data
+    workspaces.data["ws_1"] = b"state written by an aborted batch"
+    workspaces._key_partition["ws_1"] = 2
+    mw.tables.mails_sent.data.data["alert-1"] = b"sent"
+    changelog = TP(mw.tables.workspaces.changelog_topic.get_topic_name(), 2)
+    recovery = mw.app.tables.recovery
+    recovery.active_offsets.update(Counter({changelog: 417}))
+    recovery.standby_offsets.update(Counter({changelog: 9}))
+
+    forget_local_state(mw)
+
+    assert dict(workspaces.data) == {} and dict(workspaces._key_partition) == {}
+    assert dict(mw.tables.mails_sent.data.data) == {}
+    # With no offset recorded, recovery reads the changelog from its start (streams/recovery.py).
+    assert recovery.active_offsets == Counter() and recovery.standby_offsets == Counter()
+
+
+async def test_a_table_write_refused_before_it_reaches_the_producer_fails_instead_of_hanging() -> None:
+    mw = create_app(load_settings({}), "127.0.0.1:9092", ProcessingGuarantee.EXACTLY_ONCE)
+    table = mw.tables.workspaces
+
+    async def refuse(message: Any) -> None:
+        raise ProducerFenced()
+
+    table.changelog_topic.publish_message = refuse
+    table.send_changelog(0, b"ws_1", b"value")
+    async with asyncio.timeout(1):
+        with pytest.raises(ProducerFenced):
+            await table.wait_for_writes()
+
+
+async def test_writes_still_awaited_when_the_transaction_is_lost_are_dropped() -> None:
+    mw = create_app(load_settings({}), "127.0.0.1:9092", ProcessingGuarantee.EXACTLY_ONCE)
+    table = mw.tables.workspaces
+    never_answered = asyncio.Event()
+
+    async def hang(message: Any) -> None:
+        await never_answered.wait()
+
+    table.changelog_topic.publish_message = hang
+    table.send_changelog(0, b"ws_1", b"value")
+    table.forget_unacknowledged()
+    async with asyncio.timeout(1):
+        await table.wait_for_writes()  # nothing left to wait for
