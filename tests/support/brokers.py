@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 
 @dataclass(frozen=True)
 class TestBroker:
+    __test__ = False  # a fixture's value, not a test class for pytest to collect
     bootstrap: str
     kind: str  # "external", "testcontainers" or "embedded"
     transactions: bool
