@@ -55,6 +55,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.brokers import TestBroker
 from tests.support.kafka_io import read_all, topic_reader
 from tests.support.messages import ADMIN
 from tests.support.smtp import ReceivedMail, SmtpServer
@@ -789,7 +790,14 @@ def mail_problems(
 
 
 @pytest.fixture
-def three_workers(deployment: dict[str, str], smtp_server: SmtpServer, tmp_path: Path) -> Iterator[list[WorkerProcess]]:
+def three_workers(
+    kafka_broker: TestBroker, deployment: dict[str, str], smtp_server: SmtpServer, tmp_path: Path
+) -> Iterator[list[WorkerProcess]]:
+    if not kafka_broker.transactions:
+        # One alert record per crossing is the exactly_once promise; under at_least_once, the
+        # only guarantee a broker without transactions allows, a kill may repeat an alert with
+        # its id (CONTRACT 4). Kills on the embedded broker are also not reliable yet (README).
+        pytest.skip("needs transactions, which the embedded broker (Tansu) lacks; runs on Apache Kafka")
     workers = []
     for index in range(WORKER_COUNT):
         port = free_port()
