@@ -1,4 +1,5 @@
-"""Recovery seeks a changelog partition it knows nothing about yet to the changelog's start."""
+"""Recovery seeks a changelog partition it knows nothing about yet to the changelog's start, hands
+the input partitions back in a safe order, and stands at its start offsets before publishing them."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ from collections import Counter
 
 import pytest
 from faust.types import TP
-from meterwatch.streams.recovery import NOTHING_READ, RebalanceSafeRecovery, seekable_offsets
+from meterwatch.streams.recovery import (
+    NOTHING_READ,
+    RebalanceSafeRecovery,
+    seek_targets,
+    seekable_offsets,
+    start_offsets,
+)
 
 A, B, C, D = (TP("t-changelog", n) for n in range(4))
 
@@ -133,3 +140,45 @@ async def test_input_partitions_deliver_nothing_until_they_are_sought_and_nothin
         "completed",
         "resume_flow",
     ]
+
+
+@pytest.mark.parametrize(
+    ("known", "earliest", "expected"),
+    [
+        (None, 0, -1),  # nothing read: from the changelog's first offset
+        (None, None, NOTHING_READ),  # nothing known at all
+        (None, 40, 39),  # compacted or deleted up to 40
+        (36, 0, 36),  # persisted (RocksDB) or read before: go on from there
+        (36, 50, 49),  # what was read is gone from the changelog: from its first offset
+        (-1, 0, -1),
+    ],
+)
+def test_start_offsets_as_faust_decides_them(known: int | None, earliest: int | None, expected: int) -> None:
+    assert start_offsets({A}, {A: known}, {A: earliest}) == {A: expected}
+
+
+def test_seek_targets_reread_the_last_record_read_and_start_at_zero_when_nothing_was() -> None:
+    assert seek_targets({A: -1, B: 0, C: 41}) == {A: 0, B: 0, C: 41}
+
+
+async def test_active_start_offsets_are_published_only_once_the_consumer_stands_there() -> None:
+    # Faust's changelog reader takes a partition whose consumer position has reached the end for
+    # read through, and may look at any await: between publishing new start offsets and seeking
+    # to them, a position left at the end by a superseded recovery marked every changelog read
+    # and tables were restored empty.
+    recovery = RebalanceSafeRecovery.__new__(RebalanceSafeRecovery)
+    recovery.log = logging.getLogger("test_recovery")
+    recovery.active_offsets = Counter({A: None, B: 36})
+    recovery._start_offsets_logtable = lambda offsets, title: ""
+    seen_when_seeking: list[dict] = []
+
+    class Consumer:
+        async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+            return dict.fromkeys(tps, 0)
+
+        async def seek_wait(self, targets: dict[TP, int]) -> None:
+            seen_when_seeking.append({"targets": targets, "published": dict(recovery.active_offsets)})
+
+    await recovery._build_offsets(Consumer(), {A, B}, recovery.active_offsets, "active")
+    assert seen_when_seeking == [{"targets": {A: 0, B: 36}, "published": {A: None, B: 36}}]
+    assert recovery.active_offsets == Counter({A: -1, B: 36})
