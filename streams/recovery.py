@@ -28,7 +28,7 @@ reached the end for fully read, and marks its offset so. That check also ran in 
 a new recovery publishing its start offsets and seeking the consumer to them, while positions
 still stood at the end from the superseded recovery: every changelog partition was marked read
 without a record being read, and counting went on from empty tables (the three-worker kill test:
-workspaces hundreds of units short, 1 run in 17; seen with Faust's own logs as "Aborted tx until
+workspaces hundreds of units short, 2 runs in 17; seen with Faust's own logs as "Aborted tx until
 highwater" 50 ms after "Reading Starts At", and "Recovery complete" with nothing restored).
 Here the consumer is sought to the start offsets *before* they are published.
 """
