@@ -74,6 +74,19 @@ class ContractTotalChange:
     after: int
 
 
+def counts_towards(state: ContractUsage, report: WorkspaceReport) -> bool:
+    """Whether a report is summed: it must come from a member, for one of the contract's periods.
+
+    A workspace that has left may still report before it hears of it. A workspace that counted
+    usage before it heard of the contract counted it in calendar months (or an earlier
+    contract's cycle), and reports those periods when it joins; summed, such a period would be
+    a second "current" period for the contract, and its levels would alert a second time.
+    """
+    if state.terms is None or report.workspace_id not in state.workspace_ids:
+        return False
+    return state.terms.cycle.period_containing(report.period.start) == report.period
+
+
 def record_report(
     state: ContractUsage, report: WorkspaceReport, now: datetime
 ) -> tuple[ContractUsage, ContractTotalChange]:
@@ -81,12 +94,12 @@ def record_report(
     before = current.total(report.metric)
     by_workspace = dict(current.reports.get(report.metric, {}))
     _, known_position = by_workspace.get(report.workspace_id, (0, -1))
-    # Only members count: a workspace that has left may still report before it hears of it.
-    if report.workspace_id in state.workspace_ids and report.position > known_position:
-        by_workspace[report.workspace_id] = (report.usage, report.position)
-        current = replace(
-            current, reports=MappingProxyType({**current.reports, report.metric: MappingProxyType(by_workspace)})
-        )
+    if not counts_towards(state, report) or report.position <= known_position:
+        return state, ContractTotalChange(report.metric, report.period, before, before)
+    by_workspace[report.workspace_id] = (report.usage, report.position)
+    current = replace(
+        current, reports=MappingProxyType({**current.reports, report.metric: MappingProxyType(by_workspace)})
+    )
     after = current.total(report.metric)
     others = [p for p in state.periods if p.period != report.period]
     newest = max([p.period.start for p in others] + [report.period.start])

@@ -171,3 +171,37 @@ async def test_contract_alerts_at_80_and_100_percent_go_to_every_members_contact
     assert sorted(alerts[0]["recipients"]) == ["cfo@acme.example.com", "fin@acme.example.com", "ops@acme.example.com"]
     assert alerts[1]["estimated_cost"] == {"amount": "0.25", "currency": "EUR"}  # 5 over × 0.05
     assert alerts[0]["alert_id"] != alerts[1]["alert_id"]
+
+
+async def test_usage_counted_before_a_workspace_joined_does_not_alert_the_contract_a_second_time(
+    running_worker: WorkerProcess, deployment: dict[str, str]
+) -> None:
+    """A workspace counts in calendar months until it hears of its contract; what it counted
+    then is not one of the contract's periods, so it must not start a second "current" period
+    (in `meterwatch dev` that raced the demo's subscription and gave two 100% seats alerts)."""
+    bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
+    prefix = deployment["METERWATCH_TOPIC_PREFIX"]
+    await produce(bootstrap, prefix + "usage.events", [(b"ws_early", event("ws_early", "seats", 10))])
+
+    def seats_of(workspace: str) -> int | None:
+        status, body = http_get(f"{running_worker.base_url}/usage/{workspace}")
+        return (body["metrics"].get("seats") or {}).get("usage") if status == 200 else None
+
+    await eventually(lambda: seats_of("ws_early") == 10)
+    command = subscription("c_late", ["ws_early", "ws_joiner"])
+    command["prices"]["seats"] = {"unit_price": "39.00", "included": 10}
+    await produce(bootstrap, prefix + "usage.control", [(b"c_late", command)])
+    await eventually(lambda: http_get(f"{running_worker.base_url}/usage/ws_early")[1]["contract_id"] == "c_late")
+    await eventually(lambda: http_get(f"{running_worker.base_url}/usage/ws_joiner")[1]["contract_id"] == "c_late")
+    await produce(bootstrap, prefix + "usage.events", [(b"ws_joiner", event("ws_joiner", "seats", 12))])
+
+    async def contract_alerts() -> list[dict] | None:
+        records = [r for r in await read_all(bootstrap, prefix + "usage.alerts", timeout=2) if r["scope"] == "contract"]
+        return records or None
+
+    await eventually(contract_alerts, timeout=30)
+    await asyncio.sleep(3)  # a second alert, were there one, would have come by now
+    alerts = await contract_alerts()
+    start, end = expected_period(datetime.now(UTC), 31, ZONE)
+    assert [(a["level"], a["threshold"], a["usage"]) for a in alerts] == [(100, 10, 12)]
+    assert (parse(alerts[0]["period_start"]), parse(alerts[0]["period_end"])) == (start, end)
