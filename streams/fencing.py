@@ -32,6 +32,8 @@ from aiokafka.errors import IllegalOperation, ProducerFenced
 from faust.exceptions import ProducerSendError
 from faust.stores.memory import Store as MemoryStore
 
+from ..sinks.kafka import retrieve_exception
+
 if TYPE_CHECKING:
     from .app import Meterwatch
 
@@ -94,8 +96,8 @@ def _see_fatal_error(producer: Any) -> None:
     # aiokafka also sets a fenced producer's error on a future nobody awaits, which asyncio
     # would log as an ERROR ("Future exception was never retrieved") once it is collected.
     waiter = getattr(getattr(producer, "_txn_manager", None), "_transaction_waiter", None)
-    if waiter is not None and waiter.done() and not waiter.cancelled():
-        waiter.exception()
+    if waiter is not None and waiter.done():
+        retrieve_exception(waiter)
 
 
 def forget_local_state(mw: Meterwatch) -> None:
