@@ -73,18 +73,7 @@ SETTLE_SECONDS = 5.0  # anything extra (a doubled alert, a resent mail) would ar
 # machine that has taken up to about a second, and a kill in between resends the mail.
 RESEND_WINDOW_SECONDS = 2.0
 
-# Runs and reports in CI but does not block it yet: in session 4, 2 runs of 17 ended with
-# workspaces short, their tables not restored when a worker took their partition after
-# back-to-back rebalances. The cause (streams/recovery.py) was fixed late in that session and
-# has had few runs since (README, Known issues). No worker exits any more.
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(2400 if LONG_RUN else 1200),
-    pytest.mark.xfail(
-        reason="tables restored empty after back-to-back rebalances: fixed, too few runs yet (README, Known issues)",
-        strict=False,
-    ),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400 if LONG_RUN else 1200)]
 
 WORKER_COUNT = 3
 WORKSPACES = tuple(f"ws-kill-{index:02d}" for index in range(24))
