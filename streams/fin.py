@@ -59,10 +59,13 @@ def on_period_tick(state: WorkspaceState, workspace_id: str, at: datetime) -> tu
     return feed(state, workspace_id, PeriodStarted(period, at))
 
 
-def needs_period_tick(state: WorkspaceState, now: datetime) -> bool:
-    """Fin is disabled and its period is over: a new period must re-enable it even without events."""
+def period_tick_due(state: WorkspaceState) -> datetime | None:
+    """When a new period must re-enable Fin even without events: the end of the period it was
+    disabled in (None while it is enabled)."""
     fin = state.fin
-    return fin is not None and fin.state == "disabled" and fin.period is not None and fin.period.end <= now
+    if fin is None or fin.state != "disabled" or fin.period is None:
+        return None
+    return fin.period.end
 
 
 def _current_period(state: WorkspaceState, workspace_id: str, at: datetime) -> Any:

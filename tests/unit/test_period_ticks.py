@@ -1,0 +1,104 @@
+"""The period timer's choice of workspaces (README "Fin"): a workspace whose Fin was disabled in
+a period that has ended gets a tick, and only values that changed are decoded again."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from meterwatch.core.fin_limit import FinState, LimitSetting
+from meterwatch.core.periods import CALENDAR_MONTH_UTC
+from meterwatch.core.workspace import WorkspaceState
+from meterwatch.streams.codec import decode_workspace, encode_workspace
+from meterwatch.streams.fin import period_tick_due
+from meterwatch.streams.timers import PeriodTickIndex
+
+NOVEMBER = CALENDAR_MONTH_UTC.period_containing(datetime(2026, 11, 25, tzinfo=UTC))
+IN_NOVEMBER = datetime(2026, 11, 25, 12, tzinfo=UTC)
+IN_DECEMBER = NOVEMBER.end + timedelta(seconds=1)
+
+
+def fin(state: str, usage: int, limit: int = 5) -> FinState:
+    return FinState("ws", state, NOVEMBER, usage, LimitSetting(limit, True))
+
+
+def value(fin_state: FinState | None) -> bytes:
+    return encode_workspace(WorkspaceState(fin=fin_state))
+
+
+DISABLED = value(fin("disabled", 5))
+ENABLED = value(fin("enabled", 1))
+NO_LIMIT = value(None)
+
+
+@pytest.mark.parametrize(
+    ("state", "due"),
+    [
+        pytest.param(WorkspaceState(), None, id="never-limited"),
+        pytest.param(WorkspaceState(fin=fin("enabled", 4)), None, id="enabled-below-limit"),
+        pytest.param(WorkspaceState(fin=fin("disabled", 5)), NOVEMBER.end, id="disabled-at-limit"),
+        pytest.param(WorkspaceState(fin=fin("disabled", 9)), NOVEMBER.end, id="disabled-over-limit"),
+        pytest.param(
+            WorkspaceState(fin=FinState("ws", "disabled", NOVEMBER, 0, LimitSetting(0, True))),
+            NOVEMBER.end,
+            id="limit-of-zero",
+        ),
+    ],
+)
+def test_a_tick_is_due_at_the_end_of_the_period_fin_was_disabled_in(state: WorkspaceState, due) -> None:
+    assert period_tick_due(state) == due
+
+
+class CountingDecoder:
+    def __init__(self) -> None:
+        self.decoded: list[bytes] = []
+
+    def __call__(self, raw: bytes) -> WorkspaceState | None:
+        self.decoded.append(raw)
+        return decode_workspace(raw)
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [
+        pytest.param(IN_NOVEMBER, [], id="period-still-running"),
+        pytest.param(NOVEMBER.end, ["ws_off"], id="at-the-period-end"),
+        pytest.param(IN_DECEMBER, ["ws_off"], id="after-the-period-end"),
+    ],
+)
+def test_only_disabled_workspaces_whose_period_ended_are_due(now: datetime, expected: list[str]) -> None:
+    values = [("ws_off", DISABLED), ("ws_on", ENABLED), ("ws_plain", NO_LIMIT)]
+    assert PeriodTickIndex().due(values, now) == expected
+
+
+def test_an_unchanged_value_is_not_decoded_again() -> None:
+    decoder = CountingDecoder()
+    index = PeriodTickIndex(decoder)
+    values = [("ws_off", DISABLED), ("ws_on", ENABLED)]
+    assert index.due(values, IN_DECEMBER) == ["ws_off"]
+    assert len(decoder.decoded) == 2
+    # An equal value read back from the store is a different object: still not decoded again.
+    assert index.due([(ws, bytes(bytearray(raw))) for ws, raw in values], IN_DECEMBER) == ["ws_off"]
+    assert len(decoder.decoded) == 2
+
+
+def test_a_replaced_value_is_decoded_again() -> None:
+    decoder = CountingDecoder()
+    index = PeriodTickIndex(decoder)
+    index.due([("ws_a", ENABLED), ("ws_b", ENABLED)], IN_DECEMBER)
+    assert index.due([("ws_a", DISABLED), ("ws_b", ENABLED)], IN_DECEMBER) == ["ws_a"]
+    assert decoder.decoded == [ENABLED, ENABLED, DISABLED]
+    assert index.due([("ws_a", ENABLED), ("ws_b", ENABLED)], IN_DECEMBER) == []
+
+
+def test_a_workspace_given_up_and_taken_back_is_decoded_afresh() -> None:
+    decoder = CountingDecoder()
+    index = PeriodTickIndex(decoder)
+    index.due([("ws_a", DISABLED), ("ws_b", ENABLED)], IN_DECEMBER)
+    assert index.due([("ws_b", ENABLED)], IN_DECEMBER) == []
+    assert index.due([("ws_a", DISABLED), ("ws_b", ENABLED)], IN_DECEMBER) == ["ws_a"]
+    assert decoder.decoded == [DISABLED, ENABLED, DISABLED]
+
+
+def test_an_empty_value_is_never_due() -> None:
+    assert PeriodTickIndex().due([("ws_gone", b"")], IN_DECEMBER) == []
