@@ -84,7 +84,7 @@ def counts_towards(state: ContractUsage, report: WorkspaceReport) -> bool:
     """
     if state.terms is None or report.workspace_id not in state.workspace_ids:
         return False
-    return state.terms.cycle.period_containing(report.period.start) == report.period
+    return state.terms.cycle.has_period(report.period)
 
 
 def record_report(

@@ -117,6 +117,10 @@ class BillingCycle:
     def period_containing(self, at: datetime) -> BillingPeriod:
         return self._period(self._index_containing(_as_utc(at, "at")))
 
+    def has_period(self, period: BillingPeriod) -> bool:
+        """Whether `period` is one of this cycle's periods, not one of another anchor or zone."""
+        return self.period_containing(period.start) == period
+
     def next_period(self, period: BillingPeriod) -> BillingPeriod:
         return self._period(self._index_of(period) + 1)
 

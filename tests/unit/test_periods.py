@@ -199,6 +199,21 @@ def test_next_and_previous_reject_a_period_of_another_cycle():
         CALENDAR_MONTH_UTC.previous_period(foreign)
 
 
+@pytest.mark.parametrize(
+    ("cycle", "period", "expected"),
+    [
+        (CALENDAR_MONTH_UTC, CALENDAR_MONTH_UTC.period_containing(utc(2024, 1, 20)), True),
+        (BillingCycle(15, "UTC"), CALENDAR_MONTH_UTC.period_containing(utc(2024, 1, 20)), False),
+        (BillingCycle(1, "Europe/Dublin"), CALENDAR_MONTH_UTC.period_containing(utc(2024, 7, 20)), False),  # UTC+1
+        (BillingCycle(1, "Europe/Dublin"), BillingCycle(1, "Europe/London").period_containing(utc(2024, 1, 20)), True),
+        (CALENDAR_MONTH_UTC, BillingPeriod(utc(2024, 1, 1), utc(2024, 1, 15)), False),
+    ],
+    ids=["own", "other-anchor-day", "other-zone", "same-boundaries-other-name", "part-of-a-period"],
+)
+def test_has_period_tells_its_own_periods_from_others(cycle, period, expected):
+    assert cycle.has_period(period) is expected
+
+
 NOW = utc(2024, 3, 10, 12)
 NY = ZoneInfo("America/New_York")
 
