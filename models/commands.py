@@ -18,6 +18,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from ..core.periods import BillingCycle
 from ..sinks.mail_text import valid_address
@@ -80,11 +81,28 @@ class BillingContacts(_WorkspaceCommand):
     emails: list[EmailAddress] = Field(max_length=100)
 
 
+def _at_most_price_decimals(value: Decimal) -> Decimal:
+    # pydantic's own decimal_places check lets a far negative exponent (1E-3000000) through.
+    # (normalize() would underflow it to 0 in the default context, so trailing zeros are
+    # counted by hand.)
+    _, digits, exponent = value.as_tuple()
+    trailing_zeros = len(digits) - len("".join(map(str, digits)).rstrip("0"))
+    if isinstance(exponent, int) and any(digits) and exponent + trailing_zeros < -MAX_PRICE_DECIMALS:
+        raise PydanticCustomError(
+            "decimal_max_places", f"Decimal input should have no more than {MAX_PRICE_DECIMALS} decimal places"
+        )
+    return value
+
+
 class PriceTerm(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     # Bounded so that a price like 1E+3000000 cannot make every cost figure megabytes long.
-    unit_price: Decimal = Field(ge=0, le=MAX_UNIT_PRICE, decimal_places=MAX_PRICE_DECIMALS, allow_inf_nan=False)
+    unit_price: Annotated[
+        Decimal,
+        Field(ge=0, le=MAX_UNIT_PRICE, decimal_places=MAX_PRICE_DECIMALS, allow_inf_nan=False),
+        AfterValidator(_at_most_price_decimals),
+    ]
     included: StrictInt | None = Field(default=None, ge=0, le=MAX_AMOUNT)
 
 
