@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     dedupe_window: timedelta = timedelta(hours=24)
     # How long start-up waits for the broker to answer before it reports it unreachable.
     startup_timeout: timedelta = timedelta(seconds=30)
+    # How long a worker told to stop (SIGTERM, SIGINT) may take before it exits anyway: an
+    # orchestrator waits only so long (Kubernetes: 30 s) before it SIGKILLs, and without a broker
+    # Faust's stop can wait on its consumer for minutes.
+    shutdown_timeout: timedelta = timedelta(seconds=20)
     # None means "exactly_once where the broker supports transactions" (decided at start-up).
     processing_guarantee: ProcessingGuarantee | None = None
 
@@ -99,7 +103,7 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return value
 
-    @field_validator("dedupe_window", "startup_timeout", mode="before")
+    @field_validator("dedupe_window", "startup_timeout", "shutdown_timeout", mode="before")
     @classmethod
     def _duration_with_unit(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -108,7 +112,7 @@ class Settings(BaseSettings):
                 return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"])
         return value
 
-    @field_validator("dedupe_window", "startup_timeout")
+    @field_validator("dedupe_window", "startup_timeout", "shutdown_timeout")
     @classmethod
     def _window_positive(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):

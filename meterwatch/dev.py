@@ -1,20 +1,25 @@
 """``meterwatch dev``: an embedded broker, a worker, demo usage and a live account of what happens.
 
-Everything it starts it stops on Ctrl-C (or after ``--duration``); the broker and the worker
-also die with this process if it is killed.
+Everything it starts it stops on Ctrl-C, SIGTERM or after ``--duration``, in that order: demo
+traffic, the worker (which commits and leaves the group), the broker; within ten seconds. If this
+process dies without doing so (SIGKILL), the broker and the worker die with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import random
 import signal
 import subprocess
 import sys
 import tempfile
-from datetime import UTC
+import threading
+from collections.abc import Callable
+from datetime import UTC, timedelta
+from types import FrameType
 from typing import Any
 
 import orjson
@@ -25,10 +30,71 @@ from .brokers.probe import wait_for_broker
 from .config import Settings
 from .demo import CONTRACT_WORKSPACES, WORKSPACES, setup_commands, usage_events
 
+# The stop budget, ten seconds in all: demo traffic and the output reader, then the worker (its
+# own METERWATCH_SHUTDOWN_TIMEOUT is capped to this, and it is SIGKILLed a second after), then
+# the broker, which exits at once on SIGTERM.
+_TRAFFIC_STOP_SECONDS = 1.5
+_WORKER_STOP_SECONDS = 5.0
+_PR_SET_PDEATHSIG = 1
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT start the stop once; signals that follow wait for it.
+
+    A process manager, ``timeout`` or a container runtime stops us with SIGTERM and sends it to
+    this process only, so it must be handled like Ctrl-C. Outside the event loop a signal raises
+    KeyboardInterrupt where the main thread is; inside it, it cancels the main task (as
+    ``asyncio.run`` does for Ctrl-C), so that the loop's own clean-up runs.
+    """
+
+    def __init__(self) -> None:
+        self.received: signal.Signals | None = None
+        self.stopping = False
+        self._task: asyncio.Task[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> _StopSignals:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+        return self
+
+    def uninstall(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def attach(self, task: asyncio.Task[Any]) -> None:
+        self._task, self._loop = task, task.get_loop()
+
+    def begin(self) -> None:
+        """From here on everything is being stopped; a signal has nothing left to interrupt."""
+        self.stopping = True
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self.received = signal.Signals(signum)
+        if self._task is not None and self._loop is not None and not self._task.done():
+            self._task.cancel()
+            self._loop.call_soon_threadsafe(lambda: None)  # wakes the loop if it is waiting
+        else:
+            raise KeyboardInterrupt
+
 
 def run_dev(settings: Settings, *, events_per_second: float, duration: float | None) -> int:
+    stop = _StopSignals().install()
+    try:
+        with tempfile.TemporaryDirectory(prefix="meterwatch-dev-") as scratch:
+            return _run_dev(settings, scratch, stop, events_per_second, duration)
+    finally:
+        stop.uninstall()
+
+
+def _run_dev(settings: Settings, scratch: str, stop: _StopSignals, rate: float, duration: float | None) -> int:
     broker: EmbeddedBroker | None = None
-    with tempfile.TemporaryDirectory(prefix="meterwatch-dev-") as scratch:
+    worker: subprocess.Popen[bytes] | None = None
+    try:
         bootstrap = settings.kafka_bootstrap
         if bootstrap is None:
             broker = EmbeddedBroker(log_path=os.path.join(scratch, "broker.log")).start()
@@ -37,52 +103,102 @@ def run_dev(settings: Settings, *, events_per_second: float, duration: float | N
         else:
             _say(f"using the Kafka cluster at {bootstrap}")
         worker = _start_worker(settings, bootstrap, scratch)
-        try:
-            return asyncio.run(_run(settings, bootstrap, worker, events_per_second, duration))
-        except KeyboardInterrupt:
-            return 0
-        finally:
-            _stop_process(worker)
-            if broker is not None:
-                broker.stop()
+        return asyncio.run(_run(settings, bootstrap, worker, rate, duration, stop))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        if stop.received is None:
+            raise
+        return 0
+    finally:
+        stop.begin()
+        if stop.received is not None:
+            _say(f"{stop.received.name} received; stopping")
+        if worker is not None:
+            _stop_process(worker, timeout=_worker_shutdown_timeout(settings).total_seconds() + 1)
+        if broker is not None:
+            broker.stop()
+        if worker is not None or broker is not None:
             _say("stopped the worker" + (" and the broker" if broker else "") + "; bye")
 
 
+def _worker_shutdown_timeout(settings: Settings) -> timedelta:
+    return min(settings.shutdown_timeout, timedelta(seconds=_WORKER_STOP_SECONDS))
+
+
 def _start_worker(settings: Settings, bootstrap: str, scratch: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "METERWATCH_KAFKA_BOOTSTRAP": bootstrap}
+    env = {
+        **os.environ,
+        "METERWATCH_KAFKA_BOOTSTRAP": bootstrap,
+        "METERWATCH_SHUTDOWN_TIMEOUT": str(_worker_shutdown_timeout(settings).total_seconds()),
+    }
     if settings.kafka_bootstrap is None:
         # The embedded broker forgets everything when it stops, so the worker's state must too.
         env["METERWATCH_DATA_DIR"] = os.path.join(scratch, "data")
+    # If we die without stopping the worker, the embedded broker dies with us (SIGKILL, see
+    # EmbeddedBroker) and an orderly stop would only wait for it: the worker is killed too. With a
+    # cluster that lives on, it is asked to stop, so that it commits what it finished.
+    on_our_death = signal.SIGKILL if settings.kafka_bootstrap is None else signal.SIGTERM
     log = open(os.path.join(scratch, "worker.log"), "wb")
     _say(f"worker log: {log.name}")
-    return subprocess.Popen(
-        [sys.executable, "-m", "meterwatch", "worker"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "meterwatch", "worker", "--parent-pid", str(os.getpid())],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # A session of its own: Ctrl-C in the terminal reaches only us, and we stop the
+            # worker before the broker.
+            start_new_session=True,
+            preexec_fn=_signal_when_parent_dies(on_our_death),
+        )
 
 
-def _stop_process(process: subprocess.Popen[bytes]) -> None:
+def _signal_when_parent_dies(signum: signal.Signals) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has Linux send ``signum`` to the child when we die, SIGKILL included.
+
+    Linux sends it when the *thread* that forked the child ends, so it is armed only from the main
+    thread. Elsewhere the worker's ``--parent-pid`` check does the same, within half a second.
+    """
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signum))
+        if os.getppid() != parent:  # we died before prctl took effect
+            os._exit(1)
+
+    return arm
+
+
+def _stop_process(process: subprocess.Popen[bytes], *, timeout: float) -> None:
     if process.poll() is not None:
         return
     process.send_signal(signal.SIGTERM)
     try:
-        process.wait(timeout=20)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
 
 
 async def _run(
-    settings: Settings, bootstrap: str, worker: subprocess.Popen[bytes], rate: float, duration: float | None
+    settings: Settings,
+    bootstrap: str,
+    worker: subprocess.Popen[bytes],
+    rate: float,
+    duration: float | None,
+    stop: _StopSignals,
 ) -> int:
-    await wait_for_broker(bootstrap, timeout=30)
+    current = asyncio.current_task()
+    assert current is not None
+    stop.attach(current)
     base = f"http://127.0.0.1:{settings.web_port}"
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    await producer.start()
+    tasks: list[asyncio.Task[Any]] = []
     try:
+        await wait_for_broker(bootstrap, timeout=30)
+        await producer.start()
         await _wait_until_healthy(base, worker)
         _say("meterwatch is consuming. Look at:")
         for workspace in WORKSPACES:
@@ -99,15 +215,23 @@ async def _run(
         ]
         if duration is not None:
             tasks.append(asyncio.create_task(asyncio.sleep(duration)))
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             if task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
         return 0 if worker.poll() is None else 1
     finally:
-        await producer.stop()
+        stop.begin()
+        for task in tasks:
+            task.cancel()
+        # Bounded: the stop budget must hold even if the broker no longer answers.
+        closing = [*tasks, asyncio.create_task(producer.stop())]
+        await asyncio.wait(closing, timeout=_TRAFFIC_STOP_SECONDS)
+        for task in closing:
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled():
+                task.exception()  # retrieved: an error while stopping is expected, not news
 
 
 async def _wait_until_healthy(base: str, worker: subprocess.Popen[bytes]) -> None:
@@ -186,4 +310,6 @@ async def _watch_worker(worker: subprocess.Popen[bytes]) -> None:
 
 
 def _say(line: str) -> None:
-    print(f"[meterwatch dev] {line}", flush=True)
+    # The terminal may be gone (a closed pipe); stopping what we started must not depend on it.
+    with contextlib.suppress(OSError):
+        print(f"[meterwatch dev] {line}", flush=True)
