@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class FirstSeen:
+class FirstSeen(NamedTuple):
     """When and where an ``event_id`` was first counted.
 
     ``position`` identifies the delivery that counted it; seeing the same position again is a
     replay of that very delivery (after a crash), which must be judged like the first time.
+    A tuple rather than a frozen dataclass: one is made for every counted event, and a tuple
+    costs a fifth of the time to build.
     """
 
     at_ms: int

@@ -13,6 +13,7 @@ import asyncio
 from typing import Any
 
 import faust
+from faust.streams import current_event
 from faust.types import FutureMessage
 
 from ..logs import FAUST_SERVICES_LOG
@@ -25,6 +26,7 @@ class DurableTable(faust.Table):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._unacknowledged: list[FutureMessage] = []
+        self._queued: dict[tuple[str, int] | None, list[FutureMessage]] = {}
 
     def send_changelog(
         self,
@@ -43,10 +45,28 @@ class DurableTable(faust.Table):
             callback=self._on_changelog_sent,
             eager_partitioning=True,
         )
-        # The task copies this context, so the send knows which source partition it serves.
-        asyncio.ensure_future(self._publish(message))
         self._unacknowledged.append(message)
+        # One task publishes, in order, every write made for a source partition until it runs
+        # (a batch writes thousands of keys; a task each cost more than the write). The task
+        # copies this context, so its sends know which source partition they serve.
+        event = current_event()
+        source = (event.message.topic, event.message.partition) if event is not None else None
+        queued = self._queued.get(source)
+        if queued is None:
+            queued = self._queued[source] = []
+            asyncio.ensure_future(self._publish_queued(source, queued))
+        queued.append(message)
         return message
+
+    async def _publish_queued(self, source: tuple[str, int] | None, queued: list[FutureMessage]) -> None:
+        try:
+            index = 0
+            while index < len(queued):
+                await self._publish(queued[index])
+                index += 1
+        finally:
+            # No await since the last look at the queue: a later write starts a task of its own.
+            del self._queued[source]
 
     async def _publish(self, message: FutureMessage) -> None:
         try:

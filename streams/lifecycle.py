@@ -68,6 +68,16 @@ class RebalanceLog(faust.Sensor):
         )
 
 
+def log_ingest_revoked(group: str, revoked: Iterable[Any]) -> None:
+    """The ingest consumer's group (streams/ingest.py) rebalances apart from Faust's: a line each."""
+    if revoked:
+        log.info("rebalance: giving up %s (group %s)", partitions_summary(revoked), group)
+
+
+def log_ingest_assigned(group: str, assigned: Iterable[Any]) -> None:
+    log.info("rebalance: assigned %s (group %s)", partitions_summary(assigned), group)
+
+
 def register(mw: Meterwatch) -> None:
     app = mw.app
     app.sensors.add(RebalanceLog())

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from . import ingest
+
 if TYPE_CHECKING:
     from .app import Meterwatch
 
@@ -36,7 +38,8 @@ def sample_gauges(mw: Meterwatch) -> None:
     metrics = mw.metrics
     consumer = mw.app.consumer
     names = mw.names
-    inputs = {names.usage_events, names.usage_control, names.workspace_inbox, names.contract_inbox, names.mail_requests}
+    # usage.events is read by the ingest stage's own consumer, not Faust's (streams/ingest.py).
+    inputs = {names.usage_control, names.workspace_inbox, names.contract_inbox, names.mail_requests}
     try:
         assignment = consumer.assignment()
     except Exception:  # not started, or mid-rebalance: sample next time
@@ -52,6 +55,8 @@ def sample_gauges(mw: Meterwatch) -> None:
             continue
         consumed = (position + 1) if position is not None else 0
         metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - consumed))
+    for (topic, partition), behind in ingest.consumer_lag(mw).items():
+        metrics.consumer_lag.labels(topic, str(partition)).set(behind)
     metrics.dedupe_entries.set(dedupe_store_entries(mw))
 
 

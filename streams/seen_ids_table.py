@@ -14,8 +14,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from faust.streams import current_event
 from faust.types import EventT
+from rocksdict import WriteBatch
 
 from .durable_table import DurableTable
 
@@ -92,20 +94,45 @@ def unpack_changelog(batch: Iterable[EventT], encode_key: Callable[[str], bytes]
 
 
 class SeenEventIdsTable(DurableTable):
+    _encoder: Callable[[str], bytes] | None = None
+
+    def get_many(self, partition: int, keys: list[str]) -> list[bytes | None]:
+        """The stored values of ``keys`` (None where absent), read from ``partition``'s RocksDB
+        database in one multi-get rather than one table lookup per key."""
+        encode = self._key_encoder()
+        return self.data._db_for_partition(partition)[[encode(key) for key in keys]]  # noqa: SLF001
+
+    def _key_encoder(self) -> Callable[[str], bytes]:
+        """The store's key encoding. Faust's goes through its codec registry (JSON by orjson) at
+        about 2 µs a key; plain ``orjson.dumps`` gives the same bytes in a tenth of that, and is
+        used once it is seen to agree with the store's own on a key with every kind of character."""
+        encoder = self._encoder
+        if encoder is None:
+            own = self.data._encode_key  # noqa: SLF001 - the store's own key encoding
+            sample = 'ws_1\x1fe\u00e9\u4e2d\U0001f600"\\/ '
+            encoder = self._encoder = orjson.dumps if own(sample) == orjson.dumps(sample) else own
+        return encoder
+
     def remember(self, entries: Mapping[str, bytes]) -> None:
         """Store ``entries`` locally and send them to the changelog in as few records as fit.
 
-        Every entry belongs to the partition of the current event (``acting_for``); the chunk
-        goes to that partition's changelog, like the entries' own records would have.
+        Every entry belongs to the partition of the current event (``acting_for``); the entries
+        go to that partition's database in one write batch and to its changelog in chunks,
+        like the entries' own records would have.
         """
         if not entries:
             return
         event = current_event()
         assert event is not None, "remember() runs acting for an event of the partition"
+        partition = event.message.partition
+        store = self.data
+        encode = self._key_encoder()
+        batch = WriteBatch(raw_mode=True)
         for key, value in entries.items():
-            self.data[key] = value  # the local store only; the chunk below is the changelog
+            batch.put(encode(key), value)  # the local store only; the chunks below are the changelog
+        store._db_for_partition(partition).write(batch)  # noqa: SLF001
         for chunk in pack_chunks(entries):
-            self.send_changelog(event.message.partition, CHUNK_KEY_PREFIX + uuid.uuid4().hex, chunk)
+            self.send_changelog(partition, CHUNK_KEY_PREFIX + uuid.uuid4().hex, chunk)
 
     def apply_changelog_batch(self, batch: Iterable[EventT]) -> None:
         super().apply_changelog_batch(list(unpack_changelog(batch, self.data._encode_key)))  # noqa: SLF001

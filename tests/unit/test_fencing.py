@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 from aiokafka.errors import KafkaTimeoutError, ProducerFenced
+from faust.streams import current_event
 from faust.types import TP
 from meterwatch.config import ProcessingGuarantee, load_settings
 from meterwatch.streams.app import create_app
 from meterwatch.streams.commit_gate import CommitGate
 from meterwatch.streams.fencing import forget_local_state
+from meterwatch.streams.partition_context import acting_for
 from meterwatch.streams.transactions import SourcePartitionTransactions
 
 EVENTS_0, EVENTS_1 = TP("t.usage.events", 0), TP("t.usage.events", 1)
@@ -133,3 +135,38 @@ async def test_writes_still_awaited_when_the_transaction_is_lost_are_dropped() -
     table.forget_unacknowledged()
     async with asyncio.timeout(1):
         await table.wait_for_writes()  # nothing left to wait for
+
+
+async def test_the_writes_of_a_batch_are_published_in_order_by_one_task_per_source_partition() -> None:
+    mw = create_app(load_settings({}), "127.0.0.1:9092", ProcessingGuarantee.EXACTLY_ONCE)
+    table = mw.tables.workspaces
+    published: list[tuple[Any, int | None]] = []
+
+    async def publish(message: Any) -> None:
+        await asyncio.sleep(0)  # the producer yields: later writes queue up meanwhile
+        event = current_event()
+        published.append((message.message.value, event.message.partition if event else None))
+        message.set_result(None)
+
+    table.changelog_topic.publish_message = publish
+    tasks_before = len(asyncio.all_tasks())
+    events = [_Event(SimpleNamespace(topic="inbox", partition=p)) for p in (3, 5)]  # held, as a batch holds them
+    with acting_for(events[0]):
+        for n in range(50):
+            table.send_changelog(3, b"ws_1", b"v%d" % n)
+    with acting_for(events[1]):
+        table.send_changelog(5, b"ws_2", b"w")
+    assert len(asyncio.all_tasks()) - tasks_before == 2
+    async with asyncio.timeout(1):
+        await table.wait_for_writes()
+    # Each sent acting for the source partition it was written for, in the order written there.
+    assert [value for value, source in published if source == 3] == [b"v%d" % n for n in range(50)]
+    assert [value for value, source in published if source == 5] == [b"w"]
+    assert len(published) == 51
+
+
+class _Event:
+    """An event of one source partition, as ``acting_for`` names it (weakly referenced)."""
+
+    def __init__(self, message: SimpleNamespace) -> None:
+        self.message = message

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
+from types import SimpleNamespace
 
 import pytest
 from faust.stores.memory import Store as MemoryStore
 from faust.stores.rocksdb import Store as RocksDBStore
+from faust.streams import _current_event
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from meterwatch.config import ProcessingGuarantee, load_settings
 from meterwatch.streams.app import create_app
 
@@ -14,6 +19,16 @@ from meterwatch.streams.app import create_app
 def build(environ: dict[str, str]):  # type: ignore[no-untyped-def]
     asyncio.set_event_loop(asyncio.new_event_loop())
     return create_app(load_settings(environ), "127.0.0.1:9092", ProcessingGuarantee.AT_LEAST_ONCE)
+
+
+_DEDUPE = build({})
+
+
+class _ActingFor:
+    """An event of one partition, as ``acting_for`` names it (weakly referenced)."""
+
+    def __init__(self, message: SimpleNamespace) -> None:
+        self.message = message
 
 
 def test_the_dedupe_store_is_on_disk_so_memory_stays_bounded() -> None:
@@ -45,3 +60,24 @@ def test_faust_reads_no_environment_of_its_own(monkeypatch: pytest.MonkeyPatch) 
     mw = build({"METERWATCH_WEB_PORT": "7000"})
     assert mw.app.conf.web_port == 7000
     assert [str(url) for url in mw.app.conf.broker] == ["kafka://127.0.0.1:9092"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=60))
+def test_the_dedupe_lookups_encode_keys_exactly_as_the_store_does(key: str) -> None:
+    table = _DEDUPE.tables.seen_event_ids
+    assert table._key_encoder()(key) == table.data._encode_key(key)  # noqa: SLF001
+
+
+def test_ids_remembered_in_one_write_batch_are_found_by_one_multi_get(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    mw = build({"METERWATCH_DATA_DIR": str(tmp_path)})
+    table = mw.tables.seen_event_ids
+    event = _ActingFor(SimpleNamespace(partition=3))
+    token = _current_event.set(weakref.ref(event))
+    try:
+        table.send_changelog = lambda *args, **kwargs: None  # type: ignore[method-assign]
+        table.remember({"ws_1\x1fa": b"1,10", "ws_2\x1fb": b"2,20"})
+    finally:
+        _current_event.reset(token)
+    assert table.get_many(3, ["ws_1\x1fa", "ws_9\x1fz", "ws_2\x1fb"]) == [b"1,10", None, b"2,20"]
+    assert table.get_many(4, ["ws_1\x1fa"]) == [None]  # another partition's database

@@ -1,0 +1,299 @@
+"""The per-workspace step: batched counting gives exactly what judging every event gives.
+
+``step(..., batched=True)`` sums additive events straight into the period and day while no
+level, limit or bound is within reach; ``batched=False`` judges each event on its own. Random
+streams of events, corrections, repeats, replays, settings and contract changes across billing
+period boundaries go through both, batch after batch, and every result must be identical:
+state, alerts (ids included), Fin transitions, dead letters, command results, contract reports,
+ids to remember and figures.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from meterwatch.core.dedupe import FirstSeen
+from meterwatch.core.metering import MetricTally
+from meterwatch.core.workspace import WorkspaceState
+from meterwatch.streams.inbox import RowPacker
+from meterwatch.streams.workspace_step import (
+    BatchOutputs,
+    CommandMessage,
+    RowsMessage,
+    StepConfig,
+    dedupe_key,
+    step,
+)
+
+WORKSPACE = "ws_1"
+CONFIG = StepConfig(window_ms=24 * 3600 * 1000, mail_enabled=True)
+ADDITIVE = ["messages_sent", "phone", "sms", "whatsapp", "email"]
+# Near a month's end in UTC and in Dublin, and near the 15th (the contract's anchor).
+BASES = [datetime(2026, 11, 30, 22, tzinfo=UTC), datetime(2026, 12, 14, 23, 30, tzinfo=UTC)]
+
+
+def _ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat()
+
+
+@st.composite
+def usage_rows(draw: st.DrawFn, base: datetime) -> dict[str, Any]:
+    metric = draw(st.sampled_from([*ADDITIVE, *ADDITIVE, "seats", "fin_resolutions"]))
+    if metric == "seats":
+        quantity = draw(st.integers(0, 12))
+    elif metric == "fin_resolutions":
+        quantity = draw(st.sampled_from([1, 1, -1]))
+    else:
+        quantity = draw(st.one_of(st.integers(1, 6), st.integers(-4, -1), st.just(2**53 - 3)))
+    minutes = draw(st.integers(-3 * 24 * 60, 3 * 24 * 60))
+    micros = draw(st.sampled_from([0, 0, 1, 999_999, 500_500]))
+    occurred = base + timedelta(minutes=minutes, microseconds=micros)
+    delay = draw(
+        st.one_of(
+            st.integers(0, 120_000),
+            st.integers(-6 * 60_000, 0),  # ahead of its message: up to 6 minutes
+            st.integers(6 * 24 * 3600_000, 9 * 24 * 3600_000),  # late, near the 7-day grace
+        )
+    )
+    return {
+        "event_id": f"e{draw(st.integers(0, 25))}",
+        "metric": metric,
+        "quantity": quantity,
+        "occurred_at": _iso(occurred.astimezone(UTC)),
+        "conversation_id": f"c{draw(st.integers(0, 4))}" if metric == "fin_resolutions" else None,
+        "received_ms": _ms(occurred) + delay,
+    }
+
+
+@st.composite
+def commands(draw: st.DrawFn) -> dict[str, Any]:
+    kind = draw(
+        st.sampled_from(["alert_settings", "alert_settings", "limit_settings", "billing_contacts", "tick", "terms"])
+    )
+    command_id = f"cmd-{draw(st.integers(0, 10**6))}"
+    if kind == "alert_settings":
+        return {
+            "type": kind,
+            "command_id": command_id,
+            "metric": draw(st.sampled_from([*ADDITIVE, "fin_resolutions"])),
+            "threshold": draw(st.integers(1, 40)),
+            "early_warnings": draw(st.booleans()),
+            "enabled": draw(st.booleans()),
+        }
+    if kind == "limit_settings":
+        return {
+            "type": kind,
+            "command_id": command_id,
+            "limit": draw(st.integers(0, 6)),
+            "enabled": draw(st.booleans()),
+        }
+    if kind == "billing_contacts":
+        return {"type": kind, "command_id": command_id, "emails": ["billing@example.com"]}
+    if kind == "tick":
+        return {"type": "period_tick"}
+    return {
+        "type": "contract_terms",
+        "contract_id": "c_1",
+        "workspace_ids": [WORKSPACE, "ws_2"],
+        "billing_anchor": draw(st.sampled_from(["2026-01-15", "2026-01-01"])),
+        "timezone": draw(st.sampled_from(["Europe/Dublin", "UTC", "America/St_Johns"])),
+        "currency": "EUR",
+        "prices": {"sms": {"unit_price": "0.5", "included": draw(st.sampled_from([None, 10]))}},
+    }
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> list[list[tuple[str, Any]]]:
+    """Batches of messages: ("rows", [row, ...]) or ("command", (command, received_ms))."""
+    base = draw(st.sampled_from(BASES))
+    batches = []
+    for _ in range(draw(st.integers(1, 4))):
+        batch = []
+        for _ in range(draw(st.integers(1, 6))):
+            if draw(st.integers(0, 5)) == 0:
+                received = _ms(base) + draw(st.integers(-3 * 24 * 3600_000, 3 * 24 * 3600_000))
+                batch.append(("command", (draw(commands()), received)))
+            else:
+                batch.append(("rows", draw(st.lists(usage_rows(base), min_size=1, max_size=25))))
+        batches.append(batch)
+    return batches
+
+
+def _messages(batch: list[tuple[str, Any]], first_offset: int) -> list[RowsMessage | CommandMessage]:
+    """The batch as inbox messages, through the real packed encoding."""
+    messages: list[RowsMessage | CommandMessage] = []
+    for offset, (kind, payload) in enumerate(batch, start=first_offset):
+        if kind == "command":
+            command, received_ms = payload
+            messages.append(CommandMessage(offset, command, received_ms))
+            continue
+        packer = RowPacker()
+        for row in payload:
+            packer.add_origin("usage.events", 0, offset, b"key", row["received_ms"])
+            packer.add_row(
+                WORKSPACE, row["event_id"], row["metric"], row["quantity"], row["occurred_at"], row["conversation_id"]
+            )
+        (record,) = packer.records()
+        document = orjson.loads(record)
+        messages.append(RowsMessage(offset, list(enumerate(document["rows"])), document["origins"]))
+    return messages
+
+
+class Result(NamedTuple):
+    state: WorkspaceState
+    applied: bool
+    out: BatchOutputs
+
+
+def _step(state: WorkspaceState, messages: list[Any], seen: dict[str, FirstSeen], batched: bool) -> Result:
+    out = BatchOutputs()
+    return Result(*step(WORKSPACE, state, messages, seen, CONFIG, out, batched=batched), out)
+
+
+def _comparable(step_result: Result) -> dict[str, Any]:
+    """Everything but ``summed``, which says which path counted an event."""
+    result = step_result.out
+    return {
+        "state": step_result.state,
+        "applied": step_result.applied,
+        "outputs": result.outputs,
+        "failures": [(f.workspace_id, f.inbox_offset, repr(f.error)) for f in result.failures],
+        "first_seen": result.first_seen,
+        "counted": result.counted,
+        "rejected": result.rejected,
+        "repeated": result.repeated,
+        "replayed": result.replayed,
+        "alerts": result.alerts,
+        "transitions": result.transitions,
+        "commands": result.commands,
+        "received": result.received,
+        "occurred": result.occurred,
+    }
+
+
+SUMMED: list[int] = []
+
+
+def _run_both(batches: list[list[tuple[str, Any]]], replay_first: bool) -> list[Result]:
+    state = WorkspaceState()
+    seen: dict[str, FirstSeen] = {}
+    offset = 0
+    results = []
+    previous: list[Any] = []
+    for batch in batches:
+        messages = _messages(batch, offset)
+        if replay_first and previous:
+            # The previous batch's last message delivered again: a replay after a crash.
+            messages = [previous[-1], *messages]
+        batched = _step(state, messages, seen, batched=True)
+        single = _step(state, messages, seen, batched=False)
+        assert _comparable(batched) == _comparable(single)
+        results.append(batched)
+        SUMMED.append(batched.out.summed)
+        state = batched.state
+        seen.update(batched.out.first_seen)
+        previous = messages
+        offset += len(batch)
+    return results
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(streams(), st.booleans())
+def test_batched_counting_equals_judging_every_event(batches: list[list[tuple[str, Any]]], replay: bool) -> None:
+    _run_both(batches, replay)
+
+
+def test_the_random_streams_do_take_the_batched_path() -> None:
+    """Guards the property above against streams that never leave the per-event path."""
+    SUMMED.clear()
+    test_batched_counting_equals_judging_every_event()
+    assert sum(1 for n in SUMMED if n > 0) > len(SUMMED) // 10
+
+
+def test_a_quiet_run_is_summed_and_a_crossing_still_alerts_once_with_its_event() -> None:
+    at = datetime(2026, 11, 10, 12, tzinfo=UTC)
+    setting = (
+        "command",
+        (
+            {
+                "type": "alert_settings",
+                "command_id": "c1",
+                "metric": "sms",
+                "threshold": 100,
+                "early_warnings": True,
+                "enabled": True,
+            },
+            _ms(at),
+        ),
+    )
+    rows = [
+        {
+            "event_id": f"e{i}",
+            "metric": "sms",
+            "quantity": 7,
+            "occurred_at": _iso(at + timedelta(minutes=i)),
+            "conversation_id": None,
+            "received_ms": _ms(at + timedelta(minutes=i, seconds=1)),
+        }
+        for i in range(20)
+    ]
+    (first, second) = _run_both([[setting, ("rows", rows[:1])], [("rows", rows[1:])]], replay_first=False)
+    alerts = [o.record for o in second.out.outputs if o.channel == "alerts"]
+    # 7 per event: 50 % (50) is reached by the 8th event (56), 80 % by the 12th (84), 100 % by the 15th.
+    assert [(a["level"], a["usage"], a["cause_event_id"]) for a in alerts] == [
+        (50, 56, "e7"),
+        (80, 84, "e11"),
+        (100, 105, "e14"),
+    ]
+    tally: MetricTally = second.state.usage.tallies["sms"]
+    assert tally.latest().usage == 140
+    assert sum(tally.latest().daily.values()) == 140
+    assert second.out.counted["sms"] == 19
+    # All but the three crossings were summed without a judgement of their own.
+    assert second.out.summed == 16
+
+
+def test_a_repeat_is_skipped_and_a_replayed_message_is_not_applied_twice() -> None:
+    at = datetime(2026, 11, 10, 12, tzinfo=UTC)
+    row = {
+        "event_id": "same",
+        "metric": "email",
+        "quantity": 2,
+        "occurred_at": _iso(at),
+        "conversation_id": None,
+        "received_ms": _ms(at),
+    }
+    results = _run_both([[("rows", [row])], [("rows", [row, row])]], replay_first=True)
+    assert results[-1].state.usage.tallies["email"].latest().usage == 2
+    assert results[-1].out.repeated == 2
+    assert results[-1].out.replayed == 1
+    assert dedupe_key(WORKSPACE, "same") in results[0].out.first_seen
+
+
+@pytest.mark.parametrize("quantity", [2**53 - 1, 2**53 - 2])
+def test_usage_never_passes_the_json_bound(quantity: int) -> None:
+    at = datetime(2026, 11, 10, 12, tzinfo=UTC)
+    rows = [
+        {
+            "event_id": f"e{i}",
+            "metric": "phone",
+            "quantity": q,
+            "occurred_at": _iso(at),
+            "conversation_id": None,
+            "received_ms": _ms(at),
+        }
+        for i, q in enumerate([1, quantity, 1])
+    ]
+    (result,) = _run_both([[("rows", rows)]], replay_first=False)
+    usage = result.state.usage.tallies["phone"].latest().usage
+    assert usage <= 2**53 - 1
+    assert result.out.rejected["quantity_out_of_range"] == 1
