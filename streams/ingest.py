@@ -73,6 +73,13 @@ def register(mw: Meterwatch) -> None:
     mw.app.service(_IngestService)
 
 
+def is_reading(mw: Meterwatch) -> bool:
+    """Whether stage one has joined its group and placed what it was given (which may be
+    nothing, with more workers than ``usage.events`` partitions)."""
+    service = _SERVICES.get(id(mw.app))
+    return service is not None and service.joined
+
+
 def consumer_lag(mw: Meterwatch) -> dict[tuple[str, int], int]:
     """Messages behind the end of each ``usage.events`` partition the ingest consumer holds."""
     service = _SERVICES.get(id(mw.app))
@@ -98,6 +105,8 @@ class IngestService(Service):
         # From a rebalance's start until the listener has placed every assigned partition,
         # whatever getmany returns was read from positions not chosen yet: it is dropped.
         self._placing = True
+        # Set once the first assignment is placed: until then the worker is not consuming.
+        self.joined = False
         self._done = asyncio.Event()
         self._next_offsets: dict[tuple[str, int], int] = {}
         self._failures = 0
@@ -326,6 +335,7 @@ class IngestService(Service):
         self._pending.clear()
         self._generation += 1
         self._placing = False
+        self.joined = True
 
     def fail(self, error: BaseException) -> None:
         self._fatal = error

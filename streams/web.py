@@ -96,6 +96,10 @@ def readiness(mw: Meterwatch) -> str:
         return "rebalancing"
     if not recovery.completed.is_set():
         return "recovering"
+    from .ingest import is_reading  # ingest logs through lifecycle, which imports this module
+
+    if not is_reading(mw):
+        return "starting"  # stage one has not joined its group yet: usage.events is not read
     return "consuming"
 
 
