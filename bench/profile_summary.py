@@ -88,7 +88,10 @@ def summarise(path: Path, top: int = 25) -> dict[str, Any]:
             main = thread
             break
     threads = {
-        thread: {"samples": sum(n for _, n in stacks), "idle_samples": sum(n for frames, n in stacks if is_idle(frames))}
+        thread: {
+            "samples": sum(n for _, n in stacks),
+            "idle_samples": sum(n for frames, n in stacks if is_idle(frames)),
+        }
         for thread, stacks in by_thread.items()
     }
     others = [s for t, st in by_thread.items() if t != main for s in st]
@@ -106,8 +109,14 @@ _INTERESTING = r"streams/|core/|models/|sinks/|faust/|aiokafka/|mode/|orjson|pyd
 def render(summary: dict[str, Any], max_inclusive: int = 30) -> str:
     lines = ["threads (samples, idle%):"]
     for thread, t in summary["threads"].items():
-        role = "main: agents, producer, web" if thread == summary["main_thread"] else "other (Faust's consumer thread, ...)"
-        lines.append(f"  {thread} [{role}]: {t['samples']:,} samples, {100.0 * t['idle_samples'] / max(1, t['samples']):.1f}% idle")
+        role = (
+            "main: agents, producer, web"
+            if thread == summary["main_thread"]
+            else "other (Faust's consumer thread, ...)"
+        )
+        lines.append(
+            f"  {thread} [{role}]: {t['samples']:,} samples, {100.0 * t['idle_samples'] / max(1, t['samples']):.1f}% idle"
+        )
     main = summary["main"]
     if main is None:
         return "\n".join(lines + ["(main thread not found)"])
