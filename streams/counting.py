@@ -77,8 +77,7 @@ class DecodedValues:
         values[workspace_id] = (raw, state)
 
 
-async def count_batch(mw: Meterwatch, events: list[EventT], decoded: DecodedValues | None = None) -> None:
-    decoded = decoded or DecodedValues(0)
+async def count_batch(mw: Meterwatch, events: list[EventT], decoded: DecodedValues) -> None:
     with mw.metrics.batch_seconds.labels("count").time():
         mw.metrics.batch_size.labels("count").observe(len(events))
         publisher = TopicPublisher()

@@ -255,11 +255,7 @@ class _Step:
             return None
         # Counting prunes periods past their grace at the time of each event; the run holds
         # only while no period it keeps would be pruned.
-        keep_until_ms = min(
-            (_ms(t.period.end) + _GRACE_MS for t in tally.periods[:-1]),
-            default=_ms(latest.period.end) + _GRACE_MS,
-        )
-        keep_until_ms = min(keep_until_ms, _ms(latest.period.end) + _GRACE_MS)
+        keep_until_ms = min(_ms(t.period.end) + _GRACE_MS for t in tally.periods)
         return _Run(tally, bound, keep_until_ms, cycle)
 
     def _count_fast(self, run: _Run, row: list[Any], origin: list[Any], position: int) -> bool:
