@@ -172,15 +172,7 @@ class BatchBuilder:
         self._batch.events += len(rows)
         packers = self._packers
         partition_of = self._partition_of
-        if len(rows) == 1:  # the common message: one event, one origin
-            row = rows[0]
-            partition = partition_of(row[0])
-            packer = packers.get(partition)
-            if packer is None:
-                packer = packers[partition] = RowPacker()
-            packer.add_origin(record.topic, record.partition, record.offset, record.key, record.timestamp)
-            packer.add_row(*row)
-            return
+        # The common message (one event) is packed inline by take(); this is every other one.
         started: set[int] = set()
         for row in rows:
             partition = partition_of(row[0])
