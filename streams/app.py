@@ -99,16 +99,18 @@ def create_app(
     # Imported here so that each module registers its own agents or views on this app only.
     from . import contracts, control, counting, fencing, ingest, lifecycle, mailing, observability, timers, ui, web
 
+    # Counting tells the period timer what it writes, so the timer need not decode it again.
+    ticks = timers.PeriodTickIndex()
     ingest.register(built)
     control.register(built)
-    counting.register(built)
+    counting.register(built, ticks)
     contracts.register(built)
     web.register(built)
     ui.register(built)
     observability.register(built)
     lifecycle.register(built)
     fencing.register(built)
-    timers.register(built)
+    timers.register(built, ticks)
     mailing.register(built)
     return built
 

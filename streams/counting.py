@@ -25,6 +25,7 @@ from .codec import decode_workspace, encode_workspace
 from .inbox import COMMAND, ROWS, USAGE, WORKSPACE, legacy_rows
 from .metrics import observe_many
 from .poison import dead_letter_failure
+from .timers import PeriodTickIndex
 from .workspace_step import BatchOutputs, CommandMessage, Message, RowsMessage, StepConfig, dedupe_key, step
 
 if TYPE_CHECKING:
@@ -42,13 +43,13 @@ BATCH_WITHIN_SECONDS = 0.02
 DECODED_KEPT = 100_000
 
 
-def register(mw: Meterwatch) -> None:
+def register(mw: Meterwatch, ticks: PeriodTickIndex) -> None:
     decoded = DecodedValues(DECODED_KEPT)
 
     @mw.app.agent(mw.channels.workspace_inbox, name=f"{mw.settings.group_id}.count_usage")
     async def count_usage(stream):  # type: ignore[no-untyped-def]
         async for events in stream.take_events(BATCH_MESSAGES, within=BATCH_WITHIN_SECONDS):
-            await handle_batch(mw, events, lambda mw, events: count_batch(mw, events, decoded))
+            await handle_batch(mw, events, lambda mw, events: count_batch(mw, events, decoded, ticks))
 
 
 class DecodedValues:
@@ -77,17 +78,22 @@ class DecodedValues:
         values[workspace_id] = (raw, state)
 
 
-async def count_batch(mw: Meterwatch, events: list[EventT], decoded: DecodedValues) -> None:
+async def count_batch(mw: Meterwatch, events: list[EventT], decoded: DecodedValues, ticks: PeriodTickIndex) -> None:
     with mw.metrics.batch_seconds.labels("count").time():
         mw.metrics.batch_size.labels("count").observe(len(events))
         publisher = TopicPublisher()
         for partition, part in by_source_partition(events):
-            await _count_part(mw, partition, part, publisher, decoded)
+            await _count_part(mw, partition, part, publisher, decoded, ticks)
         await finish(mw, publisher)
 
 
 async def _count_part(
-    mw: Meterwatch, partition: int, part: list[EventT], publisher: TopicPublisher, decoded: DecodedValues
+    mw: Meterwatch,
+    partition: int,
+    part: list[EventT],
+    publisher: TopicPublisher,
+    decoded: DecodedValues,
+    ticks: PeriodTickIndex,
 ) -> None:
     by_workspace, keys, event_at = await _split_by_workspace(mw, part, publisher)
     seen = _look_up_seen(mw, partition, keys)
@@ -109,10 +115,13 @@ async def _count_part(
     # an event would be counted again.
     mw.tables.seen_event_ids.remember({key: encode_first_seen(first) for key, first in out.first_seen.items()})
     await mw.tables.seen_event_ids.wait_for_writes()
+    writes = []
     for workspace_id, state in written:
         raw = encode_workspace(state)
-        table[workspace_id] = raw
+        writes.append((workspace_id, raw))
         decoded.keep(workspace_id, raw, state)
+        ticks.note(workspace_id, raw, state)
+    table.put_many(partition, writes)
     channels = mw.channels
     for output in out.outputs:
         await publisher.publish(getattr(channels, output.channel), output.key, output.record)

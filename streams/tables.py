@@ -19,7 +19,7 @@ ROCKSDB_BLOCK_CACHE_BYTES = 8 * 1024 * 1024
 @dataclass(frozen=True)
 class Tables:
     # workspace_id -> WorkspaceState: usage, contract terms, contacts, alert and Fin states
-    workspaces: faust.Table
+    workspaces: DurableTable
     # contract_id -> ContractUsage: every workspace's latest usage, summed per contract
     contract_usage: faust.Table
     # workspace_id \x1f event_id -> FirstSeen (core.dedupe); on disk, so memory stays bounded

@@ -35,12 +35,16 @@ class PeriodTickIndex:
         self._decode = decode
         self._seen: dict[str, tuple[bytes, datetime | None]] = {}
 
+    def note(self, workspace_id: str, raw: bytes, state: WorkspaceState) -> None:
+        """What counting has just written for ``workspace_id``: the next pass need not decode it."""
+        self._seen[workspace_id] = (raw, period_tick_due(state))
+
     def due(self, values: Iterable[tuple[str, bytes]], now: datetime) -> list[str]:
         seen: dict[str, tuple[bytes, datetime | None]] = {}
         due: list[str] = []
         for workspace_id, raw in values:
             known = self._seen.get(workspace_id)
-            if known is not None and known[0] == raw:
+            if known is not None and (known[0] is raw or known[0] == raw):
                 at = known[1]
             else:
                 state = self._decode(raw)
@@ -90,9 +94,9 @@ class TickSender:
             await producer.stop()
 
 
-def register(mw: Meterwatch) -> None:
+def register(mw: Meterwatch, index: PeriodTickIndex) -> None:
+    """``index`` is kept up to date by counting (``PeriodTickIndex.note``) as it writes."""
     sender = TickSender(mw)
-    index = PeriodTickIndex()
 
     @mw.app.timer(PERIOD_CHECK_SECONDS)
     async def start_new_periods() -> None:

@@ -215,10 +215,10 @@ class _Step:
                 self._fold_runs()
                 self._isolated(offset, self._command, message.command, message.received_ms)
             applied_through = offset
-        self._fold_runs()
         if applied_through == self.state.usage.applied_through:
+            self._fold_runs()
             return self.state, False
-        self.state = replace(self.state, usage=replace(self.state.usage, applied_through=applied_through))
+        self._fold_runs(applied_through)
         self._report_to_contract()
         return self.state, True
 
@@ -299,11 +299,14 @@ class _Step:
             first_seen[key] = FirstSeen(received_ms, position)
         return True
 
-    def _fold_runs(self) -> None:
-        """Write every open run's sums back into the state (events already judged)."""
-        if not self.runs:
-            return
+    def _fold_runs(self, applied_through: int | None = None) -> None:
+        """Write every open run's sums back into the state (events already judged), and with them
+        ``applied_through`` when given: one new state for both."""
         usage = self.state.usage
+        if not self.runs:
+            if applied_through is not None:
+                self.state = replace(self.state, usage=replace(usage, applied_through=applied_through))
+            return
         tallies = None
         for metric, run in self.runs.items():
             if run is None or not run.changed:
@@ -319,8 +322,13 @@ class _Step:
                 tallies = dict(usage.tallies)
             tallies[metric] = MetricTally(metric, (*run.tally.periods[:-1], updated))
             self.changed[(metric, run.period)] = run.usage
+        changes: dict[str, Any] = {}
         if tallies is not None:
-            self.state = replace(self.state, usage=replace(usage, tallies=MappingProxyType(tallies)))
+            changes["tallies"] = MappingProxyType(tallies)
+        if applied_through is not None:
+            changes["applied_through"] = applied_through
+        if changes:
+            self.state = replace(self.state, usage=replace(usage, **changes))
         self.runs = {}
 
     def _count_one(self, row: list[Any], origin: list[Any], position: int) -> None:

@@ -170,3 +170,92 @@ class _Event:
 
     def __init__(self, message: SimpleNamespace) -> None:
         self.message = message
+
+
+class _RecordingProducer:
+    """An aiokafka producer as ``put_many`` uses it: record batches handed over whole."""
+
+    def __init__(self, *, transactional_id: str | None = None, error: BaseException | None = None) -> None:
+        self._txn_manager = SimpleNamespace(transactional_id=transactional_id) if transactional_id else None
+        self.error = error
+        self.sent: list[tuple[str, int, list[tuple[bytes, bytes]]]] = []
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future[None]:
+        if self.error is not None:
+            raise self.error
+        from aiokafka.record.default_records import DefaultRecordBatch
+
+        batch.close()
+        records = DefaultRecordBatch(bytearray(batch._build()))  # the bytes the broker would get
+        self.sent.append((topic, partition, [(r.key, r.value) for r in records]))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+def _with_producer(mw: Any, producer: _RecordingProducer, guarantee: ProcessingGuarantee) -> None:
+    if guarantee is ProcessingGuarantee.EXACTLY_ONCE:
+        mw.app.assignor._topic_groups[mw.tables.workspaces.changelog_topic.get_topic_name()] = 1  # as assigned
+        tid = f"{mw.app.conf.id}-1-3"
+        mw.app.producer._transaction_producers[tid] = producer
+        mw.app.producer._trn_locks[tid] = asyncio.Lock()
+        mw.app.__dict__["in_transaction"] = True  # as in a worker
+    else:
+        mw.app.producer._ensure_producer = lambda: producer
+
+
+@pytest.mark.parametrize("guarantee", [ProcessingGuarantee.AT_LEAST_ONCE, ProcessingGuarantee.EXACTLY_ONCE])
+async def test_put_many_writes_the_store_and_sends_the_records_faust_would(guarantee: ProcessingGuarantee) -> None:
+    mw = create_app(load_settings({}), "127.0.0.1:9092", guarantee)
+    table = mw.tables.workspaces
+    producer = _RecordingProducer(transactional_id="t" if guarantee is ProcessingGuarantee.EXACTLY_ONCE else None)
+    _with_producer(mw, producer, guarantee)
+    keys = ["ws_1", 'ws_"\u00e9\U0001f600', "ws_3"]
+    table.put_many(3, [(key, b"value of " + key.encode()) for key in keys])
+    table.put_many(3, [("ws_1", b"later value")])
+    async with asyncio.timeout(1):
+        await table.wait_for_writes()
+
+    assert table.data["ws_1"] == b"later value" and table.data["ws_3"] == b"value of ws_3"
+    topic = table.changelog_topic.get_topic_name()
+    own_key = table.changelog_topic.prepare_key
+    # Each call's records on the changelog partition of the source partition, in order, keyed
+    # exactly as Faust keys a table write.
+    assert producer.sent == [
+        (topic, 3, [(own_key(key, table.key_serializer)[0], b"value of " + key.encode()) for key in keys]),
+        (topic, 3, [(own_key("ws_1", table.key_serializer)[0], b"later value")]),
+    ]
+
+
+async def test_put_many_splits_records_into_batches_the_broker_accepts() -> None:
+    from meterwatch.streams.durable_table import CHANGELOG_BATCH_BYTES
+
+    mw = create_app(load_settings({}), "127.0.0.1:9092", ProcessingGuarantee.AT_LEAST_ONCE)
+    table = mw.tables.workspaces
+    producer = _RecordingProducer()
+    _with_producer(mw, producer, ProcessingGuarantee.AT_LEAST_ONCE)
+    value = b"x" * 10_000
+    table.put_many(3, [(f"ws_{n}", value) for n in range(200)])  # about 2 MB in all
+    async with asyncio.timeout(1):
+        await table.wait_for_writes()
+    assert len(producer.sent) > 1
+    assert all(sum(len(k) + len(v) for k, v in records) <= CHANGELOG_BATCH_BYTES for _, _, records in producer.sent)
+    assert [k for _, _, records in producer.sent for k, _ in records] == [b'"ws_%d"' % n for n in range(200)]
+
+
+async def test_put_many_refused_by_a_fenced_producer_fails_at_wait_for_writes() -> None:
+    from meterwatch.streams.fencing import is_lost_transaction
+
+    mw = create_app(load_settings({}), "127.0.0.1:9092", ProcessingGuarantee.EXACTLY_ONCE)
+    table = mw.tables.workspaces
+    _with_producer(mw, _RecordingProducer(transactional_id="t", error=ProducerFenced()), ProcessingGuarantee.EXACTLY_ONCE)
+    table.put_many(3, [("ws_1", b"v")])
+    async with asyncio.timeout(1):
+        with pytest.raises(ProducerFenced):
+            await table.wait_for_writes()
+    # A partition whose transactional producer is gone: Faust's own words, a lost transaction.
+    table.put_many(4, [("ws_2", b"v")])
+    async with asyncio.timeout(1):
+        with pytest.raises(Exception) as raised:
+            await table.wait_for_writes()
+    assert is_lost_transaction(raised.value)

@@ -102,3 +102,15 @@ def test_a_workspace_given_up_and_taken_back_is_decoded_afresh() -> None:
 
 def test_an_empty_value_is_never_due() -> None:
     assert PeriodTickIndex().due([("ws_gone", b"")], IN_DECEMBER) == []
+
+
+def test_a_value_counting_wrote_is_judged_from_its_state_without_decoding() -> None:
+    decoder = CountingDecoder()
+    index = PeriodTickIndex(decoder)
+    index.due([("ws_a", ENABLED)], IN_DECEMBER)
+    # Counting disables Fin and writes the value: the timer learns it from counting's own state.
+    written = value(fin("disabled", 5))
+    index.note("ws_a", written, decode_workspace(written))
+    index.note("ws_b", NO_LIMIT, WorkspaceState())
+    assert index.due([("ws_a", written), ("ws_b", NO_LIMIT)], IN_DECEMBER) == ["ws_a"]
+    assert decoder.decoded == [ENABLED]

@@ -6,6 +6,7 @@ import asyncio
 import weakref
 from types import SimpleNamespace
 
+import orjson
 import pytest
 from faust.stores.memory import Store as MemoryStore
 from faust.stores.rocksdb import Store as RocksDBStore
@@ -67,6 +68,14 @@ def test_faust_reads_no_environment_of_its_own(monkeypatch: pytest.MonkeyPatch) 
 def test_the_dedupe_lookups_encode_keys_exactly_as_the_store_does(key: str) -> None:
     table = _DEDUPE.tables.seen_event_ids
     assert table._key_encoder()(key) == table.data._encode_key(key)  # noqa: SLF001
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=60))
+def test_bulk_table_writes_key_changelog_records_exactly_as_faust_does(key: str) -> None:
+    table = _DEDUPE.tables.workspaces
+    own = table.changelog_topic.prepare_key(key, table.key_serializer)[0]
+    assert table._changelog_key_encoder()(key) == own == orjson.dumps(key)  # noqa: SLF001
 
 
 def test_ids_remembered_in_one_write_batch_are_found_by_one_multi_get(tmp_path) -> None:  # type: ignore[no-untyped-def]
