@@ -40,6 +40,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def proc_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user, system) and page faults (minor, major) of a live process so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    # After the command's closing parenthesis: state is field 0, minflt 7, majflt 9, utime 11, stime 12.
+    return {
+        "user_seconds": int(fields[11]) / ticks,
+        "system_seconds": int(fields[12]) / ticks,
+        "minor_faults": int(fields[7]),
+        "major_faults": int(fields[9]),
+    }
+
+
 def proc_status(pid: int) -> dict[str, int]:
     """VmRSS, VmHWM and the RSS split (anonymous, file-backed, shared) of a live process, bytes."""
     values: dict[str, int] = {}

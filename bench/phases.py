@@ -156,6 +156,7 @@ def run_meterwatch(
         launched = time.perf_counter()
         clock, guarantee = worker.wait_healthy(timeout=args.startup_timeout)
         at_start = worker.counted() or 0
+        cpu_at_start = worker.cpu()
         if spy_path is not None:
             from profiling import start_py_spy
 
@@ -177,6 +178,16 @@ def run_meterwatch(
                 peak_rss_bytes=memory.get("VmHWM"),
             )
         result = _meterwatch_result(shape.events, clock, counted, at_start)
+        result["batches"] = worker.batches()
+        cpu = worker.cpu()
+        if cpu and cpu_at_start:
+            used = {name: cpu[name] - cpu_at_start.get(name, 0) for name in cpu}
+            events = shape.events - at_start
+            result["cpu"] = {
+                **used,
+                "cpu_us_per_event": (used["user_seconds"] + used["system_seconds"]) / events * 1e6 if events else None,
+                "minor_faults_per_event": used["minor_faults"] / events if events else None,
+            }
         # Nothing more may arrive once the total is reached: a late second count would show here.
         time.sleep(1.0)
         result["counter_after_1s"] = worker.counted()
@@ -233,6 +244,16 @@ def run_two_workers(args: argparse.Namespace, workers: list[MeterwatchWorker], s
                 partial_events_per_s=(counted["counted"] - at_start) / seconds if seconds > 0 else None,
             )
         result = _meterwatch_result(shape.events, clock, counted, at_start)
+        result["batches"] = worker.batches()
+        cpu = worker.cpu()
+        if cpu and cpu_at_start:
+            used = {name: cpu[name] - cpu_at_start.get(name, 0) for name in cpu}
+            events = shape.events - at_start
+            result["cpu"] = {
+                **used,
+                "cpu_us_per_event": (used["user_seconds"] + used["system_seconds"]) / events * 1e6 if events else None,
+                "minor_faults_per_event": used["minor_faults"] / events if events else None,
+            }
         time.sleep(1.0)
         result["per_worker_counted"] = [w.counted() for w in workers]
         result["counter_after_1s"] = sum(v or 0 for v in result["per_worker_counted"])
@@ -272,7 +293,7 @@ def run_shape(
         "produced": produced,
     }
     timeout = args.phase_timeout
-    for decode in ("orjson", "parse"):
+    for decode in ("orjson", "parse") if not args.worker_only else ():
         name = f"raw_{decode}"
         log(f"{shape.name}: raw aiokafka + {decode} ...")
         out[name] = guarded(
@@ -282,14 +303,17 @@ def run_shape(
             ),
         )
         log(f"{shape.name}: raw {decode}: {rate(out[name].get('events_per_s'))} events/s")
-    log(f"{shape.name}: bare Faust agent ...")
-    out["bare_faust"] = guarded(
-        "bare Faust", lambda: run_bare_faust(bootstrap, topic, shape, partitions, work, log_dir, timeout)
-    )
-    log(f"{shape.name}: bare Faust: {rate(out['bare_faust'].get('events_per_s'))} events/s")
-    log(f"{shape.name}: quix-streams peer ...")
-    out["quix"] = guarded("quix peer", lambda: run_quix(bootstrap, topic, shape, work, log_dir, timeout))
-    log(f"{shape.name}: quix peer: {rate(out['quix'].get('events_per_s'))} events/s, exact={out['quix'].get('exact')}")
+    if not args.worker_only:
+        log(f"{shape.name}: bare Faust agent ...")
+        out["bare_faust"] = guarded(
+            "bare Faust", lambda: run_bare_faust(bootstrap, topic, shape, partitions, work, log_dir, timeout)
+        )
+        log(f"{shape.name}: bare Faust: {rate(out['bare_faust'].get('events_per_s'))} events/s")
+        log(f"{shape.name}: quix-streams peer ...")
+        out["quix"] = guarded("quix peer", lambda: run_quix(bootstrap, topic, shape, work, log_dir, timeout))
+        log(
+            f"{shape.name}: quix peer: {rate(out['quix'].get('events_per_s'))} events/s, exact={out['quix'].get('exact')}"
+        )
 
     spy_path = RESULTS / f"profile-{shape.name}.raw" if args.profile else None
     worker = MeterwatchWorker(

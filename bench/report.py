@@ -171,6 +171,18 @@ def shape_table(shape: dict[str, Any]) -> list[str]:
             f"  worker: first event counted {worker['first_count_after_seconds']:.1f}s after /health 200; "
             f"from then to the last: {rate(worker['counting_events_per_s'])} events/s (targets use the rate from /health 200)"
         )
+    cpu = worker.get("cpu")
+    if cpu and cpu.get("cpu_us_per_event") is not None:
+        lines.append(
+            f"  worker CPU while counting: {cpu['user_seconds']:.1f}s user + {cpu['system_seconds']:.1f}s system, "
+            f"{cpu['cpu_us_per_event']:.1f} µs per event; {cpu['minor_faults']:,.0f} minor page faults "
+            f"({cpu['minor_faults_per_event']:.2f} per event)"
+        )
+    for stage, batch in sorted((worker.get("batches") or {}).items()):
+        lines.append(
+            f"  worker {stage} batches: {batch['batches']:,.0f}, mean {batch['mean_messages']:,.1f} messages "
+            f"in {batch['mean_seconds'] * 1000:.1f} ms; {batch['busy_seconds']:.1f}s in all"
+        )
     stats = worker.get("log")
     if stats:
         lines.append(

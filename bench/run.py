@@ -95,9 +95,14 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="let each worker import the working tree as it is when it starts (default: a copy taken at the start of the run)",
     )
+    parser.add_argument(
+        "--worker-only",
+        action="store_true",
+        help="run only the meterwatch worker of each shape (no raw ceiling, bare Faust or peer): for profiling",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args()
-    unknown = set(args.shapes.split(",")) - set(SHAPES)
+    unknown = set(filter(None, args.shapes.split(","))) - set(SHAPES)
     if unknown:
         parser.error(f"unknown shape(s): {', '.join(sorted(unknown))}")
     if args.profile:

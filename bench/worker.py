@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from harness import PYTHON, PhaseFailed, dir_size, free_port, proc_status, spawn, stop_process, tail
 from harness import child_env as _child_env
+from harness import proc_cpu
 from producing import METRIC
 
 COUNTED = "meterwatch_events_counted_total"
@@ -32,6 +33,30 @@ def parse_metrics(text: str) -> dict[str, float]:
         except ValueError:
             continue
     return sums
+
+
+def batch_stats(text: str) -> dict[str, dict[str, float]]:
+    """Per stage: batches handled, their mean size in messages and mean duration, and the time
+    spent in them (``meterwatch_batch_*`` histograms' sums and counts)."""
+    found: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        for name in ("meterwatch_batch_messages", "meterwatch_batch_duration_seconds"):
+            for part in ("_sum", "_count"):
+                head = f"{name}{part}{{"
+                if line.startswith(head) and 'stage="' in line:
+                    stage = line.split('stage="', 1)[1].split('"', 1)[0]
+                    found[(f"{name}{part}", stage)] = float(line.rpartition(" ")[2])
+    stats: dict[str, dict[str, float]] = {}
+    for (name, stage), value in found.items():
+        if name != "meterwatch_batch_messages_count" or not value:
+            continue
+        stats[stage] = {
+            "batches": value,
+            "mean_messages": found.get(("meterwatch_batch_messages_sum", stage), 0.0) / value,
+            "mean_seconds": found.get(("meterwatch_batch_duration_seconds_sum", stage), 0.0) / value,
+            "busy_seconds": found.get(("meterwatch_batch_duration_seconds_sum", stage), 0.0),
+        }
+    return stats
 
 
 @dataclass
@@ -117,9 +142,18 @@ class MeterwatchWorker:
             return {}
         return parse_metrics(body.decode(errors="replace") if isinstance(body, bytes) else str(body))
 
+    def batches(self) -> dict[str, dict[str, float]]:
+        status, body = self.get("/metrics")
+        if status != 200:
+            return {}
+        return batch_stats(body.decode(errors="replace") if isinstance(body, bytes) else str(body))
+
     def counted(self) -> int | None:
         found = self.metrics()
         return int(found[COUNTED]) if COUNTED in found else None
+
+    def cpu(self) -> dict[str, float]:
+        return proc_cpu(self.pid)
 
     def memory(self) -> dict[str, int]:
         return proc_status(self.pid)
