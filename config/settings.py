@@ -10,9 +10,10 @@ import enum
 import re
 from collections.abc import Mapping
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _HOST_PORT = re.compile(r"^[A-Za-z0-9._\-\[\]:]+:(\d{1,5})$")
@@ -56,7 +57,14 @@ class Settings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_starttls: bool = False
+    # Implicit TLS: the connection is encrypted from its first byte (SMTPS, usually port 465).
+    smtp_tls: bool = False
+    # PEM certificates of the CAs that sign the SMTP server's certificate; unset: the system's CAs.
+    smtp_ca_file: str | None = None
     smtp_from: str = "meterwatch@localhost"
+    # A mail still failing for now (4xx, server unreachable) this long after it was requested is
+    # given up: dead-lettered, counted, and recorded as failed in the mail ledger.
+    mail_give_up_after: timedelta = timedelta(hours=24)
 
     dedupe_window: timedelta = timedelta(hours=24)
     # How long start-up waits for the broker to answer before it reports it unreachable.
@@ -103,7 +111,32 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return value
 
-    @field_validator("dedupe_window", "startup_timeout", "shutdown_timeout", mode="before")
+    @field_validator("smtp_ca_file")
+    @classmethod
+    def _ca_file_exists(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        if not Path(value).is_file():
+            raise ValueError("no such file")
+        return value
+
+    @model_validator(mode="after")
+    def _smtp_password_only_encrypted(self) -> Settings:
+        if self.smtp_tls and self.smtp_starttls:
+            raise ValueError(
+                "METERWATCH_SMTP_TLS and METERWATCH_SMTP_STARTTLS exclude each other: "
+                "TLS from the first byte (usually port 465) or an upgrade with STARTTLS (usually port 587)"
+            )
+        if (self.smtp_username is not None or self.smtp_password is not None) and not (
+            self.smtp_tls or self.smtp_starttls
+        ):
+            raise ValueError(
+                "METERWATCH_SMTP_USERNAME/METERWATCH_SMTP_PASSWORD need METERWATCH_SMTP_STARTTLS=true or "
+                "METERWATCH_SMTP_TLS=true: without either the password would cross the network in clear"
+            )
+        return self
+
+    @field_validator("dedupe_window", "startup_timeout", "shutdown_timeout", "mail_give_up_after", mode="before")
     @classmethod
     def _duration_with_unit(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -112,7 +145,7 @@ class Settings(BaseSettings):
                 return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"])
         return value
 
-    @field_validator("dedupe_window", "startup_timeout", "shutdown_timeout")
+    @field_validator("dedupe_window", "startup_timeout", "shutdown_timeout", "mail_give_up_after")
     @classmethod
     def _window_positive(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):
@@ -155,8 +188,10 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         return _GivenEnvironmentOnly(**{**prefixed, **overrides})
     except ValidationError as error:
         first = error.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "?"
         message = first["msg"].removeprefix("Value error, ")
+        if not first["loc"]:  # a rule over several settings: its message names them
+            raise ConfigError(message) from None
+        field = str(first["loc"][0])
         raise ConfigError(f"METERWATCH_{field.upper()}: {message} (got {_shown(first.get('input'), field)})") from None
 
 

@@ -12,7 +12,8 @@ import logging
 import random
 import ssl
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import getaddresses, parseaddr
 from typing import Any, Protocol
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 import aiosmtplib
 
 from ..config.settings import Settings
+from ..core.mail_retry import Backoff, GiveUp, RetryPolicy, after_failed_attempt
 from .mail_text import one_line, sender_address
 
 log = logging.getLogger(__name__)
@@ -51,14 +53,19 @@ class SmtpMailer:
         if not settings.smtp_host:
             raise ValueError("METERWATCH_SMTP_HOST is not set: email is off")
         self.host, self.port, self.starttls = settings.smtp_host, settings.smtp_port, settings.smtp_starttls
+        self.tls = settings.smtp_tls  # implicit TLS from the first byte (port 465)
         self._username = settings.smtp_username
         self._password = settings.smtp_password  # a SecretStr, revealed only to the SMTP client
         self._sender = sender_address(settings.smtp_from).addr_spec
         self._timeout = timeout  # per SMTP command, so a stalled server cannot hold a send forever
-        self._tls_context = tls_context  # for a private CA; None trusts the system's CAs
+        # For a private CA (METERWATCH_SMTP_CA_FILE); None trusts the system's CAs.
+        self._tls_context = tls_context if tls_context is not None else smtp_tls_context(settings)
 
     def __repr__(self) -> str:
-        return f"SmtpMailer({self.host}:{self.port}, starttls={self.starttls}, login={self._username is not None})"
+        return (
+            f"SmtpMailer({self.host}:{self.port}, tls={self.tls}, starttls={self.starttls}, "
+            f"login={self._username is not None})"
+        )
 
     async def send(self, message: EmailMessage, recipients: Sequence[str] | None = None) -> SendResult:
         """One attempt to deliver ``message`` to ``recipients`` (default: its To)."""
@@ -69,6 +76,7 @@ class SmtpMailer:
             hostname=self.host,
             port=self.port,
             timeout=self._timeout,
+            use_tls=self.tls,
             start_tls=self.starttls,  # False means plain SMTP, never an opportunistic upgrade
             tls_context=self._tls_context,
             username=self._username,
@@ -94,6 +102,19 @@ class SmtpMailer:
         finally:
             await _quit_quietly(client)
         return _per_recipient(to, {address: _reply(*reply) for address, reply in errors.items()})
+
+
+def smtp_tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context trusting the CAs in ``METERWATCH_SMTP_CA_FILE``, or None for the system's.
+    Raises ValueError with one line when the file cannot be read as certificates."""
+    if settings.smtp_ca_file is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=settings.smtp_ca_file)
+    except (OSError, ssl.SSLError) as error:
+        raise ValueError(
+            f"METERWATCH_SMTP_CA_FILE: cannot load {settings.smtp_ca_file!r}: {one_line(error, 200)}"
+        ) from None
 
 
 def _reply(code: int, message: str) -> str:
@@ -126,22 +147,22 @@ async def _quit_quietly(client: aiosmtplib.SMTP) -> None:
         client.close()
 
 
-@dataclass(frozen=True)
-class Backoff:
-    base: float = 0.5
-    cap: float = 60.0
-
-    def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
-        """Full jitter: uniform in [0, min(cap, base * 2**attempt)), so retries never stampede."""
-        return rng() * min(self.cap, self.base * 2 ** min(attempt, 64))
+EVERY_RECIPIENT_REFUSED = "every recipient refused"
 
 
 class MailOutbox:
-    """Sends each key's mail once, in the background, retrying transient failures forever.
+    """Sends each key's mail in the background, one task per mail, so a mail that keeps failing
+    holds up no other; retries what fails for now until the policy gives it up.
 
     ``on_sent(key)`` once at least one recipient accepted it and nothing is left to retry;
     ``on_failed(key, reason)`` when nobody can get it; ``on_refused(key, {address: reply})``
-    before either when the server refused some addresses for good. Callbacks may be async.
+    before either when the server refused some addresses for good; ``on_given_up(key, reason)``
+    when it was still failing for now at the policy's age; ``on_retry(key, attempts, why)``
+    after each attempt that will be tried again. Callbacks may be async.
+
+    The outbox forgets a key once it is settled: remembering what was sent is the caller's
+    (the mail ledger's). A send stops without settling when the outbox is stopped or closed, or
+    when ``may_send()`` says no before an attempt.
     """
 
     def __init__(
@@ -151,34 +172,68 @@ class MailOutbox:
         on_sent: Callable[[str], Any],
         on_failed: Callable[[str, str], Any],
         on_refused: Callable[[str, Mapping[str, str]], Any] | None = None,
+        on_given_up: Callable[[str, str], Any] | None = None,
+        on_retry: Callable[[str, int, str], Any] | None = None,
+        policy: RetryPolicy | None = None,
         backoff: Backoff | None = None,
         max_concurrent_sends: int = 4,
+        max_pending: int = 1000,
+        may_send: Callable[[], bool] = lambda: True,
         rng: Callable[[], float] = random.random,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._mailer, self._backoff, self._rng = mailer, backoff or Backoff(), rng
+        policy = policy or RetryPolicy(give_up_after=timedelta(hours=24))
+        self._policy = replace(policy, backoff=backoff) if backoff is not None else policy
+        self._mailer, self._rng, self._clock, self._may_send = mailer, rng, clock, may_send
         self._on_sent, self._on_failed, self._on_refused = on_sent, on_failed, on_refused
+        self._on_given_up, self._on_retry = on_given_up, on_retry
         self._connections = asyncio.Semaphore(max_concurrent_sends)  # a backlog must not flood the relay
-        self._seen: set[str] = set()  # every key ever put: sent, pending or failed
-        self._pending: dict[str, asyncio.Task[None]] = {}
+        self._max_pending = max_pending
+        self._room = asyncio.Event()
+        self._room.set()
+        self._pending: dict[str, _Send] = {}
         self._closed = False
 
-    def put(self, key: str, message: EmailMessage) -> bool:
-        """Queue ``message`` under ``key``; False if the key was put before. Never waits."""
+    def put(self, key: str, message: EmailMessage, requested_at: datetime | None = None) -> bool:
+        """Start sending ``message`` under ``key``; False if that key is being sent already.
+        Never waits. ``requested_at`` (default: now) is where the mail's age counts from."""
         if self._closed:
             raise RuntimeError("the mail outbox is closed")
-        if key in self._seen:
+        if key in self._pending:
             return False
-        self._seen.add(key)
-        self._pending[key] = asyncio.get_running_loop().create_task(self._deliver(key, message), name=f"mail {key!r}")
+        send = _Send(requested_at or self._clock())
+        send.task = asyncio.get_running_loop().create_task(self._deliver(key, message, send), name=f"mail {key!r}")
+        self._pending[key] = send
+        if len(self._pending) >= self._max_pending:
+            self._room.clear()
         return True
 
     def backlog(self) -> int:
         return len(self._pending)
 
+    async def wait_for_room(self) -> None:
+        """Wait while ``max_pending`` mails are being sent: memory stays bounded in a long outage."""
+        await self._room.wait()
+
+    def stop_sending(self) -> list[str]:
+        """Cancel every mail being sent, at once (callable where nothing may be awaited); returns
+        their keys. None of them is reported settled."""
+        for send in self._pending.values():
+            send.stopped = True
+            send.task.cancel()
+        return list(self._pending)
+
+    async def stopped(self) -> list[str]:
+        """``stop_sending`` and wait until those sends have ended; returns their keys."""
+        pending = dict(self._pending)
+        self.stop_sending()
+        await asyncio.gather(*(send.task for send in pending.values()), return_exceptions=True)
+        return list(pending)
+
     async def close(self, grace: float = 0.0) -> list[str]:
         """Stop, after waiting up to ``grace`` seconds for pending mail. Returns the keys never sent."""
         self._closed = True  # also ends a retry loop whose cancellation was lost (asyncio.wait_for on 3.11)
-        pending = dict(self._pending)
+        pending = {key: send.task for key, send in self._pending.items()}
         if grace > 0 and pending:
             await asyncio.wait(pending.values(), timeout=grace)
         for task in pending.values():
@@ -189,16 +244,22 @@ class MailOutbox:
             log.warning("mail outbox closed with %d unsent mail(s): %r", len(unsent), unsent)
         return unsent
 
-    async def _deliver(self, key: str, message: EmailMessage) -> bool:
-        """True once the key is settled (sent or failed, and reported); False if closed first."""
+    def _sending_stopped(self, send: _Send) -> bool:
+        return send.stopped or self._closed or not self._may_send()
+
+    async def _deliver(self, key: str, message: EmailMessage, send: _Send) -> bool:
+        """True once the key is settled (sent, failed or given up, and reported); False if stopped first."""
         try:
             recipients: list[str] | None = None  # None: everyone the message is addressed to
             accepted: list[str] = []
             refused: dict[str, str] = {}
-            attempt = 0
+            attempts = 0
             while True:
                 async with self._connections:
+                    if self._sending_stopped(send):  # looked at again after waiting for a connection
+                        return False
                     result = await self._attempt(message, recipients)
+                attempts += 1
                 accepted += result.accepted
                 refused.update(result.refused)
                 if result.permanent_error and recipients is not None:
@@ -206,27 +267,39 @@ class MailOutbox:
                     refused.update(dict.fromkeys(recipients, result.permanent_error))
                 if not result.needs_retry:
                     break
-                if self._closed:
+                if self._sending_stopped(send):
                     return False
                 if result.deferred and not result.transient_error:
                     recipients = list(result.deferred)  # the others have their copy already
-                delay = self._backoff.delay(attempt, self._rng)
-                attempt += 1
-                why = result.transient_error or f"deferred {dict(result.deferred)}"
-                log.warning("mail %r: attempt %d failed (%s); next in %.2fs", key, attempt, why, delay)
-                await asyncio.sleep(delay)
+                why = result.transient_error or _deferred(result.deferred)
+                verdict = after_failed_attempt(send.requested_at, self._clock(), attempts, self._policy, self._rng())
+                if isinstance(verdict, GiveUp):
+                    if refused:
+                        await _call(self._on_refused, key, refused)
+                    had_it = f"{len(accepted)} recipient(s) had it; " if accepted else ""
+                    reason = f"not delivered in {_age(verdict.age)} ({attempts} attempts; {had_it}last: {why})"
+                    log.error("mail %r: given up: %s", key, reason)
+                    await _call(self._on_given_up, key, reason)
+                    return True
+                if attempts in (1, 10) or attempts % 100 == 0:
+                    log.warning("mail %r: attempt %d failed (%s); next in %.2fs", key, attempts, why, verdict.seconds)
+                await _call(self._on_retry, key, attempts, why)
+                await asyncio.sleep(verdict.seconds)
             if refused:
                 await _call(self._on_refused, key, refused)
             if accepted:
-                log.info("mail %r: sent to %d recipient(s) in %d attempt(s)", key, len(accepted), attempt + 1)
+                log.info("mail %r: sent to %d recipient(s) in %d attempt(s)", key, len(accepted), attempts)
                 await _call(self._on_sent, key)
             else:
-                reason = result.permanent_error or f"every recipient refused: {refused}"
+                reason = result.permanent_error or f"{EVERY_RECIPIENT_REFUSED}: {refused}"
                 log.error("mail %r: not sent: %s", key, reason)
                 await _call(self._on_failed, key, reason)
             return True
         finally:
-            self._pending.pop(key, None)
+            if self._pending.get(key) is send:
+                del self._pending[key]
+                if len(self._pending) < self._max_pending:
+                    self._room.set()
 
     async def _attempt(self, message: EmailMessage, recipients: list[str] | None) -> SendResult:
         try:
@@ -234,6 +307,25 @@ class MailOutbox:
         except Exception as error:  # a mailer bug: retrying cannot fix it, so report it, don't spin
             log.exception("mail sender raised instead of returning a result")
             return SendResult(permanent_error=f"{type(error).__name__}: {one_line(error, 200)}")
+
+
+@dataclass
+class _Send:
+    """One mail being sent: its task and whether it was told to stop."""
+
+    requested_at: datetime
+    task: asyncio.Task[bool] = field(init=False)
+    stopped: bool = False
+
+
+def _deferred(deferred: Mapping[str, str]) -> str:
+    # A count and a reply, no addresses: this text goes into logs and dead-letter records.
+    return f"{len(deferred)} recipient(s) deferred: {next(iter(deferred.values()), '')}"
+
+
+def _age(age: timedelta) -> str:
+    seconds = age.total_seconds()
+    return f"{seconds / 3600:.1f}h" if seconds >= 3600 else f"{seconds:.1f}s"
 
 
 async def _call(callback: Callable[..., Any] | None, *args: Any) -> None:

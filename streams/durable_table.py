@@ -169,6 +169,14 @@ class DurableTable(faust.Table):
             message.add_done_callback(retrieve_exception)
         self._unacknowledged = []
 
+    async def write(self, key: Any, value: Any) -> None:
+        """``table[key] = value``, then wait until the broker has its changelog record. Unlike
+        ``wait_for_writes`` it waits for this write itself, so tasks writing side by side (the
+        mail outbox's) each know their own write is safe."""
+        self[key] = value
+        written = self._unacknowledged[-1]  # appended by send_changelog within the assignment
+        await written
+
     async def wait_for_writes(self) -> None:
         pending, self._unacknowledged = self._unacknowledged, []
         if pending:

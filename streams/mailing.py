@@ -1,34 +1,53 @@
 """Email to billing contacts, in its own agent, decoupled from counting (CONTRACT 4, 5.6).
 
 Counting publishes a mail request (the alert or transition record plus its recipients) to an
-internal topic; this agent sends each one, retrying SMTP failures with backoff and jitter for as
-long as it takes, without holding up counting. A ledger table keyed by the alert or transition id
-remembers what was sent, so after a restart a sent mail is not sent again and an unsent one is.
+internal topic; this agent hands each one to an outbox that sends every mail in a task of its
+own, retrying SMTP failures with backoff and jitter, so a mail that keeps failing holds up no
+other. A mail still failing ``METERWATCH_MAIL_GIVE_UP_AFTER`` after it was requested is given
+up: dead-lettered (``mail_given_up``) and counted. A ledger table keyed by the alert or
+transition id remembers what was settled (sent, failed or given up), so after a restart or a
+rebalance a settled mail is not sent again and an unsettled one is.
+
+A request's offset is acknowledged only once its mail is settled and its ledger entry written,
+so the committed position never passes a mail still being sent. Every rebalance stops every
+send on this worker before the partitions are given up, and forgets them: the requests are
+delivered again from the committed offsets, to whichever worker owns them next.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import faust
 import orjson
 from faust.types import EventT
 
-from ..sinks.email import Backoff, SmtpMailer
+from ..core.mail_retry import RetryPolicy
+from ..models.outputs import dead_letter
+from ..sinks.email import EVERY_RECIPIENT_REFUSED, MailOutbox, SmtpMailer, smtp_tls_context
 from ..sinks.kafka import TopicPublisher
 from ..sinks.mail_text import MailCompositionError, compose_alert_mail, compose_fin_disabled_mail
 from .batches import by_source_partition, finish
 from .commit_gate import acknowledge
+from .partition_context import acting_for
 from .poison import dead_letter_failure
 
 if TYPE_CHECKING:
+    from email.message import EmailMessage
+
     from .app import Meterwatch
 
 log = logging.getLogger(__name__)
 
 ALERT = "alert"
 FIN_DISABLED = "fin_disabled"
+MAIL_GIVEN_UP = "mail_given_up"  # the dead-letter code of a mail given up at its age
+# Mails being sent at once on one worker; the agent waits for room beyond that, so a long
+# outage costs bounded memory (lag on the mail-requests topic grows instead).
+MAX_PENDING_MAILS = 1000
 
 
 def mail_request(kind: str, record: dict[str, Any], recipients: list[str]) -> bytes:
@@ -39,85 +58,200 @@ def mail_id(kind: str, record: dict[str, Any]) -> str:
     return record["alert_id"] if kind == ALERT else record["transition_id"]
 
 
+def requested_at(event: EventT) -> datetime:
+    """When the mail was requested: its request's Kafka timestamp, the same for every worker."""
+    timestamp = event.message.timestamp
+    return datetime.fromtimestamp(timestamp, UTC) if timestamp and timestamp > 0 else datetime.now(UTC)
+
+
 def register(mw: Meterwatch) -> None:
+    from ..worker import StartupError
+
     settings = mw.settings
     if not settings.smtp_host:
         return
-    mailer = SmtpMailer(settings)
-    backoff = Backoff()
+    try:
+        mailer = SmtpMailer(settings, tls_context=smtp_tls_context(settings))
+    except ValueError as error:
+        raise StartupError(str(error)) from None
+    mailing = Mailing(mw, mailer)
+    mw.app.sensors.add(StopMailAtRebalance(mailing))
+
+    @mw.app.on_partitions_revoked.connect
+    async def stop_mail_of_revoked_partitions(app: Any, revoked: Any, **kwargs: Any) -> None:
+        await mailing.stop()
 
     @mw.app.agent(mw.channels.mail_requests, name=f"{settings.group_id}.mail_billing_contacts")
     async def mail_billing_contacts(stream):  # type: ignore[no-untyped-def]
         async for events in stream.take_events(50, within=0.1):
-            await send_batch(mw, mailer, backoff, events)
+            await mailing.take(events)
 
 
-async def send_batch(mw: Meterwatch, mailer: SmtpMailer, backoff: Backoff, events: list[EventT]) -> None:
-    async with mw.commit_gate.outside_batches() as admitted:
-        if admitted:
-            publisher = TopicPublisher()
-            await _send_mails(mw, mailer, backoff, events, publisher)
-            await finish(mw, publisher)
+class StopMailAtRebalance(faust.Sensor):
+    """Faust calls ``on_rebalance_start`` before it commits and gives up any partition: every send
+    is cancelled then, so none settles (or reaches an SMTP server again) after the commit."""
+
+    def __init__(self, mailing: Mailing) -> None:
+        super().__init__()
+        self._mailing = mailing
+
+    def on_rebalance_start(self, app: faust.App) -> dict:
+        self._mailing.stop_now()
+        return {}
 
 
-async def _send_mails(
-    mw: Meterwatch, mailer: SmtpMailer, backoff: Backoff, events: list[EventT], publisher: TopicPublisher
-) -> None:
-    ledger = mw.tables.mails_sent
-    for _, part in by_source_partition(events):
-        for event in part:
-            if mw.commit_gate.shut:
-                return  # the rest is delivered again after the rebalance (streams/fencing.py)
-            try:
-                request = orjson.loads(event.message.value)
-                key = mail_id(request["kind"], request["record"])
-                if ledger.get(key) is None:  # else sent (or given up) before a restart
-                    ledger[key] = await deliver(mw, mailer, backoff, request)
-                    await ledger.wait_for_writes()
-            except Exception as error:
-                await dead_letter_failure(mw, publisher, "mail_billing_contacts", event, error)
-            # SMTP has no transactions: a mail is out once the server took it. Its ledger entry
-            # and its request's offset go to the next commit together, each mail on its own:
-            # held to the end of the batch, a worker killed part-way through sent them all again.
-            acknowledge(mw.app, [event])
+class Mailing:
+    """The mail agent's state on this worker: the outbox and the requests whose mail it sends."""
 
+    def __init__(self, mw: Meterwatch, mailer: SmtpMailer) -> None:
+        self.mw = mw
+        metrics = mw.metrics
+        self.outbox = MailOutbox(
+            mailer,
+            on_sent=self._sent,
+            on_failed=self._failed,
+            on_refused=self._refused,
+            on_given_up=self._given_up,
+            on_retry=lambda key, attempts, why: metrics.email_retries.inc(),
+            policy=RetryPolicy(give_up_after=mw.settings.mail_give_up_after),
+            max_pending=MAX_PENDING_MAILS,
+            may_send=self._may_send,
+        )
+        metrics.mail_backlog.set_function(self.outbox.backlog)
+        # mail id -> the requests for it (more than one when it was requested again meanwhile),
+        # acknowledged together once the mail is settled.
+        self._requests: dict[str, list[EventT]] = {}
 
-async def deliver(mw: Meterwatch, mailer: SmtpMailer, backoff: Backoff, request: dict[str, Any]) -> bytes:
-    """Send one mail; return what the ledger records: ``sent`` or ``failed: reason``."""
-    metrics = mw.metrics
-    sender = mw.settings.smtp_from
-    try:
+    def _may_send(self) -> bool:
+        """No send starts while a rebalance (with its table recovery) runs or after transactions
+        were lost: the partitions may be another worker's by now."""
+        return not self.mw.commit_gate.shut and not self.mw.app.rebalancing
+
+    def _owns(self, event: EventT) -> bool:
+        return self._may_send() and event.message.tp in self.mw.app.consumer.assignment()
+
+    def stop_now(self) -> None:
+        self.outbox.stop_sending()
+        self._requests.clear()  # unacknowledged: delivered again after the rebalance
+
+    async def stop(self) -> None:
+        stopped = await self.outbox.stopped()
+        self._requests.clear()
+        if stopped:
+            log.info(
+                "rebalance: %d mail(s) being sent stopped; they are sent by the partitions' next owner", len(stopped)
+            )
+
+    async def take(self, events: list[EventT]) -> None:
+        mw = self.mw
+        async with mw.commit_gate.outside_batches() as admitted:
+            if admitted:
+                publisher = TopicPublisher()
+                for _, part in by_source_partition(events):
+                    for event in part:
+                        if not self._owns(event):
+                            break  # delivered again after the rebalance, to this worker or another
+                        try:
+                            await self._take_one(event)
+                        except Exception as error:
+                            await dead_letter_failure(mw, publisher, "mail_billing_contacts", event, error)
+                            acknowledge(mw.app, [event])
+                await finish(mw, publisher)
+
+    async def _take_one(self, event: EventT) -> None:
+        ledger = self.mw.tables.mails_sent
+        request = orjson.loads(event.message.value)
+        key = mail_id(request["kind"], request["record"])
+        if ledger.get(key) is not None:  # settled before a restart or rebalance
+            acknowledge(self.mw.app, [event])
+            return
+        waiting = self._requests.get(key)
+        if waiting is not None:  # requested again while being sent: settled with the first
+            event.message.incref()
+            waiting.append(event)
+            return
+        try:
+            message = self._compose(request)
+        except MailCompositionError as error:
+            self.mw.metrics.emails_failed.labels("composition").inc()
+            log.warning("mail not sent: %s", error)
+            await ledger.write(key, b"failed: composition")
+            acknowledge(self.mw.app, [event])
+            return
+        await self.outbox.wait_for_room()
+        if not self._owns(event):
+            return
+        # One more reference: take_events' own acknowledgement of the batch is then not the
+        # last, and the offset stays uncommitted until the mail is settled.
+        event.message.incref()
+        self._requests[key] = [event]
+        self.outbox.put(key, message, requested_at(event))
+
+    def _compose(self, request: dict[str, Any]) -> EmailMessage:
+        sender = self.mw.settings.smtp_from
         if request["kind"] == ALERT:
-            message = compose_alert_mail(request["record"], sender=sender)
-        else:
-            message = compose_fin_disabled_mail(request["record"], request["recipients"], sender=sender)
-    except MailCompositionError as error:
-        metrics.emails_failed.labels("composition").inc()
-        log.warning("mail not sent: %s", error)
-        return b"failed: composition"
-    attempt = 0
-    recipients = None
-    metrics.mail_backlog.inc()
+            return compose_alert_mail(request["record"], sender=sender)
+        return compose_fin_disabled_mail(request["record"], request["recipients"], sender=sender)
+
+    async def _sent(self, key: str) -> None:
+        self.mw.metrics.emails_sent.inc()
+        await self._settle(key, b"sent")
+
+    async def _failed(self, key: str, reason: str) -> None:
+        if not reason.startswith(EVERY_RECIPIENT_REFUSED):  # those are counted as `refused`
+            self.mw.metrics.emails_failed.labels("permanent").inc()
+        await self._settle(key, b"failed: permanent")
+
+    def _refused(self, key: str, refused: Mapping[str, str]) -> None:
+        self.mw.metrics.emails_failed.labels("refused").inc(len(refused))
+        log.warning("SMTP server refused %d recipient(s) of mail %r; they are not retried", len(refused), key)
+
+    async def _given_up(self, key: str, reason: str) -> None:
+        self.mw.metrics.emails_failed.labels("given_up").inc()
+        await self._settle(key, b"failed: given up", given_up=reason)
+
+    async def _settle(self, key: str, outcome: bytes, given_up: str | None = None) -> None:
+        """Record the outcome in the ledger (and dead-letter a mail given up), then acknowledge
+        its requests: never the other way round, so a crash in between sends it again rather
+        than forgetting it."""
+        events = self._requests.get(key)
+        if not events:
+            return  # stopped by a rebalance meanwhile
+        mw = self.mw
+        async with mw.commit_gate.outside_batches() as admitted:
+            if not admitted:
+                return  # transactions lost: delivered again after the rebalance
+            first = events[0]
+            with acting_for(first):
+                publisher = TopicPublisher()
+                if given_up is not None:
+                    record = _given_up_record(first, key, given_up)
+                    await publisher.publish(mw.channels.dead_letter, _record_key(first), record)
+                await mw.tables.mails_sent.write(key, outcome)
+                await publisher.flush()
+            if self._requests.get(key) is events:
+                del self._requests[key]
+                acknowledge(mw.app, events)
+
+
+def _record_key(event: EventT) -> str | None:
+    """The dead letter's key, as for every output: the workspace (or, contract scope, the contract)."""
     try:
-        while True:
-            result = await mailer.send(message, recipients)
-            if result.refused:
-                metrics.emails_failed.labels("refused").inc(len(result.refused))
-                log.warning("SMTP server refused %d recipient(s) of a mail; they are not retried", len(result.refused))
-            if result.permanent_error is not None:
-                metrics.emails_failed.labels("permanent").inc()
-                log.warning("mail could not be sent: %s", result.permanent_error)
-                return b"failed: permanent"
-            if not result.needs_retry:
-                if result.accepted:
-                    metrics.emails_sent.inc()
-                return b"sent"
-            recipients = list(result.deferred) or recipients
-            metrics.email_retries.inc()
-            delay = backoff.delay(attempt)
-            attempt += 1
-            if attempt in (1, 10) or attempt % 100 == 0:
-                log.warning("SMTP trouble (%s); retrying, attempt %d", result.transient_error or "deferred", attempt)
-            await asyncio.sleep(delay)
-    finally:
-        metrics.mail_backlog.dec()
+        record = orjson.loads(event.message.value)["record"]
+        return record.get("workspace_id") or record.get("contract_id")
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _given_up_record(event: EventT, key: str, reason: str) -> dict[str, Any]:
+    message = event.message
+    return dead_letter(
+        source_topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,  # the request (record and recipients); never the mail's body
+        code=MAIL_GIVEN_UP,
+        message=f"mail {key} given up: {reason}",
+        at=datetime.now(UTC),
+    )

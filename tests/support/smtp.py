@@ -58,3 +58,25 @@ class SmtpServer:
     @property
     def mails(self) -> list[ReceivedMail]:
         return self.recorder.snapshot()
+
+
+@dataclass
+class DeferringRecorder(MailRecorder):
+    """Answers 4xx to RCPT for the addresses in ``deferred`` (every time, while they are listed),
+    counting each address's RCPT attempts; records the mails it accepts like ``MailRecorder``."""
+
+    deferred: set[str] = field(default_factory=set)
+    reply: str = "451 4.3.0 Mailbox temporarily unavailable"
+    attempts: dict[str, int] = field(default_factory=dict)
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any) -> str:
+        with self.lock:
+            self.attempts[address] = self.attempts.get(address, 0) + 1
+            if address in self.deferred:
+                return self.reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    def attempts_for(self, address: str) -> int:
+        with self.lock:
+            return self.attempts.get(address, 0)

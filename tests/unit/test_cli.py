@@ -56,6 +56,7 @@ def test_an_unreachable_broker_is_reported_as_such() -> None:
             "METERWATCH_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",
             "METERWATCH_STARTUP_TIMEOUT": "2s",
             "METERWATCH_SMTP_PASSWORD": "hunter2-secret",
+            "METERWATCH_SMTP_STARTTLS": "true",
         },
     )
     assert result.returncode == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from meterwatch.config.settings import ConfigError, ProcessingGuarantee, load_settings
@@ -157,7 +158,9 @@ def test_a_password_never_appears_in_an_error_message(variable: str) -> None:
 
 @pytest.mark.parametrize("variable", ["METERWATCH_SMTP_PASSWORD", "METERWATCH_KAFKA_SASL_PASSWORD"])
 def test_a_password_never_appears_when_settings_are_shown(variable: str) -> None:
-    settings = load_settings({variable: PASSWORD, "METERWATCH_SMTP_HOST": "smtp.example.com"})
+    settings = load_settings(
+        {variable: PASSWORD, "METERWATCH_SMTP_HOST": "smtp.example.com", "METERWATCH_SMTP_STARTTLS": "true"}
+    )
 
     assert PASSWORD not in repr(settings)
     assert PASSWORD not in str(settings)
@@ -182,3 +185,41 @@ def test_settings_cannot_be_changed_after_loading() -> None:
 
     with pytest.raises(Exception):
         settings.web_port = 1  # type: ignore[misc]
+
+
+def test_mail_give_up_age_reads_a_duration_with_a_unit() -> None:
+    assert load_settings({}).mail_give_up_after == timedelta(hours=24)
+    assert load_settings({"METERWATCH_MAIL_GIVE_UP_AFTER": "2s"}).mail_give_up_after == timedelta(seconds=2)
+    assert load_settings({"METERWATCH_MAIL_GIVE_UP_AFTER": "90m"}).mail_give_up_after == timedelta(minutes=90)
+    with pytest.raises(ConfigError, match="METERWATCH_MAIL_GIVE_UP_AFTER: must be a positive duration"):
+        load_settings({"METERWATCH_MAIL_GIVE_UP_AFTER": "0"})
+
+
+SMTP_LOGIN = {"METERWATCH_SMTP_HOST": "smtp.example.com", "METERWATCH_SMTP_USERNAME": "mailer"}
+
+
+@pytest.mark.parametrize("credential", [{"METERWATCH_SMTP_PASSWORD": PASSWORD}, {}])
+def test_smtp_credentials_without_tls_or_starttls_are_refused_in_one_line(credential: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings({**SMTP_LOGIN, **credential})
+    message = str(refused.value)
+    assert "METERWATCH_SMTP_STARTTLS=true or METERWATCH_SMTP_TLS=true" in message and "in clear" in message
+    assert "\n" not in message and PASSWORD not in message
+
+
+@pytest.mark.parametrize("encryption", ["METERWATCH_SMTP_STARTTLS", "METERWATCH_SMTP_TLS"])
+def test_smtp_credentials_with_tls_or_starttls_are_accepted(encryption: str) -> None:
+    settings = load_settings({**SMTP_LOGIN, "METERWATCH_SMTP_PASSWORD": PASSWORD, encryption: "true"})
+    assert settings.smtp_password is not None and (settings.smtp_tls or settings.smtp_starttls)
+
+
+def test_smtp_tls_and_starttls_exclude_each_other() -> None:
+    with pytest.raises(ConfigError, match="exclude each other"):
+        load_settings({"METERWATCH_SMTP_TLS": "true", "METERWATCH_SMTP_STARTTLS": "true"})
+
+
+def test_the_smtp_ca_file_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="METERWATCH_SMTP_CA_FILE: no such file"):
+        load_settings({"METERWATCH_SMTP_CA_FILE": str(tmp_path / "missing.pem")})
+    (tmp_path / "ca.pem").write_text("")
+    assert load_settings({"METERWATCH_SMTP_CA_FILE": str(tmp_path / "ca.pem")}).smtp_ca_file == str(tmp_path / "ca.pem")
