@@ -100,7 +100,7 @@ FIGURES = pytest.StashKey[list[str]]()
 @pytest.fixture
 def fault_figures(request: pytest.FixtureRequest) -> Callable[[str], None]:
     """Prints a fault test's figures and repeats them at the end of the run, where CI's log shows
-    them even when output is captured (issue 9: every fault test prints its figures)."""
+    them even when output is captured (every fault test prints its figures)."""
 
     def record(text: str) -> None:
         print(text)

@@ -1,4 +1,4 @@
-"""The broker stopped for 30 s under load, then started again (issue 9, fault suite).
+"""The broker stopped for 30 s under load, then started again (fault suite).
 
 The test runs its own single-node Apache Kafka (``.ci/kafka/broker.sh``, jars from Maven) so it
 can stop it; the embedded broker keeps nothing across a restart, so this case needs the real

@@ -1,4 +1,4 @@
-"""Fault suite, issue 9: a worker whose transactions are taken over (fenced) gives up its work in
+"""Fault suite: a worker whose transactions are taken over (fenced) gives up its work in
 hand, rejoins and carries on exactly, instead of exiting (streams/fencing.py; CONTRACT 4).
 
 The test plays the worker that took over: it opens a transactional producer under each of the

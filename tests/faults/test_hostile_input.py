@@ -1,4 +1,4 @@
-"""Fault suite, issue 9: hostile input.
+"""Fault suite: hostile input.
 
 10,000 generated hostile inputs, mixed with good events and commands, go to a real ``meterwatch
 worker`` on a real broker that mails through a real SMTP server. Afterwards the test checks what

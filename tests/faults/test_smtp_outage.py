@@ -1,4 +1,4 @@
-"""The SMTP server down for 60 s under alert traffic (issue 9, fault suite).
+"""The SMTP server down for 60 s under alert traffic (fault suite).
 
 Counting must not wait for mail: events/s with the server down stay within 10 % of
 undisturbed runs measured in the same test, on the same worker, with the same traffic shape.

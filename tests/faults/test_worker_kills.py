@@ -1,4 +1,4 @@
-"""Fault suite, issue 9: random SIGKILLs of workers under steady load (CONTRACT 3.3, 4, 5.1, 5.2, 5.6).
+"""Fault suite: random SIGKILLs of workers under steady load (CONTRACT 3.3, 4, 5.1, 5.2, 5.6).
 
 Three ``meterwatch worker`` processes share one consumer group and mail through a real SMTP
 server. For the whole run a producer sends usage for 24 workspaces: single-event messages keyed
