@@ -162,19 +162,35 @@ def step(
 class _Run:
     """Additive events summed into one metric's newest period, not yet folded into the state."""
 
-    __slots__ = ("tally", "period", "usage", "daily", "last_updated_ms", "bound", "keep_until_ms", "cycle", "changed")
+    __slots__ = (
+        "tally",
+        "period",
+        "start_ms",
+        "end_ms",
+        "usage",
+        "daily",
+        "last_updated_ms",
+        "bound",
+        "keep_until_ms",
+        "cycle",
+        "summed",
+    )
 
     def __init__(self, tally: MetricTally, bound: int, keep_until_ms: int, cycle: BillingCycle) -> None:
         latest = tally.periods[-1]
         self.tally = tally
         self.period = latest.period
+        # Whole milliseconds (periods start at local midnights): an instant is in the period
+        # exactly when its millisecond, rounded down, is.
+        self.start_ms = _ms(latest.period.start)
+        self.end_ms = _ms(latest.period.end)
         self.usage = latest.usage
         self.daily: dict[date, int] | None = None
         self.last_updated_ms = -1
         self.bound = bound
         self.keep_until_ms = keep_until_ms
         self.cycle = cycle
-        self.changed = False
+        self.summed = 0  # events summed into the run
 
 
 class _Step:
@@ -248,7 +264,7 @@ class _Step:
         cycle = self.state.profile.cycle
         # Tallies of an earlier cycle (counted before the workspace heard of its contract) are
         # not the periods new events fall into.
-        if not _has_period(cycle, latest.period):
+        if not _has_period(cycle, latest.period) or not _whole_ms(latest.period):
             return None
         bound = _quiet_below(self.state, metric, latest.period)
         if bound is None:
@@ -265,22 +281,22 @@ class _Step:
             return False
         occurred_at = datetime.fromisoformat(row[OCCURRED_AT])
         occurred_ms = _ms(occurred_at)
-        period = run.period
         # Whole milliseconds below the limit: the exact comparison is left to the per-event path.
         if occurred_ms >= received_ms + _FUTURE_MS:
             return False
-        if not (period.start <= occurred_at < period.end):
+        if not (run.start_ms <= occurred_ms < run.end_ms):
             return False
         quantity = row[QUANTITY]
         after = run.usage + quantity
         if after < 0 or after >= run.bound or after > MAX_AMOUNT:
             return False
         day = _local_day(run.cycle, occurred_at, occurred_ms)
-        key = dedupe_key(self.workspace_id, row[EVENT_ID])
-        first_seen = self.result.first_seen
+        key = f"{self.workspace_id}{KEY_SEPARATOR}{row[EVENT_ID]}"  # dedupe_key, inline
+        result = self.result
+        first_seen = result.first_seen
         first = first_seen.get(key) or self.seen.get(key)
         if is_repeat(first, position, received_ms, self.config.window_ms):
-            self.result.repeated += 1
+            result.repeated += 1
             return True
         if run.daily is None:
             run.daily = dict(run.tally.periods[-1].daily)
@@ -289,10 +305,7 @@ class _Step:
         run.daily[day] = run.daily.get(day, 0) + quantity
         run.usage = after
         run.last_updated_ms = received_ms
-        run.changed = True
-        result = self.result
-        result.summed += 1
-        result.counted[row[METRIC]] += 1
+        run.summed += 1
         result.occurred.append(occurred_at.timestamp())
         result.received.append(received_ms / 1000)
         if first is None or first.position != position:
@@ -308,9 +321,12 @@ class _Step:
                 self.state = replace(self.state, usage=replace(usage, applied_through=applied_through))
             return
         tallies = None
+        result = self.result
         for metric, run in self.runs.items():
-            if run is None or not run.changed:
+            if run is None or not run.summed:
                 continue
+            result.summed += run.summed
+            result.counted[metric] += run.summed
             latest = run.tally.periods[-1]
             updated = replace(
                 latest,
@@ -504,6 +520,10 @@ def _quiet_below(state: WorkspaceState, metric: str, period: BillingPeriod) -> i
 
 
 _PERIODS: dict[tuple[int, str, datetime, datetime], bool] = {}
+
+
+def _whole_ms(period: BillingPeriod) -> bool:
+    return period.start.microsecond % 1000 == 0 and period.end.microsecond % 1000 == 0
 
 
 def _has_period(cycle: BillingCycle, period: BillingPeriod) -> bool:
