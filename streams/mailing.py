@@ -150,7 +150,9 @@ class Mailing:
                 for _, part in by_source_partition(events):
                     for event in part:
                         if not self._owns(event):
-                            break  # delivered again after the rebalance, to this worker or another
+                            # Delivered again after the rebalance, to this worker or another.
+                            _keep_unacknowledged(event)
+                            continue
                         try:
                             await self._take_one(event)
                         except Exception as error:
@@ -180,6 +182,7 @@ class Mailing:
             return
         await self.outbox.wait_for_room()
         if not self._owns(event):
+            _keep_unacknowledged(event)
             return
         # One more reference: take_events' own acknowledgement of the batch is then not the
         # last, and the offset stays uncommitted until the mail is settled.
@@ -232,6 +235,13 @@ class Mailing:
             if self._requests.get(key) is events:
                 del self._requests[key]
                 acknowledge(mw.app, events)
+
+
+def _keep_unacknowledged(event: EventT) -> None:
+    """Hold ``event``'s offset back from the commit: ``take_events`` acknowledges every event of
+    its batch when the batch ends, and an offset committed past a mail that was never sent would
+    lose it. The rebalance under way reads it again from the committed offset."""
+    event.message.incref()
 
 
 def _record_key(event: EventT) -> str | None:
