@@ -244,16 +244,6 @@ def run_two_workers(args: argparse.Namespace, workers: list[MeterwatchWorker], s
                 partial_events_per_s=(counted["counted"] - at_start) / seconds if seconds > 0 else None,
             )
         result = _meterwatch_result(shape.events, clock, counted, at_start)
-        result["batches"] = worker.batches()
-        cpu = worker.cpu()
-        if cpu and cpu_at_start:
-            used = {name: cpu[name] - cpu_at_start.get(name, 0) for name in cpu}
-            events = shape.events - at_start
-            result["cpu"] = {
-                **used,
-                "cpu_us_per_event": (used["user_seconds"] + used["system_seconds"]) / events * 1e6 if events else None,
-                "minor_faults_per_event": used["minor_faults"] / events if events else None,
-            }
         time.sleep(1.0)
         result["per_worker_counted"] = [w.counted() for w in workers]
         result["counter_after_1s"] = sum(v or 0 for v in result["per_worker_counted"])

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from harness import PYTHON, PhaseFailed, dir_size, free_port, proc_status, spawn, stop_process, tail
+from harness import PYTHON, PhaseFailed, dir_size, free_port, proc_cpu, proc_status, spawn, stop_process, tail
 from harness import child_env as _child_env
-from harness import proc_cpu
 from producing import METRIC
 
 COUNTED = "meterwatch_events_counted_total"
