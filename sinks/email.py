@@ -215,6 +215,27 @@ class MailOutbox:
         """Wait while ``max_pending`` mails are being sent: memory stays bounded in a long outage."""
         await self._room.wait()
 
+    def hold(self) -> None:
+        """Start no SMTP transaction from now on: sends waiting (for a retry or a connection) end
+        at once, unsettled; a send in the middle of one finishes it, and settles if it went
+        through. Used at a rebalance, so a mail the server took is recorded before the hand-over."""
+        for send in self._pending.values():
+            send.stopped = True
+            if not send.attempting:
+                send.task.cancel()
+
+    async def drain(self, timeout: float) -> list[str]:
+        """``hold``, wait up to ``timeout`` seconds for the SMTP transactions under way to end,
+        then cancel what is left. Returns the keys that did not settle."""
+        pending = {key: send.task for key, send in self._pending.items()}
+        self.hold()
+        if pending:
+            await asyncio.wait(pending.values(), timeout=timeout)
+        for task in pending.values():
+            task.cancel()
+        ended = await asyncio.gather(*pending.values(), return_exceptions=True)
+        return [key for key, settled in zip(pending, ended, strict=True) if settled is not True]
+
     def stop_sending(self) -> list[str]:
         """Cancel every mail being sent, at once (callable where nothing may be awaited); returns
         their keys. None of them is reported settled."""
@@ -258,7 +279,11 @@ class MailOutbox:
                 async with self._connections:
                     if self._sending_stopped(send):  # looked at again after waiting for a connection
                         return False
-                    result = await self._attempt(message, recipients)
+                    send.attempting = True
+                    try:
+                        result = await self._attempt(message, recipients)
+                    finally:
+                        send.attempting = False
                 attempts += 1
                 accepted += result.accepted
                 refused.update(result.refused)
@@ -316,6 +341,7 @@ class _Send:
     requested_at: datetime
     task: asyncio.Task[bool] = field(init=False)
     stopped: bool = False
+    attempting: bool = False  # in an SMTP transaction
 
 
 def _deferred(deferred: Mapping[str, str]) -> str:

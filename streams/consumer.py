@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer
@@ -86,12 +88,23 @@ class CommittedOrBeginningConsumer(Consumer):
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         if revoked and not self.app.should_stop:  # stopping: Faust's own shutdown commits
+            for settle in _BEFORE_HANDOVER.get(self.app, ()):
+                await settle()
             await commit_before_handover(self)
         await super().on_partitions_revoked(revoked)
 
     async def request_rejoin(self) -> None:
         """Ask the group for a rebalance (streams/fencing.py)."""
         await self._thread.request_rejoin()
+
+
+_BEFORE_HANDOVER: weakref.WeakKeyDictionary[Any, list[Callable[[], Awaitable[None]]]] = weakref.WeakKeyDictionary()
+
+
+def before_handover(app: Any, settle: Callable[[], Awaitable[None]]) -> None:
+    """Have ``settle`` run when partitions are revoked, before the commit that hands them over:
+    work it finishes (and acknowledges) then is committed rather than done again by the next owner."""
+    _BEFORE_HANDOVER.setdefault(app, []).append(settle)
 
 
 async def commit_before_handover(consumer: Consumer) -> None:

@@ -32,6 +32,7 @@ from ..sinks.kafka import TopicPublisher
 from ..sinks.mail_text import MailCompositionError, compose_alert_mail, compose_fin_disabled_mail
 from .batches import by_source_partition, finish
 from .commit_gate import acknowledge
+from .consumer import before_handover
 from .partition_context import acting_for
 from .poison import dead_letter_failure
 
@@ -48,6 +49,8 @@ MAIL_GIVEN_UP = "mail_given_up"  # the dead-letter code of a mail given up at it
 # Mails being sent at once on one worker; the agent waits for room beyond that, so a long
 # outage costs bounded memory (lag on the mail-requests topic grows instead).
 MAX_PENDING_MAILS = 1000
+# At a rebalance, how long an SMTP transaction under way may take to end before the hand-over.
+HANDOVER_MAIL_SECONDS = 5.0
 
 
 def mail_request(kind: str, record: dict[str, Any], recipients: list[str]) -> bytes:
@@ -76,6 +79,7 @@ def register(mw: Meterwatch) -> None:
         raise StartupError(str(error)) from None
     mailing = Mailing(mw, mailer)
     mw.app.sensors.add(StopMailAtRebalance(mailing))
+    before_handover(mw.app, mailing.settle_before_handover)
 
     @mw.app.on_partitions_revoked.connect
     async def stop_mail_of_revoked_partitions(app: Any, revoked: Any, **kwargs: Any) -> None:
@@ -88,8 +92,9 @@ def register(mw: Meterwatch) -> None:
 
 
 class StopMailAtRebalance(faust.Sensor):
-    """Faust calls ``on_rebalance_start`` before it commits and gives up any partition: every send
-    is cancelled then, so none settles (or reaches an SMTP server again) after the commit."""
+    """Faust calls ``on_rebalance_start`` before it commits and gives up any partition: from then
+    on no SMTP transaction starts; those under way end, and settle, before the commit that
+    precedes the hand-over (``Mailing.settle_before_handover``)."""
 
     def __init__(self, mailing: Mailing) -> None:
         super().__init__()
@@ -131,8 +136,16 @@ class Mailing:
         return self._may_send() and event.message.tp in self.mw.app.consumer.assignment()
 
     def stop_now(self) -> None:
-        self.outbox.stop_sending()
-        self._requests.clear()  # unacknowledged: delivered again after the rebalance
+        self.outbox.hold()
+
+    async def settle_before_handover(self) -> None:
+        """Let the SMTP transactions under way end and record what they sent, so that the commit
+        before the hand-over covers them; whatever has not settled by then is left to the next
+        owner (unacknowledged, it is read again from the committed offset)."""
+        unsettled = await self.outbox.drain(HANDOVER_MAIL_SECONDS)
+        self._requests.clear()
+        if unsettled:
+            log.info("rebalance: %d mail(s) not settled; they are sent by the partitions' next owner", len(unsettled))
 
     async def stop(self) -> None:
         stopped = await self.outbox.stopped()

@@ -163,3 +163,45 @@ async def test_puts_wait_for_room_beyond_the_pending_limit() -> None:
     assert not waiting.done()
     await outbox.stopped()
     await asyncio.wait_for(waiting, timeout=1)
+
+
+class HeldInTransaction:
+    """A mailer whose server takes each mail only when the test lets it (``release``)."""
+
+    def __init__(self) -> None:
+        self.released = asyncio.Event()
+        self.in_transaction: list[str] = []
+
+    async def send(self, message: EmailMessage, recipients: Any = None) -> SendResult:
+        self.in_transaction.append(message["Subject"])
+        await self.released.wait()
+        return SendResult(accepted=(message["To"],))
+
+
+async def test_a_hand_over_lets_a_transaction_under_way_settle_and_ends_the_waiting_sends() -> None:
+    recorded = Recorded()
+    held = HeldInTransaction()
+    outbox = recorded.outbox(held, max_concurrent_sends=1)
+    outbox.put("in-smtp", mail("a@example.com", "in-smtp"))
+    outbox.put("waiting", mail("b@example.com", "waiting"))  # waits for the one connection
+    await until(lambda: held.in_transaction == ["in-smtp"])
+
+    draining = asyncio.ensure_future(outbox.drain(timeout=5))
+    await asyncio.sleep(0.05)
+    held.released.set()  # the server takes the mail while the hand-over waits
+    assert await draining == ["waiting"]
+    # The mail the server took is reported sent, so it is recorded before the hand-over; the
+    # waiting one never reached the server and is left to the next owner.
+    assert recorded.sent == ["in-smtp"] and held.in_transaction == ["in-smtp"]
+    assert outbox.backlog() == 0
+
+
+async def test_a_hand_over_does_not_wait_beyond_its_timeout() -> None:
+    recorded = Recorded()
+    held = HeldInTransaction()
+    outbox = recorded.outbox(held)
+    outbox.put("in-smtp", mail("a@example.com", "in-smtp"))
+    await until(lambda: held.in_transaction == ["in-smtp"])
+    async with asyncio.timeout(2):
+        assert await outbox.drain(timeout=0.1) == ["in-smtp"]
+    assert recorded.sent == [] and outbox.backlog() == 0
