@@ -13,11 +13,12 @@ from .seen_ids_table import SeenEventIdsTable
 
 # The seen-event-ids store (streams/seen_ids_store.py). Each partition's database writes to
 # memtables of 4 MiB, at most 2; every partition of a worker shares one block cache, which holds
-# the index and filter blocks too and is charged for all the memtables, at most 16 MiB of them.
-# RocksDB memory is then about the cache's 32 MiB, whatever the partitions and ids held.
+# the index and filter blocks too and is charged for all the memtables, at most 32 MiB of them
+# (so 8 partitions each fill a memtable before it is flushed). RocksDB memory is then about the
+# cache's 48 MiB, whatever the partitions and ids held.
 ROCKSDB_MEMTABLE_BYTES = 4 * 1024 * 1024
-ROCKSDB_MEMTABLE_BUDGET_BYTES = 16 * 1024 * 1024
-ROCKSDB_BLOCK_CACHE_BYTES = 32 * 1024 * 1024
+ROCKSDB_MEMTABLE_BUDGET_BYTES = 32 * 1024 * 1024
+ROCKSDB_BLOCK_CACHE_BYTES = 48 * 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ def test_the_dedupe_store_is_on_disk_so_memory_stays_bounded() -> None:
     # partition, with the memtables charged to it.
     options = mw.tables.seen_event_ids.data.rocksdb_options
     assert options.write_buffer_size * options.max_write_buffer_number <= 8 * 1024 * 1024
-    assert options.block_cache_size <= 32 * 1024 * 1024
+    assert options.block_cache_size <= 48 * 1024 * 1024
     assert options.memtable_budget <= options.block_cache_size
     assert options.ttl == 2 * 24 * 3600
 
