@@ -18,19 +18,44 @@ from worker import MeterwatchWorker, wait_counter
 # What /metrics and /proc can tell: RSS split into anonymous memory (the Python heap, RocksDB's
 # block cache and memtables, every malloc) and file-backed pages (mapped libraries, RocksDB files
 # read through mmap); prometheus_client's process_resident_memory_bytes is the same RSS seen from
-# inside. Splitting the anonymous part between Python and RocksDB needs instrumentation inside
-# the worker (tracemalloc, RocksDB's memory properties), which this benchmark does not add.
+# inside. The worker's meterwatch_memory_bytes splits the anonymous part: RocksDB's block cache
+# (memtables charged to it), memtables and table readers, and glibc malloc's bytes in use (RocksDB
+# and Python objects over 512 bytes) and free; the anonymous memory beyond what malloc has in use
+# is Python's own small-object arenas, thread stacks, and the free malloc pages still resident.
 BREAKDOWN_NOTE = (
     "RSS split from /proc (RssAnon: Python heap + RocksDB caches/memtables + other malloc; RssFile: mapped files); "
-    "process_resident_memory_bytes from /metrics is the same RSS seen from inside, not the Python heap; "
-    "the anonymous part cannot be split between Python and RocksDB from outside"
+    "the anonymous part split by the worker's meterwatch_memory_bytes (sampled every 2 s): RocksDB (block cache "
+    "with the memtables charged to it, memtables, table readers), malloc in use (RocksDB included) and free "
+    "(resident or handed back); anon beyond malloc in use = RssAnon - malloc in use (Python's small-object "
+    "arenas, thread stacks, free malloc pages still resident)"
 )
+MEMORY_METRIC = "meterwatch_memory_bytes"
+
+
+def memory_parts(worker: MeterwatchWorker) -> dict[str, float]:
+    """``meterwatch_memory_bytes`` by part, from the worker's /metrics."""
+    status, body = worker.get("/metrics")
+    if status != 200:
+        return {}
+    text = body.decode(errors="replace") if isinstance(body, bytes) else str(body)
+    parts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(MEMORY_METRIC + "{"):
+            labels, _, value = line.rpartition(" ")
+            part = labels.split('part="', 1)[1].split('"', 1)[0]
+            parts[part] = float(value)
+    return parts
 
 
 def snapshot(worker: MeterwatchWorker) -> dict[str, Any]:
     memory = worker.memory()
     metrics = worker.metrics()
+    parts = memory_parts(worker)
+    anon = memory.get("RssAnon")
+    if anon is not None and "malloc_in_use" in parts:
+        parts["anon_beyond_malloc_in_use"] = anon - parts["malloc_in_use"]
     return {
+        "memory_parts_bytes": parts,
         "rss_bytes": memory.get("VmRSS"),
         "peak_rss_bytes": memory.get("VmHWM"),
         "rss_anon_bytes": memory.get("RssAnon"),
@@ -74,7 +99,7 @@ def run_dedupe_memory(
         "skipped_5m": args.quick,
         "breakdown_note": BREAKDOWN_NOTE,
     }
-    trajectory: list[tuple[float, int, int | None]] = []
+    trajectory: list[tuple[float, int, int | None, float | None]] = []
     result["rss_trajectory"] = trajectory
 
     log(f"memory: producing {steps[0]:,} events before the worker starts ...")
@@ -87,8 +112,11 @@ def run_dedupe_memory(
         def progress(_elapsed: float, counted: int) -> None:
             elapsed = time.perf_counter() - healthy_at
             rss = worker.memory().get("VmRSS")
-            trajectory.append((round(elapsed, 1), counted, rss))
-            log(f"memory: {counted:,} counted {elapsed:.0f}s after the worker became healthy, RSS {mib(rss)}")
+            in_use = memory_parts(worker).get("malloc_in_use")
+            trajectory.append((round(elapsed, 1), counted, rss, in_use))
+            log(
+                f"memory: {counted:,} counted {elapsed:.0f}s after the worker became healthy, RSS {mib(rss)}, malloc in use {mib(in_use)}"
+            )
 
         done = 0
         for index, total in enumerate(steps):
@@ -134,4 +162,6 @@ def run_dedupe_memory(
             result["growth_bytes_per_id"]["disk_bytes"] = (
                 sum(second["disk_bytes_by_table"].values()) - sum(first["disk_bytes_by_table"].values())
             ) / extra_ids
+        before, after = first.get("memory_parts_bytes") or {}, second.get("memory_parts_bytes") or {}
+        result["growth_bytes_by_part"] = {part: after[part] - before.get(part, 0) for part in after}
     return result

@@ -237,6 +237,9 @@ def memory_lines(memory: dict[str, Any]) -> list[str]:
             f"dedupe entries {rate(step['dedupe_store_entries'])}; on disk {mib(sum(disk.values()))} ({tables}); "
             f"counted at {rate(step['events_per_s'])} events/s"
         )
+        parts = step.get("memory_parts_bytes")
+        if parts:
+            lines.append("    of which: " + ", ".join(f"{part} {mib(size)}" for part, size in parts.items()))
     if memory.get("skipped_5m"):
         lines.append("  the 5,000,000-id step was skipped (--quick)")
     if "rss_ratio" in memory:
@@ -249,14 +252,19 @@ def memory_lines(memory: dict[str, Any]) -> list[str]:
         lines.append(
             "  growth per extra id: " + ", ".join(f"{k.replace('_bytes', '')} {v:,.1f} B" for k, v in growth.items())
         )
+    by_part = memory.get("growth_bytes_by_part")
+    if by_part:
+        lines.append(
+            "  growth by part: " + ", ".join(f"{part} {size / 2**20:+,.1f} MiB" for part, size in by_part.items())
+        )
     if "breakdown_note" in memory:
         lines.append(f"  note: {memory['breakdown_note']}")
     trajectory = memory.get("rss_trajectory") or []
     if trajectory:
         picks = trajectory[:: max(1, len(trajectory) // 8)]
         lines.append(
-            "  RSS while counting (s after healthy, ids counted, RSS): "
-            + "; ".join(f"{t:.0f}s {n:,} {mib(r)}" for t, n, r in picks)
+            "  RSS while counting (s after healthy, ids counted, RSS [malloc in use]): "
+            + "; ".join(f"{t:.0f}s {n:,} {mib(r)}" + (f" [{mib(rest[0])}]" if rest else "") for t, n, r, *rest in picks)
         )
     return lines
 

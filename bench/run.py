@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/run.py [--events N] [--quick] [--shapes single1k,single100k,batch]
                                   [--skip-two-workers] [--skip-latency] [--skip-memory]
+    .venv/bin/python bench/run.py --shapes= --skip-latency    # the memory step alone
 
 On the embedded broker (or --bootstrap), for each shape (single events over 1,000 workspaces,
 single events over 100,000 workspaces, batches of 100 events each for one of 1,000 workspaces),
@@ -53,7 +54,9 @@ def parse_args() -> argparse.Namespace:
         help="events per shape (default 200000; at least 200000 over 100,000 workspaces)",
     )
     parser.add_argument(
-        "--shapes", default=",".join(SHAPES), help=f"shapes to run, comma-separated ({','.join(SHAPES)})"
+        "--shapes",
+        default=",".join(SHAPES),
+        help=f"shapes to run, comma-separated ({','.join(SHAPES)}); empty (--shapes=) for none",
     )
     parser.add_argument("--quick", action="store_true", help="skip the 5,000,000-id memory step")
     parser.add_argument("--skip-memory", action="store_true", help="skip the memory step")

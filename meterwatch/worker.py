@@ -17,6 +17,7 @@ from typing import Any
 
 import faust
 
+from . import allocator
 from .brokers.probe import BrokerUnreachable, broker_supports_transactions, wait_for_broker
 from .config import ProcessingGuarantee, Settings
 from .logs import logging_config
@@ -74,6 +75,7 @@ async def choose_guarantee(settings: Settings, bootstrap: str) -> ProcessingGuar
 
 
 def run_worker(settings: Settings, *, parent_pid: int | None = None) -> int:
+    allocator.configure()
     logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
     if parent_pid is not None:
         _stop_when_parent_exits(parent_pid)

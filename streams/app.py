@@ -47,6 +47,10 @@ class Meterwatch:
     commit_gate: CommitGate
 
 
+# Four count batches (streams/counting.py, BATCH_MESSAGES) ahead.
+STREAM_BUFFER_RECORDS = 256
+
+
 def create_app(
     settings: Settings, bootstrap: str, guarantee: ProcessingGuarantee, metrics: Metrics | None = None
 ) -> Meterwatch:
@@ -76,6 +80,10 @@ def create_app(
         datadir=str(Path(settings.data_dir) / settings.group_id),
         autodiscover=False,
         stream_wait_empty=False,
+        # Records fetched ahead of each agent, and of each table's recovery. An inbox record carries
+        # up to 1,000 events and a dedupe changelog record up to 256 KiB, so Faust's 4,096 would
+        # let a worker catching up hold hundreds of MiB in flight; a few batches ahead is enough.
+        stream_buffer_maxsize=STREAM_BUFFER_RECORDS,
         producer_acks=-1,
         key_serializer="raw",
         value_serializer="raw",

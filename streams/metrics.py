@@ -118,6 +118,14 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.memory = Gauge(
+            "meterwatch_memory_bytes",
+            "Parts of this worker's memory, sampled every 2 s: the dedupe store's RocksDB block cache "
+            "(memtables charged to it), memtables and table readers; glibc malloc's bytes in use, and free "
+            "in its arenas (resident or handed back).",
+            ["part"],
+            registry=r,
+        )
         self.dedupe_entries = Gauge(
             "meterwatch_dedupe_store_entries",
             "Estimated event ids held by this worker's dedupe store (RocksDB estimate).",

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..allocator import malloc_usage, release_free_memory
 from . import ingest
 
 if TYPE_CHECKING:
     from .app import Meterwatch
 
 SAMPLE_EVERY_SECONDS = 5.0
+# Often enough that a worker back at rest shows its resting memory within a couple of seconds;
+# a pass takes a few ms, in a thread.
+RELEASE_FREE_MEMORY_EVERY_SECONDS = 2.0
 
 
 def register(mw: Meterwatch) -> None:
@@ -32,6 +37,17 @@ def register(mw: Meterwatch) -> None:
     @app.timer(SAMPLE_EVERY_SECONDS)
     async def sample() -> None:
         sample_gauges(mw)
+
+    @app.timer(RELEASE_FREE_MEMORY_EVERY_SECONDS)
+    async def release_memory() -> None:
+        # meterwatch.allocator: what malloc keeps after RocksDB's compactions and large batches.
+        # Both calls walk malloc's arenas (milliseconds), so they run in a thread, and the
+        # memory gauges are set here rather than at every scrape.
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, release_free_memory)
+        malloc = await loop.run_in_executor(None, malloc_usage)
+        for part, size in {**mw.tables.seen_event_ids.memory(), **malloc}.items():
+            metrics.memory.labels(part).set(size)
 
 
 def sample_gauges(mw: Meterwatch) -> None:

@@ -17,8 +17,10 @@ from typing import Any
 from faust.streams import current_event
 from faust.types import EventT
 from rocksdict import WriteBatch
+from yarl import URL
 
 from .durable_table import DurableTable, fast_key_encoder
+from .seen_ids_store import SeenIdsStore
 
 # Identifiers never hold C0 controls (models.common), so these cannot occur inside a key or value.
 # The chunk's key goes through the table's key serializer like any key; its value is raw bytes.
@@ -94,6 +96,25 @@ def unpack_changelog(batch: Iterable[EventT], encode_key: Callable[[str], bytes]
 
 class SeenEventIdsTable(DurableTable):
     _encoder: Callable[[str], bytes] | None = None
+
+    def _new_store_by_url(self, url: str | URL) -> SeenIdsStore:
+        """Faust's RocksDB store, with every partition's database under one memory budget
+        (``streams/seen_ids_store.py``)."""
+        return SeenIdsStore(
+            url,
+            self.app,
+            self,
+            table_name=self.name,
+            key_type=self.key_type,
+            key_serializer=self.key_serializer,
+            value_serializer=self.value_serializer,
+            value_type=self.value_type,
+            loop=self.loop,
+            options=self.options,
+        )
+
+    def memory(self) -> dict[str, int]:
+        return self.data.memory()
 
     def get_many(self, partition: int, keys: list[str]) -> list[bytes | None]:
         """The stored values of ``keys`` (None where absent), read from ``partition``'s RocksDB

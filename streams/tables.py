@@ -11,9 +11,14 @@ from ..config import Settings
 from .durable_table import DurableTable
 from .seen_ids_table import SeenEventIdsTable
 
-# Per partition of the seen-event-ids store: at most 2 memtables plus the block cache.
+# The seen-event-ids store (streams/seen_ids_store.py). Each partition's database writes to
+# memtables of 4 MiB, at most 2; every partition of a worker shares one block cache, which holds
+# the index and filter blocks too and is charged for all the memtables, at most 32 MiB of them
+# (so 8 partitions each fill a memtable before it is flushed). RocksDB memory is then about the
+# cache's 48 MiB, whatever the partitions and ids held.
 ROCKSDB_MEMTABLE_BYTES = 4 * 1024 * 1024
-ROCKSDB_BLOCK_CACHE_BYTES = 8 * 1024 * 1024
+ROCKSDB_MEMTABLE_BUDGET_BYTES = 32 * 1024 * 1024
+ROCKSDB_BLOCK_CACHE_BYTES = 48 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -63,10 +68,11 @@ def declare_tables(app: faust.App, settings: Settings) -> Tables:
                 # RocksDB drops entries once they are well past the window, bounding the disk too.
                 "ttl": window_seconds * 2,
                 # Faust's defaults (3 memtables of 64 MiB and a 2 GiB block cache per partition)
-                # let memory grow with the id count until the first flush, hundreds of MiB per
-                # worker; ids are written once and rarely read back, so small ones cost little.
+                # let memory grow with the id count, hundreds of MiB per worker; ids are written
+                # once and rarely read back, so small memtables and one small cache cost little.
                 "write_buffer_size": ROCKSDB_MEMTABLE_BYTES,
                 "max_write_buffer_number": 2,
+                "memtable_budget": ROCKSDB_MEMTABLE_BUDGET_BYTES,
                 "block_cache_size": ROCKSDB_BLOCK_CACHE_BYTES,
             },
         ),

@@ -37,11 +37,31 @@ def test_the_dedupe_store_is_on_disk_so_memory_stays_bounded() -> None:
     assert isinstance(mw.tables.seen_event_ids.data, RocksDBStore)
     assert isinstance(mw.tables.workspaces.data, MemoryStore)
     # Faust's RocksDB defaults reserve up to 3 x 64 MiB of memtables and a 2 GiB block cache
-    # per partition: the bounds that keep a worker's memory flat are ours.
+    # per partition: the bounds that keep a worker's memory flat are ours, one cache for every
+    # partition, with the memtables charged to it.
     options = mw.tables.seen_event_ids.data.rocksdb_options
     assert options.write_buffer_size * options.max_write_buffer_number <= 8 * 1024 * 1024
-    assert options.block_cache_size <= 8 * 1024 * 1024
+    assert options.block_cache_size <= 48 * 1024 * 1024
+    assert options.memtable_budget <= options.block_cache_size
     assert options.ttl == 2 * 24 * 3600
+
+
+def test_every_partition_of_the_dedupe_store_shares_one_cache(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    mw = build({"METERWATCH_DATA_DIR": str(tmp_path)})
+    store = mw.tables.seen_event_ids.data
+    options = store.rocksdb_options
+    for partition in (0, 5):
+        store._db_for_partition(partition)  # noqa: SLF001
+    assert set(store._dbs) == {0, 5}  # noqa: SLF001
+    # Both databases were opened with the store's one cache and write buffer manager: their
+    # memtables are charged to it as soon as they exist.
+    assert options.write_buffer_manager.enabled()
+    assert options.cache.get_usage() >= options.write_buffer_manager.get_usage() > 0
+    assert set(mw.tables.seen_event_ids.memory()) == {
+        "rocksdb_block_cache",
+        "rocksdb_memtables",
+        "rocksdb_table_readers",
+    }
 
 
 def test_every_name_carries_the_prefix_and_app_id() -> None:
