@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 # A commit normally takes milliseconds; one held up by a broker outage must not hold up the rebalance.
 HANDOVER_COMMIT_SECONDS = 10.0
+# How long the broker may hold a fetch that finds nothing new (aiokafka's default is 500 ms).
+FETCH_MAX_WAIT_MS = 100
 
 
 async def seek_to_committed_or_beginning(
@@ -54,6 +56,15 @@ async def seek_to_committed_or_beginning(
 
 class CommittedOrBeginningConsumerThread(AIOKafkaConsumerThread):
     logger = FAUST_SERVICES_LOG
+
+    def _create_worker_consumer(self, transport: Any) -> AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        # Faust fixes 1.5 s. aiokafka leaves partitions with records still unread out of its next
+        # fetch, and the broker holds that fetch up to this long when the others have nothing
+        # new: records arriving meanwhile for the left-out ones waited for it. Read before
+        # start(), which builds the fetcher.
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # noqa: SLF001
+        return consumer
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         changelogs = set(self.consumer.app.tables.changelog_topics)

@@ -12,6 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from ..config import Settings
+from .consumer import FETCH_MAX_WAIT_MS
 from .kafka_client import client_options
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ def new_consumer(mw: Meterwatch, group: str, *, isolation_committed: bool) -> AI
         isolation_level="read_committed" if isolation_committed else "read_uncommitted",
         # As Faust's consumer: a worker that died is noticed, and its partitions handed on, in seconds.
         session_timeout_ms=10_000,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         heartbeat_interval_ms=1_000,
         **client_options(mw.settings),
     )

@@ -93,3 +93,16 @@ async def test_a_commit_held_up_does_not_hold_up_the_rebalance(
         await commit_before_handover(consumer)  # type: ignore[arg-type]
     assert consumer.commits == 0
     assert "could not commit before giving partitions up" in caplog.text
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_the_broker_holds_an_empty_fetch_a_tenth_of_a_second_not_faust_s_one_and_a_half(guarantee: str) -> None:
+    from meterwatch.config import ProcessingGuarantee, load_settings
+    from meterwatch.streams.app import create_app
+    from meterwatch.streams.ingest_kafka import new_consumer
+
+    mw = create_app(load_settings({}), "127.0.0.1:9092", ProcessingGuarantee(guarantee))
+    thread = mw.app.consumer._thread
+    faust_consumer = thread._create_worker_consumer(mw.app.transport)
+    ingest_consumer = new_consumer(mw, "g", isolation_committed=False)
+    assert faust_consumer._fetch_max_wait_ms == ingest_consumer._fetch_max_wait_ms == 100
