@@ -111,6 +111,12 @@ def is_broker(proc: Proc) -> bool:
     return "tansu" in proc.command
 
 
+def program(proc: Proc) -> str:
+    """The program's name; a child forked a moment ago may not have run it yet (no command line)."""
+    argv = proc.command.split()
+    return argv[0].rsplit("/", 1)[-1] if argv else f"pid {proc.pid} (not started yet)"
+
+
 def healthy(port: int) -> bool:
     return http_get(f"http://127.0.0.1:{port}/health", timeout=1)[0] == 200
 
@@ -130,7 +136,7 @@ def assert_dev_stops_everything(dev: Dev, signum: signal.Signals, figures: Calla
     left = wait_until_gone([*before, *tagged(TAG, dev.tag)], deadline)
     all_gone = time.monotonic() - sent_at
     figures(
-        f"dev {signum.name} while {phase}: children then {[p.command.split()[0].rsplit('/', 1)[-1] for p in before]}; "
+        f"dev {signum.name} while {phase}: children then {[program(p) for p in before]}; "
         f"dev exited with {code} after {dev_seconds:.1f}s; everything gone after {all_gone:.1f}s"
     )
     assert code is not None, f"dev still running {DEV_STOP_SECONDS}s after {signum.name}:\n{dev.output()}"

@@ -25,7 +25,11 @@ def messages(path: Path) -> list[str]:
 
 
 async def test_start_rebalance_and_recovery_each_log_one_json_line(deployment: dict[str, str], tmp_path: Path) -> None:
-    deployment |= {"METERWATCH_LOG_FORMAT": "json", "METERWATCH_SMTP_PASSWORD": "s3cret-never-logged"}
+    deployment |= {
+        "METERWATCH_LOG_FORMAT": "json",
+        "METERWATCH_SMTP_PASSWORD": "s3cret-never-logged",
+        "METERWATCH_SMTP_STARTTLS": "true",  # a password is refused without TLS
+    }
     log_path = tmp_path / "worker.log"
     worker = WorkerProcess(env=deployment, log_path=log_path, web_port=int(deployment["METERWATCH_WEB_PORT"]))
     worker.start()
