@@ -1,4 +1,8 @@
-"""Table values to bytes and back (orjson), kept apart from the core that defines them."""
+"""Table values to bytes and back (orjson), kept apart from the core that defines them.
+
+Times are written as ``datetime.isoformat()`` and days as ``date.isoformat()`` write them;
+orjson writes both natively in that very form (``_NATIVE``), which is how values are encoded.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,9 @@ from ..core.metering import MetricTally, PeriodTally, WorkspaceUsage
 from ..core.periods import BillingCycle, BillingPeriod
 from ..core.workspace import ContractOthers, WorkspaceState
 
+# datetime and date (dict keys included) written by orjson, as their isoformat() would be
+_NATIVE = orjson.OPT_NON_STR_KEYS
+
 
 def encode_workspace(state: WorkspaceState) -> bytes:
     others = state.contract_others
@@ -29,7 +36,8 @@ def encode_workspace(state: WorkspaceState) -> bytes:
             if others is None
             else {"period": _period(others.period), "usage": dict(others.usage)},
             "fin": None if state.fin is None else _fin(state.fin),
-        }
+        },
+        option=_NATIVE,
     )
 
 
@@ -73,8 +81,8 @@ def _read_fin(data: dict[str, Any]) -> FinState:
     )
 
 
-def _period(period: BillingPeriod | None) -> list[str] | None:
-    return None if period is None else [period.start.isoformat(), period.end.isoformat()]
+def _period(period: BillingPeriod | None) -> list[datetime] | None:
+    return None if period is None else [period.start, period.end]
 
 
 def _read_period(data: list[str] | None) -> BillingPeriod | None:
@@ -133,11 +141,11 @@ def _read_usage(data: dict[str, Any]) -> WorkspaceUsage:
 
 def _period_tally(tally: PeriodTally) -> dict[str, Any]:
     return {
-        "start": tally.period.start.isoformat(),
-        "end": tally.period.end.isoformat(),
+        "start": tally.period.start,
+        "end": tally.period.end,
         "usage": tally.usage,
-        "last_updated": tally.last_updated.isoformat() if tally.last_updated else None,
-        "daily": {day.isoformat(): n for day, n in tally.daily.items()},
+        "last_updated": tally.last_updated,
+        "daily": dict(tally.daily),
         "conversations": sorted(tally.conversations),
         "seats_carried_in": tally.seats_carried_in,
     }
@@ -208,13 +216,14 @@ def encode_contract_usage(state: ContractUsage) -> bytes:
             },
             "periods": [
                 {
-                    "start": p.period.start.isoformat(),
-                    "end": p.period.end.isoformat(),
+                    "start": p.period.start,
+                    "end": p.period.end,
                     "reports": {m: {ws: list(entry) for ws, entry in by_ws.items()} for m, by_ws in p.reports.items()},
                 }
                 for p in state.periods
             ],
-        }
+        },
+        option=_NATIVE,
     )
 
 

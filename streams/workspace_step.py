@@ -7,10 +7,10 @@ messages). The agent reads the table, calls this, writes the table and hands the
 sinks.
 
 Counting runs per batch where nothing can happen and per event where something can. An
-additive event (messages, phone, SMS, WhatsApp, email) of the newest period whose usage stays
-below the next alert level and the 2**53 − 1 bound is summed straight into a *run*: the
-period's usage, its day and ``last_updated``, with no judgement, since judging it could only
-answer "nothing". Every other event (seats, Fin, another period or day bucket that cannot be
+additive event (messages, phone, SMS, WhatsApp, email) of the newest period (or the first of
+its metric, which opens its period) whose usage stays below the next alert level and the
+2**53 − 1 bound is summed straight into a *run*: the period's usage, its day and
+``last_updated``, with no judgement, since judging it could only answer "nothing". Every other event (seats, Fin, another period or day bucket that cannot be
 resolved cheaply, a level within reach, a time to reject) and every command first folds the
 open runs back into the state and then goes through the per-event path, ``_count_one``. The
 property-based tests run random streams through both and require identical results.
@@ -30,7 +30,7 @@ from ..core.alerts import levels_of
 from ..core.contract_usage import WorkspaceReport
 from ..core.dedupe import FirstSeen, is_repeat
 from ..core.fin_limit import Transition
-from ..core.metering import FIN_RESOLUTIONS, SEATS, MetricTally, Reading, UsageChange, count_reading
+from ..core.metering import FIN_RESOLUTIONS, SEATS, MetricTally, PeriodTally, Reading, UsageChange, count_reading
 from ..core.periods import LATE_EVENT_GRACE, MAX_FUTURE_SKEW, BillingCycle, BillingPeriod, event_time_rejection
 from ..core.workspace import WorkspaceState
 from ..models.commands import MAX_AMOUNT
@@ -245,7 +245,7 @@ class _Step:
         metric = row[METRIC]
         run = self.runs.get(metric, False)
         if run is False:
-            run = self.runs[metric] = self._open_run(metric)
+            run = self.runs[metric] = self._open_run(metric, row)
         if run is not None and self._count_fast(run, row, origin, position):
             return
         self._fold_runs()
@@ -253,20 +253,26 @@ class _Step:
         # The per-event path may have moved the period or the levels: look afresh next time.
         self.runs.pop(metric, None)
 
-    def _open_run(self, metric: str) -> _Run | None:
-        """A run for ``metric`` if its events can be summed without judgement, else None."""
+    def _open_run(self, metric: str, row: list[Any]) -> _Run | None:
+        """A run for ``metric`` if its events can be summed without judgement, else None.
+        ``row`` is the run's first event: a metric's first event opens its period."""
         if not self.batched or metric == SEATS or metric == FIN_RESOLUTIONS:
             return None
+        cycle = self.state.profile.cycle
         tally = self.state.usage.tallies.get(metric)
         if tally is None or not tally.periods:
-            return None
-        latest = tally.periods[-1]
-        cycle = self.state.profile.cycle
-        # Tallies of an earlier cycle (counted before the workspace heard of its contract) are
-        # not the periods new events fall into.
-        if not _has_period(cycle, latest.period) or not _whole_ms(latest.period):
-            return None
-        bound = _quiet_below(self.state, metric, latest.period)
+            # Counting opens the event's period empty, with nothing else to keep or prune.
+            period = _period_of(cycle, row[OCCURRED_AT])
+            if period is None:
+                return None
+            tally = MetricTally(metric, (PeriodTally(period),))
+        else:
+            period = tally.periods[-1].period
+            # Tallies of an earlier cycle (counted before the workspace heard of its contract)
+            # are not the periods new events fall into.
+            if not _has_period(cycle, period) or not _whole_ms(period):
+                return None
+        bound = _quiet_below(self.state, metric, period)
         if bound is None:
             return None
         # Counting prunes periods past their grace at the time of each event; the run holds
@@ -520,6 +526,8 @@ def _quiet_below(state: WorkspaceState, metric: str, period: BillingPeriod) -> i
 
 
 _PERIODS: dict[tuple[int, str, datetime, datetime], bool] = {}
+# (anchor day, time zone) -> the whole-millisecond bounds of the period last opened, and it
+_OPENED: dict[tuple[int, str], tuple[int, int, BillingPeriod]] = {}
 
 
 def _whole_ms(period: BillingPeriod) -> bool:
@@ -535,6 +543,28 @@ def _has_period(cycle: BillingCycle, period: BillingPeriod) -> bool:
             _PERIODS.clear()
         known = _PERIODS[key] = cycle.has_period(period)
     return known
+
+
+def _period_of(cycle: BillingCycle, occurred_at: str) -> BillingPeriod | None:
+    """``cycle.period_containing`` of an event's time, if the period's bounds are whole
+    milliseconds (else None), cached per cycle: the tallies a cycle opens are mostly of one
+    period. None too for a time no period can be computed for (the per-event path rejects it)."""
+    at = datetime.fromisoformat(occurred_at)
+    at_ms = _ms(at)
+    key = (cycle.anchor_day, cycle.timezone)
+    opened = _OPENED.get(key)
+    if opened is not None and opened[0] <= at_ms < opened[1]:
+        return opened[2]
+    try:
+        period = cycle.period_containing(at)
+    except (ValueError, OverflowError):
+        return None
+    if not _whole_ms(period):
+        return None
+    if len(_OPENED) >= _DAYS_KEPT:
+        _OPENED.clear()
+    _OPENED[key] = (_ms(period.start), _ms(period.end), period)
+    return period
 
 
 _DAYS: dict[tuple[str, int], date] = {}

@@ -248,7 +248,9 @@ async def test_put_many_refused_by_a_fenced_producer_fails_at_wait_for_writes() 
 
     mw = create_app(load_settings({}), "127.0.0.1:9092", ProcessingGuarantee.EXACTLY_ONCE)
     table = mw.tables.workspaces
-    _with_producer(mw, _RecordingProducer(transactional_id="t", error=ProducerFenced()), ProcessingGuarantee.EXACTLY_ONCE)
+    _with_producer(
+        mw, _RecordingProducer(transactional_id="t", error=ProducerFenced()), ProcessingGuarantee.EXACTLY_ONCE
+    )
     table.put_many(3, [("ws_1", b"v")])
     async with asyncio.timeout(1):
         with pytest.raises(ProducerFenced):

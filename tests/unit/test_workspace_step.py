@@ -262,6 +262,36 @@ def test_a_quiet_run_is_summed_and_a_crossing_still_alerts_once_with_its_event()
     assert second.out.summed == 16
 
 
+def test_a_new_workspace_opens_its_period_in_a_run() -> None:
+    """A metric's first event in a fresh workspace opens its period in a run, in UTC and in a
+    zone whose periods start at a local midnight: the same state and figures as counting each."""
+    at = datetime(2026, 11, 30, 23, 58, tzinfo=UTC)
+    rows = [
+        {
+            "event_id": f"e{i}",
+            "metric": metric,
+            "quantity": 3,
+            "occurred_at": _iso(at + timedelta(minutes=i)),
+            "conversation_id": None,
+            "received_ms": _ms(at + timedelta(minutes=i, seconds=1)),
+        }
+        for i, metric in enumerate(["email", "sms", "email", "email", "sms"])
+    ]
+    zone = {"type": "contract_terms", "contract_id": "c_1", "workspace_ids": [WORKSPACE], "currency": "EUR",
+            "billing_anchor": "2026-01-01", "timezone": "America/New_York", "prices": {}}  # fmt: skip
+    (fresh,) = _run_both([[("rows", rows)]], replay_first=False)
+    # email: one event in November, two in December; sms: one in each
+    email = fresh.state.usage.tallies["email"]
+    assert [(t.period.start.month, t.usage) for t in email.periods] == [(11, 3), (12, 6)]
+    # Each metric's first event opens November in a run; December's first email and first sms
+    # are judged on their own (another period), the second email is summed into December's run.
+    assert fresh.out.summed == 3
+    # In New York all five fall before December's local midnight: one run each, nothing judged.
+    (_, new_york) = _run_both([[("command", (zone, _ms(at)))], [("rows", rows)]], replay_first=False)
+    assert new_york.out.summed == 5
+    assert [t.usage for t in new_york.state.usage.tallies["email"].periods] == [9]
+
+
 def test_a_repeat_is_skipped_and_a_replayed_message_is_not_applied_twice() -> None:
     at = datetime(2026, 11, 10, 12, tzinfo=UTC)
     row = {

@@ -1,0 +1,126 @@
+"""Table values to bytes and back: every value reads back equal, in the stored form.
+
+Times and days are stored as their ``isoformat()`` text, the form values already in tables and
+changelogs have; the encoder writes them through orjson, so these properties pin both.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from types import MappingProxyType
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+from hypothesis import given
+from hypothesis import strategies as st
+from meterwatch.core.alerts import ContractAlertState
+from meterwatch.core.contract_usage import ContractPeriod, ContractUsage
+from meterwatch.core.fin_limit import FinState, LimitSetting
+from meterwatch.core.metering import MetricTally, PeriodTally, WorkspaceUsage
+from meterwatch.core.periods import BillingPeriod
+from meterwatch.core.workspace import ContractOthers, WorkspaceState
+from meterwatch.streams.codec import (
+    decode_contract_usage,
+    decode_workspace,
+    encode_contract_usage,
+    encode_workspace,
+)
+
+ZONES = [UTC, ZoneInfo("America/St_Johns"), ZoneInfo("Asia/Kathmandu"), ZoneInfo("Europe/Dublin")]
+
+instants = st.builds(
+    lambda seconds, micros, zone: (
+        datetime(2020, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds, microseconds=micros)
+    ).astimezone(zone),
+    st.integers(0, 20 * 365 * 86400),
+    st.one_of(st.just(0), st.integers(0, 999_999), st.integers(0, 999).map(lambda ms: ms * 1000)),
+    st.sampled_from(ZONES),
+)
+
+
+@st.composite
+def periods(draw: st.DrawFn) -> BillingPeriod:
+    start = draw(instants)
+    return BillingPeriod(start, start + timedelta(days=draw(st.integers(28, 31)), microseconds=draw(st.integers(0, 9))))
+
+
+@st.composite
+def period_tallies(draw: st.DrawFn) -> PeriodTally:
+    period = draw(periods())
+    days = draw(st.dictionaries(st.dates(date(2020, 1, 1), date(2040, 1, 1)), st.integers(-(2**53), 2**53), max_size=5))
+    return PeriodTally(
+        period=period,
+        usage=draw(st.integers(0, 2**53 - 1)),
+        last_updated=draw(st.none() | instants),
+        daily=MappingProxyType(days),
+        conversations=frozenset(draw(st.lists(st.text(max_size=12), max_size=4))),
+        seats_carried_in=draw(st.integers(0, 1000)),
+    )
+
+
+@st.composite
+def workspace_states(draw: st.DrawFn) -> WorkspaceState:
+    metrics = draw(st.lists(st.sampled_from(["email", "sms", "seats", "fin_resolutions"]), unique=True, max_size=3))
+    tallies = {m: MetricTally(m, tuple(draw(st.lists(period_tallies(), max_size=3)))) for m in metrics}
+    usage = WorkspaceUsage(MappingProxyType(tallies), draw(st.integers(-1, 2**40)))
+    others = draw(
+        st.none()
+        | st.builds(lambda p, n: ContractOthers(p, MappingProxyType({"sms": n})), periods(), st.integers(0, 99))
+    )
+    fin = draw(st.none() | st.builds(lambda p: FinState("ws", "disabled", p, 3, LimitSetting(3, True), 1), periods()))
+    return WorkspaceState(usage=usage, contract_others=others, fin=fin)
+
+
+def _times_as_text(value: Any) -> Any:
+    """``value`` with every datetime and date (dict keys too) as its isoformat() text."""
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {_times_as_text(k): _times_as_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_times_as_text(v) for v in value]
+    return value
+
+
+@given(workspace_states())
+def test_a_workspace_value_reads_back_equal(state: WorkspaceState) -> None:
+    assert decode_workspace(encode_workspace(state)) == state
+
+
+@given(st.lists(period_tallies(), min_size=1, max_size=3))
+def test_times_and_days_are_stored_as_their_isoformat_text(tallies: list[PeriodTally]) -> None:
+    state = WorkspaceState(usage=WorkspaceUsage(MappingProxyType({"email": MetricTally("email", tuple(tallies))})))
+    stored = orjson.loads(encode_workspace(state))["usage"]["tallies"]["email"]
+    assert stored == [
+        _times_as_text(
+            {
+                "start": t.period.start,
+                "end": t.period.end,
+                "usage": t.usage,
+                "last_updated": t.last_updated,
+                "daily": dict(t.daily),
+                "conversations": sorted(t.conversations),
+                "seats_carried_in": t.seats_carried_in,
+            }
+        )
+        for t in tallies
+    ]
+
+
+@given(st.lists(periods(), min_size=1, max_size=3), st.none() | periods())
+def test_a_contract_value_reads_back_equal(
+    contract_periods: list[BillingPeriod], alerted: BillingPeriod | None
+) -> None:
+    state = ContractUsage(
+        periods=tuple(
+            ContractPeriod(p, MappingProxyType({"sms": MappingProxyType({"ws_1": (5, 7)})})) for p in contract_periods
+        ),
+        workspace_ids=("ws_1",),
+        alerts=MappingProxyType({"sms": ContractAlertState(alerted, frozenset({(100, 50)}))}),
+    )
+    assert decode_contract_usage(encode_contract_usage(state)) == state
+    stored = orjson.loads(encode_contract_usage(state))
+    assert [[p["start"], p["end"]] for p in stored["periods"]] == [
+        [p.start.isoformat(), p.end.isoformat()] for p in contract_periods
+    ]
