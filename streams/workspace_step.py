@@ -30,7 +30,16 @@ from ..core.alerts import levels_of
 from ..core.contract_usage import WorkspaceReport
 from ..core.dedupe import FirstSeen, is_repeat
 from ..core.fin_limit import Transition
-from ..core.metering import FIN_RESOLUTIONS, SEATS, MetricTally, PeriodTally, Reading, UsageChange, count_reading
+from ..core.metering import (
+    FIN_RESOLUTIONS,
+    SEATS,
+    MetricTally,
+    PeriodTally,
+    Reading,
+    UsageChange,
+    WorkspaceUsage,
+    count_reading,
+)
 from ..core.periods import LATE_EVENT_GRACE, MAX_FUTURE_SKEW, BillingCycle, BillingPeriod, event_time_rejection
 from ..core.workspace import WorkspaceState
 from ..models.commands import MAX_AMOUNT
@@ -322,10 +331,6 @@ class _Step:
         """Write every open run's sums back into the state (events already judged), and with them
         ``applied_through`` when given: one new state for both."""
         usage = self.state.usage
-        if not self.runs:
-            if applied_through is not None:
-                self.state = replace(self.state, usage=replace(usage, applied_through=applied_through))
-            return
         tallies = None
         result = self.result
         for metric, run in self.runs.items():
@@ -334,24 +339,27 @@ class _Step:
             result.summed += run.summed
             result.counted[metric] += run.summed
             latest = run.tally.periods[-1]
-            updated = replace(
-                latest,
-                usage=run.usage,
-                daily=MappingProxyType(run.daily) if run.daily is not None else latest.daily,
-                last_updated=datetime.fromtimestamp(run.last_updated_ms / 1000, tz=UTC),
+            updated = PeriodTally(
+                latest.period,
+                run.usage,
+                datetime.fromtimestamp(run.last_updated_ms / 1000, tz=UTC),
+                MappingProxyType(run.daily) if run.daily is not None else latest.daily,
+                latest.conversations,
+                latest.seats_carried_in,
             )
             if tallies is None:
                 tallies = dict(usage.tallies)
             tallies[metric] = MetricTally(metric, (*run.tally.periods[:-1], updated))
             self.changed[(metric, run.period)] = run.usage
-        changes: dict[str, Any] = {}
-        if tallies is not None:
-            changes["tallies"] = MappingProxyType(tallies)
-        if applied_through is not None:
-            changes["applied_through"] = applied_through
-        if changes:
-            self.state = replace(self.state, usage=replace(usage, **changes))
         self.runs = {}
+        if tallies is not None or applied_through is not None:
+            self.state = _with_usage(
+                self.state,
+                WorkspaceUsage(
+                    usage.tallies if tallies is None else MappingProxyType(tallies),
+                    usage.applied_through if applied_through is None else applied_through,
+                ),
+            )
 
     def _count_one(self, row: list[Any], origin: list[Any], position: int) -> None:
         """One event, judged on its own: the reference path every outcome comes from."""
@@ -507,6 +515,12 @@ class _Step:
             result.failures.append(
                 Failure(self.workspace_id, offset, error, row_as_json(row) if row is not None else None)
             )
+
+
+def _with_usage(state: WorkspaceState, usage: WorkspaceUsage) -> WorkspaceState:
+    """``replace(state, usage=usage)`` without ``replace``'s walk over the fields: every
+    workspace of every batch makes one."""
+    return WorkspaceState(usage, state.profile, state.alerts, state.contract_others, state.fin)
 
 
 def _quiet_below(state: WorkspaceState, metric: str, period: BillingPeriod) -> int | None:

@@ -10,6 +10,7 @@ ids to remember and figures.
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -18,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from meterwatch.core.dedupe import FirstSeen
-from meterwatch.core.metering import MetricTally
+from meterwatch.core.metering import MetricTally, WorkspaceUsage
 from meterwatch.core.workspace import WorkspaceState
 from meterwatch.streams.inbox import RowPacker
 from meterwatch.streams.workspace_step import (
@@ -26,6 +27,7 @@ from meterwatch.streams.workspace_step import (
     CommandMessage,
     RowsMessage,
     StepConfig,
+    _with_usage,
     dedupe_key,
     step,
 )
@@ -327,3 +329,9 @@ def test_usage_never_passes_the_json_bound(quantity: int) -> None:
     usage = result.state.usage.tallies["phone"].latest().usage
     assert usage <= 2**53 - 1
     assert result.out.rejected["quantity_out_of_range"] == 1
+
+
+def test_a_state_given_new_usage_keeps_every_other_field() -> None:
+    state = WorkspaceState(**{f.name: object() for f in fields(WorkspaceState)})
+    usage = WorkspaceUsage(applied_through=7)
+    assert _with_usage(state, usage) == replace(state, usage=usage)
