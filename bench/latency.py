@@ -174,6 +174,7 @@ def run_latency(
         counted = wait_counter([worker], result["events"] + result["warm_up_events"], timeout=60)
         result["counted"] = counted["counted"]
         result["peak_rate"] = peak
+        result["batches"] = worker.batches()
         return result
     finally:
         worker.stop()

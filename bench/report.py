@@ -178,11 +178,7 @@ def shape_table(shape: dict[str, Any]) -> list[str]:
             f"{cpu['cpu_us_per_event']:.1f} µs per event; {cpu['minor_faults']:,.0f} minor page faults "
             f"({cpu['minor_faults_per_event']:.2f} per event)"
         )
-    for stage, batch in sorted((worker.get("batches") or {}).items()):
-        lines.append(
-            f"  worker {stage} batches: {batch['batches']:,.0f}, mean {batch['mean_messages']:,.1f} messages "
-            f"in {batch['mean_seconds'] * 1000:.1f} ms; {batch['busy_seconds']:.1f}s in all"
-        )
+    lines.extend(batch_lines(worker.get("batches")))
     stats = worker.get("log")
     if stats:
         lines.append(
@@ -202,6 +198,14 @@ def shape_table(shape: dict[str, Any]) -> list[str]:
     return lines
 
 
+def batch_lines(batches: dict[str, dict[str, float]] | None) -> list[str]:
+    return [
+        f"  worker {stage} batches: {batch['batches']:,.0f}, mean {batch['mean_messages']:,.1f} messages "
+        f"in {batch['mean_seconds'] * 1000:.1f} ms; {batch['busy_seconds']:.1f}s in all"
+        for stage, batch in sorted((batches or {}).items())
+    ]
+
+
 def latency_lines(latency: dict[str, Any]) -> list[str]:
     if "error" in latency:
         return [f"alert latency: FAILED: {_error_line(latency['error'])}"]
@@ -219,6 +223,7 @@ def latency_lines(latency: dict[str, Any]) -> list[str]:
         f"  {latency['alerts']:,} alerts (expected {latency['expected_alerts']:,}); "
         f"triggered_at → alert record's Kafka timestamp: p50 {fmt(pub['p50'])}, p99 {fmt(pub['p99'])}, max {fmt(pub['max'])}; "
         f"→ received here: p50 {fmt(rec['p50'])}, p99 {fmt(rec['p99'])}, max {fmt(rec['max'])}",
+        *batch_lines(latency.get("batches")),
     ]
 
 
