@@ -185,14 +185,15 @@ class _Run:
         "summed",
     )
 
-    def __init__(self, tally: MetricTally, bound: int, keep_until_ms: int, cycle: BillingCycle) -> None:
+    def __init__(
+        self, tally: MetricTally, bounds: tuple[int, int], bound: int, keep_until_ms: int, cycle: BillingCycle
+    ) -> None:
         latest = tally.periods[-1]
         self.tally = tally
         self.period = latest.period
         # Whole milliseconds (periods start at local midnights): an instant is in the period
         # exactly when its millisecond, rounded down, is.
-        self.start_ms = _ms(latest.period.start)
-        self.end_ms = _ms(latest.period.end)
+        self.start_ms, self.end_ms = bounds
         self.usage = latest.usage
         self.daily: dict[date, int] | None = None
         self.last_updated_ms = -1
@@ -271,23 +272,27 @@ class _Step:
         tally = self.state.usage.tallies.get(metric)
         if tally is None or not tally.periods:
             # Counting opens the event's period empty, with nothing else to keep or prune.
-            period = _period_of(cycle, row[OCCURRED_AT])
-            if period is None:
+            opened = _period_of(cycle, row[OCCURRED_AT])
+            if opened is None:
                 return None
+            period, bounds = opened
             tally = MetricTally(metric, (PeriodTally(period),))
         else:
             period = tally.periods[-1].period
             # Tallies of an earlier cycle (counted before the workspace heard of its contract)
             # are not the periods new events fall into.
-            if not _has_period(cycle, period) or not _whole_ms(period):
+            bounds = _run_bounds(cycle, period)
+            if bounds is None:
                 return None
         bound = _quiet_below(self.state, metric, period)
         if bound is None:
             return None
         # Counting prunes periods past their grace at the time of each event; the run holds
         # only while no period it keeps would be pruned.
-        keep_until_ms = min(_ms(t.period.end) + _GRACE_MS for t in tally.periods)
-        return _Run(tally, bound, keep_until_ms, cycle)
+        keep_until_ms = bounds[1] + _GRACE_MS
+        for older in tally.periods[:-1]:
+            keep_until_ms = min(keep_until_ms, _ms(older.period.end) + _GRACE_MS)
+        return _Run(tally, bounds, bound, keep_until_ms, cycle)
 
     def _count_fast(self, run: _Run, row: list[Any], origin: list[Any], position: int) -> bool:
         """Sum one additive event into ``run``; False if it needs the per-event path."""
@@ -539,36 +544,43 @@ def _quiet_below(state: WorkspaceState, metric: str, period: BillingPeriod) -> i
     return min(bounds, default=MAX_AMOUNT + 1)
 
 
-_PERIODS: dict[tuple[int, str, datetime, datetime], bool] = {}
-# (anchor day, time zone) -> the whole-millisecond bounds of the period last opened, and it
-_OPENED: dict[tuple[int, str], tuple[int, int, BillingPeriod]] = {}
+# (anchor day, time zone, period) -> the period's bounds in milliseconds, or None (see _run_bounds)
+_BOUNDS: dict[tuple[int, str, BillingPeriod], tuple[int, int] | None] = {}
+# (anchor day, time zone) -> the period last opened and its bounds in milliseconds
+_OPENED: dict[tuple[int, str], tuple[BillingPeriod, tuple[int, int]]] = {}
 
 
 def _whole_ms(period: BillingPeriod) -> bool:
     return period.start.microsecond % 1000 == 0 and period.end.microsecond % 1000 == 0
 
 
-def _has_period(cycle: BillingCycle, period: BillingPeriod) -> bool:
-    """``cycle.has_period(period)``, cached: every run of every workspace asks it."""
-    key = (cycle.anchor_day, cycle.timezone, period.start, period.end)
-    known = _PERIODS.get(key)
-    if known is None:
-        if len(_PERIODS) >= _DAYS_KEPT:
-            _PERIODS.clear()
-        known = _PERIODS[key] = cycle.has_period(period)
-    return known
+def _run_bounds(cycle: BillingCycle, period: BillingPeriod) -> tuple[int, int] | None:
+    """``period``'s bounds in whole milliseconds if a run can sum into it: it is one of
+    ``cycle``'s periods and starts and ends on whole milliseconds. Else None. Cached: every run
+    of every workspace asks."""
+    key = (cycle.anchor_day, cycle.timezone, period)
+    if key in _BOUNDS:
+        return _BOUNDS[key]
+    bounds = None
+    if cycle.has_period(period) and _whole_ms(period):
+        bounds = (_ms(period.start), _ms(period.end))
+    if len(_BOUNDS) >= _DAYS_KEPT:
+        _BOUNDS.clear()
+    _BOUNDS[key] = bounds
+    return bounds
 
 
-def _period_of(cycle: BillingCycle, occurred_at: str) -> BillingPeriod | None:
-    """``cycle.period_containing`` of an event's time, if the period's bounds are whole
-    milliseconds (else None), cached per cycle: the tallies a cycle opens are mostly of one
-    period. None too for a time no period can be computed for (the per-event path rejects it)."""
+def _period_of(cycle: BillingCycle, occurred_at: str) -> tuple[BillingPeriod, tuple[int, int]] | None:
+    """``cycle.period_containing`` of an event's time and its bounds in milliseconds, if they
+    are whole milliseconds (else None), cached per cycle: the tallies a cycle opens are mostly
+    of one period. None too for a time no period can be computed for (the per-event path
+    rejects it)."""
     at = datetime.fromisoformat(occurred_at)
     at_ms = _ms(at)
     key = (cycle.anchor_day, cycle.timezone)
     opened = _OPENED.get(key)
-    if opened is not None and opened[0] <= at_ms < opened[1]:
-        return opened[2]
+    if opened is not None and opened[1][0] <= at_ms < opened[1][1]:
+        return opened
     try:
         period = cycle.period_containing(at)
     except (ValueError, OverflowError):
@@ -577,8 +589,8 @@ def _period_of(cycle: BillingCycle, occurred_at: str) -> BillingPeriod | None:
         return None
     if len(_OPENED) >= _DAYS_KEPT:
         _OPENED.clear()
-    _OPENED[key] = (_ms(period.start), _ms(period.end), period)
-    return period
+    opened = _OPENED[key] = (period, (_ms(period.start), _ms(period.end)))
+    return opened
 
 
 _DAYS: dict[tuple[str, int], date] = {}
