@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.kafka_io import produce, read_all
+from tests.support.kafka_io import apply_commands, produce, read_all
 from tests.support.messages import command
 from tests.support.smtp import SmtpServer
 from tests.support.worker import WorkerProcess, eventually, http_get
@@ -61,6 +61,7 @@ def events_counted(worker: WorkerProcess) -> float:
 
 class Deployment:
     def __init__(self, env: dict[str, str], worker: WorkerProcess) -> None:
+        self.deployment = env
         self.bootstrap = env["METERWATCH_KAFKA_BOOTSTRAP"]
         self.prefix = env["METERWATCH_TOPIC_PREFIX"]
         self.worker = worker
@@ -72,16 +73,7 @@ class Deployment:
             commands.append(
                 command("alert_settings", ws, metric="email", threshold=THRESHOLD, early_warnings=True, enabled=True)
             )
-        await produce(
-            self.bootstrap, self.prefix + "usage.control", [(c["workspace_id"].encode(), c) for c in commands]
-        )
-        ids = {c["command_id"] for c in commands}
-
-        async def answered() -> bool:
-            results = await read_all(self.bootstrap, self.prefix + "usage.command-results", timeout=2)
-            return ids <= {r["command_id"] for r in results if r["status"] == "applied"}
-
-        await eventually(answered, timeout=60)
+        await apply_commands(self.deployment, commands, applied=True)
 
     async def counting_rate(self, workspaces: list[str]) -> float:
         """Events/s from the first publish until the worker has counted every event of the run."""

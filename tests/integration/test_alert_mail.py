@@ -6,39 +6,31 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-from tests.support.kafka_io import produce, read_all
+from tests.support.kafka_io import apply_commands, produce, read_all
 from tests.support.messages import command, event
 from tests.support.smtp import SmtpServer
 from tests.support.worker import WorkerProcess, eventually, http_get
 
 
-async def set_up(deployment: dict[str, str], workspace: str, *commands: dict) -> None:
-    bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
-    prefix = deployment["METERWATCH_TOPIC_PREFIX"]
-    await produce(bootstrap, prefix + "usage.control", [(workspace.encode(), c) for c in commands])
-    ids = {c["command_id"] for c in commands}
-
-    async def answered() -> bool:
-        results = await read_all(bootstrap, prefix + "usage.command-results", timeout=2)
-        return ids <= {r["command_id"] for r in results}
-
-    await eventually(answered, timeout=30)
-
-
-async def test_each_alert_and_fin_disable_mails_the_contacts_once(mailing_worker: WorkerProcess, smtp_server: SmtpServer, deployment: dict[str, str]) -> None:
+async def test_each_alert_and_fin_disable_mails_the_contacts_once(
+    mailing_worker: WorkerProcess, smtp_server: SmtpServer, deployment: dict[str, str]
+) -> None:
     bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
     prefix = deployment["METERWATCH_TOPIC_PREFIX"]
     ws = "ws_mail"
-    await set_up(
+    await apply_commands(
         deployment,
-        ws,
-        command("billing_contacts", ws, emails=["ana@example.com", "bo@example.com", "ana@example.com"]),
-        command("alert_settings", ws, metric="sms", threshold=100, early_warnings=True, enabled=True),
-        command("limit_settings", ws, metric="fin_resolutions", limit=2, enabled=True),
+        [
+            command("billing_contacts", ws, emails=["ana@example.com", "bo@example.com", "ana@example.com"]),
+            command("alert_settings", ws, metric="sms", threshold=100, early_warnings=True, enabled=True),
+            command("limit_settings", ws, metric="fin_resolutions", limit=2, enabled=True),
+        ],
     )
     for quantity in (50, 30, 20):
         await produce(bootstrap, prefix + "usage.events", [(ws.encode(), event(ws, "sms", quantity))])
-    await produce(bootstrap, prefix + "usage.events", [(ws.encode(), event(ws, "fin_resolutions", 1, f"c{i}")) for i in range(2)])
+    await produce(
+        bootstrap, prefix + "usage.events", [(ws.encode(), event(ws, "fin_resolutions", 1, f"c{i}")) for i in range(2)]
+    )
 
     mails = await eventually(lambda: smtp_server.mails if len(smtp_server.mails) >= 4 else None, timeout=30)
     time.sleep(2)  # anything extra would arrive now
@@ -59,16 +51,19 @@ async def test_each_alert_and_fin_disable_mails_the_contacts_once(mailing_worker
     assert "100" in body
 
 
-async def test_smtp_outage_does_not_slow_counting_and_every_alert_is_mailed_once(mailing_worker: WorkerProcess, smtp_server: SmtpServer, deployment: dict[str, str]) -> None:
+async def test_smtp_outage_does_not_slow_counting_and_every_alert_is_mailed_once(
+    mailing_worker: WorkerProcess, smtp_server: SmtpServer, deployment: dict[str, str]
+) -> None:
     bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
     prefix = deployment["METERWATCH_TOPIC_PREFIX"]
     workspaces = [f"ws-out-{i}" for i in range(5)]
     for ws in workspaces:
-        await set_up(
+        await apply_commands(
             deployment,
-            ws,
-            command("billing_contacts", ws, emails=[f"billing@{ws}.example.com"]),
-            command("alert_settings", ws, metric="email", threshold=500, early_warnings=True, enabled=True),
+            [
+                command("billing_contacts", ws, emails=[f"billing@{ws}.example.com"]),
+                command("alert_settings", ws, metric="email", threshold=500, early_warnings=True, enabled=True),
+            ],
         )
     smtp_server.stop()  # the outage begins
     expected: Counter[str] = Counter()
@@ -94,7 +89,9 @@ async def test_smtp_outage_does_not_slow_counting_and_every_alert_is_mailed_once
     try:
         await eventually(lambda: smtp_server.mails if len(smtp_server.mails) >= len(alerts) else None, timeout=90)
     except AssertionError:
-        raise AssertionError(f"{len(smtp_server.mails)} mails of {len(alerts)}\n{mailing_worker.log_tail(30)}") from None
+        raise AssertionError(
+            f"{len(smtp_server.mails)} mails of {len(alerts)}\n{mailing_worker.log_tail(30)}"
+        ) from None
     time.sleep(3)
     mails = smtp_server.mails
     assert Counter(m.message["X-Meterwatch-Alert-Id"] for m in mails) == Counter(a["alert_id"] for a in alerts)

@@ -21,7 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import healthy_worker
-from tests.support.kafka_io import produce, read_all
+from tests.support.kafka_io import apply_commands, produce, read_all
 from tests.support.messages import command, event
 from tests.support.smtp import DeferringRecorder, SmtpServer
 from tests.support.worker import WorkerProcess, eventually, free_port, http_get
@@ -58,18 +58,13 @@ def give_up_quickly_worker(
 async def alert_to(deployment: dict[str, str], workspace: str, contact: str) -> None:
     """Set ``contact`` as the workspace's billing contact and cross its 10-message threshold."""
     bootstrap, prefix = deployment["METERWATCH_KAFKA_BOOTSTRAP"], deployment["METERWATCH_TOPIC_PREFIX"]
-    commands = [
-        command("billing_contacts", workspace, emails=[contact]),
-        command("alert_settings", workspace, metric="sms", threshold=10, early_warnings=False, enabled=True),
-    ]
-    await produce(bootstrap, prefix + "usage.control", [(workspace.encode(), c) for c in commands])
-    ids = {c["command_id"] for c in commands}
-
-    async def answered() -> bool:
-        results = await read_all(bootstrap, prefix + "usage.command-results", timeout=2)
-        return ids <= {r["command_id"] for r in results}
-
-    await eventually(answered, timeout=30)
+    await apply_commands(
+        deployment,
+        [
+            command("billing_contacts", workspace, emails=[contact]),
+            command("alert_settings", workspace, metric="sms", threshold=10, early_warnings=False, enabled=True),
+        ],
+    )
     await produce(bootstrap, prefix + "usage.events", [(workspace.encode(), event(workspace, "sms", 10))])
 
 

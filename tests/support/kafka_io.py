@@ -101,3 +101,19 @@ async def read_all(
     finally:
         await consumer.stop()
     return records
+
+
+async def apply_commands(deployment: dict[str, str], commands: list[dict], *, applied: bool = False) -> None:
+    """Publish ``commands`` to ``usage.control``, each keyed by its workspace, and wait until
+    every one has its result (``applied``: has been applied)."""
+    from .worker import eventually
+
+    bootstrap, prefix = deployment["METERWATCH_KAFKA_BOOTSTRAP"], deployment["METERWATCH_TOPIC_PREFIX"]
+    await produce(bootstrap, prefix + "usage.control", [(c["workspace_id"].encode(), c) for c in commands])
+    ids = {c["command_id"] for c in commands}
+
+    async def answered() -> bool:
+        results = await read_all(bootstrap, prefix + "usage.command-results", timeout=2)
+        return ids <= {r["command_id"] for r in results if not applied or r["status"] == "applied"}
+
+    await eventually(answered, timeout=60)
