@@ -10,6 +10,7 @@ from faust.types import EventT
 
 from ..sinks.kafka import TopicPublisher
 from .commit_gate import acknowledge
+from .fencing import is_lost_transaction
 from .partition_context import acting_for
 
 if TYPE_CHECKING:
@@ -17,15 +18,45 @@ if TYPE_CHECKING:
 
 
 async def handle_batch(
-    mw: Meterwatch, events: list[EventT], handler: Callable[[Meterwatch, list[EventT]], Awaitable[None]]
+    mw: Meterwatch,
+    stage: str,
+    events: list[EventT],
+    handler: Callable[[Meterwatch, list[EventT]], Awaitable[None]],
 ) -> None:
-    """Run ``handler`` on a batch inside the commit gate and acknowledge the batch's input there,
-    unless the worker's transactions are lost: the batch is then left unacknowledged, to be
-    delivered again after the rebalance (streams/commit_gate.py, streams/fencing.py)."""
-    async with mw.commit_gate.batch() as admitted:
-        if admitted:
-            await handler(mw, events)
-            acknowledge(mw.app, events)
+    """Run ``handler`` on a batch inside the commit gate and acknowledge the batch's input there.
+
+    A batch not run (the gate is shut), or that fails, or whose transactions are lost while it
+    runs, is held back, never acknowledged: it is delivered again after the rebalance that
+    rebuilds the tables (streams/commit_gate.py, streams/fencing.py). A failure is logged with
+    its traceback, counted in ``meterwatch_batch_failures_total`` and shown by ``/health``."""
+    gate = mw.commit_gate
+    done = False
+    try:
+        async with gate.batch() as admitted:
+            if admitted:
+                try:
+                    await handler(mw, events)
+                except Exception as error:
+                    if is_lost_transaction(error):
+                        raise  # the gate gives the work up
+                    mw.metrics.batch_failures.labels(stage).inc()
+                    gate.fail(stage, error)
+                    return
+                acknowledge(mw.app, events)
+                done = True
+    finally:
+        if not done:
+            hold_back(events)
+    if done:
+        gate.succeeded(stage)
+
+
+def hold_back(events: Iterable[EventT]) -> None:
+    """Keep Faust from acknowledging ``events`` when the agent asks for its next batch
+    (``take_events`` acknowledges every event of the last one, whatever became of it): the
+    consumer never commits past them, and they are read again after the next rebalance."""
+    for event in events:
+        event.message.acked = True
 
 
 def by_source_partition(events: Iterable[EventT]) -> Iterator[tuple[int, list[EventT]]]:

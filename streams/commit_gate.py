@@ -13,8 +13,12 @@ in flight, and no batch starts while a commit waits. A batch acknowledges its in
 leaves, so the commit that follows carries its offsets together with everything it produced.
 
 The gate also shuts when this worker's transactions are lost (another worker fenced its producer,
-streams/fencing.py): from then until the tables are rebuilt no batch runs and nothing commits,
-and a batch that was running when it happened is given up, unacknowledged.
+streams/fencing.py) or a batch fails outside the per-message isolation (a table or output write
+refused, say): from then until the tables are rebuilt no batch runs and nothing commits, and a
+batch that was running when it happened is given up, unacknowledged. A failed batch may have
+changed tables in memory that their changelogs never got, so the worker rebuilds them and reads
+again from its last commit, as after lost transactions; a failure that persists is met again,
+and the worker never moves past it.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ log = logging.getLogger(__name__)
 
 class Transactions(Enum):
     HELD = "held"
-    LOST = "lost"  # fenced: waiting for the next rebalance to give up the work in hand
+    LOST = "lost"  # fenced or a batch failed: waiting for the next rebalance to give up the work in hand
     GIVEN_UP = "given_up"  # local state dropped: waiting for the tables to be rebuilt
 
 
@@ -47,8 +51,12 @@ class CommitGate:
         self._open.set()
         self._commits = asyncio.Lock()
         self.transactions = Transactions.HELD
-        # Called once when transactions are lost; the worker asks the group for a rebalance.
+        # Called once when transactions are lost, or when a batch fails; the worker asks the
+        # group for a rebalance.
         self.on_lost: Callable[[], None] = lambda: None
+        self.on_failed: Callable[[], None] = lambda: None
+        # The last batch failure ("stage: error"), until a batch of that stage succeeds.
+        self.failure: tuple[str, str] | None = None
 
     @property
     def batches_in_flight(self) -> int:
@@ -72,6 +80,26 @@ class CommitGate:
         )
         self.transactions = Transactions.LOST
         self.on_lost()
+
+    def fail(self, stage: str, error: BaseException) -> None:
+        """A batch of ``stage`` failed: give up the work in hand as if transactions were lost."""
+        self.failure = (stage, f"{type(error).__name__}: {error}"[:500])
+        if self.transactions is not Transactions.HELD:
+            return
+        log.error(
+            "%s batch failed (%s: %s); giving up the work in hand: tables are rebuilt from their "
+            "changelogs and input is read again from the last commit",
+            stage,
+            type(error).__name__,
+            error,
+            exc_info=error,
+        )
+        self.transactions = Transactions.LOST
+        self.on_failed()
+
+    def succeeded(self, stage: str) -> None:
+        if self.failure is not None and self.failure[0] == stage:
+            self.failure = None
 
     def give_up(self) -> bool:
         """At a rebalance: whether the work in hand is to be dropped now (transactions lost)."""

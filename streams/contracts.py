@@ -42,7 +42,7 @@ def register(mw: Meterwatch) -> None:
     @mw.app.agent(mw.channels.contract_inbox, name=f"{mw.settings.group_id}.sum_contract_usage")
     async def sum_contract_usage(stream):  # type: ignore[no-untyped-def]
         async for events in stream.take_events(500, within=0.02):
-            await handle_batch(mw, events, sum_batch)
+            await handle_batch(mw, "contracts", events, sum_batch)
 
 
 SUBSCRIPTION = "subscription"

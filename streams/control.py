@@ -25,7 +25,7 @@ def register(mw: Meterwatch) -> None:
     @mw.app.agent(mw.channels.usage_control, name=f"{mw.settings.group_id}.route_commands")
     async def route_commands(stream):  # type: ignore[no-untyped-def]
         async for events in stream.take_events(100, within=0.05):
-            await handle_batch(mw, events, forward_commands)
+            await handle_batch(mw, "control", events, forward_commands)
 
 
 async def forward_commands(mw: Meterwatch, events: list[EventT]) -> None:

@@ -49,7 +49,7 @@ def register(mw: Meterwatch, ticks: PeriodTickIndex) -> None:
     @mw.app.agent(mw.channels.workspace_inbox, name=f"{mw.settings.group_id}.count_usage")
     async def count_usage(stream):  # type: ignore[no-untyped-def]
         async for events in stream.take_events(BATCH_MESSAGES, within=BATCH_WITHIN_SECONDS):
-            await handle_batch(mw, events, lambda mw, events: count_batch(mw, events, decoded, ticks))
+            await handle_batch(mw, "count", events, lambda mw, events: count_batch(mw, events, decoded, ticks))
 
 
 class DecodedValues:

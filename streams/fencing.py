@@ -67,6 +67,8 @@ def register(mw: Meterwatch) -> None:
         asyncio.ensure_future(app.consumer.request_rejoin())
 
     gate.on_lost = ask_for_rebalance
+    # A failed batch (streams/batches.py) gives up the work in hand the same way.
+    gate.on_failed = lambda: asyncio.ensure_future(app.consumer.request_rejoin())
 
     @app.on_partitions_revoked.connect
     async def give_up_lost_work(app: Any, revoked: Any, **kwargs: Any) -> None:
@@ -77,12 +79,12 @@ def register(mw: Meterwatch) -> None:
                 return
             await stop_transactional_producers(app)
             forget_local_state(mw)
-        log.warning("transactions lost: local tables dropped; they are rebuilt from their changelogs")
+        log.warning("work in hand given up: local tables dropped; they are rebuilt from their changelogs")
 
     @app.on_rebalance_complete.connect
     async def reopen_after_recovery(app: Any, **kwargs: Any) -> None:
         if gate.reopen():
-            log.info("transactions lost: tables rebuilt; consuming again")
+            log.info("work in hand given up: tables rebuilt; consuming again")
 
 
 async def stop_transactional_producers(app: Any) -> None:

@@ -112,6 +112,13 @@ class Metrics:
             "Times another worker fenced this one's transactions; it gave up its work in hand and rebuilt its tables.",
             registry=r,
         )
+        self.batch_failures = Counter(
+            "meterwatch_batch_failures_total",
+            "Batches that failed outside the per-message isolation (a table or output write refused): "
+            "each was given up unacknowledged, the tables rebuilt and the input read again.",
+            ["stage"],
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "meterwatch_consumer_lag_messages",
             "Messages behind the end of each assigned input partition.",

@@ -26,10 +26,11 @@ def register(mw: Meterwatch) -> None:
     class Health(View):
         async def get(self, request: Request) -> Response:
             state = readiness(mw)
-            return self.json(
-                {"status": state, "processing_guarantee": mw.guarantee.value},
-                status=200 if state == "consuming" else 503,
-            )
+            body = {"status": state, "processing_guarantee": mw.guarantee.value}
+            failure = mw.commit_gate.failure
+            if state == "failing" and failure is not None:
+                body["reason"] = f"{failure[0]} batch failed: {failure[1]}"
+            return self.json(body, status=200 if state == "consuming" else 503)
 
     @app.page("/usage/{workspace_id}")
     class Usage(View):
@@ -82,12 +83,15 @@ def _workspace(mw: Meterwatch, workspace_id: str) -> WorkspaceState | None:
 
 
 def readiness(mw: Meterwatch) -> str:
-    """``consuming`` once partitions are assigned and tables recovered; else what it waits for."""
+    """``consuming`` once partitions are assigned and tables recovered; else what it waits for,
+    or ``failing`` while batches fail (streams/batches.py)."""
     app = mw.app
     if not app.started or app.consumer is None:
         return "starting"
     if broker_reachable(app) is False:
         return "broker_unreachable"
+    if mw.commit_gate.failure is not None:
+        return "failing"  # until a batch of the failed stage succeeds
     # Faust clears ``rebalancing`` only once tables are recovered, so recovery is asked first.
     recovery = app.tables.recovery
     if recovery.in_recovery:

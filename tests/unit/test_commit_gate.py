@@ -1,15 +1,18 @@
-"""A transaction commit never lands inside a batch, batches do not starve it, and a worker fenced
-off by another gives up its batches instead of crashing."""
+"""A transaction commit never lands inside a batch, batches do not starve it, a worker fenced
+off by another gives up its batches instead of crashing, and a batch that fails is held back."""
 
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 from aiokafka.errors import IllegalOperation, KafkaTimeoutError, ProducerFenced
 from faust.exceptions import ProducerSendError
+from meterwatch.streams.batches import handle_batch
 from meterwatch.streams.commit_gate import CommitGate
 from meterwatch.streams.fencing import is_lost_transaction
+from meterwatch.streams.metrics import Metrics
 
 
 async def test_a_commit_waits_for_the_batches_in_flight() -> None:
@@ -151,3 +154,72 @@ async def test_other_failures_still_escape_the_gate() -> None:
         async with gate.outside_batches():
             raise ValueError("bad input")
     assert not gate.shut
+
+
+# --------------------------------------------------------------------------- failed batches
+
+
+class _Message:
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+        self.tp = ("inbox", 0)
+        self.acked = False
+
+    def ack(self, consumer: list[int]) -> bool:  # as Faust's: a no-op once acknowledged
+        if self.acked:
+            return False
+        self.acked = True
+        consumer.append(self.offset)
+        return True
+
+
+class _Deployment:
+    """What ``handle_batch`` uses of a worker: its gate, metrics and consumer."""
+
+    def __init__(self) -> None:
+        self.commit_gate = CommitGate()
+        self.metrics = Metrics()
+        self.committable: list[int] = []  # offsets the consumer was told are done
+        self.app = SimpleNamespace(consumer=self.committable, sensors=SimpleNamespace(on_message_out=lambda *a: None))
+
+    def batch(self, *offsets: int) -> list[SimpleNamespace]:
+        return [SimpleNamespace(message=_Message(offset)) for offset in offsets]
+
+    def failures(self, stage: str) -> float:
+        return self.metrics.batch_failures.labels(stage)._value.get()
+
+
+async def test_a_failed_batch_is_held_back_and_shown_until_its_stage_succeeds() -> None:
+    mw = _Deployment()
+    rejoins: list[str] = []
+    mw.commit_gate.on_failed = lambda: rejoins.append("rejoin")
+
+    async def refused(mw: object, events: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    async def fine(mw: object, events: object) -> None:
+        pass
+
+    await handle_batch(mw, "count", mw.batch(1, 2), fine)
+    failed = mw.batch(3, 4)
+    await handle_batch(mw, "count", failed, refused)  # not raised: the worker carries on
+    assert mw.committable == [1, 2]
+    # Faust acknowledges a take batch's events when the agent asks for the next one: a no-op now.
+    for event in failed:
+        assert not event.message.ack(mw.committable)
+    assert mw.committable == [1, 2]
+    assert mw.failures("count") == 1
+    assert mw.commit_gate.failure == ("count", "OSError: [Errno 28] No space left on device")
+    assert mw.commit_gate.shut and rejoins == ["rejoin"]
+
+    not_run = mw.batch(5)
+    await handle_batch(mw, "count", not_run, fine)  # the gate is shut: held back, not run
+    assert not not_run[0].message.ack(mw.committable)
+    assert mw.committable == [1, 2]
+
+    assert mw.commit_gate.give_up() and mw.commit_gate.reopen()  # tables rebuilt
+    await handle_batch(mw, "control", mw.batch(6), fine)
+    assert mw.commit_gate.failure is not None  # another stage's success says nothing of counting
+    await handle_batch(mw, "count", mw.batch(3, 4, 5), fine)
+    assert mw.commit_gate.failure is None
+    assert mw.committable == [1, 2, 6, 3, 4, 5]
