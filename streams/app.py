@@ -70,9 +70,10 @@ def create_app(
         # Under exactly_once, outputs become visible when the transaction commits: commit often
         # enough that an alert is out within a second of its event.
         broker_commit_interval=0.2,
-        # The embedded broker (Tansu) reports a changelog's end one lower than Kafka does, which
-        # Faust's RocksDB check takes for deleted data and refuses to start; recovery still reads
-        # the changelog from the persisted offset to its end.
+        # The embedded broker (Tansu) reports a changelog's end short of its high watermark (one
+        # past the first offset of its last batch), which Faust's RocksDB check takes for deleted
+        # data and refuses to start; recovery still reads the changelog from the persisted offset
+        # to that reported end.
         recovery_consistency_check=False,
         web_port=settings.web_port,
         web_bind=settings.web_bind,
