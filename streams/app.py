@@ -72,8 +72,8 @@ def create_app(
         broker_commit_interval=0.2,
         # The embedded broker (Tansu) reports a changelog's end short of its high watermark (one
         # past the first offset of its last batch), which Faust's RocksDB check takes for deleted
-        # data and refuses to start; recovery still reads the changelog from the persisted offset
-        # to that reported end.
+        # data and refuses to start; recovery reads the changelog from the persisted offset to its
+        # last record all the same (streams/consumer.py, records_end).
         recovery_consistency_check=False,
         web_port=settings.web_port,
         web_bind=settings.web_bind,

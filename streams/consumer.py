@@ -54,6 +54,73 @@ async def seek_to_committed_or_beginning(
     return committed
 
 
+# Reading past a reported end: rounds of fetches, each held at most this long by the broker; the
+# whole probe, start and stop of its consumer included, is given up after END_PROBE_SECONDS.
+END_PROBE_ROUNDS = 8
+END_PROBE_WAIT_MS = 20
+END_PROBE_SECONDS = 10.0
+
+
+async def records_end(bootstrap: Any, ends: Mapping[TP, int]) -> dict[TP, int]:
+    """``ends`` moved past any record found at or after them: one past the last record read.
+
+    Where the broker's answer is the true end (Apache Kafka) the first fetch finds nothing. A
+    partition still being written (a standby's) may grow meanwhile; reading stops after
+    ``END_PROBE_ROUNDS`` rounds, as any end of a moving partition is a snapshot. If the probe
+    fails or takes too long, the broker's answer stands."""
+    try:
+        found = await asyncio.wait_for(_read_past(bootstrap, ends), END_PROBE_SECONDS)
+    except Exception as error:  # the probe is a correction, never a new way to fail recovery
+        log.warning(
+            "recovery: could not read past the changelogs' reported ends (%s: %s); reading to them",
+            type(error).__name__,
+            error,
+        )
+        return dict(ends)
+    moved = {tp: (ends[tp], end) for tp, end in found.items() if end != ends[tp]}
+    if moved:
+        log.info(
+            "recovery: %d changelog partition(s) end past where the broker said: %s",
+            len(moved),
+            ", ".join(f"{tp.topic}[{tp.partition}] {was}->{now}" for tp, (was, now) in sorted(moved.items())[:8]),
+        )
+    return found
+
+
+async def _read_past(bootstrap: Any, ends: Mapping[TP, int]) -> dict[TP, int]:
+    found = dict(ends)
+    probe = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=END_PROBE_WAIT_MS,
+        max_partition_fetch_bytes=64 * 1024,
+    )
+    await probe.start()
+    try:
+        partitions = {TopicPartition(tp.topic, tp.partition): tp for tp in ends}
+        probe.assign(list(partitions))
+        for partition, tp in partitions.items():
+            probe.seek(partition, ends[tp])
+        for _ in range(END_PROBE_ROUNDS):
+            fetched = await probe.getmany(timeout_ms=END_PROBE_WAIT_MS * 5)
+            if not fetched:
+                break
+            for partition, records in fetched.items():
+                if records:
+                    tp = partitions[partition]
+                    found[tp] = max(found[tp], records[-1].offset + 1)
+    finally:
+        try:
+            await probe.stop()
+        except asyncio.CancelledError:
+            # aiokafka's stop can raise the cancellation of its own group-less coordinator's
+            # task; only a cancellation of this task goes on.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+    return found
+
+
 class CommittedOrBeginningConsumerThread(AIOKafkaConsumerThread):
     logger = FAUST_SERVICES_LOG
 
@@ -69,6 +136,16 @@ class CommittedOrBeginningConsumerThread(AIOKafkaConsumerThread):
     async def seek_to_committed(self) -> Mapping[TP, int]:
         changelogs = set(self.consumer.app.tables.changelog_topics)
         return await self.call_thread(seek_to_committed_or_beginning, self._ensure_consumer(), changelogs)
+
+    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
+        ends = await super()._highwaters(partitions)
+        if self.consumer.in_transaction or not ends:
+            return ends
+        # Table recovery reads each changelog up to these ends. Some brokers (the embedded
+        # Tansu) answer a partition's end as one past the first offset of its last record batch:
+        # recovery would stop before that batch's other records and count on from stale values.
+        client = self._ensure_consumer()._client  # noqa: SLF001 - where the consumer connects
+        return await records_end(client._bootstrap_servers, ends)  # noqa: SLF001
 
     def verify_event_path(self, now: float, tp: TP) -> None:
         if has_position(self._ensure_consumer(), tp):

@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.support.brokers import TestBroker
 from tests.support.kafka_io import produce, read_all
 from tests.support.messages import event
 from tests.support.worker import WorkerProcess, eventually, http_get
@@ -125,14 +124,9 @@ async def test_each_bad_input_is_dead_lettered_with_its_own_code(
 
 
 async def test_a_worker_that_lost_its_disk_still_knows_every_event_id(
-    kafka_broker: TestBroker, running_worker: WorkerProcess, deployment: dict[str, str]
+    running_worker: WorkerProcess, deployment: dict[str, str]
 ) -> None:
     """Event ids come back from the changelog (packed a batch at a time), not only from RocksDB."""
-    if kafka_broker.kind == "embedded":
-        # The embedded broker (Tansu) reports a changelog's end as one past the first offset of
-        # its last record batch, so recovery stops before that batch's other records (event ids
-        # and usage) (README, Known issues). Runs on Apache Kafka in CI.
-        pytest.skip("the embedded broker reports a changelog's end short of its last batch; runs on Apache Kafka")
     bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
     topic = deployment["METERWATCH_TOPIC_PREFIX"] + "usage.events"
     workspaces = [f"ws_disk_{i}" for i in range(4)]
