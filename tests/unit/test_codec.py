@@ -12,7 +12,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from meterwatch.core.alerts import ContractAlertState
 from meterwatch.core.contract_usage import ContractPeriod, ContractUsage
@@ -83,11 +83,13 @@ def _times_as_text(value: Any) -> Any:
     return value
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(workspace_states())
 def test_a_workspace_value_reads_back_equal(state: WorkspaceState) -> None:
     assert decode_workspace(encode_workspace(state)) == state
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(st.lists(period_tallies(), min_size=1, max_size=3))
 def test_times_and_days_are_stored_as_their_isoformat_text(tallies: list[PeriodTally]) -> None:
     state = WorkspaceState(usage=WorkspaceUsage(MappingProxyType({"email": MetricTally("email", tuple(tallies))})))
@@ -108,6 +110,7 @@ def test_times_and_days_are_stored_as_their_isoformat_text(tallies: list[PeriodT
     ]
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(st.lists(periods(), min_size=1, max_size=3), st.none() | periods())
 def test_a_contract_value_reads_back_equal(
     contract_periods: list[BillingPeriod], alerted: BillingPeriod | None
