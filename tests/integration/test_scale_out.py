@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.kafka_io import produce
+from tests.support.messages import event
 from tests.support.worker import WorkerProcess, eventually, free_port, http_get
 
 WORKSPACES = [f"ws_route_{i}" for i in range(16)]
@@ -80,17 +81,7 @@ async def test_one_of_two_workers_sigkilled_and_restarted_mid_stream_counts_stay
     bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
     topic = deployment["METERWATCH_TOPIC_PREFIX"] + "usage.events"
     workspaces = [f"ws_kill_{i}" for i in range(8)]
-    now = datetime.now(UTC).isoformat()
-    events = [
-        {
-            "event_id": uuid.uuid4().hex,
-            "workspace_id": workspaces[i % len(workspaces)],
-            "metric": "messages_sent",
-            "quantity": 1,
-            "occurred_at": now,
-        }
-        for i in range(4000)
-    ]
+    events = [event(workspaces[i % len(workspaces)], "messages_sent") for i in range(4000)]
     chunks = [events[i : i + 200] for i in range(0, len(events), 200)]
     for chunk in chunks[:8]:
         await produce(bootstrap, topic, [(e["workspace_id"].encode(), e) for e in chunk])
