@@ -55,7 +55,7 @@ class CommitGate:
         # group for a rebalance.
         self.on_lost: Callable[[], None] = lambda: None
         self.on_failed: Callable[[], None] = lambda: None
-        # The last batch failure ("stage: error"), until a batch of that stage succeeds.
+        # The last batch failure, (stage, "ErrorType: message"), until a batch of that stage succeeds.
         self.failure: tuple[str, str] | None = None
 
     @property

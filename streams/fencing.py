@@ -60,15 +60,18 @@ def register(mw: Meterwatch) -> None:
     app = mw.app
     gate = mw.commit_gate
 
+    def rejoin() -> None:
+        asyncio.ensure_future(app.consumer.request_rejoin())
+
     def ask_for_rebalance() -> None:
         # A fence means some other member holds a newer assignment, so the group rebalances
         # anyway; asking makes it prompt even when the fencing producer was not a member.
         mw.metrics.transactions_lost.inc()
-        asyncio.ensure_future(app.consumer.request_rejoin())
+        rejoin()
 
     gate.on_lost = ask_for_rebalance
     # A failed batch (streams/batches.py) gives up the work in hand the same way.
-    gate.on_failed = lambda: asyncio.ensure_future(app.consumer.request_rejoin())
+    gate.on_failed = rejoin
 
     @app.on_partitions_revoked.connect
     async def give_up_lost_work(app: Any, revoked: Any, **kwargs: Any) -> None:
