@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from faust.types import EventT
 
-from ..core.dedupe import FirstSeen, decode_first_seen, encode_first_seen
+from ..core.dedupe import FirstSeen, decode_first_seen
 from ..core.workspace import WorkspaceState
 from ..sinks.kafka import TopicPublisher
 from .batches import by_source_partition, finish, handle_batch
 from .codec import decode_workspace, encode_workspace
-from .inbox import COMMAND, ROWS, USAGE, WORKSPACE, legacy_rows
+from .inbox import COMMAND, O_RECEIVED_MS, ROWS, USAGE, WORKSPACE, legacy_rows
 from .metrics import observe_many
 from .poison import dead_letter_failure
 from .timers import PeriodTickIndex
@@ -95,8 +95,8 @@ async def _count_part(
     decoded: DecodedValues,
     ticks: PeriodTickIndex,
 ) -> None:
-    by_workspace, keys, event_at = await _split_by_workspace(mw, part, publisher)
-    seen = _look_up_seen(mw, partition, keys)
+    by_workspace, keys, since_ms, event_at = await _split_by_workspace(mw, part, publisher)
+    seen = _look_up_seen(mw, partition, keys, since_ms)
     config = StepConfig(
         window_ms=int(mw.settings.dedupe_window.total_seconds() * 1000),
         mail_enabled=bool(mw.settings.smtp_host),
@@ -113,7 +113,7 @@ async def _count_part(
     # Event ids are remembered before the counts they guard are written: were the counts kept
     # and the ids lost (a crash between the two writes, without transactions), a later copy of
     # an event would be counted again.
-    mw.tables.seen_event_ids.remember({key: encode_first_seen(first) for key, first in out.first_seen.items()})
+    mw.tables.seen_event_ids.remember(out.first_seen)
     await mw.tables.seen_event_ids.wait_for_writes()
     writes = []
     for workspace_id, state in written:
@@ -138,13 +138,18 @@ async def _count_part(
     _observe(mw, out)
 
 
+_NO_EVENTS = 2**63  # the earliest Kafka time of a part without usage events: later than any
+
+
 async def _split_by_workspace(
     mw: Meterwatch, part: list[EventT], publisher: TopicPublisher
-) -> tuple[dict[str, list[Message]], list[str], dict[int, EventT]]:
-    """The part's messages per workspace in inbox order, the dedupe keys of their events, and
-    each message's event by offset (for the dead letter of a failure)."""
+) -> tuple[dict[str, list[Message]], list[str], int, dict[int, EventT]]:
+    """The part's messages per workspace in inbox order, the dedupe keys of their events, the
+    earliest Kafka time of those events, and each message's event by offset (for the dead
+    letter of a failure)."""
     by_workspace: dict[str, list[Message]] = {}
     keys: list[str] = []
+    since_ms = _NO_EVENTS
     event_at: dict[int, EventT] = {}
     for event in part:
         message = event.message
@@ -164,6 +169,7 @@ async def _split_by_workspace(
                 rows, origins = legacy_rows(document, message.key.decode())
             else:
                 raise ValueError(f"unknown inbox record kind {kind!r:.40}")
+            since_ms = min(since_ms, min((origin[O_RECEIVED_MS] for origin in origins), default=since_ms))
             grouped: dict[str, list[tuple[int, list[Any]]]] = {}
             for index, row in enumerate(rows):
                 workspace_id = row[WORKSPACE]
@@ -173,15 +179,16 @@ async def _split_by_workspace(
                 by_workspace.setdefault(workspace_id, []).append(RowsMessage(offset, indexed, origins))
         except Exception as error:
             await dead_letter_failure(mw, publisher, "count_usage", event, error)
-    return by_workspace, keys, event_at
+    return by_workspace, keys, since_ms, event_at
 
 
-def _look_up_seen(mw: Meterwatch, partition: int, keys: list[str]) -> dict[str, FirstSeen | None]:
-    """What the dedupe store knows of ``keys``, in one multi-get on the partition's database."""
+def _look_up_seen(mw: Meterwatch, partition: int, keys: list[str], since_ms: int) -> dict[str, FirstSeen | None]:
+    """What the dedupe store knows of ``keys`` (events received at ``since_ms`` or later), in
+    one multi-get per segment of the partition's database."""
     if not keys:
         return {}
     table = mw.tables.seen_event_ids
-    values = table.get_many(partition, keys)
+    values = table.get_many(partition, keys, since_ms)
     return {key: decode_first_seen(value) for key, value in zip(keys, values, strict=True) if value is not None}
 
 

@@ -77,11 +77,4 @@ def sample_gauges(mw: Meterwatch) -> None:
 
 
 def dedupe_store_entries(mw: Meterwatch) -> int:
-    store = mw.tables.seen_event_ids.data
-    total = 0
-    for db in getattr(store, "_dbs", {}).values():
-        try:
-            total += int(db.property_int_value("rocksdb.estimate-num-keys") or 0)
-        except Exception:
-            continue
-    return total
+    return mw.tables.seen_event_ids.data.entries()

@@ -11,10 +11,19 @@ from the files (the OS page cache), not memory of the worker.
 
 Filters are full bloom filters at 10 bits a key (about 1 % false positives): a lookup of a new
 id, the common case, rarely reads a data block.
+
+Ids expire by the clock repeats are judged by, the Kafka time of the events (``core/dedupe.py``):
+each partition's database keeps its ids in column families of one dedupe window each, named by
+their bounds, and drops a column family whole once the partition's Kafka time is two windows
+past its end. The partition's Kafka time is the latest first-seen time written, never ahead of
+the worker's clock (a producer's clock set years ahead must not expire every id at once).
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +31,10 @@ import rocksdict
 from faust.stores.rocksdb import RocksDBOptions
 from faust.stores.rocksdb import Store as RocksDBStore
 
+from ..core.dedupe import Segment, can_judge, is_expired, segment_for
 from ..logs import FAUST_SERVICES_LOG
+
+log = logging.getLogger(__name__)
 
 BLOOM_BITS_PER_KEY = 10
 # Index and filter partitions (and their reads) of 4 KiB, like data blocks.
@@ -47,8 +59,27 @@ class SharedCacheRocksDBOptions(RocksDBOptions):
         )
 
     def open(self, path: Path, *, read_only: bool = False) -> rocksdict.Rdict:
-        access = rocksdict.AccessType.read_write() if self.ttl is None else rocksdict.AccessType.with_ttl(self.ttl)
-        db = rocksdict.Rdict(str(path), options=self.as_options(), access_type=access)
+        """The database at ``path`` with every column family it has, or a new one. A database
+        of another layout (ids in the default column family, values carrying RocksDB's
+        wall-clock TTL suffix) is deleted first; the changelog restores what it held."""
+        db = self._open(path)
+        if db.get(LAYOUT_KEY) is None:
+            if _holds_anything(db, path, self.as_options()):
+                log.info("dedupe store %s has an older layout; deleting it, the changelog restores it", path.name)
+                db.close()
+                rocksdict.Rdict.destroy(str(path), self.as_options())
+                db = self._open(path)
+            db.put(LAYOUT_KEY, LAYOUT)
+        return db
+
+    def _open(self, path: Path) -> rocksdict.Rdict:
+        options = self.as_options()
+        families = rocksdict.Rdict.list_cf(str(path), options) if path.exists() else []
+        db = rocksdict.Rdict(
+            str(path),
+            options=options,
+            column_families={name: self.as_options() for name in families if name != "default"},
+        )
         db.set_read_options(rocksdict.ReadOptions())
         return db
 
@@ -76,6 +107,117 @@ class SharedCacheRocksDBOptions(RocksDBOptions):
         return options
 
 
+# Marks a database whose ids live in segment column families. Faust keeps its changelog offset
+# in the default column family, beside it.
+LAYOUT_KEY = b"__meterwatch\x00layout__"
+LAYOUT = b"segments/1"
+_SEGMENT_PREFIX = "ids-"
+
+
+def _holds_anything(db: rocksdict.Rdict, path: Path, options: rocksdict.Options) -> bool:
+    if len(rocksdict.Rdict.list_cf(str(path), options)) > 1:
+        return True
+    it = db.iter()
+    it.seek_to_first()
+    return it.valid()
+
+
+def _segment_name(segment: Segment) -> str:
+    return f"{_SEGMENT_PREFIX}{segment.start_ms}-{segment.end_ms}"
+
+
+def _parse_segment(name: str) -> Segment | None:
+    if not name.startswith(_SEGMENT_PREFIX):
+        return None
+    start, end = name[len(_SEGMENT_PREFIX) :].split("-")
+    return Segment(int(start), int(end))
+
+
+class IdSegments:
+    """One partition's ids, in column families of one window of Kafka time each."""
+
+    def __init__(self, db: rocksdict.Rdict, options: SharedCacheRocksDBOptions, window_ms: int) -> None:
+        self.db = db
+        self.options = options
+        self.window_ms = window_ms
+        # The partition's Kafka time: the latest first-seen time written, capped at the clock.
+        self.stream_ms = 0
+        self.families: dict[Segment, rocksdict.Rdict] = {}
+        for name in rocksdict.Rdict.list_cf(db.path(), options.as_options()):
+            segment = _parse_segment(name)
+            if segment is not None:
+                self.families[segment] = db.get_column_family(name)
+        self._newest_first = sorted(self.families, reverse=True)
+
+    def get_many(self, keys: list[bytes], since_ms: int) -> list[bytes | None]:
+        """The stored values of ``keys``, newest segment first; segments whose ids cannot judge
+        an event received at ``since_ms`` or later are not read."""
+        window_ms = self.window_ms
+        readable = [self.families[s] for s in self._newest_first if can_judge(s, since_ms, window_ms)]
+        if not readable:
+            return [None] * len(keys)
+        found: list[bytes | None] = readable[0][keys]
+        for family in readable[1:]:
+            missing = [i for i, value in enumerate(found) if value is None]
+            if not missing:
+                break
+            for i, value in zip(missing, family[[keys[i] for i in missing]], strict=True):
+                if value is not None:
+                    found[i] = value
+        return found
+
+    def write(self, entries: Iterable[tuple[bytes, int, bytes]]) -> None:
+        """Store ``(key, first seen ms, value)`` entries, each in the segment of its time, in one
+        write batch, then drop the segments the partition's Kafka time has left behind. An entry
+        already that far behind is not kept."""
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        window_ms = self.window_ms
+        newest = self.stream_ms
+        segment = None
+        handle = None
+        for key, at_ms, value in entries:
+            # A batch's ids are mostly of one segment: look it up again only when one is not.
+            if segment is None or not segment.start_ms <= at_ms < segment.end_ms:
+                segment = segment_for(at_ms, window_ms)
+                handle = None if is_expired(segment, self.stream_ms, window_ms) else self._handle(segment)
+            if handle is None:
+                continue
+            batch.put(key, value, handle)
+            if at_ms > newest:
+                newest = at_ms
+        self.db.write(batch)
+        self._advance(newest)
+
+    def delete(self, key: bytes) -> None:
+        for family in self.families.values():
+            family.delete(key)
+
+    def entries(self) -> int:
+        """About how many ids are held (RocksDB's estimate)."""
+        return sum(int(f.property_int_value("rocksdb.estimate-num-keys") or 0) for f in self.families.values())
+
+    def memtable_bytes(self) -> int:
+        return sum(int(f.property_int_value("rocksdb.cur-size-all-mem-tables") or 0) for f in self.families.values())
+
+    def _handle(self, segment: Segment) -> Any:
+        if segment not in self.families:
+            self.families[segment] = self.db.create_column_family(_segment_name(segment), self.options.as_options())
+            self._newest_first = sorted(self.families, reverse=True)
+        return self.db.get_column_family_handle(_segment_name(segment))
+
+    def _advance(self, newest_ms: int) -> None:
+        stream_ms = min(newest_ms, int(time.time() * 1000))
+        if stream_ms <= self.stream_ms:
+            return
+        self.stream_ms = stream_ms
+        expired = [s for s in self.families if is_expired(s, stream_ms, self.window_ms)]
+        for segment in expired:
+            del self.families[segment]
+            self.db.drop_column_family(_segment_name(segment))
+        if expired:
+            self._newest_first = sorted(self.families, reverse=True)
+
+
 class SeenIdsStore(RocksDBStore):
     """Faust's RocksDB store, its partitions' databases opened with :class:`SharedCacheRocksDBOptions`."""
 
@@ -85,20 +227,76 @@ class SeenIdsStore(RocksDBStore):
     def __init__(self, *args: Any, options: dict[str, Any] | None = None, **kwargs: Any) -> None:
         options = dict(options or {})
         memtable_budget = options.pop("memtable_budget")
+        self.window_ms = options.pop("window_ms")
         super().__init__(*args, options=options, **kwargs)
         self.rocksdb_options = SharedCacheRocksDBOptions(
             memtable_budget=memtable_budget, **self.options, use_rocksdict=True
         )
+        self._segments: dict[int, IdSegments] = {}
+
+    def segments(self, partition: int) -> IdSegments:
+        """``partition``'s ids, its database opened if it is not yet."""
+        db = self._db_for_partition(partition)
+        segments = self._segments.get(partition)
+        if segments is None or segments.db is not db:
+            segments = self._segments[partition] = IdSegments(db, self.rocksdb_options, self.window_ms)
+        return segments
+
+    def apply_changelog_batch(self, batch: Iterable[Any], to_key: Any, to_value: Any) -> None:
+        """Changelog entries (chunks already unpacked) into their partitions' segments, then
+        the offsets read, as Faust's store does for plain keys."""
+        writes: dict[int, list[tuple[bytes, int, bytes]]] = {}
+        offsets: dict[Any, int] = {}
+        for event in batch:
+            message = event.message
+            offsets[message.tp] = max(message.offset, offsets.get(message.tp, -1))
+            if message.value is None:
+                self.segments(message.partition).delete(message.key)
+                continue
+            at_ms = int(message.value.split(b",", 1)[0])
+            writes.setdefault(message.partition, []).append((message.key, at_ms, message.value))
+        for partition, entries in writes.items():
+            self.segments(partition).write(entries)
+        for tp, offset in offsets.items():
+            self.set_persisted_offset(tp, offset)
+
+    def revoke_partitions(self, table: Any, tps: Any) -> None:
+        for tp in tps:
+            if tp.topic in table.changelog_topic.topics:
+                self._segments.pop(tp.partition, None)
+        super().revoke_partitions(table, tps)
+
+    def reset_state(self) -> None:
+        self._segments.clear()
+        super().reset_state()
+
+    async def stop(self) -> None:
+        self._segments.clear()
+        await super().stop()
+
+    def entries(self) -> int:
+        """About how many ids the open partitions hold."""
+        total = 0
+        for partition in list(self._dbs):
+            try:
+                total += self.segments(partition).entries()
+            except Exception:  # closed mid-rebalance
+                continue
+        return total
 
     def memory(self) -> dict[str, int]:
         """Bytes of RocksDB memory, for every open partition together: the shared block cache
         (its blocks and the memtables charged to it), the memtables alone, and what the open
         files hold outside the cache."""
         memtables = table_readers = 0
-        for db in list(self._dbs.values()):
+        for partition in list(self._dbs):
             try:
-                memtables += int(db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0)
-                table_readers += int(db.property_int_value("rocksdb.estimate-table-readers-mem") or 0)
+                segments = self.segments(partition)
+                memtables += segments.memtable_bytes()
+                table_readers += sum(
+                    int(f.property_int_value("rocksdb.estimate-table-readers-mem") or 0)
+                    for f in segments.families.values()
+                )
             except Exception:  # closed mid-rebalance
                 continue
         return {

@@ -4,7 +4,7 @@ A plain table sends one changelog record per key, so one per counted event: a se
 the largest cost of the hot path. Here the ids a batch remembers for one partition travel as
 one record, a *chunk*, and recovery unpacks chunks back into the ids they carry. Chunk keys are
 random, so compaction never drops a chunk for a later one (a replayed batch may carry fewer
-ids); the changelog's time retention ends them, as it ended single ids before.
+ids); the changelog's time retention ends them (``streams/tables.py``).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 
 from faust.streams import current_event
 from faust.types import EventT
-from rocksdict import WriteBatch
 from yarl import URL
 
+from ..core.dedupe import FirstSeen, encode_first_seen
 from .durable_table import DurableTable, fast_key_encoder
 from .seen_ids_store import SeenIdsStore
 
@@ -116,11 +116,12 @@ class SeenEventIdsTable(DurableTable):
     def memory(self) -> dict[str, int]:
         return self.data.memory()
 
-    def get_many(self, partition: int, keys: list[str]) -> list[bytes | None]:
+    def get_many(self, partition: int, keys: list[str], since_ms: int) -> list[bytes | None]:
         """The stored values of ``keys`` (None where absent), read from ``partition``'s RocksDB
-        database in one multi-get rather than one table lookup per key."""
+        database in one multi-get per segment rather than one table lookup per key; ``since_ms``
+        is the earliest Kafka time of the events asking (older segments cannot judge them)."""
         encode = self._key_encoder()
-        return self.data._db_for_partition(partition)[[encode(key) for key in keys]]  # noqa: SLF001
+        return self.data.segments(partition).get_many([encode(key) for key in keys], since_ms)
 
     def _key_encoder(self) -> Callable[[str], bytes]:
         """The store's key encoding (``fast_key_encoder`` of Faust's own)."""
@@ -129,7 +130,7 @@ class SeenEventIdsTable(DurableTable):
             encoder = self._encoder = fast_key_encoder(self.data._encode_key)  # noqa: SLF001
         return encoder
 
-    def remember(self, entries: Mapping[str, bytes]) -> None:
+    def remember(self, entries: Mapping[str, FirstSeen]) -> None:
         """Store ``entries`` locally and send them to the changelog in as few records as fit.
 
         Every entry belongs to the partition of the current event (``acting_for``); the entries
@@ -141,13 +142,11 @@ class SeenEventIdsTable(DurableTable):
         event = current_event()
         assert event is not None, "remember() runs acting for an event of the partition"
         partition = event.message.partition
-        store = self.data
         encode = self._key_encoder()
-        batch = WriteBatch(raw_mode=True)
-        for key, value in entries.items():
-            batch.put(encode(key), value)  # the local store only; the chunks below are the changelog
-        store._db_for_partition(partition).write(batch)  # noqa: SLF001
-        for chunk in pack_chunks(entries):
+        values = {key: encode_first_seen(first) for key, first in entries.items()}
+        # The local store only; the chunks below are the changelog.
+        self.data.segments(partition).write((encode(key), entries[key].at_ms, value) for key, value in values.items())
+        for chunk in pack_chunks(values):
             self.send_changelog(partition, CHUNK_KEY_PREFIX + uuid.uuid4().hex, chunk)
 
     def apply_changelog_batch(self, batch: Iterable[EventT]) -> None:

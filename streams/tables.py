@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import faust
 
 from ..config import Settings
+from ..core.dedupe import KEPT_WINDOWS
 from .durable_table import DurableTable
 from .seen_ids_table import SeenEventIdsTable
 
@@ -19,6 +20,7 @@ from .seen_ids_table import SeenEventIdsTable
 ROCKSDB_MEMTABLE_BYTES = 4 * 1024 * 1024
 ROCKSDB_MEMTABLE_BUDGET_BYTES = 32 * 1024 * 1024
 ROCKSDB_BLOCK_CACHE_BYTES = 48 * 1024 * 1024
+CHANGELOG_SLACK_SECONDS = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,10 @@ def declare_tables(app: faust.App, settings: Settings) -> Tables:
         return app.tables.add(table)
 
     window_seconds = int(settings.dedupe_window.total_seconds())
+    # The store expires ids by Kafka time (streams/seen_ids_store.py); the broker deletes the
+    # changelog's copy by its own clock. The extra days keep a copy for a worker that falls
+    # that far behind and then rebuilds the store without its data dir.
+    changelog_retention_ms = (window_seconds * KEPT_WINDOWS + CHANGELOG_SLACK_SECONDS) * 1000
     return Tables(
         workspaces=table("workspaces"),
         contract_usage=table("contract-usage"),
@@ -60,13 +66,14 @@ def declare_tables(app: faust.App, settings: Settings) -> Tables:
             SeenEventIdsTable,
             # Entries long past the window are also deleted from the changelog, so recovery
             # reads a bounded log.
-            extra_topic_configs={"cleanup.policy": "compact,delete", "retention.ms": str(window_seconds * 2 * 1000)},
+            extra_topic_configs={"cleanup.policy": "compact,delete", "retention.ms": str(changelog_retention_ms)},
             # "rocksdb://" parses to a falsy URL, and Faust then silently uses memory; the path
             # names the files under the app's table directory.
             store="rocksdb:seen-event-ids",
             options={
-                # RocksDB drops entries once they are well past the window, bounding the disk too.
-                "ttl": window_seconds * 2,
+                # Ids are kept in segments of one window of Kafka time, each dropped once its
+                # partition's Kafka time is two windows past it; this bounds the disk too.
+                "window_ms": window_seconds * 1000,
                 # Faust's defaults (3 memtables of 64 MiB and a 2 GiB block cache per partition)
                 # let memory grow with the id count, hundreds of MiB per worker; ids are written
                 # once and rarely read back, so small memtables and one small cache cost little.

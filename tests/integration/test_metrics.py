@@ -3,26 +3,11 @@ carries a workspace (CONTRACT 6; SRE metrics)."""
 
 from __future__ import annotations
 
-import urllib.request
 import uuid
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.kafka_io import produce
 from tests.support.messages import event
-from tests.support.worker import WorkerProcess, eventually
-
-
-def scrape(worker: WorkerProcess) -> tuple[str, dict[tuple[str, tuple], float]]:
-    with urllib.request.urlopen(f"{worker.base_url}/metrics", timeout=5) as response:
-        assert response.status == 200
-        assert response.headers["Content-Type"].startswith("text/plain")
-        text = response.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return text, samples
+from tests.support.worker import WorkerProcess, eventually, scrape
 
 
 async def test_counters_match_the_traffic_and_name_no_workspace(running_worker: WorkerProcess, deployment: dict[str, str]) -> None:

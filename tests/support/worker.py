@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def free_port() -> int:
@@ -124,3 +125,16 @@ async def eventually(check, timeout: float = 30.0, interval: float = 0.2):  # ty
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+def scrape(worker: WorkerProcess) -> tuple[str, dict[tuple[str, tuple], float]]:
+    """``GET /metrics``: its text, and every sample by (name, sorted labels)."""
+    with urllib.request.urlopen(f"{worker.base_url}/metrics", timeout=5) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return text, samples

@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from meterwatch.core.dedupe import FirstSeen, decode_first_seen, encode_first_seen, is_repeat
+from meterwatch.core.dedupe import (
+    KEPT_WINDOWS,
+    FirstSeen,
+    Segment,
+    can_judge,
+    decode_first_seen,
+    encode_first_seen,
+    is_expired,
+    is_repeat,
+    segment_for,
+)
 
 HOUR_MS = 3_600_000
 WINDOW_MS = 24 * HOUR_MS  # the default window
@@ -87,3 +97,74 @@ def test_a_repeat_is_another_delivery_inside_the_window(
     repeat = is_repeat(first, position, FIRST_AT_MS + elapsed_ms, window_ms)
 
     assert repeat == (position != first_position and elapsed_ms < window_ms)
+
+
+@pytest.mark.parametrize(
+    "at_ms, window_ms, expected",
+    [
+        (0, 1_000, Segment(0, 1_000)),
+        (999, 1_000, Segment(0, 1_000)),
+        (1_000, 1_000, Segment(1_000, 2_000)),
+        (FIRST_AT_MS, WINDOW_MS, Segment(1_732_406_400_000, 1_732_492_800_000)),  # the UTC day
+        (FIRST_AT_MS - 1, 90 * 60_000, Segment(1_732_433_400_000, 1_732_438_800_000)),
+    ],
+)
+def test_an_id_is_kept_in_the_whole_window_of_kafka_time_holding_it(
+    at_ms: int, window_ms: int, expected: Segment
+) -> None:
+    assert segment_for(at_ms, window_ms) == expected
+
+
+DAY = segment_for(FIRST_AT_MS, WINDOW_MS)
+
+
+@pytest.mark.parametrize(
+    "description, stream_ms, expected",
+    [
+        ("Kafka time still inside the segment", DAY.start_ms + HOUR_MS, False),
+        ("one window past its end", DAY.end_ms + WINDOW_MS, False),
+        ("1 ms short of two windows past its end", DAY.end_ms + 2 * WINDOW_MS - 1, False),
+        ("two windows past its end", DAY.end_ms + 2 * WINDOW_MS, True),
+        ("a week later", DAY.end_ms + 7 * WINDOW_MS, True),
+    ],
+)
+def test_a_segment_expires_when_its_partitions_kafka_time_is_two_windows_past_it(
+    description: str, stream_ms: int, expected: bool
+) -> None:
+    assert is_expired(DAY, stream_ms, WINDOW_MS) is expected, description
+
+
+@given(
+    at_ms=st.integers(min_value=0, max_value=2**45),
+    later_ms=st.integers(min_value=0, max_value=10 * WINDOW_MS),
+    window_ms=st.integers(min_value=1, max_value=2 * WINDOW_MS),
+    position=st.integers(min_value=0, max_value=10),
+)
+def test_an_id_is_never_dropped_while_it_can_still_make_an_event_a_repeat(
+    at_ms: int, later_ms: int, window_ms: int, position: int
+) -> None:
+    """Expiry and lookups never change a judgement: while an id could make an event a repeat,
+    its segment is neither expired at that event's Kafka time nor skipped by its lookup."""
+    segment = segment_for(at_ms, window_ms)
+    now_ms = at_ms + later_ms
+    first = FirstSeen(at_ms, position)
+    if is_repeat(first, position + 1, now_ms, window_ms):
+        assert not is_expired(segment, now_ms, window_ms)
+        assert can_judge(segment, now_ms, window_ms)
+    # Kept at least KEPT_WINDOWS windows of Kafka time after it was first counted.
+    assert is_expired(segment, now_ms, window_ms) <= (later_ms >= KEPT_WINDOWS * window_ms)
+
+
+@pytest.mark.parametrize(
+    "description, since_ms, expected",
+    [
+        ("events inside the segment", DAY.start_ms + HOUR_MS, True),
+        ("events less than a window after its end", DAY.end_ms + WINDOW_MS - 1, True),
+        ("events a window after its end", DAY.end_ms + WINDOW_MS, False),
+        ("events before it (out of time order)", DAY.start_ms - HOUR_MS, True),
+    ],
+)
+def test_a_lookup_reads_only_segments_that_can_judge_its_events(
+    description: str, since_ms: int, expected: bool
+) -> None:
+    assert can_judge(DAY, since_ms, WINDOW_MS) is expected, description

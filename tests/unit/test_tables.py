@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from types import SimpleNamespace
 
@@ -11,10 +12,13 @@ import pytest
 from faust.stores.memory import Store as MemoryStore
 from faust.stores.rocksdb import Store as RocksDBStore
 from faust.streams import _current_event
+from faust.types import TP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from meterwatch.config import ProcessingGuarantee, load_settings
+from meterwatch.core.dedupe import FirstSeen
 from meterwatch.streams.app import create_app
+from meterwatch.streams.seen_ids_table import CHUNK_KEY_PREFIX, pack_chunk
 
 
 def build(environ: dict[str, str]):  # type: ignore[no-untyped-def]
@@ -43,7 +47,11 @@ def test_the_dedupe_store_is_on_disk_so_memory_stays_bounded() -> None:
     assert options.write_buffer_size * options.max_write_buffer_number <= 8 * 1024 * 1024
     assert options.block_cache_size <= 48 * 1024 * 1024
     assert options.memtable_budget <= options.block_cache_size
-    assert options.ttl == 2 * 24 * 3600
+    # Ids expire by Kafka time, in segments of one window; no wall-clock TTL.
+    assert options.ttl is None
+    assert mw.tables.seen_event_ids.data.window_ms == 24 * 3600 * 1000
+    # The changelog keeps its copy two windows and a week by the broker's clock.
+    assert mw.tables.seen_event_ids._changelog_topic.config["retention.ms"] == str(9 * 24 * 3600 * 1000)  # noqa: SLF001
 
 
 def test_every_partition_of_the_dedupe_store_shares_one_cache(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -101,12 +109,43 @@ def test_bulk_table_writes_key_changelog_records_exactly_as_faust_does(key: str)
 def test_ids_remembered_in_one_write_batch_are_found_by_one_multi_get(tmp_path) -> None:  # type: ignore[no-untyped-def]
     mw = build({"METERWATCH_DATA_DIR": str(tmp_path)})
     table = mw.tables.seen_event_ids
+    at = int(time.time() * 1000) - 60_000
     event = _ActingFor(SimpleNamespace(partition=3))
     token = _current_event.set(weakref.ref(event))
     try:
         table.send_changelog = lambda *args, **kwargs: None  # type: ignore[method-assign]
-        table.remember({"ws_1\x1fa": b"1,10", "ws_2\x1fb": b"2,20"})
+        table.remember({"ws_1\x1fa": FirstSeen(at, 10), "ws_2\x1fb": FirstSeen(at + 1, 20)})
     finally:
         _current_event.reset(token)
-    assert table.get_many(3, ["ws_1\x1fa", "ws_9\x1fz", "ws_2\x1fb"]) == [b"1,10", None, b"2,20"]
-    assert table.get_many(4, ["ws_1\x1fa"]) == [None]  # another partition's database
+    assert table.get_many(3, ["ws_1\x1fa", "ws_9\x1fz", "ws_2\x1fb"], at) == [b"%d,10" % at, None, b"%d,20" % (at + 1)]
+    assert table.get_many(4, ["ws_1\x1fa"], at) == [None]  # another partition's database
+
+
+def test_recovery_puts_ids_in_their_segments_and_keeps_none_already_expired(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    mw = build({"METERWATCH_DATA_DIR": str(tmp_path), "METERWATCH_DEDUPE_WINDOW": "1h"})
+    table = mw.tables.seen_event_ids
+    hour = 3_600_000
+    now = int(time.time() * 1000)
+    tp = TP(table.changelog_topic.get_topic_name(), 2)
+
+    def chunk(offset: int, entries: dict[str, bytes]) -> SimpleNamespace:
+        message = SimpleNamespace(
+            tp=tp,
+            partition=2,
+            offset=offset,
+            key=orjson.dumps(CHUNK_KEY_PREFIX + str(offset)),
+            value=pack_chunk(entries),
+        )
+        return SimpleNamespace(key=CHUNK_KEY_PREFIX + str(offset), message=message)
+
+    old, recent = now - 5 * hour, now - 10 * 60_000
+    table.apply_changelog_batch(
+        [
+            chunk(0, {"ws\x1fold": b"%d,1" % old}),
+            chunk(1, {"ws\x1fa": b"%d,2" % recent, "ws\x1fb": b"%d,3" % recent}),
+        ]
+    )
+    # The partition's Kafka time is now "recent": the id first seen five hours before is gone.
+    assert table.get_many(2, ["ws\x1fold", "ws\x1fa", "ws\x1fb"], old) == [None, b"%d,2" % recent, b"%d,3" % recent]
+    assert table.data.persisted_offset(tp) == 1
+    assert table.data.entries() == 2
