@@ -9,13 +9,23 @@ joins the transaction of the partition being processed) and its future is kept u
 ``put_many`` writes a batch's keys of one partition at once: into the store, and to the
 changelog as record batches built here and handed to the partition's producer whole, so a key
 costs its bytes rather than a message future, a send and Faust's bookkeeping each.
+
+A value larger than ``VALUE_PART_BYTES`` (a workspace with tens of thousands of Fin
+conversations in a period, a contract with thousands of members) goes to the changelog as
+*parts*, each a record of its own under a fresh key, followed by a *head* under the value's own
+key that names them; the parts of the value it replaces are deleted after it (tombstones), so
+compaction keeps exactly the parts of each key's latest value. Recovery joins the parts again
+before the store sees the head. No record nears the producer's and broker's 1 MB limits,
+whatever a value's size.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
@@ -23,17 +33,65 @@ import faust
 from aiokafka.producer.message_accumulator import BatchBuilder
 from faust.exceptions import ProducerSendError
 from faust.streams import current_event
-from faust.types import FutureMessage
+from faust.types import EventT, FutureMessage
 
 from ..logs import FAUST_SERVICES_LOG
 from ..sinks.kafka import retrieve_exception
 
 # A changelog record batch: well under the broker's default 1 MB message size.
 CHANGELOG_BATCH_BYTES = 512 * 1024
+# A value's largest record; a larger value is split into parts of this size (at most).
+VALUE_PART_BYTES = 256 * 1024
+# Table keys and values never start with a NUL (keys are identifiers, values JSON).
+PART_KEY_PREFIX = "\x00part:"
+HEAD_MARK = b"\x00parts\x00"
+_PART_KEY_SEPARATOR = "\x1f"
+
+
+class MissingValuePart(RuntimeError):
+    """A head names a part its changelog did not hold before it."""
+
+
+def split_value(value: bytes, part_bytes: int = VALUE_PART_BYTES) -> tuple[list[tuple[str, bytes]], bytes]:
+    """``value`` as part records under fresh keys, and the head that names them in order."""
+    version = uuid.uuid4().hex
+    parts = [
+        (f"{PART_KEY_PREFIX}{version}:{index}", value[start : start + part_bytes])
+        for index, start in enumerate(range(0, len(value), part_bytes))
+    ]
+    return parts, HEAD_MARK + _PART_KEY_SEPARATOR.join(key for key, _ in parts).encode()
+
+
+def part_keys(head: bytes) -> list[str]:
+    return head[len(HEAD_MARK) :].decode().split(_PART_KEY_SEPARATOR)
+
+
+def is_part_key(key: Any) -> bool:
+    return isinstance(key, str) and key.startswith(PART_KEY_PREFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class _JoinedMessage:
+    """The fields of a changelog message that a store's ``apply_changelog_batch`` reads."""
+
+    tp: Any
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Joined:
+    key: str
+    value: bytes
+    message: _JoinedMessage
 
 
 class DurableTable(faust.Table):
     logger = FAUST_SERVICES_LOG
+    # Whether recovery looks for split values (a table whose values are all small says no).
+    joins_parts = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -41,8 +99,78 @@ class DurableTable(faust.Table):
         self._queued: dict[tuple[str, int] | None, list[FutureMessage]] = {}
         self._sending: dict[int, asyncio.Future[None]] = {}
         self._changelog_encoder: Callable[[str], bytes] | None = None
+        # key -> the part keys of its value on the changelog, for keys whose value is split
+        self._parts_of: dict[str, list[str]] = {}
+        # part key -> bytes, read by recovery and not yet joined by a head
+        self._recovered_parts: dict[str, bytes] = {}
+
+    def changelog_records(self, key: str, value: bytes | None) -> list[tuple[str, bytes | None]]:
+        """The changelog records that write ``value`` under ``key``: the value itself, or its
+        parts and head; then tombstones for the parts of the value it replaces."""
+        replaced = self._parts_of.pop(key, None)
+        if value is not None and len(value) > VALUE_PART_BYTES:
+            parts, head = split_value(value)
+            records: list[tuple[str, bytes | None]] = [*parts, (key, head)]
+            self._parts_of[key] = [part for part, _ in parts]
+        else:
+            records = [(key, value)]
+        if replaced:
+            records.extend((part, None) for part in replaced)
+        return records
+
+    def apply_changelog_batch(self, batch: Iterable[EventT]) -> None:
+        super().apply_changelog_batch(self._joined(batch) if self.joins_parts else batch)
+
+    def _joined(self, batch: Iterable[EventT]) -> Iterator[Any]:
+        """Changelog events with parts held back and every head replaced by the value its parts
+        make up, at the head's offset."""
+        parts = self._recovered_parts
+        for event in batch:
+            key = event.key
+            message = event.message
+            value = message.value
+            if is_part_key(key):
+                if value is None:
+                    parts.pop(key, None)
+                else:
+                    parts[key] = value
+                continue
+            if value is None or not value.startswith(HEAD_MARK):
+                self._parts_of.pop(key, None)
+                yield event
+                continue
+            names = part_keys(value)
+            missing = [name for name in names if name not in parts]
+            if missing:
+                raise MissingValuePart(
+                    f"{self.name}: the value of a key at {message.tp}@{message.offset} names "
+                    f"{len(missing)} part(s) the changelog did not hold before it"
+                )
+            joined = b"".join(parts.pop(name) for name in names)
+            self._parts_of[key] = names
+            yield _Joined(
+                key, joined, _JoinedMessage(message.tp, message.partition, message.offset, message.key, joined)
+            )
 
     def send_changelog(
+        self,
+        partition: int | None,
+        key: Any,
+        value: Any,
+        key_serializer: Any = None,
+        value_serializer: Any = None,
+    ) -> FutureMessage:
+        if isinstance(key, str) and (
+            (isinstance(value, bytes) and len(value) > VALUE_PART_BYTES) or key in self._parts_of
+        ):
+            sent = [
+                self._send_one(partition, record_key, record_value, key_serializer, value_serializer)
+                for record_key, record_value in self.changelog_records(key, value)
+            ]
+            return sent[-1]
+        return self._send_one(partition, key, value, key_serializer, value_serializer)
+
+    def _send_one(
         self,
         partition: int | None,
         key: Any,
@@ -103,10 +231,14 @@ class DurableTable(faust.Table):
             return
         store = self.data
         encode = self._changelog_key_encoder()
-        records = []
+        split = self._parts_of
+        records: list[tuple[bytes, bytes | None]] = []
         for key, value in items:
             store[key] = value
-            records.append((encode(key), value))
+            if len(value) <= VALUE_PART_BYTES and key not in split:
+                records.append((encode(key), value))
+            else:
+                records.extend((encode(name), part) for name, part in self.changelog_records(key, value))
         previous = self._sending.get(partition)
         sending = asyncio.ensure_future(self._send_records(partition, records, previous))
         self._sending[partition] = sending
@@ -118,7 +250,7 @@ class DurableTable(faust.Table):
             del self._sending[partition]
 
     async def _send_records(
-        self, partition: int, records: list[tuple[bytes, bytes]], previous: asyncio.Future[None] | None
+        self, partition: int, records: list[tuple[bytes, bytes | None]], previous: asyncio.Future[None] | None
     ) -> None:
         if previous is not None:
             # Writes of one partition reach its changelog in the order they were made.

@@ -33,6 +33,7 @@ from faust.exceptions import ProducerSendError
 from faust.stores.memory import Store as MemoryStore
 
 from ..sinks.kafka import retrieve_exception
+from .seen_ids_store import SeenIdsStore
 
 if TYPE_CHECKING:
     from .app import Meterwatch
@@ -106,13 +107,17 @@ def _see_fatal_error(producer: Any) -> None:
 
 
 def forget_local_state(mw: Meterwatch) -> None:
-    """Empty every in-memory table and make recovery read every changelog from its beginning."""
+    """Empty every in-memory table and make recovery read every changelog from its beginning;
+    the dedupe store's databases are reopened (they keep what the changelog holds up to their
+    saved offsets, and recovery reads on from there)."""
     for table in mw.tables.all():
         table.forget_unacknowledged()
         store = table.data
         if isinstance(store, MemoryStore):
             store.data.clear()
             store._key_partition.clear()
+        elif isinstance(store, SeenIdsStore):
+            store.close_databases()
     recovery = mw.app.tables.recovery
     recovery.active_offsets.clear()
     recovery.standby_offsets.clear()

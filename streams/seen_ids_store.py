@@ -270,6 +270,19 @@ class SeenIdsStore(RocksDBStore):
         self._segments.clear()
         super().reset_state()
 
+    def close_databases(self) -> None:
+        """Close every open database; each is opened again when next used. RocksDB keeps
+        refusing writes after one failed (a full disk, say) until its database is reopened,
+        which also replays its write-ahead log to the last whole write."""
+        self._segments.clear()
+        dbs = list(self._dbs.values())
+        self._dbs.clear()
+        for db in dbs:
+            try:
+                db.close()
+            except Exception as error:  # a database in error may refuse to flush on close
+                log.warning("dedupe store: closing a database failed (%s); it is opened again when next used", error)
+
     async def stop(self) -> None:
         self._segments.clear()
         await super().stop()

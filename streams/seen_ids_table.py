@@ -95,6 +95,7 @@ def unpack_changelog(batch: Iterable[EventT], encode_key: Callable[[str], bytes]
 
 
 class SeenEventIdsTable(DurableTable):
+    joins_parts = False  # its records are chunks of at most MAX_CHUNK_BYTES
     _encoder: Callable[[str], bytes] | None = None
 
     def _new_store_by_url(self, url: str | URL) -> SeenIdsStore:
