@@ -173,16 +173,18 @@ class IdSegments:
         batch = rocksdict.WriteBatch(raw_mode=True)
         window_ms = self.window_ms
         newest = self.stream_ms
-        segment = None
+        start = end = 0
         handle = None
+        put = batch.put
         for key, at_ms, value in entries:
             # A batch's ids are mostly of one segment: look it up again only when one is not.
-            if segment is None or not segment.start_ms <= at_ms < segment.end_ms:
+            if not start <= at_ms < end:
                 segment = segment_for(at_ms, window_ms)
+                start, end = segment
                 handle = None if is_expired(segment, self.stream_ms, window_ms) else self._handle(segment)
             if handle is None:
                 continue
-            batch.put(key, value, handle)
+            put(key, value, handle)
             if at_ms > newest:
                 newest = at_ms
         self.db.write(batch)

@@ -10,19 +10,18 @@ records again every event is counted exactly once.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.brokers import TestBroker
-from tests.support.kafka_io import produce, read_all
+from tests.support.failing import caught_up_exactly, failing_count_batches
+from tests.support.kafka_io import produce
 from tests.support.messages import event
-from tests.support.worker import WorkerProcess, eventually, http_get, usage_shown
+from tests.support.worker import WorkerProcess, eventually, usage_shown
 
 WORKSPACES = [f"ws-refused-{i:02d}" for i in range(20)]
 BROKER_DEFAULT_MAX_MESSAGE_BYTES = "1048588"
@@ -35,21 +34,6 @@ async def set_max_message_bytes(bootstrap: str, topic: str, value: str) -> None:
         await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": value})])
     finally:
         await admin.close()
-
-
-def batch_failures(worker: WorkerProcess) -> float:
-    _, text = http_get(f"{worker.base_url}/metrics")
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text or "")
-        for sample in family.samples
-        if sample.name == "meterwatch_batch_failures_total" and sample.labels.get("stage") == "count"
-    )
-
-
-def health(worker: WorkerProcess) -> tuple[int | None, dict]:
-    status, body = http_get(f"{worker.base_url}/health")
-    return status, body if isinstance(body, dict) else {}
 
 
 async def test_refused_table_writes_hold_the_batch_back_until_the_broker_takes_them(
@@ -70,28 +54,14 @@ async def test_refused_table_writes_hold_the_batch_back_until_the_broker_takes_t
     await set_max_message_bytes(bootstrap, changelog, "200")
     refused_at = time.monotonic()
     await produce(bootstrap, events_topic, [(w.encode(), event(w, "email", 1)) for w in WORKSPACES for _ in range(7)])
-    await eventually(lambda: health(running_worker)[1].get("status") == "failing", timeout=60, interval=0.1)
-    status, body = health(running_worker)
-    assert status == 503
-    assert body["reason"].startswith("count batch failed: "), body
+    reason, failures_while_refused = await failing_count_batches(running_worker)
     failed_after = time.monotonic() - refused_at
-    # The worker keeps trying: each try gives the work up, rebuilds its tables and fails again.
-    await eventually(lambda: batch_failures(running_worker) >= 2, timeout=90)
-    failures_while_refused = batch_failures(running_worker)
 
     await set_max_message_bytes(bootstrap, changelog, BROKER_DEFAULT_MAX_MESSAGE_BYTES)
-    accepted_at = time.monotonic()
-    expected = dict.fromkeys(WORKSPACES, 12)
-    await eventually(lambda: usage_shown(running_worker, WORKSPACES, "email") == expected, timeout=120)
-    await eventually(lambda: health(running_worker) == (200, health(running_worker)[1]), timeout=60)
-    caught_up = time.monotonic() - accepted_at
-    await asyncio.sleep(3)  # a second count of anything would show by now
-    assert usage_shown(running_worker, WORKSPACES, "email") == expected
-    assert health(running_worker)[1]["status"] == "consuming"
-    assert await read_all(bootstrap, prefix + "usage.dead-letter", timeout=3) == []
+    caught_up = await caught_up_exactly(running_worker, deployment, WORKSPACES, 12)
     fault_figures(
         f"\n[refused writes] {len(WORKSPACES)} workspaces, 140 events while the changelog refused writes: "
-        f"/health failing {failed_after:.1f}s after the refusal ({body['reason'][:120]!r}); "
+        f"/health failing {failed_after:.1f}s after the refusal ({reason[:120]!r}); "
         f"{failures_while_refused:.0f} failed count batches while refused; every count exact "
         f"{caught_up:.1f}s after the broker took writes again"
     )
