@@ -169,7 +169,9 @@ async def _split_by_workspace(
                 rows, origins = legacy_rows(document, message.key.decode())
             else:
                 raise ValueError(f"unknown inbox record kind {kind!r:.40}")
-            since_ms = min(since_ms, min((origin[O_RECEIVED_MS] for origin in origins), default=since_ms))
+            for origin in origins:
+                if origin[O_RECEIVED_MS] < since_ms:
+                    since_ms = origin[O_RECEIVED_MS]
             grouped: dict[str, list[tuple[int, list[Any]]]] = {}
             for index, row in enumerate(rows):
                 workspace_id = row[WORKSPACE]
