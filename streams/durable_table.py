@@ -71,21 +71,21 @@ def is_part_key(key: Any) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class _JoinedMessage:
+class ChangelogRecord:
     """The fields of a changelog message that a store's ``apply_changelog_batch`` reads."""
 
     tp: Any
     partition: int
     offset: int
     key: bytes
-    value: bytes
+    value: bytes | None
 
 
 @dataclass(frozen=True, slots=True)
 class _Joined:
     key: str
     value: bytes
-    message: _JoinedMessage
+    message: ChangelogRecord
 
 
 class DurableTable(faust.Table):
@@ -149,7 +149,7 @@ class DurableTable(faust.Table):
             joined = b"".join(parts.pop(name) for name in names)
             self._parts_of[key] = names
             yield _Joined(
-                key, joined, _JoinedMessage(message.tp, message.partition, message.offset, message.key, joined)
+                key, joined, ChangelogRecord(message.tp, message.partition, message.offset, message.key, joined)
             )
 
     def send_changelog(

@@ -19,7 +19,7 @@ from faust.types import EventT
 from yarl import URL
 
 from ..core.dedupe import FirstSeen, encode_first_seen
-from .durable_table import DurableTable, fast_key_encoder
+from .durable_table import ChangelogRecord, DurableTable, fast_key_encoder
 from .seen_ids_store import SeenIdsStore
 
 # Identifiers never hold C0 controls (models.common), so these cannot occur inside a key or value.
@@ -59,20 +59,9 @@ def unpack_chunk(raw: bytes) -> Iterator[tuple[str, bytes]]:
 
 
 @dataclass(frozen=True, slots=True)
-class _Record:
-    """The fields of a changelog message that a store's ``apply_changelog_batch`` reads."""
-
-    tp: Any
-    partition: int
-    offset: int
-    key: bytes
-    value: bytes | None
-
-
-@dataclass(frozen=True, slots=True)
 class _Unpacked:
     key: str
-    message: _Record
+    message: ChangelogRecord
 
 
 def is_chunk(event: EventT) -> bool:
@@ -90,7 +79,7 @@ def unpack_changelog(batch: Iterable[EventT], encode_key: Callable[[str], bytes]
         if message.value is None:
             continue  # a tombstone for a chunk: nothing to restore
         for key, value in unpack_chunk(message.value):
-            record = _Record(message.tp, message.partition, message.offset, encode_key(key), value)
+            record = ChangelogRecord(message.tp, message.partition, message.offset, encode_key(key), value)
             yield _Unpacked(key, record)
 
 
