@@ -52,11 +52,10 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.brokers import TestBroker
-from tests.support.kafka_io import read_all, topic_reader
+from tests.support.kafka_io import committed_offsets, read_all, topic_reader
 from tests.support.messages import ADMIN
 from tests.support.smtp import ReceivedMail, SmtpServer
 from tests.support.worker import WorkerProcess, free_port, http_get
@@ -863,17 +862,6 @@ def crash_problems(pool: WorkerPool) -> list[str]:
         + "\n    ".join(c.log_excerpt)
         for c in pool.crashes
     ]
-
-
-async def committed_offsets(deployment: dict[str, str], topic: str) -> dict[int, int | None]:
-    group = deployment["METERWATCH_TOPIC_PREFIX"] + deployment["METERWATCH_APP_ID"]
-    admin = AIOKafkaAdminClient(bootstrap_servers=deployment["METERWATCH_KAFKA_BOOTSTRAP"])
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
 
 
 async def stuck_commands_report(

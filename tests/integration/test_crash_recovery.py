@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.brokers import TestBroker
-from tests.support.kafka_io import produce, read_all
+from tests.support.kafka_io import committed_offsets, produce, read_all
 from tests.support.worker import WorkerProcess, eventually, http_get, usage_shown
 
 WORKSPACES = [f"ws_kill_{i}" for i in range(12)]
@@ -47,6 +47,12 @@ def events_counted(worker: WorkerProcess) -> float:
 
 def total_counted(worker: WorkerProcess) -> dict[str, int]:
     return usage_shown(worker, WORKSPACES)
+
+
+async def inbox_committed(deployment: dict[str, str]) -> bool:
+    """Whether the worker group has committed any counting of the workspace inbox."""
+    inbox = deployment["METERWATCH_TOPIC_PREFIX"] + deployment["METERWATCH_APP_ID"] + "-workspace-inbox"
+    return any((await committed_offsets(deployment, inbox)).values())
 
 
 def lag_by_partition(worker: WorkerProcess) -> dict[str, float]:
@@ -131,9 +137,11 @@ async def test_sigkill_mid_stream_neither_loses_nor_doubles(
 
     first, second = messages[: len(messages) // 2], messages[len(messages) // 2 :]
     await produce(bootstrap, topic, first)
-    # Kill once counting is under way but not finished.
+    # Kill once counting is under way but not finished, and some of it is committed: counts are
+    # shown before their transaction commits, and only committed work is the restart's to keep.
     quarter = sum(expected.values()) // 4
     await eventually(lambda: quarter < sum(total_counted(running_worker).values()), timeout=60, interval=0.05)
+    await eventually(lambda: inbox_committed(deployment), timeout=30, interval=0.05)
     counted_before_kill = sum(total_counted(running_worker).values())
     running_worker.kill()
     assert 0 < counted_before_kill < sum(expected.values()), "the kill must land mid-stream"

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 
 async def produce(
@@ -117,3 +117,18 @@ async def apply_commands(deployment: dict[str, str], commands: list[dict], *, ap
         return ids <= {r["command_id"] for r in results if not applied or r["status"] == "applied"}
 
     await eventually(answered, timeout=60)
+
+
+async def committed_offsets(deployment: dict[str, str], topic: str) -> dict[int, int | None]:
+    """The worker group's committed offsets on ``topic``, by partition (read by a consumer of
+    the group that never joins it: the embedded broker's answer to the admin client's
+    OffsetFetch does not decode)."""
+    bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
+    group = deployment["METERWATCH_TOPIC_PREFIX"] + deployment["METERWATCH_APP_ID"]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = range(int(deployment["METERWATCH_PARTITIONS"]))
+        return {p: await consumer.committed(TopicPartition(topic, p)) for p in partitions}
+    finally:
+        await consumer.stop()
