@@ -117,7 +117,7 @@ def test_stop_ends_the_broker_process() -> None:
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # reaped, not a zombie
     with pytest.raises(EmbeddedBrokerError):
-        broker.bootstrap
+        _ = broker.bootstrap
 
 
 def test_log_path_receives_the_broker_output(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ Everything here is pure: the billing cycle and the time of counting are passed i
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -493,7 +494,7 @@ def test_tallies_cannot_be_changed_in_place() -> None:
     tally = count_all("sms", [(3, utc(2024, 3, 2))])
     march = tally.for_period(MARCH_UTC)
 
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         march.usage = 99  # type: ignore[misc]
     with pytest.raises(TypeError):
         march.daily[date(2024, 3, 2)] = 99  # type: ignore[index]

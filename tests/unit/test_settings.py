@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from meterwatch.config.settings import ConfigError, ProcessingGuarantee, load_settings
+from pydantic import ValidationError
 
 PASSWORD = "s3cr3t-Pa55word!"
 
@@ -183,7 +184,7 @@ def test_the_prefix_applies_to_topics_and_the_consumer_group() -> None:
 def test_settings_cannot_be_changed_after_loading() -> None:
     settings = load_settings({})
 
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         settings.web_port = 1  # type: ignore[misc]
 
 
