@@ -40,35 +40,62 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a worker runs stage one in a child process)."""
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{current}/task/{task}/children") as children:
+                    queue.extend(int(child) for child in children.read().split())
+            except OSError:
+                pass
+    return found
+
+
 def proc_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds (user, system) and page faults (minor, major) of a live process so far."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return {}
+    """CPU seconds (user, system) and page faults (minor, major) of a live process and its
+    descendants so far."""
     ticks = os.sysconf("SC_CLK_TCK")
-    # After the command's closing parenthesis: state is field 0, minflt 7, majflt 9, utime 11, stime 12.
-    return {
-        "user_seconds": int(fields[11]) / ticks,
-        "system_seconds": int(fields[12]) / ticks,
-        "minor_faults": int(fields[7]),
-        "major_faults": int(fields[9]),
-    }
+    totals: dict[str, float] = {}
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After the command's closing parenthesis: state is field 0, minflt 7, majflt 9, utime 11, stime 12.
+        for name, value in (
+            ("user_seconds", int(fields[11]) / ticks),
+            ("system_seconds", int(fields[12]) / ticks),
+            ("minor_faults", int(fields[7])),
+            ("major_faults", int(fields[9])),
+        ):
+            totals[name] = totals.get(name, 0) + value
+    return totals
 
 
 def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS, VmHWM and the RSS split (anonymous, file-backed, shared) of a live process, bytes."""
+    """VmRSS, VmHWM and the RSS split (anonymous, file-backed, shared), bytes, of a live process
+    and its descendants together (VmHWM: the sum of each one's peak)."""
     values: dict[str, int] = {}
     wanted = ("VmRSS:", "VmHWM:", "RssAnon:", "RssFile:", "RssShmem:")
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith(wanted):
-                    name, amount, _unit = line.split()
-                    values[name.rstrip(":")] = int(amount) * 1024
-    except OSError:
-        pass
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/status") as status:
+                for line in status:
+                    if line.startswith(wanted):
+                        name, amount, _unit = line.split()
+                        key = name.rstrip(":")
+                        values[key] = values.get(key, 0) + int(amount) * 1024
+        except OSError:
+            pass
     return values
 
 

@@ -41,6 +41,7 @@ from memory import run_dedupe_memory
 from phases import guarded, run_shape
 from producing import PRODUCER_SETTINGS, make_shape
 from report import report
+from worker import worker_settings
 
 SHAPES = ("single1k", "single100k", "batch")
 
@@ -103,6 +104,11 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="run only the meterwatch worker of each shape (no raw ceiling, bare Faust or peer): for profiling",
     )
+    parser.add_argument(
+        "--ingest-in-worker",
+        action="store_true",
+        help="run stage one inside the worker process (METERWATCH_INGEST_PROCESS=false) rather than beside it",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args()
     unknown = set(filter(None, args.shapes.split(","))) - set(SHAPES)
@@ -162,6 +168,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix=f"meterwatch-bench-{tag}-"))
     log_dir = RESULTS / f"logs-{tag}"
     log_dir.mkdir(parents=True, exist_ok=True)
+    if args.ingest_in_worker:
+        worker_settings["METERWATCH_INGEST_PROCESS"] = "false"
     if not args.live_code and "PYTHONPATH" not in os.environ:
         harness.code_path = harness.snapshot_code(work / "code")
     results: dict[str, Any] = {

@@ -58,6 +58,10 @@ def batch_stats(text: str) -> dict[str, dict[str, float]]:
     return stats
 
 
+# Settings every measured worker is given besides its own (bench/run.py --ingest-in-worker).
+worker_settings: dict[str, str] = {}
+
+
 @dataclass
 class MeterwatchWorker:
     bootstrap: str
@@ -80,6 +84,7 @@ class MeterwatchWorker:
             "METERWATCH_WEB_PORT": str(self.web_port),
             "METERWATCH_WEB_BIND": "127.0.0.1",
             "METERWATCH_DATA_DIR": str(self.data_dir),
+            **worker_settings,
         }
 
     def start(self) -> None:

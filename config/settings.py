@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     web_bind: str = "0.0.0.0"
     web_host: str = "127.0.0.1"
     data_dir: str = "./meterwatch-data"
+    # Stage one (reading usage.events) in a process of its own, on another core than counting.
+    ingest_process: bool = True
 
     smtp_host: str | None = None
     smtp_port: int = Field(default=25, ge=1, le=65535)

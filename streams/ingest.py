@@ -60,17 +60,32 @@ FINISH_SECONDS = 5.0
 RETRY_FIRST_SECONDS = 0.5
 RETRY_MAX_SECONDS = 30.0
 
-_SERVICES: dict[int, IngestService] = {}
+# Stage one of each app: an IngestService, or the IngestProcess that runs one.
+_SERVICES: dict[int, Any] = {}
 
 
 def register(mw: Meterwatch) -> None:
-    """Start the ingest service with the app (after table recovery) and stop it with the app."""
+    """Start stage one with the app and stop it with the app: in a process of its own
+    (streams/ingest_process.py) unless ``METERWATCH_INGEST_PROCESS=false``."""
+    if mw.settings.ingest_process:
+        from .ingest_process import IngestProcess as Stage
+    else:
+        Stage = IngestService  # noqa: N806
 
-    class _IngestService(IngestService):
+    class _Stage(Stage):  # type: ignore[valid-type,misc]
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(mw, **kwargs)
 
-    mw.app.service(_IngestService)
+    mw.app.service(_Stage)
+
+
+def register_service(mw: Meterwatch, service: Any) -> None:
+    """``service`` is stage one of ``mw``: it answers ``is_reading`` and ``consumer_lag``."""
+    _SERVICES[id(mw.app)] = service
+
+
+def forget_service(mw: Meterwatch) -> None:
+    _SERVICES.pop(id(mw.app), None)
 
 
 def is_reading(mw: Meterwatch) -> bool:
@@ -112,7 +127,7 @@ class IngestService(Service):
         self._failures = 0
         # An error the rebalance listener met, raised by the loop (aiokafka swallows a listener's).
         self._fatal: BaseException | None = None
-        _SERVICES[id(mw.app)] = self
+        register_service(mw, self)
 
     @Service.task
     async def _run(self) -> None:
@@ -145,7 +160,7 @@ class IngestService(Service):
                 "ingest: did not finish within %.0fs; the batch in hand is abandoned, uncommitted", FINISH_SECONDS
             )
         await self._close()
-        _SERVICES.pop(id(self._mw.app), None)
+        forget_service(self._mw)
 
     async def _open(self) -> None:
         mw = self._mw

@@ -4,6 +4,8 @@ carries on where that agent stopped (CONTRACT 3.1, 5.4)."""
 
 from __future__ import annotations
 
+import os
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from tests.conftest import healthy_worker
 from tests.support.kafka_io import produce, read_all, topic_reader
 from tests.support.messages import event
+from tests.support.processes import children_of
 from tests.support.worker import WorkerProcess, eventually, usage_shown
 
 pytestmark = pytest.mark.integration
@@ -107,3 +110,29 @@ async def test_an_upgraded_worker_starts_where_the_faust_agent_stopped(
         await produce(bootstrap, events_topic, [(b"ws-upgrade", event("ws-upgrade", "sms", 1)) for _ in range(3)])
         await eventually(lambda: usage_shown(worker, ["ws-upgrade"], "sms") == {"ws-upgrade": 3})
         await eventually(lambda: usage_shown(worker, ["ws-upgrade"], "sms") == {"ws-upgrade": 3}, timeout=3)
+
+
+async def test_stage_one_runs_beside_the_worker_and_a_dead_one_takes_the_worker_down(
+    running_worker: WorkerProcess, deployment: dict[str, str]
+) -> None:
+    """Stage one reads usage.events in a child process of the worker. Killed, it takes the worker
+    down with an error, for its orchestrator to restart; the restarted worker counts what was
+    sent meanwhile, and nothing twice."""
+    bootstrap, events_topic, _ = topics(deployment)
+    assert running_worker.process is not None
+    stage_one = [p for p in children_of(running_worker.process.pid) if "meterwatch.streams.ingest_process" in p.command]
+    assert len(stage_one) == 1, children_of(running_worker.process.pid)
+    before = [event("ws-stage-one", "sms", 2) for _ in range(50)]
+    await produce(bootstrap, events_topic, [(b"ws-stage-one", e) for e in before])
+    await eventually(lambda: usage_shown(running_worker, ["ws-stage-one"], "sms") == {"ws-stage-one": 100})
+
+    os.kill(stage_one[0].pid, signal.SIGKILL)
+    assert running_worker.process.wait(timeout=30) not in (0, None)
+    assert "ingest: its process" in running_worker.log_tail(200)
+    assert not stage_one[0].alive()
+
+    after = [event("ws-stage-one", "sms", 3) for _ in range(50)]
+    await produce(bootstrap, events_topic, [(b"ws-stage-one", e) for e in [*after, *before[:10]]])
+    running_worker.start()
+    running_worker.wait_healthy()
+    await eventually(lambda: usage_shown(running_worker, ["ws-stage-one"], "sms") == {"ws-stage-one": 250}, timeout=60)
