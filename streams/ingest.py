@@ -72,11 +72,11 @@ def register(mw: Meterwatch) -> None:
     else:
         Stage = IngestService  # noqa: N806
 
-    class _Stage(Stage):  # type: ignore[valid-type,misc]
-        def __init__(self, **kwargs: Any) -> None:
-            super().__init__(mw, **kwargs)
+    def __init__(self: Any, **kwargs: Any) -> None:
+        Stage.__init__(self, mw, **kwargs)
 
-    mw.app.service(_Stage)
+    # Named as the stage it runs: a stop that gives up names the services still stopping.
+    mw.app.service(type(Stage.__name__, (Stage,), {"__init__": __init__}))
 
 
 def register_service(mw: Meterwatch, service: Any) -> None:
