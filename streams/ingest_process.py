@@ -186,7 +186,10 @@ async def _run(settings: Settings, bootstrap: str, guarantee: ProcessingGuarante
             if os.getppid() != parent_pid:
                 log.warning("ingest: the worker (pid %d) has exited; stopping", parent_pid)
                 break
-            report()
+            try:
+                report()
+            except OSError:  # the worker closed the pipe: it is gone
+                break
             report_now.clear()
             waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(report_now.wait())]
             await asyncio.wait(waits, timeout=STATUS_SECONDS, return_when=asyncio.FIRST_COMPLETED)
