@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import logging.config
 import os
@@ -17,7 +16,7 @@ from typing import Any
 
 import faust
 
-from . import allocator
+from . import allocator, collector
 from .brokers.probe import BrokerUnreachable, broker_supports_transactions, wait_for_broker
 from .config import ProcessingGuarantee, Settings
 from .logs import logging_config
@@ -105,24 +104,9 @@ def run_worker(settings: Settings, *, parent_pid: int | None = None) -> int:
         quiet=True,
         redirect_stdouts=False,
     )
-    tune_garbage_collector()
+    collector.tune()
     worker.execute_from_commandline()
     return 0
-
-
-def tune_garbage_collector() -> None:
-    """Collect the young generation every 50,000 allocations instead of every 700.
-
-    A busy batch allocates a few small objects per event (decoded rows, tallies) that live
-    until the batch ends, and the worker keeps tens of thousands of decoded table values; with
-    the default thresholds the collector walked them so often that it cost more than the
-    counting (a packed inbox record decoded at 0.4 µs per row with collection off and 1.2 to
-    5.7 µs with the defaults, growing with the heap). Nothing here makes reference cycles in
-    bulk, so rarer collections only leave the few there are for longer. What is loaded by now
-    (modules, the app) is moved out of the collector's sight for good."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 class BoundedStopWorker(faust.Worker):

@@ -12,21 +12,22 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 from faust.types import EventT
 
+from .. import collector
 from ..core.dedupe import FirstSeen, decode_first_seen
 from ..core.workspace import WorkspaceState
 from ..sinks.kafka import TopicPublisher
 from .batches import by_source_partition, finish, handle_batch
 from .codec import decode_workspace, encode_workspace
-from .inbox import COMMAND, O_RECEIVED_MS, ROWS, USAGE, WORKSPACE, legacy_rows
+from .inbox import COMMAND, O_RECEIVED_MS, ROWS, USAGE, legacy_rows
 from .metrics import observe_many
 from .poison import dead_letter_failure
 from .timers import PeriodTickIndex
-from .workspace_step import BatchOutputs, CommandMessage, Message, RowsMessage, StepConfig, dedupe_key, step
+from .workspace_step import BatchOutputs, CommandMessage, Message, StepConfig, rows_by_workspace, step
 
 if TYPE_CHECKING:
     from .app import Meterwatch
@@ -79,7 +80,7 @@ class DecodedValues:
 
 
 async def count_batch(mw: Meterwatch, events: list[EventT], decoded: DecodedValues, ticks: PeriodTickIndex) -> None:
-    with mw.metrics.batch_seconds.labels("count").time():
+    with mw.metrics.batch_seconds.labels("count").time(), collector.paused():
         mw.metrics.batch_size.labels("count").observe(len(events))
         publisher = TopicPublisher()
         for partition, part in by_source_partition(events):
@@ -172,13 +173,8 @@ async def _split_by_workspace(
             for origin in origins:
                 if origin[O_RECEIVED_MS] < since_ms:
                     since_ms = origin[O_RECEIVED_MS]
-            grouped: dict[str, list[tuple[int, list[Any]]]] = {}
-            for index, row in enumerate(rows):
-                workspace_id = row[WORKSPACE]
-                grouped.setdefault(workspace_id, []).append((index, row))
-                keys.append(dedupe_key(workspace_id, row[1]))
-            for workspace_id, indexed in grouped.items():
-                by_workspace.setdefault(workspace_id, []).append(RowsMessage(offset, indexed, origins))
+            for workspace_id, rows_message in rows_by_workspace(offset, rows, origins, keys).items():
+                by_workspace.setdefault(workspace_id, []).append(rows_message)
         except Exception as error:
             await dead_letter_failure(mw, publisher, "count_usage", event, error)
     return by_workspace, keys, since_ms, event_at
@@ -212,6 +208,6 @@ def _observe(mw: Meterwatch, out: BatchOutputs) -> None:
     if out.replayed:
         metrics.messages_replayed.inc(out.replayed)
     if out.occurred:
-        now = time.time()
-        observe_many(metrics.processing_delay, [max(0.0, now - at) for at in out.occurred])
-        observe_many(metrics.pipeline_latency, [max(0.0, now - at) for at in out.received])
+        now_ms = time.time() * 1000
+        observe_many(metrics.processing_delay, [max(0.0, now_ms - at) / 1000 for at in out.occurred])
+        observe_many(metrics.pipeline_latency, [max(0.0, now_ms - at) / 1000 for at in out.received])

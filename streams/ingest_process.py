@@ -39,10 +39,9 @@ import orjson
 from mode import Service
 from prometheus_client import ProcessCollector
 
-from .. import allocator
+from .. import allocator, collector
 from ..config import ProcessingGuarantee, Settings, load_settings
 from ..logs import FAUST_SERVICES_LOG, logging_config
-from ..worker import tune_garbage_collector
 from .ingest import FINISH_SECONDS, IngestService, forget_service, register_service
 from .ingest_kafka import CLOSE_SECONDS
 from .observability import RELEASE_FREE_MEMORY_EVERY_SECONDS
@@ -187,7 +186,7 @@ async def _run(settings: Settings, bootstrap: str, guarantee: ProcessingGuarante
         status.write(orjson.dumps(line) + b"\n")
 
     await service.start()
-    tune_garbage_collector()
+    collector.tune()
     trimmed_at = time.monotonic()
     try:
         while not stop.is_set():

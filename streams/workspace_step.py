@@ -61,6 +61,7 @@ from .inbox import (
     ORIGIN,
     POSITION_STRIDE,
     QUANTITY,
+    WORKSPACE,
     row_as_json,
 )
 from .mailing import ALERT, FIN_DISABLED, mail_id, mail_request
@@ -124,16 +125,17 @@ class BatchOutputs:
     alerts: Counter[str] = field(default_factory=Counter)
     transitions: Counter[str] = field(default_factory=Counter)
     commands: Counter[tuple[str, str]] = field(default_factory=Counter)
-    # (occurred_at, received) in epoch seconds of every counted event, for the latency histograms
-    occurred: list[float] = field(default_factory=list)
-    received: list[float] = field(default_factory=list)
+    # occurred_at and received of every counted event, in epoch milliseconds (rounded down), for
+    # the latency histograms
+    occurred: list[int] = field(default_factory=list)
+    received: list[int] = field(default_factory=list)
 
 
-# An inbox message as the step sees it: usage rows of this workspace (with their index in the
-# message, so each has a position) or a command.
+# An inbox message as the step sees it: usage rows of this workspace, each with its position and
+# dedupe key, or a command.
 class RowsMessage(NamedTuple):
     offset: int
-    rows: list[tuple[int, list[Any]]]
+    rows: list[tuple[int, str, list[Any]]]  # (position, dedupe key, row)
     origins: list[list[Any]]
 
 
@@ -148,6 +150,25 @@ Message = RowsMessage | CommandMessage
 
 def dedupe_key(workspace_id: str, event_id: str) -> str:
     return f"{workspace_id}{KEY_SEPARATOR}{event_id}"
+
+
+def rows_by_workspace(
+    offset: int, rows: list[list[Any]], origins: list[list[Any]], keys: list[str]
+) -> dict[str, RowsMessage]:
+    """The rows of the inbox record at ``offset`` as one message per workspace, in row order;
+    every row's dedupe key is also appended to ``keys``."""
+    grouped: dict[str, list[tuple[int, str, list[Any]]]] = {}
+    base = offset * POSITION_STRIDE
+    add_key = keys.append
+    for index, row in enumerate(rows):
+        workspace_id = row[WORKSPACE]
+        key = f"{workspace_id}{KEY_SEPARATOR}{row[EVENT_ID]}"  # dedupe_key, inline
+        add_key(key)
+        group = grouped.get(workspace_id)
+        if group is None:
+            group = grouped[workspace_id] = []
+        group.append((base + index, key, row))
+    return {workspace_id: RowsMessage(offset, group, origins) for workspace_id, group in grouped.items()}
 
 
 def step(
@@ -183,6 +204,8 @@ class _Run:
         "keep_until_ms",
         "cycle",
         "summed",
+        "day_bucket",
+        "day",
     )
 
     def __init__(
@@ -201,6 +224,9 @@ class _Run:
         self.keep_until_ms = keep_until_ms
         self.cycle = cycle
         self.summed = 0  # events summed into the run
+        # The local day of the quarter hour of UTC last summed into (None: a day starts inside it).
+        self.day_bucket = -1
+        self.day: date | None = None
 
 
 class _Step:
@@ -233,10 +259,10 @@ class _Step:
                 result.replayed += 1
                 continue
             if isinstance(message, RowsMessage):
-                base = offset * POSITION_STRIDE
                 origins = message.origins
-                for index, row in message.rows:
-                    self._count(row, origins[row[ORIGIN]], base + index, offset)
+                count = self._count
+                for position, key, row in message.rows:
+                    count(row, origins[row[ORIGIN]], position, key, offset)
             else:
                 self._fold_runs()
                 self._isolated(offset, self._command, message.command, message.received_ms)
@@ -251,15 +277,15 @@ class _Step:
     # ---------------------------------------------------------------------------------------
     # usage events
 
-    def _count(self, row: list[Any], origin: list[Any], position: int, offset: int) -> None:
+    def _count(self, row: list[Any], origin: list[Any], position: int, key: str, offset: int) -> None:
         metric = row[METRIC]
         run = self.runs.get(metric, False)
         if run is False:
             run = self.runs[metric] = self._open_run(metric, row)
-        if run is not None and self._count_fast(run, row, origin, position):
+        if run is not None and self._count_fast(run, row, origin, position, key):
             return
         self._fold_runs()
-        self._isolated(offset, self._count_one, row, origin, position)
+        self._isolated(offset, self._count_one, row, origin, position, key)
         # The per-event path may have moved the period or the levels: look afresh next time.
         self.runs.pop(metric, None)
 
@@ -294,7 +320,7 @@ class _Step:
             keep_until_ms = min(keep_until_ms, _ms(older.period.end) + _GRACE_MS)
         return _Run(tally, bounds, bound, keep_until_ms, cycle)
 
-    def _count_fast(self, run: _Run, row: list[Any], origin: list[Any], position: int) -> bool:
+    def _count_fast(self, run: _Run, row: list[Any], origin: list[Any], position: int, key: str) -> bool:
         """Sum one additive event into ``run``; False if it needs the per-event path."""
         received_ms = origin[O_RECEIVED_MS]
         if received_ms > run.keep_until_ms:
@@ -310,12 +336,15 @@ class _Step:
         after = run.usage + quantity
         if after < 0 or after >= run.bound or after > MAX_AMOUNT:
             return False
-        day = _local_day(run.cycle, occurred_at, occurred_ms)
-        key = f"{self.workspace_id}{KEY_SEPARATOR}{row[EVENT_ID]}"  # dedupe_key, inline
+        bucket = occurred_ms // _DAY_BUCKET_MS
+        if bucket != run.day_bucket:
+            run.day_bucket = bucket
+            run.day = _bucket_day(run.cycle, bucket)
+        day = run.day or run.cycle.local_date(occurred_at)
         result = self.result
         first_seen = result.first_seen
         first = first_seen.get(key) or self.seen.get(key)
-        if is_repeat(first, position, received_ms, self.config.window_ms):
+        if first is not None and is_repeat(first, position, received_ms, self.config.window_ms):
             result.repeated += 1
             return True
         if run.daily is None:
@@ -326,8 +355,8 @@ class _Step:
         run.usage = after
         run.last_updated_ms = received_ms
         run.summed += 1
-        result.occurred.append(occurred_at.timestamp())
-        result.received.append(received_ms / 1000)
+        result.occurred.append(occurred_ms)
+        result.received.append(received_ms)
         if first is None or first.position != position:
             first_seen[key] = FirstSeen(received_ms, position)
         return True
@@ -366,7 +395,7 @@ class _Step:
                 ),
             )
 
-    def _count_one(self, row: list[Any], origin: list[Any], position: int) -> None:
+    def _count_one(self, row: list[Any], origin: list[Any], position: int, key: str) -> None:
         """One event, judged on its own: the reference path every outcome comes from."""
         received_ms = origin[O_RECEIVED_MS]
         received = datetime.fromtimestamp(received_ms / 1000, tz=UTC)
@@ -377,7 +406,6 @@ class _Step:
         if rejection is not None:
             self._dead_letter(row, origin, rejection)
             return
-        key = dedupe_key(self.workspace_id, row[EVENT_ID])
         first = self.result.first_seen.get(key) or self.seen.get(key)
         if is_repeat(first, position, received_ms, self.config.window_ms):
             self.result.repeated += 1
@@ -400,8 +428,8 @@ class _Step:
                 self._publish_transition(transition)
         result = self.result
         result.counted[metric] += 1
-        result.occurred.append(occurred_at.timestamp())
-        result.received.append(received_ms / 1000)
+        result.occurred.append(_ms(occurred_at))
+        result.received.append(received_ms)
         if first is None or first.position != position:
             result.first_seen[key] = FirstSeen(received_ms, position)
 
@@ -597,9 +625,9 @@ _DAYS: dict[tuple[str, int], date] = {}
 _DAYS_KEPT = 65_536
 
 
-def _local_day(cycle: BillingCycle, at: datetime, at_ms: int) -> date:
-    """``cycle.local_date(at)``, cached per time zone and quarter hour."""
-    bucket = at_ms // _DAY_BUCKET_MS
+def _bucket_day(cycle: BillingCycle, bucket: int) -> date | None:
+    """The local day (``cycle.local_date``) of every instant of quarter hour ``bucket`` of UTC,
+    cached per time zone; None if a day starts inside it."""
     key = (cycle.timezone, bucket)
     day = _DAYS.get(key)
     if day is not None:
@@ -607,7 +635,7 @@ def _local_day(cycle: BillingCycle, at: datetime, at_ms: int) -> date:
     first = _EPOCH + timedelta(milliseconds=bucket * _DAY_BUCKET_MS)
     day = cycle.local_date(first)
     if cycle.local_date(first + timedelta(milliseconds=_DAY_BUCKET_MS - 1)) != day:
-        return cycle.local_date(at)  # a day starts inside this quarter hour: no caching
+        return None
     if len(_DAYS) >= _DAYS_KEPT:
         _DAYS.clear()
     _DAYS[key] = day

@@ -25,10 +25,11 @@ from meterwatch.streams.inbox import RowPacker
 from meterwatch.streams.workspace_step import (
     BatchOutputs,
     CommandMessage,
-    RowsMessage,
+    Message,
     StepConfig,
     _with_usage,
     dedupe_key,
+    rows_by_workspace,
     step,
 )
 
@@ -130,9 +131,9 @@ def streams(draw: st.DrawFn) -> list[list[tuple[str, Any]]]:
     return batches
 
 
-def _messages(batch: list[tuple[str, Any]], first_offset: int) -> list[RowsMessage | CommandMessage]:
+def _messages(batch: list[tuple[str, Any]], first_offset: int) -> list[Message]:
     """The batch as inbox messages, through the real packed encoding."""
-    messages: list[RowsMessage | CommandMessage] = []
+    messages: list[Message] = []
     for offset, (kind, payload) in enumerate(batch, start=first_offset):
         if kind == "command":
             command, received_ms = payload
@@ -146,7 +147,8 @@ def _messages(batch: list[tuple[str, Any]], first_offset: int) -> list[RowsMessa
             )
         (record,) = packer.records()
         document = orjson.loads(record)
-        messages.append(RowsMessage(offset, list(enumerate(document["rows"])), document["origins"]))
+        (message,) = rows_by_workspace(offset, document["rows"], document["origins"], []).values()
+        messages.append(message)
     return messages
 
 
