@@ -39,10 +39,18 @@ def pack_chunk(entries: Mapping[str, bytes]) -> bytes:
 
 def pack_chunks(entries: Mapping[str, bytes], max_bytes: int = MAX_CHUNK_BYTES) -> Iterator[bytes]:
     """``entries`` packed into as few chunks as fit ``max_bytes`` each (an entry never splits)."""
+    return pack_entries((pack_entry(key, value) for key, value in entries.items()), max_bytes)
+
+
+def pack_entry(key: str, value: bytes) -> bytes:
+    return key.encode() + _FIELD + value
+
+
+def pack_entries(entries: Iterable[bytes], max_bytes: int = MAX_CHUNK_BYTES) -> Iterator[bytes]:
+    """Packed entries (``pack_entry``) joined into as few chunks as fit ``max_bytes`` each."""
     chunk: list[bytes] = []
     size = 0
-    for key, value in entries.items():
-        entry = key.encode() + _FIELD + value
+    for entry in entries:
         if chunk and size + len(entry) + 1 > max_bytes:
             yield _ENTRY.join(chunk)
             chunk, size = [], 0
@@ -133,10 +141,15 @@ class SeenEventIdsTable(DurableTable):
         assert event is not None, "remember() runs acting for an event of the partition"
         partition = event.message.partition
         encode = self._key_encoder()
-        values = {key: encode_first_seen(first) for key, first in entries.items()}
+        stored: list[tuple[bytes, int, bytes]] = []
+        packed: list[bytes] = []
+        for key, first in entries.items():
+            value = encode_first_seen(first)
+            stored.append((encode(key), first.at_ms, value))
+            packed.append(key.encode() + _FIELD + value)  # pack_entry, inline
         # The local store only; the chunks below are the changelog.
-        self.data.segments(partition).write((encode(key), entries[key].at_ms, value) for key, value in values.items())
-        for chunk in pack_chunks(values):
+        self.data.segments(partition).write(stored)
+        for chunk in pack_entries(packed):
             self.send_changelog(partition, CHUNK_KEY_PREFIX + uuid.uuid4().hex, chunk)
 
     def apply_changelog_batch(self, batch: Iterable[EventT]) -> None:

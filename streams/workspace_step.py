@@ -574,6 +574,7 @@ def _quiet_below(state: WorkspaceState, metric: str, period: BillingPeriod) -> i
 
 # (anchor day, time zone, period) -> the period's bounds in milliseconds, or None (see _run_bounds)
 _BOUNDS: dict[tuple[int, str, BillingPeriod], tuple[int, int] | None] = {}
+_UNKNOWN: Any = object()
 # (anchor day, time zone) -> the period last opened and its bounds in milliseconds
 _OPENED: dict[tuple[int, str], tuple[BillingPeriod, tuple[int, int]]] = {}
 
@@ -587,8 +588,9 @@ def _run_bounds(cycle: BillingCycle, period: BillingPeriod) -> tuple[int, int] |
     ``cycle``'s periods and starts and ends on whole milliseconds. Else None. Cached: every run
     of every workspace asks."""
     key = (cycle.anchor_day, cycle.timezone, period)
-    if key in _BOUNDS:
-        return _BOUNDS[key]
+    bounds = _BOUNDS.get(key, _UNKNOWN)
+    if bounds is not _UNKNOWN:
+        return bounds
     bounds = None
     if cycle.has_period(period) and _whole_ms(period):
         bounds = (_ms(period.start), _ms(period.end))

@@ -337,3 +337,24 @@ def test_a_state_given_new_usage_keeps_every_other_field() -> None:
     state = WorkspaceState(**{f.name: object() for f in fields(WorkspaceState)})
     usage = WorkspaceUsage(applied_through=7)
     assert _with_usage(state, usage) == replace(state, usage=usage)
+
+
+def test_a_record_splits_into_one_message_per_workspace_in_row_order() -> None:
+    origins = [["usage.events", 0, 7, None, 1_000]]
+    rows = [
+        ["ws_a", "e1", "sms", 1, "2026-12-01T00:00:00+00:00", None, 0],
+        ["ws_b", "e2", "sms", 1, "2026-12-01T00:00:00+00:00", None, 0],
+        ["ws_a", "e3", "sms", 1, "2026-12-01T00:00:00+00:00", None, 0],
+    ]
+    keys: list[str] = ["earlier"]
+    messages = rows_by_workspace(5, rows, origins, keys)
+    assert list(messages) == ["ws_a", "ws_b"]
+    a, b = messages["ws_a"], messages["ws_b"]
+    assert (a.offset, a.origins, b.offset) == (5, origins, 5)
+    assert [(position, key) for position, key, _ in a.rows] == [
+        (5 * 1024 + 0, dedupe_key("ws_a", "e1")),
+        (5 * 1024 + 2, dedupe_key("ws_a", "e3")),
+    ]
+    assert [row for _, _, row in a.rows] == [rows[0], rows[2]]
+    assert [(position, key) for position, key, _ in b.rows] == [(5 * 1024 + 1, dedupe_key("ws_b", "e2"))]
+    assert keys == ["earlier", dedupe_key("ws_a", "e1"), dedupe_key("ws_b", "e2"), dedupe_key("ws_a", "e3")]
