@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import random
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
-from collections.abc import Callable
 from datetime import UTC, timedelta
 from types import FrameType
 from typing import Any
@@ -29,13 +26,13 @@ from .brokers.embedded import EmbeddedBroker
 from .brokers.probe import wait_for_broker
 from .config import Settings
 from .demo import CONTRACT_WORKSPACES, WORKSPACES, setup_commands, usage_events
+from .processes import signal_when_parent_dies
 
 # The stop budget, ten seconds in all: demo traffic and the output reader, then the worker (its
 # own METERWATCH_SHUTDOWN_TIMEOUT is capped to this, and it is SIGKILLed a second after), then
 # the broker, which exits at once on SIGTERM.
 _TRAFFIC_STOP_SECONDS = 1.5
 _WORKER_STOP_SECONDS = 5.0
-_PR_SET_PDEATHSIG = 1
 
 
 class _StopSignals:
@@ -146,29 +143,11 @@ def _start_worker(settings: Settings, bootstrap: str, scratch: str) -> subproces
             stdout=log,
             stderr=subprocess.STDOUT,
             # A session of its own: Ctrl-C in the terminal reaches only us, and we stop the
-            # worker before the broker.
+            # worker before the broker. Where Linux cannot signal it when we die, its
+            # --parent-pid check stops it within half a second.
             start_new_session=True,
-            preexec_fn=_signal_when_parent_dies(on_our_death),
+            preexec_fn=signal_when_parent_dies(on_our_death),
         )
-
-
-def _signal_when_parent_dies(signum: signal.Signals) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that has Linux send ``signum`` to the child when we die, SIGKILL included.
-
-    Linux sends it when the *thread* that forked the child ends, so it is armed only from the main
-    thread. Elsewhere the worker's ``--parent-pid`` check does the same, within half a second.
-    """
-    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
-    parent = os.getpid()
-
-    def arm() -> None:
-        prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signum))
-        if os.getppid() != parent:  # we died before prctl took effect
-            os._exit(1)
-
-    return arm
 
 
 def _stop_process(process: subprocess.Popen[bytes], *, timeout: float) -> None:

@@ -20,11 +20,9 @@ from . import allocator, collector
 from .brokers.probe import BrokerUnreachable, broker_supports_transactions, wait_for_broker
 from .config import ProcessingGuarantee, Settings
 from .logs import logging_config
+from .processes import EXIT_STOP_TIMED_OUT, exit_within
 
 log = logging.getLogger("meterwatch.worker")
-
-# The exit code of a worker that stopped by giving up on an orderly stop (2 is a refused start).
-EXIT_STOP_TIMED_OUT = 3
 
 
 class StartupError(RuntimeError):
@@ -157,10 +155,7 @@ class BoundedStopWorker(faust.Worker):
         self._give_up()
 
     def _give_up(self) -> None:
-        # Should the log line itself block (a stderr nobody reads), exit anyway.
-        last_resort = threading.Timer(2.0, os._exit, args=(EXIT_STOP_TIMED_OUT,))
-        last_resort.daemon = True
-        last_resort.start()
+        exit_within(2.0)  # should the log line itself block (a stderr nobody reads)
         try:
             log.error(
                 "shutdown: still stopping after %gs (%s); exiting now: "

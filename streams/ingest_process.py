@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import logging
 import logging.config
 import os
@@ -42,6 +41,7 @@ from prometheus_client import ProcessCollector
 from .. import allocator, collector
 from ..config import ProcessingGuarantee, Settings, load_settings
 from ..logs import FAUST_SERVICES_LOG, logging_config
+from ..processes import die_with_parent, exit_within
 from .ingest import FINISH_SECONDS, IngestService, forget_service, register_service
 from .ingest_kafka import CLOSE_SECONDS
 from .observability import RELEASE_FREE_MEMORY_EVERY_SECONDS
@@ -59,8 +59,6 @@ STATUS_SECONDS = 0.2
 CHILD_STOP_SECONDS = FINISH_SECONDS + 2 * CLOSE_SECONDS
 # How long the worker waits for its child after SIGTERM before it kills it.
 PARENT_WAIT_SECONDS = CHILD_STOP_SECONDS + 1.0
-EXIT_STOP_TIMED_OUT = 3
-_PR_SET_PDEATHSIG = 1
 
 
 # --- the child --------------------------------------------------------------------------------
@@ -146,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--status-fd", type=int, required=True)
     parser.add_argument("--parent-pid", type=int, required=True)
     args = parser.parse_args(argv)
-    _die_with(args.parent_pid)
+    # Stage one ends with the worker, however the worker ends, as it does inside it (a stopping
+    # worker stops its child first).
+    if not die_with_parent(args.parent_pid):
+        return 0  # the worker died before we got here
     # The worker's own tuning: few malloc arenas, free pages handed back (below), rarer young-
     # generation collections while batches are decoded.
     allocator.configure()
@@ -154,17 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
     status = os.fdopen(args.status_fd, "wb", buffering=0)
     return asyncio.run(_run(settings, args.bootstrap, ProcessingGuarantee(args.guarantee), status, args.parent_pid))
-
-
-def _die_with(parent_pid: int) -> None:
-    """Have Linux kill this process when the worker dies, however it dies: stage one then ends
-    with the worker, as it does inside it (a stopping worker stops its child first)."""
-    if sys.platform != "linux":
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL))
-    if os.getppid() != parent_pid:  # the worker died before prctl took effect
-        sys.exit(0)
 
 
 async def _run(settings: Settings, bootstrap: str, guarantee: ProcessingGuarantee, status: Any, parent_pid: int) -> int:
@@ -206,18 +196,11 @@ async def _run(settings: Settings, bootstrap: str, guarantee: ProcessingGuarante
             for waiting in waits:
                 waiting.cancel()
     finally:
-        _exit_if_stuck(CHILD_STOP_SECONDS)
+        exit_within(CHILD_STOP_SECONDS)
         await service.stop()
         with contextlib.suppress(OSError):
             report()
     return 1 if app.crashed is not None else 0
-
-
-def _exit_if_stuck(seconds: float) -> None:
-    """From now on, exit at the latest ``seconds`` later, even if the loop is blocked."""
-    timer = threading.Timer(seconds, os._exit, args=(EXIT_STOP_TIMED_OUT,))
-    timer.daemon = True
-    timer.start()
 
 
 # --- the worker's side ------------------------------------------------------------------------

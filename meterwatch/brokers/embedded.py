@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import atexit
 import collections
-import ctypes
 import os
 import signal
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO
+
+from ..processes import signal_when_parent_dies
 
 _HOST = "127.0.0.1"
 # Tansu reads these as defaults for its options. Those we do not pass as flags would otherwise
@@ -36,7 +35,6 @@ _TANSU_ENV = (
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "RUST_LOG",
 )
-_PR_SET_PDEATHSIG = 1
 _TAIL_LINES = 20
 _START_ATTEMPTS = 3
 
@@ -177,7 +175,9 @@ class EmbeddedBroker:
                 # A session of its own: a Ctrl-C in the terminal reaches only us, so `meterwatch
                 # dev` can stop the worker (commit, leave the group) before the broker goes.
                 start_new_session=True,
-                preexec_fn=_die_with_parent(),
+                # Killed with us, even by SIGKILL; started from another thread than the main one,
+                # it is stopped by stop() and at exit only.
+                preexec_fn=signal_when_parent_dies(signal.SIGKILL),
             )
         except OSError as error:
             raise EmbeddedBrokerError(
@@ -292,22 +292,3 @@ def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
         os.killpg(process.pid, signum)  # its own group, thanks to start_new_session
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that has Linux kill the broker when we die, even by SIGKILL.
-
-    The kernel sends the signal when the *thread* that forked the child ends, so it is only
-    armed from the main thread; from other threads we rely on ``stop()`` and ``atexit``.
-    """
-    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
-    parent = os.getpid()
-
-    def arm() -> None:
-        prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL))
-        if os.getppid() != parent:  # we died before prctl took effect
-            os._exit(1)
-
-    return arm
