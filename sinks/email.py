@@ -46,10 +46,23 @@ class MailSender(Protocol):
     async def send(self, message: EmailMessage, recipients: Sequence[str] | None = None) -> SendResult: ...
 
 
+# The longest one SMTP transaction may take, from connecting to the server's answer to the mail;
+# past it the attempt has failed for now and is retried. A rebalance waits this long for the
+# transactions under way (streams/mailing.py), so none is still running once its mail's
+# partition has a new owner.
+SMTP_TRANSACTION_SECONDS = 20.0
+
+
 class SmtpMailer:
     """One connection per send: alert mail is rare, and a fresh connection has no stale state."""
 
-    def __init__(self, settings: Settings, *, timeout: float = 30.0, tls_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        timeout: float = SMTP_TRANSACTION_SECONDS,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
         if not settings.smtp_host:
             raise ValueError("METERWATCH_SMTP_HOST is not set: email is off")
         self.host, self.port, self.starttls = settings.smtp_host, settings.smtp_port, settings.smtp_starttls
@@ -57,7 +70,7 @@ class SmtpMailer:
         self._username = settings.smtp_username
         self._password = settings.smtp_password  # a SecretStr, revealed only to the SMTP client
         self._sender = sender_address(settings.smtp_from).addr_spec
-        self._timeout = timeout  # per SMTP command, so a stalled server cannot hold a send forever
+        self._timeout = timeout  # per SMTP command and for the whole transaction
         # For a private CA (METERWATCH_SMTP_CA_FILE); None trusts the system's CAs.
         self._tls_context = tls_context if tls_context is not None else smtp_tls_context(settings)
 
@@ -83,9 +96,10 @@ class SmtpMailer:
             password=self._password.get_secret_value() if self._password else None,
         )
         try:
-            await client.connect()  # connects, upgrades with STARTTLS and logs in, as configured
-            sender = parseaddr(str(message.get("From", "")))[1] or self._sender
-            errors, _ = await client.send_message(message, sender=sender, recipients=to)
+            async with asyncio.timeout(self._timeout):
+                await client.connect()  # connects, upgrades with STARTTLS and logs in, as configured
+                sender = parseaddr(str(message.get("From", "")))[1] or self._sender
+                errors, _ = await client.send_message(message, sender=sender, recipients=to)
         except aiosmtplib.SMTPRecipientsRefused as refusal:
             return _per_recipient(to, {r.recipient: _reply(r.code, r.message) for r in refusal.recipients})
         except aiosmtplib.SMTPResponseException as error:

@@ -27,7 +27,13 @@ from faust.types import EventT
 
 from ..core.mail_retry import RetryPolicy
 from ..models.outputs import dead_letter
-from ..sinks.email import EVERY_RECIPIENT_REFUSED, MailOutbox, SmtpMailer, smtp_tls_context
+from ..sinks.email import (
+    EVERY_RECIPIENT_REFUSED,
+    SMTP_TRANSACTION_SECONDS,
+    MailOutbox,
+    SmtpMailer,
+    smtp_tls_context,
+)
 from ..sinks.kafka import TopicPublisher
 from ..sinks.mail_text import MailCompositionError, compose_alert_mail, compose_fin_disabled_mail
 from .batches import by_source_partition, finish
@@ -49,8 +55,9 @@ MAIL_GIVEN_UP = "mail_given_up"  # the dead-letter code of a mail given up at it
 # Mails being sent at once on one worker; the agent waits for room beyond that, so a long
 # outage costs bounded memory (lag on the mail-requests topic grows instead).
 MAX_PENDING_MAILS = 1000
-# At a rebalance, how long an SMTP transaction under way may take to end before the hand-over.
-HANDOVER_MAIL_SECONDS = 5.0
+# At a rebalance, how long the SMTP transactions under way are waited for before the hand-over:
+# longer than one may take, so each has ended, and settled if its mail went through.
+HANDOVER_MAIL_SECONDS = SMTP_TRANSACTION_SECONDS + 1.0
 
 
 def mail_request(kind: str, record: dict[str, Any], recipients: list[str]) -> bytes:

@@ -236,6 +236,25 @@ async def test_a_server_that_never_answers_times_out_as_transient(smtp_port: int
     assert asyncio.get_running_loop().time() - started < 5
 
 
+async def test_a_server_slow_at_every_step_times_out_as_a_whole_transaction(smtp_port: int) -> None:
+    """Each answer comes within the per-command limit; the transaction as a whole does not."""
+
+    async def answer_slowly(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 slow.example.com ESMTP\r\n")
+        while line := await reader.readline():
+            await asyncio.sleep(0.2)
+            writer.write(b"250 OK\r\n" if not line.upper().startswith(b"DATA") else b"354 go on\r\n")
+            await writer.drain()
+
+    server = await asyncio.start_server(answer_slowly, "127.0.0.1", smtp_port)
+    async with server:
+        started = asyncio.get_running_loop().time()
+        result = await mailer_for(smtp_port, timeout=0.5).send(alert_mail(["a@example.com"]))
+        took = asyncio.get_running_loop().time() - started
+    assert result.transient_error and "Timeout" in result.transient_error and result.accepted == ()
+    assert took < 1.5
+
+
 async def test_the_outbox_retries_a_stopped_server_and_delivers_exactly_once_when_it_is_back(smtp_port: int) -> None:
     mailer = CountingMailer(mailer_for(smtp_port, timeout=2.0))
     outcomes = Outcomes()

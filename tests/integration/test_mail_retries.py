@@ -3,8 +3,9 @@ server (aiosmtpd) that answers 4xx to chosen recipients (CONTRACT 4, 5.4, 5.6).
 
 A mail deferred for ever holds up no other; it is given up at ``METERWATCH_MAIL_GIVE_UP_AFTER``
 with a ``mail_given_up`` dead letter and a count, and never tried again, also after a restart;
-a rebalance while mails are being retried sends none of them twice. SMTP credentials without
-TLS or STARTTLS stop the worker before it starts.
+a rebalance while mails are being retried, or while a slow server has not yet answered a mail
+it took, sends none of them twice. SMTP credentials without TLS or STARTTLS stop the worker
+before it starts.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import healthy_worker
 from tests.support.kafka_io import apply_commands, produce, read_all
 from tests.support.messages import command, event
-from tests.support.smtp import DeferringRecorder, SmtpServer
+from tests.support.smtp import DeferringRecorder, SlowReplyRecorder, SmtpServer
 from tests.support.worker import WorkerProcess, eventually, free_port, http_get
 
 PASSWORD = "s3cret-never-logged"
@@ -31,9 +32,10 @@ BODY_MARKER = "Usage this period"  # a line of every alert body: never in a dead
 
 
 @pytest.fixture
-def smtp_recorder() -> DeferringRecorder:
-    """Overrides conftest's: ``smtp_server`` defers the addresses a test lists."""
-    return DeferringRecorder()
+def smtp_recorder() -> SlowReplyRecorder:
+    """Overrides conftest's: ``smtp_server`` defers the addresses a test lists, and answers late
+    for those it lists as slow."""
+    return SlowReplyRecorder()
 
 
 def mailing_env(deployment: dict[str, str], smtp_server: SmtpServer, **extra: str) -> dict[str, str]:
@@ -66,6 +68,11 @@ async def alert_to(deployment: dict[str, str], workspace: str, contact: str) -> 
         ],
     )
     await produce(bootstrap, prefix + "usage.events", [(workspace.encode(), event(workspace, "sms", 10))])
+
+
+def rebalances_begun(worker: WorkerProcess) -> int:
+    lines = worker.log_path.read_text(errors="replace").splitlines()
+    return sum(1 for line in lines if "rebalance #" in line and line.endswith(": started"))
 
 
 def metric(worker: WorkerProcess, name: str, **labels: str) -> float:
@@ -163,6 +170,41 @@ async def test_a_rebalance_while_mail_is_retried_sends_each_mail_once(
 
     mailed = Counter(m.message["X-Meterwatch-Alert-Id"] for m in smtp_server.mails)
     assert mailed == Counter(a["alert_id"] for a in alerts)
+
+
+async def test_a_rebalance_while_a_slow_server_has_not_answered_a_mail_sends_it_once(
+    deployment: dict[str, str], smtp_server: SmtpServer, smtp_recorder: SlowReplyRecorder, tmp_path: Path
+) -> None:
+    bootstrap, prefix = deployment["METERWATCH_KAFKA_BOOTSTRAP"], deployment["METERWATCH_TOPIC_PREFIX"]
+    # The server takes the mail at once and answers 12 s later: long after the rebalance
+    # below has begun, and within the time one SMTP transaction may take.
+    smtp_recorder.slow.add("slow@example.com")
+    smtp_recorder.reply_after = 12.0
+    env = mailing_env(deployment, smtp_server)
+    with healthy_worker(env, tmp_path / "first.log") as first:
+        await alert_to(deployment, "ws-slow", "slow@example.com")
+        [alert] = await read_all(bootstrap, prefix + "usage.alerts", expect=1)
+        await eventually(lambda: len(smtp_server.mails) == 1, timeout=30)
+
+        # A second worker joins the group while the first waits for the server's answer.
+        second_env = {**env, "METERWATCH_WEB_PORT": str(free_port()), "METERWATCH_DATA_DIR": str(tmp_path / "second")}
+        second = WorkerProcess(
+            env=second_env, log_path=tmp_path / "second.log", web_port=int(second_env["METERWATCH_WEB_PORT"])
+        )
+        second.start()
+        try:
+            await eventually(lambda: rebalances_begun(first) >= 2, timeout=30)
+            assert smtp_recorder.answered_at == [], "the rebalance began before the server answered"
+            await eventually(lambda: len(smtp_recorder.answered_at) == 1, timeout=30)
+            await asyncio.to_thread(second.wait_healthy)
+            await asyncio.sleep(smtp_recorder.reply_after + 3)  # a second copy would be taken by now
+        finally:
+            second.stop()
+            print(f"\n--- second worker log tail ---\n{second.log_tail(30)}")
+
+    mailed = Counter(m.message["X-Meterwatch-Alert-Id"] for m in smtp_server.mails)
+    assert mailed == Counter([alert["alert_id"]]), f"{mailed}\n{first.log_tail(30)}"
+    assert "1 mail(s) not settled" not in first.log_path.read_text()
 
 
 def test_smtp_credentials_without_tls_stop_the_worker_before_it_starts(deployment: dict[str, str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import threading
@@ -80,3 +81,22 @@ class DeferringRecorder(MailRecorder):
     def attempts_for(self, address: str) -> int:
         with self.lock:
             return self.attempts.get(address, 0)
+
+
+@dataclass
+class SlowReplyRecorder(DeferringRecorder):
+    """Also takes a mail for an address in ``slow`` at once, and answers its DATA only
+    ``reply_after`` seconds later (a slow relay): the mail is delivered, its sender not yet told.
+    ``answered_at`` holds when each of those answers went out."""
+
+    slow: set[str] = field(default_factory=set)
+    reply_after: float = 0.0
+    answered_at: list[float] = field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        reply = await super().handle_DATA(server, session, envelope)
+        if self.slow.intersection(envelope.rcpt_tos):
+            await asyncio.sleep(self.reply_after)
+            with self.lock:
+                self.answered_at.append(time.monotonic())
+        return reply
