@@ -24,7 +24,7 @@ from ..sinks.kafka import TopicPublisher
 from .batches import by_source_partition, finish, handle_batch
 from .codec import decode_workspace, encode_workspace
 from .inbox import COMMAND, O_RECEIVED_MS, ROWS, USAGE, legacy_rows
-from .metrics import observe_many
+from .metrics import observe_ages
 from .poison import dead_letter_failure
 from .timers import PeriodTickIndex
 from .workspace_step import BatchOutputs, CommandMessage, Message, StepConfig, rows_by_workspace, step
@@ -208,6 +208,6 @@ def _observe(mw: Meterwatch, out: BatchOutputs) -> None:
     if out.replayed:
         metrics.messages_replayed.inc(out.replayed)
     if out.occurred:
-        now_ms = time.time() * 1000
-        observe_many(metrics.processing_delay, [max(0.0, now_ms - at) / 1000 for at in out.occurred])
-        observe_many(metrics.pipeline_latency, [max(0.0, now_ms - at) / 1000 for at in out.received])
+        now_ms = int(time.time() * 1000)
+        observe_ages(metrics.processing_delay, now_ms, out.occurred)
+        observe_ages(metrics.pipeline_latency, now_ms, out.received)

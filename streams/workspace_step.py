@@ -220,7 +220,7 @@ class _Run:
         self.usage = latest.usage
         self.daily: dict[date, int] | None = None
         self.last_updated_ms = -1
-        self.bound = bound
+        self.bound = min(bound, MAX_AMOUNT + 1)  # the largest usage summed is MAX_AMOUNT
         self.keep_until_ms = keep_until_ms
         self.cycle = cycle
         self.summed = 0  # events summed into the run
@@ -260,9 +260,13 @@ class _Step:
                 continue
             if isinstance(message, RowsMessage):
                 origins = message.origins
-                count = self._count
+                count, count_fast = self._count, self._count_fast
                 for position, key, row in message.rows:
-                    count(row, origins[row[ORIGIN]], position, key, offset)
+                    origin = origins[row[ORIGIN]]
+                    # An open run sums the event here; anything else goes through _count.
+                    run = self.runs.get(row[METRIC])
+                    if run is None or not count_fast(run, row, origin, position, key):
+                        count(row, origin, position, key, offset)
             else:
                 self._fold_runs()
                 self._isolated(offset, self._command, message.command, message.received_ms)
@@ -278,12 +282,13 @@ class _Step:
     # usage events
 
     def _count(self, row: list[Any], origin: list[Any], position: int, key: str, offset: int) -> None:
+        """One event that no open run summed: open its metric's run if there is none yet (the
+        event may then be summed into it), else judge it on its own."""
         metric = row[METRIC]
-        run = self.runs.get(metric, False)
-        if run is False:
+        if metric not in self.runs:
             run = self.runs[metric] = self._open_run(metric, row)
-        if run is not None and self._count_fast(run, row, origin, position, key):
-            return
+            if run is not None and self._count_fast(run, row, origin, position, key):
+                return
         self._fold_runs()
         self._isolated(offset, self._count_one, row, origin, position, key)
         # The per-event path may have moved the period or the levels: look afresh next time.
@@ -326,7 +331,7 @@ class _Step:
         if received_ms > run.keep_until_ms:
             return False
         occurred_at = datetime.fromisoformat(row[OCCURRED_AT])
-        occurred_ms = _ms(occurred_at)
+        occurred_ms = (occurred_at - _EPOCH) // _ONE_MS  # _ms, inline
         # Whole milliseconds below the limit: the exact comparison is left to the per-event path.
         if occurred_ms >= received_ms + _FUTURE_MS:
             return False
@@ -334,7 +339,7 @@ class _Step:
             return False
         quantity = row[QUANTITY]
         after = run.usage + quantity
-        if after < 0 or after >= run.bound or after > MAX_AMOUNT:
+        if after < 0 or after >= run.bound:  # the bound is at most MAX_AMOUNT + 1
             return False
         bucket = occurred_ms // _DAY_BUCKET_MS
         if bucket != run.day_bucket:
@@ -358,7 +363,7 @@ class _Step:
         result.occurred.append(occurred_ms)
         result.received.append(received_ms)
         if first is None or first.position != position:
-            first_seen[key] = FirstSeen(received_ms, position)
+            first_seen[key] = _first_seen(FirstSeen, (received_ms, position))
         return True
 
     def _fold_runs(self, applied_through: int | None = None) -> None:
@@ -645,6 +650,8 @@ def _bucket_day(cycle: BillingCycle, bucket: int) -> date | None:
 
 
 _ONE_MS = timedelta(milliseconds=1)
+# FirstSeen(at_ms, position) without the Python frame of a named tuple's __new__
+_first_seen = tuple.__new__
 
 
 def _ms(at: datetime) -> int:
