@@ -26,7 +26,7 @@ def is_repeat(first: FirstSeen | None, position: int, now_ms: int, window_ms: in
 
 
 def encode_first_seen(first: FirstSeen) -> bytes:
-    return b"%d,%d" % (first.at_ms, first.position)
+    return b"%d,%d" % first  # (at_ms, position)
 
 
 def decode_first_seen(raw: bytes | None) -> FirstSeen | None:
