@@ -2,11 +2,13 @@
 
     .venv/bin/python bench/profile_summary.py bench/results/profile-batch.raw
 
-Each line of the input is ``[thread (0x..);]frame;frame;...;leaf COUNT`` (outermost first), as
-``py-spy record --format raw --idle --threads --function`` writes it. A sample whose leaf is a wait
-in select/epoll (an event loop with nothing to do) or a lock/condition wait is idle. Faust runs the
-Kafka consumer in a thread of its own (mode ServiceThread); the main thread runs the agents, the
-producer and the web server. Percentages are of the main thread's samples.
+Each line of the input is ``[process …;[process …;]][thread (0x..);]frame;frame;...;leaf COUNT``
+(outermost first), as ``py-spy record --format raw --idle --threads --function --subprocesses``
+writes it. A sample whose leaf is a wait in select/epoll (an event loop with nothing to do) or a
+lock/condition wait is idle. Faust runs the Kafka consumer in a thread of its own (mode
+ServiceThread); the main thread runs the agents, the producer and the web server. Stage one runs
+in a child process (``meterwatch.streams.ingest_process``), summarised on its own. Percentages are
+of the thread's samples.
 """
 
 from __future__ import annotations
@@ -46,13 +48,20 @@ def load(path: Path) -> dict[str, list[tuple[list[str], int]]]:
         except ValueError:
             continue
         frames = [short(f) for f in stack.split(";")]
-        if frames and frames[0].startswith("process "):
+        processes = []
+        while frames and frames[0].startswith("process "):
+            processes.append(frames[0])
             frames = frames[1:]
         thread = "?"
         if frames and frames[0].startswith("thread ("):
             thread, frames = frames[0], frames[1:]
+        if len(processes) > 1:  # a child of the worker
+            thread = f"{_STAGE_ONE if 'ingest_process' in processes[-1] else 'child'} {thread}"
         by_thread[thread].append((frames, n))
     return by_thread
+
+
+_STAGE_ONE = "stage one"
 
 
 def _profile(stacks: list[tuple[list[str], int]], top: int) -> dict[str, Any]:
@@ -94,11 +103,14 @@ def summarise(path: Path, top: int = 25) -> dict[str, Any]:
         }
         for thread, stacks in by_thread.items()
     }
-    others = [s for t, st in by_thread.items() if t != main for s in st]
+    stage_one = next((t for t in by_thread if t.startswith(_STAGE_ONE) and "MainThread" in t), None)
+    others = [s for t, st in by_thread.items() if t not in (main, stage_one) for s in st]
     return {
         "threads": threads,
         "main_thread": main,
         "main": _profile(by_thread.get(main, []), top) if main else None,
+        "stage_one_thread": stage_one,
+        "stage_one": _profile(by_thread[stage_one], 15) if stage_one else None,
         "other_threads": _profile(others, 10),
     }
 
@@ -112,6 +124,8 @@ def render(summary: dict[str, Any], max_inclusive: int = 30) -> str:
         role = (
             "main: agents, producer, web"
             if thread == summary["main_thread"]
+            else "stage one's process: read, validate, forward"
+            if thread == summary.get("stage_one_thread")
             else "other (Faust's consumer thread, ...)"
         )
         lines.append(
@@ -130,6 +144,10 @@ def render(summary: dict[str, Any], max_inclusive: int = 30) -> str:
             shown += 1
             if shown >= max_inclusive:
                 break
+    stage_one = summary.get("stage_one")
+    if stage_one is not None:
+        lines.append("stage one's main thread, top self time, % of its samples:")
+        lines += [f"  {p:5.1f}%  {f}" for f, _n, p in stage_one["self"]]
     other = summary["other_threads"]
     lines.append(f"other threads, top self time, % of their {other['samples']:,} samples:")
     lines += [f"  {p:5.1f}%  {f}" for f, _n, p in other["self"][:8]]

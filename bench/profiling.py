@@ -28,7 +28,7 @@ def start_py_spy(pid: int, raw_path: Path, log_dir: Path) -> subprocess.Popen[by
     py_spy = find_py_spy()
     assert py_spy is not None
     argv = [py_spy, "record", "--pid", str(pid), "--format", "raw", "--output", str(raw_path),
-            "--rate", "100", "--idle", "--function", "--threads"]  # fmt: skip
+            "--rate", "100", "--idle", "--function", "--threads", "--subprocesses"]  # fmt: skip
     with open(log_dir / f"{raw_path.stem}.py-spy.log", "wb") as out:
         return subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_us

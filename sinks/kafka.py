@@ -46,16 +46,3 @@ def retrieve_exception(future: asyncio.Future[Any]) -> None:
     """Mark a finished future's error as seen (it is still raised to whoever awaits it)."""
     if not future.cancelled():
         future.exception()
-
-
-class ListPublisher:
-    """The in-memory twin for tests: records land in ``records`` as (topic, key, record)."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple[str, str | None, Any]] = []
-
-    async def publish(self, channel: faust.TopicT, key: str | None, record: Any) -> None:
-        self.records.append((channel.get_topic_name(), key, record))
-
-    async def flush(self) -> None:
-        return None
