@@ -362,8 +362,10 @@ class _Step:
         run.summed += 1
         result.occurred.append(occurred_ms)
         result.received.append(received_ms)
-        if first is None or first.position != position:
-            first_seen[key] = _first_seen(FirstSeen, (received_ms, position))
+        # Remembered even when the store already holds this very delivery: a replay after a
+        # crash finds the ids its aborted transaction left in the local store, and the
+        # changelog must hold them for the next owner of the partition.
+        first_seen[key] = _first_seen(FirstSeen, (received_ms, position))
         return True
 
     def _fold_runs(self, applied_through: int | None = None) -> None:
@@ -435,8 +437,7 @@ class _Step:
         result.counted[metric] += 1
         result.occurred.append(_ms(occurred_at))
         result.received.append(received_ms)
-        if first is None or first.position != position:
-            result.first_seen[key] = FirstSeen(received_ms, position)
+        result.first_seen[key] = FirstSeen(received_ms, position)
 
     def _judge(self, event_id: str, metric: str, change: UsageChange, at: datetime) -> None:
         self.state, reached = judge_change(self.state, metric, change.before, change.after, change.period)

@@ -210,8 +210,7 @@ def test_segments_judge_every_event_as_a_store_that_never_forgets(tmp_path_facto
         repeat = is_repeat(kept, position, now, WINDOW_MS)
         assert repeat == is_repeat(forever.get(key), position, now, WINDOW_MS)
         # Each store remembers what counting would write to it (workspace_step).
-        if not repeat and (kept is None or kept.position != position):
+        if not repeat:
             segments.write([(key, now, encode_first_seen(FirstSeen(now, position)))])
-        first = forever.get(key)
-        if not repeat and (first is None or first.position != position):
+        if not repeat:
             forever[key] = FirstSeen(now, position)

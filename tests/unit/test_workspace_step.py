@@ -313,6 +313,28 @@ def test_a_repeat_is_skipped_and_a_replayed_message_is_not_applied_twice() -> No
     assert dedupe_key(WORKSPACE, "same") in results[0].out.first_seen
 
 
+def test_a_delivery_counted_again_after_an_aborted_transaction_remembers_its_ids_again() -> None:
+    """The local dedupe store keeps what an aborted transaction wrote; the changelog did not.
+    Counting that delivery again must send its ids to the changelog once more, or the next
+    owner of the partition would count a later copy of the event a second time."""
+    at = datetime(2026, 11, 10, 12, tzinfo=UTC)
+    row = {
+        "event_id": "kept-locally",
+        "metric": "email",
+        "quantity": 3,
+        "occurred_at": _iso(at),
+        "conversation_id": None,
+        "received_ms": _ms(at),
+    }
+    messages = _messages([("rows", [row])], first_offset=7)
+    key = dedupe_key(WORKSPACE, "kept-locally")
+    first = _step(WorkspaceState(), messages, {}, batched=True).out.first_seen[key]
+    for batched in (True, False):
+        again = _step(WorkspaceState(), messages, {key: first}, batched=batched)
+        assert again.state.usage.tallies["email"].latest().usage == 3
+        assert again.out.first_seen == {key: first}
+
+
 @pytest.mark.parametrize("quantity", [2**53 - 1, 2**53 - 2])
 def test_usage_never_passes_the_json_bound(quantity: int) -> None:
     at = datetime(2026, 11, 10, 12, tzinfo=UTC)
