@@ -46,7 +46,9 @@ class Deployment:
 
     async def use(self, workspace: str, metric: str, *quantities: int) -> None:
         for quantity in quantities:  # one at a time, so each is judged on its own
-            await produce(self.bootstrap, self.prefix + "usage.events", [(workspace.encode(), event(workspace, metric, quantity))])
+            await produce(
+                self.bootstrap, self.prefix + "usage.events", [(workspace.encode(), event(workspace, metric, quantity))]
+            )
 
     async def usage(self, workspace: str, metric: str, expected: int) -> dict:
         def settled() -> dict | None:
@@ -71,7 +73,9 @@ class Deployment:
         return [r for r in records if r["workspace_id"] == workspace]
 
 
-async def test_levels_alert_once_each_and_a_jump_only_the_highest(running_worker: WorkerProcess, deployment: dict[str, str]) -> None:
+async def test_levels_alert_once_each_and_a_jump_only_the_highest(
+    running_worker: WorkerProcess, deployment: dict[str, str]
+) -> None:
     d = Deployment(running_worker, deployment)
     result = await d.command("ws_lv", alert_settings("ws_lv", "sms", 1000))
     assert result["status"] == "applied"
@@ -92,7 +96,9 @@ async def test_levels_alert_once_each_and_a_jump_only_the_highest(running_worker
     assert [a["level"] for a in await d.alerts("ws_jump", 1)] == [100]
 
 
-async def test_lowering_below_usage_is_scheduled_raising_applies_and_off_is_silent(running_worker: WorkerProcess, deployment: dict[str, str]) -> None:
+async def test_lowering_below_usage_is_scheduled_raising_applies_and_off_is_silent(
+    running_worker: WorkerProcess, deployment: dict[str, str]
+) -> None:
     d = Deployment(running_worker, deployment)
     await d.command("ws_sch", alert_settings("ws_sch", "whatsapp", 100, early=False))
     await d.use("ws_sch", "whatsapp", 60)
@@ -100,7 +106,7 @@ async def test_lowering_below_usage_is_scheduled_raising_applies_and_off_is_sile
 
     lowered = await d.command("ws_sch", alert_settings("ws_sch", "whatsapp", 50, early=False))
     assert lowered["status"] == "scheduled"
-    body = (await d.usage("ws_sch", "whatsapp", 60))
+    body = await d.usage("ws_sch", "whatsapp", 60)
     assert body["alert"] == {"threshold": 100, "early_warnings": False, "enabled": True}
     assert body["scheduled_alert"]["threshold"] == 50
     assert body["scheduled_alert"]["effective_from"] == lowered["effective_from"]
@@ -139,7 +145,9 @@ async def test_settings_are_checked(running_worker: WorkerProcess, deployment: d
     assert zero["status"] == "rejected"
 
 
-async def test_alert_cost_is_the_price_of_the_threshold_above_what_the_contract_includes(running_worker: WorkerProcess, deployment: dict[str, str]) -> None:
+async def test_alert_cost_is_the_price_of_the_threshold_above_what_the_contract_includes(
+    running_worker: WorkerProcess, deployment: dict[str, str]
+) -> None:
     d = Deployment(running_worker, deployment)
     subscription = {
         "type": "subscription",
@@ -153,7 +161,9 @@ async def test_alert_cost_is_the_price_of_the_threshold_above_what_the_contract_
         "prices": {"fin_resolutions": {"unit_price": "0.99", "included": 300}, "sms": {"unit_price": "0.0125"}},
     }
     await d.command("c_cost", subscription)
-    await eventually(lambda: (http_get(f"{running_worker.base_url}/usage/ws_cost")[1] or {}).get("contract_id") == "c_cost")
+    await eventually(
+        lambda: (http_get(f"{running_worker.base_url}/usage/ws_cost")[1] or {}).get("contract_id") == "c_cost"
+    )
     await d.command("ws_cost", alert_settings("ws_cost", "sms", 1000, early=False))
     await d.use("ws_cost", "sms", 1000)
     await d.usage("ws_cost", "sms", 1000)

@@ -107,7 +107,9 @@ async def test_contract_on_the_31st_in_new_york(running_worker: WorkerProcess, d
     assert daily["days"][0]["date"] == start.astimezone(ZoneInfo(ZONE)).date().isoformat()
 
 
-async def test_a_workspace_that_leaves_the_contract_stops_counting_towards_it(running_worker: WorkerProcess, deployment: dict[str, str]) -> None:
+async def test_a_workspace_that_leaves_the_contract_stops_counting_towards_it(
+    running_worker: WorkerProcess, deployment: dict[str, str]
+) -> None:
     bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
     prefix = deployment["METERWATCH_TOPIC_PREFIX"]
     await produce(bootstrap, prefix + "usage.control", [(b"c_move", subscription("c_move", ["ws_m1", "ws_m2"]))])
@@ -130,7 +132,9 @@ async def test_a_workspace_that_leaves_the_contract_stops_counting_towards_it(ru
     await eventually(lambda: http_get(f"{running_worker.base_url}/usage/ws_m2")[1]["contract_id"] is None)
 
 
-async def test_contract_alerts_at_80_and_100_percent_go_to_every_members_contacts(running_worker: WorkerProcess, deployment: dict[str, str]) -> None:
+async def test_contract_alerts_at_80_and_100_percent_go_to_every_members_contacts(
+    running_worker: WorkerProcess, deployment: dict[str, str]
+) -> None:
     bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
     prefix = deployment["METERWATCH_TOPIC_PREFIX"]
     admin = {"id": "admin", "billing_permission": True}
@@ -158,7 +162,12 @@ async def test_contract_alerts_at_80_and_100_percent_go_to_every_members_contact
     await asyncio.sleep(2)  # the contacts reach the contract's owner before the usage does
     await produce(bootstrap, prefix + "usage.events", [(b"ws_a1", event("ws_a1", "sms", 50))])
     await produce(bootstrap, prefix + "usage.events", [(b"ws_a2", event("ws_a2", "sms", 35))])  # 85 of 100
-    await eventually(lambda: (http_get(f"{running_worker.base_url}/usage/ws_a1")[1]["metrics"]["sms"]["contract"] or {}).get("usage") == 85)
+    await eventually(
+        lambda: (
+            (http_get(f"{running_worker.base_url}/usage/ws_a1")[1]["metrics"]["sms"]["contract"] or {}).get("usage")
+            == 85
+        )
+    )
     await produce(bootstrap, prefix + "usage.events", [(b"ws_a2", event("ws_a2", "sms", 20))])  # 105 of 100
 
     async def contract_alerts() -> list[dict] | None:

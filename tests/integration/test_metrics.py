@@ -10,7 +10,9 @@ from tests.support.messages import event
 from tests.support.worker import WorkerProcess, eventually, scrape
 
 
-async def test_counters_match_the_traffic_and_name_no_workspace(running_worker: WorkerProcess, deployment: dict[str, str]) -> None:
+async def test_counters_match_the_traffic_and_name_no_workspace(
+    running_worker: WorkerProcess, deployment: dict[str, str]
+) -> None:
     bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
     topic = deployment["METERWATCH_TOPIC_PREFIX"] + "usage.events"
     workspace = f"ws_secret_{uuid.uuid4().hex[:6]}"
@@ -18,7 +20,11 @@ async def test_counters_match_the_traffic_and_name_no_workspace(running_worker: 
     email = [event(workspace, "email", 3) for _ in range(10)]
     messages = [(workspace.encode(), e) for e in sms + email]
     messages += [(workspace.encode(), e) for e in sms[:5]]  # delivered again
-    messages += [(workspace.encode(), b"{oops"), (workspace.encode(), b"[1,"), (workspace.encode(), event(workspace, "sms", 0))]
+    messages += [
+        (workspace.encode(), b"{oops"),
+        (workspace.encode(), b"[1,"),
+        (workspace.encode(), event(workspace, "sms", 0)),
+    ]
     await produce(bootstrap, topic, messages)
 
     def settled() -> dict | None:
