@@ -11,12 +11,13 @@ import math
 import random
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
-from harness import PhaseFailed, log, tail
+from harness import RESULTS, PhaseFailed, log, tail
 from producing import METRIC, Producer, make_shape
 from worker import MeterwatchWorker, wait_counter
 
@@ -61,7 +62,11 @@ async def _consumer(bootstrap: str, topic: str) -> Any:
 
 
 async def _measure(
-    args: argparse.Namespace, worker: MeterwatchWorker, per_second: float, rng: random.Random
+    args: argparse.Namespace,
+    worker: MeterwatchWorker,
+    per_second: float,
+    rng: random.Random,
+    on_live: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
     shape = make_shape("single1k", 0, args.batch_size)
     workspaces = shape.workspace_names()
@@ -107,8 +112,10 @@ async def _measure(
         )
 
         live = shape.encode(rng, 0, messages_total)
+        on_live()
         delays_published: list[float] = []
         delays_received: list[float] = []
+        causes: dict[str, tuple[float, float]] = {}  # cause event id -> (triggered, published)
         producing = asyncio.ensure_future(producer.produce_paced(f"{prefix}usage.events", live, per_second))
         expected_alerts = sum(
             levels_reached(shape.expected(messages_total).get(ws, 0), t) for ws, t in thresholds.items()
@@ -123,6 +130,7 @@ async def _measure(
                     triggered = datetime.fromisoformat(alert["triggered_at"]).timestamp()
                     delays_published.append(record.timestamp / 1000 - triggered)
                     delays_received.append(received - triggered)
+                    causes[alert["cause_event_id"]] = (triggered, record.timestamp / 1000)
             if not producing.done():
                 continue
             if len(delays_published) >= expected_alerts:
@@ -134,6 +142,7 @@ async def _measure(
             elif time.monotonic() - quiet_since > 15:
                 break
         paced = producing.result()
+        to_inbox, inbox_to_alert = await _split_at_inbox(worker, causes)
     finally:
         await results.stop()
         await alerts.stop()
@@ -152,7 +161,38 @@ async def _measure(
         "expected_alerts": expected_alerts,
         "published_delay_seconds": stats(delays_published),
         "received_delay_seconds": stats(delays_received),
+        # The published delay split where stage one hands the cause event to counting: from the
+        # event to the inbox record carrying it, and from that record to the alert record.
+        "to_inbox_seconds": stats(to_inbox),
+        "inbox_to_alert_seconds": stats(inbox_to_alert),
     }
+
+
+async def _split_at_inbox(
+    worker: MeterwatchWorker, causes: dict[str, tuple[float, float]]
+) -> tuple[list[float], list[float]]:
+    """For each alert, the inbox record that carried its cause event (by its Kafka timestamp)."""
+    inbox = await _consumer(worker.bootstrap, f"{worker.prefix}{worker.app_id}-workspace-inbox")
+    to_inbox: list[float] = []
+    inbox_to_alert: list[float] = []
+    try:
+        left = set(causes)
+        quiet = 0
+        while left and quiet < 10:
+            batch = await inbox.getmany(timeout_ms=500, max_records=5000)
+            quiet = 0 if batch else quiet + 1
+            for records in batch.values():
+                for record in records:
+                    at = record.timestamp / 1000
+                    for row in orjson.loads(record.value).get("rows", ()):
+                        if row[1] in left:  # [workspace_id, event_id, ...]
+                            left.discard(row[1])
+                            triggered, published = causes[row[1]]
+                            to_inbox.append(at - triggered)
+                            inbox_to_alert.append(published - at)
+    finally:
+        await inbox.stop()
+    return to_inbox, inbox_to_alert
 
 
 def run_latency(
@@ -167,10 +207,32 @@ def run_latency(
         work / "mw-latency-data",
         log_dir / "worker-latency.log",
     )
+    spy_path = RESULTS / "profile-latency.raw" if args.profile else None
+    spies = []
+
+    def profile_live_phase() -> None:
+        if spy_path is not None:
+            from profiling import start_py_spy
+
+            spies.append(start_py_spy(worker.pid, spy_path, log_dir))
+
     worker.start()
     try:
         worker.wait_healthy(timeout=args.startup_timeout)
-        result = asyncio.run(_measure(args, worker, per_second, random.Random(f"{tag}-latency")))
+        try:
+            result = asyncio.run(
+                _measure(args, worker, per_second, random.Random(f"{tag}-latency"), on_live=profile_live_phase)
+            )
+        finally:
+            if spies:
+                from profiling import stop_py_spy
+
+                stop_py_spy(spies[0])
+        if spy_path is not None and spy_path.exists():
+            from profile_summary import render, summarise
+
+            result["profile_summary"] = summary = summarise(spy_path)
+            (RESULTS / "profile-latency.txt").write_text(render(summary) + "\n")
         counted = wait_counter([worker], result["events"] + result["warm_up_events"], timeout=60)
         result["counted"] = counted["counted"]
         result["peak_rate"] = peak

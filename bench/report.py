@@ -223,6 +223,14 @@ def latency_lines(latency: dict[str, Any]) -> list[str]:
         f"  {latency['alerts']:,} alerts (expected {latency['expected_alerts']:,}); "
         f"triggered_at → alert record's Kafka timestamp: p50 {fmt(pub['p50'])}, p99 {fmt(pub['p99'])}, max {fmt(pub['max'])}; "
         f"→ received here: p50 {fmt(rec['p50'])}, p99 {fmt(rec['p99'])}, max {fmt(rec['max'])}",
+        *(
+            [
+                f"  split at the inbox record carrying the cause event: event → inbox p50 {fmt(to['p50'])}, "
+                f"p99 {fmt(to['p99'])}; inbox → alert p50 {fmt(on['p50'])}, p99 {fmt(on['p99'])}"
+            ]
+            if (to := latency.get("to_inbox_seconds")) and (on := latency.get("inbox_to_alert_seconds"))
+            else []
+        ),
         *batch_lines(latency.get("batches")),
     ]
 
