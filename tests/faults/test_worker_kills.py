@@ -52,10 +52,12 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from meterwatch.streams.codec import decode_workspace
+from meterwatch.streams.workspace_step import KEY_SEPARATOR
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.brokers import TestBroker
-from tests.support.kafka_io import committed_offsets, read_all, topic_reader
+from tests.support.kafka_io import committed_offsets, read_all, read_records, topic_reader
 from tests.support.messages import ADMIN
 from tests.support.smtp import ReceivedMail, SmtpServer
 from tests.support.worker import WorkerProcess, free_port, http_get
@@ -584,7 +586,7 @@ async def look_again(
     return gaps
 
 
-async def diagnose_counts(pool: WorkerPool, plans: list[WorkspacePlan]) -> str:
+async def diagnose_counts(pool: WorkerPool, plans: list[WorkspacePlan], deployment: dict[str, str]) -> str:
     """Late, stalled, lost or doubled?
 
     Late counts arrive if given more time. Stalled ones arrive only once the workers are
@@ -604,12 +606,73 @@ async def diagnose_counts(pool: WorkerPool, plans: list[WorkspacePlan]) -> str:
         lines.append(f"restarted every worker (SIGTERM, start); all healthy: {await pool.all_healthy(120)}")
         gaps = await look_again(workers, plans, looks=8, lines=lines)
         verdict = "STALLED: exact only after a restart" if not gaps else "LOST: still short after a restart"
+        if gaps:
+            lines += await trace_short_units(deployment, gaps)
     if any(got is not None and got > want for want, got in gaps.values()):
         verdict = "DOUBLED: some counts over what was sent"
     return "\n".join(
         [f"counts not exact {CATCH_UP_SECONDS}s after the load: {verdict}", *lines, "at the deadline:", *detail]
         + log_digest([w.log_path for w in workers])
     )
+
+
+async def trace_short_units(
+    deployment: dict[str, str], gaps: dict[tuple[str, str], tuple[int, int | None]]
+) -> list[str]:
+    """For each short workspace metric, how far its events got: sent on ``usage.events``, in the
+    committed workspace inbox, their ids in the committed dedupe changelog, and what the last
+    committed value of the workspace holds. Each stage's topic is read as a restarted worker
+    would read it (read_committed)."""
+    short = {key for key, (want, got) in gaps.items() if got is not None and got < want}
+    if not short:
+        return []
+    bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
+    prefix = deployment["METERWATCH_TOPIC_PREFIX"]
+    group = prefix + deployment["METERWATCH_APP_ID"]
+    workspaces = {ws for ws, _ in short}
+    sent: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+    for record in await read_records(bootstrap, prefix + "usage.events", isolation="read_uncommitted"):
+        document = orjson.loads(record.value)
+        for event in document if isinstance(document, list) else [document]:
+            if (event["workspace_id"], event["metric"]) in short:
+                sent[(event["workspace_id"], event["metric"])][event["event_id"]] = event["quantity"]
+    inbox: dict[tuple[str, str], dict[str, tuple[int, int]]] = defaultdict(dict)
+    for record in await read_records(bootstrap, f"{group}-workspace-inbox"):
+        document = orjson.loads(record.value)
+        for row in document.get("rows", []) if document.get("kind") == "rows" else []:
+            inbox[(row[0], row[2])].setdefault(row[1], (record.partition, record.offset))
+    remembered: set[str] = set()
+    for record in await read_records(bootstrap, f"{group}-seen-event-ids-changelog"):
+        for entry in (record.value or b"").split(b"\n") if record.value else []:
+            key = entry.split(b"\t", 1)[0].decode()
+            workspace, _, event_id = key.partition(KEY_SEPARATOR)
+            if workspace in workspaces:
+                remembered.add(event_id)
+    values: dict[str, tuple[int, int, bytes]] = {}
+    for record in await read_records(bootstrap, f"{group}-workspaces-changelog"):
+        workspace = orjson.loads(record.key) if record.key else None
+        if workspace in workspaces:
+            values[workspace] = (record.partition, record.offset, record.value)
+    committed = await committed_offsets(deployment, f"{group}-workspace-inbox")
+    lines = [f"where the short units are (inbox committed offsets {committed}):"]
+    for ws, metric in sorted(short):
+        ids = sent[(ws, metric)]
+        in_inbox = inbox[(ws, metric)]
+        not_forwarded = [i for i in ids if i not in in_inbox]
+        not_remembered = [i for i in ids if i in in_inbox and i not in remembered]
+        where = sorted({in_inbox[i] for i in not_remembered})
+        partition, offset, raw = values.get(ws, (None, None, None))
+        state = decode_workspace(raw) if raw else None
+        usage = state.usage.tally(metric).latest() if state else None
+        lines.append(
+            f"  {ws} {metric}: sent {len(ids)} events (quantities summing to {sum(ids.values())}); "
+            f"not in the committed inbox {sum(ids[i] for i in not_forwarded)} units ({len(not_forwarded)} events); "
+            f"in it but not remembered {sum(ids[i] for i in not_remembered)} units ({len(not_remembered)} events, "
+            f"inbox (partition, offset) {where[:3]}..{where[-3:]}); "
+            f"last value at changelog {partition}:{offset} holds {usage.usage if usage else None}, "
+            f"applied through inbox offset {state.usage.applied_through if state else None}"
+        )
+    return lines
 
 
 def usage_statuses(workers: list[WorkerProcess], workspace: str) -> dict[str, Any]:
@@ -920,7 +983,7 @@ async def observe_outcome(
     healthy = await pool.all_healthy(CATCH_UP_SECONDS)
     caught_up_after = await wait_for_counts(pool.workers, plans, CATCH_UP_SECONDS)
     elapsed = pool.since_start()
-    count_report = None if caught_up_after is not None else await diagnose_counts(pool, plans)
+    count_report = None if caught_up_after is not None else await diagnose_counts(pool, plans, deployment)
     crossings = set().union(*(p.crossings() for p in plans))
     fin_steps = [step for p in plans for step in p.fin_steps]
     disabled_steps = [step for step in fin_steps if step[0] == "disabled"]

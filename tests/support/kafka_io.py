@@ -74,6 +74,24 @@ async def read_timestamped(bootstrap: str, topic: str, *, timeout: float = 5.0) 
     return records
 
 
+async def read_records(bootstrap: str, topic: str, *, isolation: str = "read_committed") -> list[Any]:
+    """Every record of ``topic`` as aiokafka gives it (key, value, partition, offset), read until
+    the topic has been quiet for a few seconds."""
+    consumer = topic_reader(bootstrap, topic, isolation=isolation)
+    await consumer.start()
+    records: list[Any] = []
+    quiet_polls = 0
+    try:
+        while quiet_polls < 6:
+            batch = await consumer.getmany(timeout_ms=500)
+            got = [m for msgs in batch.values() for m in msgs]
+            records.extend(got)
+            quiet_polls = 0 if got else quiet_polls + 1
+    finally:
+        await consumer.stop()
+    return records
+
+
 async def read_all(
     bootstrap: str, topic: str, *, expect: int | None = None, timeout: float = 20.0, isolation: str = "read_committed"
 ) -> list[Any]:
