@@ -59,13 +59,18 @@ def hold_back(events: Iterable[EventT]) -> None:
         event.message.acked = True
 
 
-def by_source_partition(events: Iterable[EventT]) -> Iterator[tuple[int, list[EventT]]]:
-    """The batch split by source partition, each part in offset order, each handled acting for
-    one of its events (so table writes and sends join that partition)."""
+def source_parts(events: Iterable[EventT]) -> list[tuple[int, list[EventT]]]:
+    """The batch split by source partition, each part in offset order."""
     parts: dict[tuple[str, int], list[EventT]] = defaultdict(list)
     for event in events:
         parts[(event.message.topic, event.message.partition)].append(event)
-    for (_, partition), part in parts.items():
+    return [(partition, part) for (_, partition), part in parts.items()]
+
+
+def by_source_partition(events: Iterable[EventT]) -> Iterator[tuple[int, list[EventT]]]:
+    """The batch's parts (``source_parts``), each handled acting for one of its events (so table
+    writes and sends join that partition)."""
+    for partition, part in source_parts(events):
         with acting_for(part[-1]):
             yield partition, part
 

@@ -1,9 +1,10 @@
 """Stage two: count each workspace's usage from its inbox, exactly once.
 
-A batch is handled partition by partition. Its inbox records are split by workspace, the ids
-of every event are looked up in the dedupe store at once, and each workspace's messages go
-through the pure step (``streams/workspace_step.py``) in order: its value is read once and
-written once. A message at or below the workspace's ``applied_through`` was already applied (a
+A batch is judged partition by partition: its inbox records are split by workspace, the ids of
+every event are looked up in the dedupe store at once, and each workspace's messages go through
+the pure step (``streams/workspace_step.py``) in order; then, once the ids it counted are
+acknowledged, every partition writes its values (each read once and written once a batch) and
+its outputs. A message at or below the workspace's ``applied_through`` was already applied (a
 replay after a crash) and is skipped; an ``event_id`` already counted by another delivery within
 the window is a repeat.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import orjson
 from faust.types import EventT
@@ -21,10 +22,11 @@ from .. import collector
 from ..core.dedupe import FirstSeen, decode_first_seen
 from ..core.workspace import WorkspaceState
 from ..sinks.kafka import TopicPublisher
-from .batches import by_source_partition, finish, handle_batch
+from .batches import finish, handle_batch, source_parts
 from .codec import decode_workspace, encode_workspace
 from .inbox import COMMAND, O_RECEIVED_MS, ROWS, USAGE, legacy_rows
 from .metrics import observe_ages
+from .partition_context import acting_for
 from .poison import dead_letter_failure
 from .timers import PeriodTickIndex
 from .workspace_step import BatchOutputs, CommandMessage, Message, StepConfig, rows_by_workspace, step
@@ -80,30 +82,53 @@ class DecodedValues:
 
 
 async def count_batch(mw: Meterwatch, events: list[EventT], decoded: DecodedValues, ticks: PeriodTickIndex) -> None:
+    """Count a batch in two passes over its partitions, with one wait between them.
+
+    Event ids are remembered before the counts they guard are written: were the counts kept and
+    the ids lost (a crash between the two writes, without transactions), a later copy of an event
+    would be counted again. Every partition is judged and sends its ids first, then the batch
+    waits once for all of them, then every partition writes its counts and outputs: two round
+    trips to the broker a batch, however many partitions it holds."""
     with mw.metrics.batch_seconds.labels("count").time(), collector.paused():
         mw.metrics.batch_size.labels("count").observe(len(events))
         publisher = TopicPublisher()
-        for partition, part in by_source_partition(events):
-            await _count_part(mw, partition, part, publisher, decoded, ticks)
+        config = StepConfig(
+            window_ms=int(mw.settings.dedupe_window.total_seconds() * 1000),
+            mail_enabled=bool(mw.settings.smtp_host),
+        )
+        judged = []
+        for partition, part in source_parts(events):
+            with acting_for(part[-1]):
+                judged.append(await _judge_part(mw, partition, part, publisher, decoded, config))
+        await mw.tables.seen_event_ids.wait_for_writes()
+        for part in judged:
+            with acting_for(part.events[-1]):
+                await _write_part(mw, part, publisher, decoded, ticks)
         await finish(mw, publisher)
 
 
-async def _count_part(
+class _JudgedPart(NamedTuple):
+    """One source partition of a batch, judged: the states to write and what to publish."""
+
+    partition: int
+    events: list[EventT]
+    written: list[tuple[str, WorkspaceState]]
+    out: BatchOutputs
+    event_at: dict[int, EventT]  # inbox offset -> its event, for the dead letter of a failure
+
+
+async def _judge_part(
     mw: Meterwatch,
     partition: int,
     part: list[EventT],
     publisher: TopicPublisher,
     decoded: DecodedValues,
-    ticks: PeriodTickIndex,
-) -> None:
+    config: StepConfig,
+) -> _JudgedPart:
+    """Run the part's workspaces through the step and send the ids it counted."""
     by_workspace, keys, since_ms, event_at = await _split_by_workspace(mw, part, publisher)
     seen = _look_up_seen(mw, partition, keys, since_ms)
-    config = StepConfig(
-        window_ms=int(mw.settings.dedupe_window.total_seconds() * 1000),
-        mail_enabled=bool(mw.settings.smtp_host),
-    )
-    table = mw.tables.workspaces
-    stored = table.data
+    stored = mw.tables.workspaces.data
     out = BatchOutputs()
     written: list[tuple[str, WorkspaceState]] = []
     for workspace_id, messages in by_workspace.items():
@@ -111,18 +136,22 @@ async def _count_part(
         state, applied = step(workspace_id, state, messages, seen, config, out)
         if applied:
             written.append((workspace_id, state))
-    # Event ids are remembered before the counts they guard are written: were the counts kept
-    # and the ids lost (a crash between the two writes, without transactions), a later copy of
-    # an event would be counted again.
     mw.tables.seen_event_ids.remember(out.first_seen)
-    await mw.tables.seen_event_ids.wait_for_writes()
+    return _JudgedPart(partition, part, written, out, event_at)
+
+
+async def _write_part(
+    mw: Meterwatch, part: _JudgedPart, publisher: TopicPublisher, decoded: DecodedValues, ticks: PeriodTickIndex
+) -> None:
+    """Write the part's states and hand its outputs and failures to the sinks."""
     writes = []
-    for workspace_id, state in written:
+    for workspace_id, state in part.written:
         raw = encode_workspace(state)
         writes.append((workspace_id, raw))
         decoded.keep(workspace_id, raw, state)
         ticks.note(workspace_id, raw, state)
-    table.put_many(partition, writes)
+    mw.tables.workspaces.put_many(part.partition, writes)
+    out = part.out
     channels = mw.channels
     for output in out.outputs:
         await publisher.publish(getattr(channels, output.channel), output.key, output.record)
@@ -131,7 +160,7 @@ async def _count_part(
             mw,
             publisher,
             "count_usage",
-            event_at[failure.inbox_offset],
+            part.event_at[failure.inbox_offset],
             failure.error,
             key=failure.workspace_id,
             value=failure.value,
