@@ -38,6 +38,20 @@ class OncePerInterval(logging.Filter):
         return True
 
 
+class RecoveryDecisions(logging.Filter):
+    """Of Faust's table recovery INFO lines, only its decision that a changelog partition is read
+    to its end because the consumer's position passed the end while nothing arrived for two 5 s
+    waits (under ``exactly_once`` the last record is followed by a commit marker, so every
+    recovery with records to read ends this way). One line per partition and recovery, with its
+    time: a table restored without its last records would look like lost counts, and these
+    lines show when each partition was taken for read."""
+
+    NOTICES = ("Aborted tx until highwater",)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or str(record.msg).startswith(self.NOTICES)
+
+
 class JsonLines(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -59,7 +73,10 @@ def logging_config(level: str, fmt: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"default": formatter},
-        "filters": {"once_per_interval": {"()": OncePerInterval}},
+        "filters": {
+            "once_per_interval": {"()": OncePerInterval},
+            "recovery_decisions": {"()": RecoveryDecisions},
+        },
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
@@ -80,5 +97,6 @@ def logging_config(level: str, fmt: str) -> dict[str, Any]:
                 "mode",
                 FAUST_SERVICES_LOG.name,
             )
-        },
+        }
+        | ({} if level == "DEBUG" else {"faust.tables.recovery": {"level": "INFO", "filters": ["recovery_decisions"]}}),
     }

@@ -688,10 +688,12 @@ def log_digest(log_paths: list[Path]) -> list[str]:
         rebalances = len(re.findall(r"rebalance #\d+: done", text))
         stuck_transactions = text.count("Exception in begin_transaction")
         fenced = len(re.findall(r"WARNING \S+: transactions lost \(", text))
+        cut_short = text.count("Aborted tx until highwater")
         lines.append(
             f"{path.name}: {text.count('===== start #')} starts, {rebalances} rebalances done, "
             f"{fenced} fenced (gave up its work and rejoined), "
-            f"{stuck_transactions} 'Exception in begin_transaction' warnings, {len(trouble)} error lines"
+            f"{stuck_transactions} 'Exception in begin_transaction' warnings, "
+            f"{cut_short} changelog recoveries ended as 'Aborted tx until highwater', {len(trouble)} error lines"
         )
         lines += [f"    {line}" for line in trouble[:10]]
     return lines

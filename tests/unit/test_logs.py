@@ -1,10 +1,11 @@
-"""A message repeated hundreds of times a second (a broker outage) is logged once per interval."""
+"""A message repeated hundreds of times a second (a broker outage) is logged once per interval;
+of Faust's table recovery INFO lines, only its decision that a partition is read to its end."""
 
 from __future__ import annotations
 
 import logging
 
-from meterwatch.logs import OncePerInterval
+from meterwatch.logs import OncePerInterval, logging_config
 
 
 def record(
@@ -28,3 +29,22 @@ def test_different_messages_and_info_lines_are_never_held_back() -> None:
     once = OncePerInterval(interval_seconds=10)
     assert once.filter(record(0.0, "a %s")) and once.filter(record(0.1, "b %s"))
     assert all(once.filter(record(t, "consuming %s", level=logging.INFO)) for t in (0.0, 0.1, 0.2))
+
+
+def test_of_faust_recovery_info_lines_only_the_end_of_a_partition_s_recovery_is_logged() -> None:
+    config = logging_config("INFO", "text")
+    wired = config["loggers"]["faust.tables.recovery"]
+    assert wired["level"] == "INFO"
+    decisions = config["filters"][wired["filters"][0]]["()"]()
+    name = "faust.tables.recovery"
+    passed = [
+        msg
+        for level, msg in [
+            (logging.INFO, "Recovery complete"),
+            (logging.INFO, "Aborted tx until highwater for TP(topic='t-changelog', partition=3)"),
+            (logging.WARNING, "recovery unknown topic"),
+        ]
+        if decisions.filter(record(0.0, msg, level=level, name=name))
+    ]
+    assert passed == ["Aborted tx until highwater for TP(topic='t-changelog', partition=3)", "recovery unknown topic"]
+    assert "faust.tables.recovery" not in logging_config("DEBUG", "text")["loggers"]
