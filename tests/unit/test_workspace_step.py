@@ -296,16 +296,21 @@ def test_a_new_workspace_opens_its_period_in_a_run() -> None:
     assert [t.usage for t in new_york.state.usage.tallies["email"].periods] == [9]
 
 
-def test_a_repeat_is_skipped_and_a_replayed_message_is_not_applied_twice() -> None:
+def _email_row(event_id: str, quantity: int) -> dict[str, Any]:
+    """One email event received as it occurred."""
     at = datetime(2026, 11, 10, 12, tzinfo=UTC)
-    row = {
-        "event_id": "same",
+    return {
+        "event_id": event_id,
         "metric": "email",
-        "quantity": 2,
+        "quantity": quantity,
         "occurred_at": _iso(at),
         "conversation_id": None,
         "received_ms": _ms(at),
     }
+
+
+def test_a_repeat_is_skipped_and_a_replayed_message_is_not_applied_twice() -> None:
+    row = _email_row("same", 2)
     results = _run_both([[("rows", [row])], [("rows", [row, row])]], replay_first=True)
     assert results[-1].state.usage.tallies["email"].latest().usage == 2
     assert results[-1].out.repeated == 2
@@ -317,15 +322,7 @@ def test_a_delivery_counted_again_after_an_aborted_transaction_remembers_its_ids
     """The local dedupe store keeps what an aborted transaction wrote; the changelog did not.
     Counting that delivery again must send its ids to the changelog once more, or the next
     owner of the partition would count a later copy of the event a second time."""
-    at = datetime(2026, 11, 10, 12, tzinfo=UTC)
-    row = {
-        "event_id": "kept-locally",
-        "metric": "email",
-        "quantity": 3,
-        "occurred_at": _iso(at),
-        "conversation_id": None,
-        "received_ms": _ms(at),
-    }
+    row = _email_row("kept-locally", 3)
     messages = _messages([("rows", [row])], first_offset=7)
     key = dedupe_key(WORKSPACE, "kept-locally")
     first = _step(WorkspaceState(), messages, {}, batched=True).out.first_seen[key]
