@@ -170,6 +170,31 @@ def has_position(consumer: AIOKafkaConsumer, tp: TP) -> bool:
 
 class CommittedOrBeginningConsumer(Consumer):
     logger = FAUST_SERVICES_LOG
+    # True from a stop of the flow (a rebalance begins) until table recovery seeks its active
+    # changelog partitions again (streams/recovery.py). Records fetched while the flow stops are
+    # dropped undelivered, past the consumer's position: meanwhile the position says nothing of
+    # what recovery has read.
+    delivery_broken = False
+
+    def stop_flow(self) -> None:
+        self.delivery_broken = True
+        super().stop_flow()
+
+    def recovery_sought(self) -> None:
+        """Recovery has sought its active changelog partitions to the offsets it has read."""
+        self.delivery_broken = False
+
+    async def position(self, tp: TP) -> int | None:
+        """The partition's position, or -1 while ``delivery_broken``.
+
+        Only Faust's recovery asks (``Recovery._slurp_changelogs``): under exactly_once, after two
+        idle 5 s waits it takes an active changelog partition whose position has reached the
+        recovery's end offset for read to the end ("Aborted tx until highwater"), and the next
+        recovery starts from there. Asked in a rebalance, with records dropped behind that
+        position, that skipped them, and the restored table lacked its last values."""
+        if self.delivery_broken:
+            return -1
+        return await super().position(tp)
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return CommittedOrBeginningConsumerThread(self, loop=self.loop, beacon=self.beacon)

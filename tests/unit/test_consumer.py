@@ -106,3 +106,28 @@ async def test_the_broker_holds_an_empty_fetch_a_tenth_of_a_second_not_faust_s_o
     faust_consumer = thread._create_worker_consumer(mw.app.transport)
     ingest_consumer = new_consumer(mw, "g", isolation_committed=False)
     assert faust_consumer._fetch_max_wait_ms == ingest_consumer._fetch_max_wait_ms == 100
+
+
+async def test_from_a_stop_of_the_flow_until_recovery_seeks_again_the_position_is_not_taken_for_what_was_read() -> None:
+    """A rebalance stops the flow and records fetched by then are dropped undelivered, behind the
+    consumer's position. Faust's recovery takes a changelog partition whose position reached its
+    end for read, so until recovery has sought its partitions again the position answers -1."""
+    from meterwatch.config import ProcessingGuarantee, load_settings
+    from meterwatch.streams.app import create_app
+
+    mw = create_app(load_settings({}), "127.0.0.1:9092", ProcessingGuarantee("exactly_once"))
+    consumer = mw.app.consumer
+    tp = TopicPartition("mw-workspaces-changelog", 3)
+
+    async def fetched_through(asked: TopicPartition) -> int:
+        assert asked == tp
+        return 120
+
+    consumer._thread.position = fetched_through
+    assert await consumer.position(tp) == 120
+    consumer.stop_flow()
+    assert await consumer.position(tp) == -1
+    consumer.resume_flow()  # recovery resumes the flow only after its seek; resuming alone is not enough
+    assert await consumer.position(tp) == -1
+    consumer.recovery_sought()
+    assert await consumer.position(tp) == 120

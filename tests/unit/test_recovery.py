@@ -179,6 +179,9 @@ async def test_active_start_offsets_are_published_only_once_the_consumer_stands_
         async def seek_wait(self, targets: dict[TP, int]) -> None:
             seen_when_seeking.append({"targets": targets, "published": dict(recovery.active_offsets)})
 
+        def recovery_sought(self) -> None:
+            seen_when_seeking.append({"sought": True})
+
     await recovery._build_offsets(Consumer(), {A, B}, recovery.active_offsets, "active")
-    assert seen_when_seeking == [{"targets": {A: 0, B: 36}, "published": {A: None, B: 36}}]
+    assert seen_when_seeking == [{"targets": {A: 0, B: 36}, "published": {A: None, B: 36}}, {"sought": True}]
     assert recovery.active_offsets == Counter({A: -1, B: 36})
