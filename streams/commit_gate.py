@@ -5,8 +5,8 @@ whenever that timer fires. A batch sends its outputs (alerts, Fin transitions, f
 before it writes the table values that record it as applied, and it awaits between the two; a
 commit landing there made the outputs visible while the state that says "applied" went into the
 next transaction. A worker killed before that next commit came back from the older state,
-applied the batch again, and published the same alert a second time (same ``alert_id``: the
-three-worker kill test saw one duplicate alert and one repeated Fin transition in a run).
+applied the batch again, and published the same alert (or Fin transition) a second time, with
+the same ``alert_id``.
 
 The gate lets batches run side by side and a commit run alone: a commit waits until no batch is
 in flight, and no batch starts while a commit waits. A batch acknowledges its input before it

@@ -6,7 +6,7 @@ it (a worker stalled past its session timeout, or rebalances back to back while 
 killed and restarted), the new owner's producer fences this one: its open transaction is
 aborted, and every send or commit on it fails with ``ProducerFenced`` (and after that with
 ``IllegalOperation``). Faust's answer is to crash the worker (``TransactionManager.commit`` calls
-``app.crash``): the three-worker kill test saw a worker exit that way in 2 of 5 runs.
+``app.crash``), which the three-worker kill test provokes.
 
 What was lost is exactly what the aborted transactions held: table writes, outputs and offsets
 since the last commit. So the worker does what Kafka Streams does with a task that migrated:

@@ -7,9 +7,8 @@ empties every stream's queue. The consumer's flow is active during recovery (cha
 through it), so in the wait for the seek the fetcher could already deliver the first messages after
 the committed offset into a stream queue, and record them as read; the queue was then emptied,
 and they were never processed nor fetched again. The offsets that followed were acknowledged, and
-Faust commits the first unbroken run of acknowledged offsets, which started after the hole: the
-kill test lost the first one or two messages of every ``usage.events`` partition in about one
-restart in ten. Here the flow is stopped and the stale queues emptied *before* the partitions are
+Faust commits the first unbroken run of acknowledged offsets, which started after the hole, so
+the first messages after a restart could be lost. Here the flow is stopped and the stale queues emptied *before* the partitions are
 resumed, and the flow resumes only after the seek: the first message delivered is the committed
 one.
 
@@ -18,8 +17,7 @@ nothing persisted) and resolves that to a real offset only for the partitions it
 recovery began. When the group rebalanced again part-way (a worker killed while another was
 restoring), standby partitions added by the new assignment still held ``None`` when Faust sought
 them, and aiokafka's ``seek`` raised ``ValueError: Offset must be a positive integer``: the
-Recovery service crashed and took the worker down (the worker-kill fault test saw it in 2 of 14
-runs). ``None`` means the same as Faust's own ``-1``: read the changelog from its beginning.
+Recovery service crashed and took the worker down. ``None`` means the same as Faust's own ``-1``: read the changelog from its beginning.
 
 **Tables restored empty after back-to-back rebalances.** Under exactly_once a changelog read to
 its end stops short of the broker's end (the last commit marker is no record), so Faust's
@@ -27,9 +25,9 @@ changelog reader, after two idle 5 s waits, takes any partition whose consumer *
 reached the end for fully read, and marks its offset so. That check also ran in the gap between
 a new recovery publishing its start offsets and seeking the consumer to them, while positions
 still stood at the end from the superseded recovery: every changelog partition was marked read
-without a record being read, and counting went on from empty tables (the three-worker kill test:
-workspaces hundreds of units short, 2 runs in 17; seen with Faust's own logs as "Aborted tx until
-highwater" 50 ms after "Reading Starts At", and "Recovery complete" with nothing restored).
+without a record being read, and counting went on from empty tables (Faust's own logs then show
+"Aborted tx until highwater" 50 ms after "Reading Starts At", and "Recovery complete" with
+nothing restored).
 Here the consumer is sought to the start offsets *before* they are published.
 
 **A partition taken for read while a rebalance dropped its records.** Under exactly_once the

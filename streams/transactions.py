@@ -87,8 +87,8 @@ class CommittedEndConsumerThread(CommittedOrBeginningConsumerThread):
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         # Under exactly_once Faust reads a changelog's end from the last fetch response, which
         # holds nothing for a partition not fetched since it was assigned: recovery then took
-        # the changelog for empty, skipped it, and counting went on from empty tables (the kill
-        # test lost a third of the usage that way). Ask the broker: for a read_committed
+        # the changelog for empty, skipped it, and counting went on from empty tables. Ask the
+        # broker: for a read_committed
         # consumer the answer is the last stable offset.
         return await self._ensure_consumer().end_offsets(partitions)
 
