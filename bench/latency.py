@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 from harness import RESULTS, PhaseFailed, log, tail
+from meterwatch.streams.inbox import EVENT_ID
 from producing import METRIC, Producer, make_shape
 from worker import MeterwatchWorker, wait_counter
 
@@ -185,9 +186,9 @@ async def _split_at_inbox(
                 for record in records:
                     at = record.timestamp / 1000
                     for row in orjson.loads(record.value).get("rows", ()):
-                        if row[1] in left:  # [workspace_id, event_id, ...]
-                            left.discard(row[1])
-                            triggered, published = causes[row[1]]
+                        if row[EVENT_ID] in left:
+                            left.discard(row[EVENT_ID])
+                            triggered, published = causes[row[EVENT_ID]]
                             to_inbox.append(at - triggered)
                             inbox_to_alert.append(published - at)
     finally:

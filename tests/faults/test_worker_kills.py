@@ -53,6 +53,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from meterwatch.streams.codec import decode_workspace
+from meterwatch.streams.inbox import EVENT_ID, METRIC, WORKSPACE
+from meterwatch.streams.seen_ids_table import unpack_chunk
 from meterwatch.streams.workspace_step import KEY_SEPARATOR
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -640,11 +642,10 @@ async def trace_short_units(
     for record in await read_records(bootstrap, f"{group}-workspace-inbox"):
         document = orjson.loads(record.value)
         for row in document.get("rows", []) if document.get("kind") == "rows" else []:
-            inbox[(row[0], row[2])].setdefault(row[1], (record.partition, record.offset))
+            inbox[(row[WORKSPACE], row[METRIC])].setdefault(row[EVENT_ID], (record.partition, record.offset))
     remembered: set[str] = set()
     for record in await read_records(bootstrap, f"{group}-seen-event-ids-changelog"):
-        for entry in (record.value or b"").split(b"\n") if record.value else []:
-            key = entry.split(b"\t", 1)[0].decode()
+        for key, _ in unpack_chunk(record.value) if record.value else ():
             workspace, _, event_id = key.partition(KEY_SEPARATOR)
             if workspace in workspaces:
                 remembered.add(event_id)
