@@ -1,4 +1,4 @@
-"""Fixtures that start things are named for what they give; the README's "Tests" section says what runs where."""
+"""Fixtures that start things are named for what they give; docs/testing.md says what runs where."""
 
 from __future__ import annotations
 
