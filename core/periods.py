@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .rejections import RejectCode
+
 __all__ = [
     "BillingPeriod",
     "BillingCycle",
@@ -226,11 +228,11 @@ def event_time_rejection(occurred_at: datetime, now: datetime, cycle: BillingCyc
     occurred_utc = _as_utc(occurred_at, "occurred_at")
     now_utc = _as_utc(now, "now")
     if occurred_utc > now_utc + MAX_FUTURE_SKEW:
-        return "occurred_in_future"
+        return RejectCode.OCCURRED_IN_FUTURE
     # Far older than any period plus grace: closed, without computing a period that may lie
     # before year 1 in the cycle's time zone.
     if occurred_utc < now_utc - _LONGEST_PERIOD - LATE_EVENT_GRACE:
-        return "period_closed"
+        return RejectCode.PERIOD_CLOSED
     if now_utc > cycle.period_containing(occurred_utc).end + LATE_EVENT_GRACE:
-        return "period_closed"
+        return RejectCode.PERIOD_CLOSED
     return None

@@ -27,6 +27,14 @@ from .brokers.probe import wait_for_broker
 from .config import Settings
 from .demo import CONTRACT_WORKSPACES, WORKSPACES, setup_commands, usage_events
 from .processes import signal_when_parent_dies
+from .streams.topics import (
+    USAGE_ALERTS,
+    USAGE_COMMAND_RESULTS,
+    USAGE_CONTROL,
+    USAGE_DEAD_LETTER,
+    USAGE_EVENTS,
+    USAGE_LIMITS,
+)
 
 # The stop budget, ten seconds in all: demo traffic and the output reader, then the worker (its
 # own METERWATCH_SHUTDOWN_TIMEOUT is capped to this, and it is SIGKILLed a second after), then
@@ -246,17 +254,16 @@ async def _send_demo_usage(settings: Settings, producer: AIOKafkaProducer, rate:
     from datetime import datetime
 
     for key, command in setup_commands(datetime.now(UTC)):
-        await producer.send_and_wait(settings.topic("usage.control"), orjson.dumps(command), key=key.encode())
+        await producer.send_and_wait(settings.topic(USAGE_CONTROL), orjson.dumps(command), key=key.encode())
     rng = random.Random()
     for event in usage_events(rng):
-        await producer.send(settings.topic("usage.events"), orjson.dumps(event), key=event["workspace_id"].encode())
+        await producer.send(settings.topic(USAGE_EVENTS), orjson.dumps(event), key=event["workspace_id"].encode())
         await asyncio.sleep(rng.expovariate(rate))
 
 
 async def _report_outputs(settings: Settings, bootstrap: str) -> None:
     topics = {
-        settings.topic(name): name
-        for name in ("usage.alerts", "usage.limits", "usage.command-results", "usage.dead-letter")
+        settings.topic(name): name for name in (USAGE_ALERTS, USAGE_LIMITS, USAGE_COMMAND_RESULTS, USAGE_DEAD_LETTER)
     }
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="latest", group_id=None)
     await consumer.start()
@@ -268,15 +275,15 @@ async def _report_outputs(settings: Settings, bootstrap: str) -> None:
 
 
 def _describe(topic: str, record: dict[str, Any]) -> str:
-    if topic == "usage.alerts":
+    if topic == USAGE_ALERTS:
         owner = record.get("workspace_id") or f"contract {record.get('contract_id')}"
         return (
             f"ALERT  {owner}: {record['metric']} reached {record['level']}% of {record['threshold']} "
             f"(usage {record['usage']}) [{record['alert_id'][:8]}]"
         )
-    if topic == "usage.limits":
+    if topic == USAGE_LIMITS:
         return f"FIN    {record['workspace_id']}: Fin {record['state']} ({record['reason']}, usage {record['usage']} / limit {record['limit']})"
-    if topic == "usage.dead-letter":
+    if topic == USAGE_DEAD_LETTER:
         return f"DEAD   {record['error']['code']}: {record['error']['message']}"
     detail = record.get("reason") or record.get("effective_from") or ""
     return f"COMMAND {record['command_id']}: {record['status']} {detail}".rstrip()

@@ -8,29 +8,12 @@ import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, StrictInt, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from ..core.rejections import RejectCode
 from .common import EventId, Identifier, Metric, Timestamp
 
 MAX_BATCH = 1_000
 # Far beyond any real usage, small enough that sums stay exact in every consumer's JSON parser.
 MAX_ABS_QUANTITY = 2**53 - 1
-
-
-class RejectCode:
-    """Reason codes for ``usage.dead-letter``; one per way an event can fail (CONTRACT 3.1)."""
-
-    INVALID_ENCODING = "invalid_encoding"
-    INVALID_JSON = "invalid_json"
-    INVALID_SCHEMA = "invalid_schema"
-    UNKNOWN_METRIC = "unknown_metric"
-    ZERO_QUANTITY = "zero_quantity"
-    QUANTITY_OUT_OF_RANGE = "quantity_out_of_range"
-    MISSING_CONVERSATION = "missing_conversation_id"
-    INVALID_FIN_QUANTITY = "invalid_fin_quantity"
-    NEGATIVE_SEATS = "negative_seats"
-    BATCH_TOO_LARGE = "batch_too_large"
-    EMPTY_BATCH = "empty_batch"
-    OCCURRED_IN_FUTURE = "occurred_in_future"
-    PERIOD_CLOSED = "period_closed"
 
 
 _OWN_CODES = {

@@ -15,7 +15,7 @@ from .metrics import Metrics
 from .recovery import RebalanceSafeTableManager
 from .routing import RawKeyRouter
 from .tables import Tables, declare_tables
-from .topics import TopicNames
+from .topics import TOPICS, TopicNames
 
 
 @dataclass(frozen=True)
@@ -137,16 +137,7 @@ def _declare_channels(app: faust.App, names: TopicNames, settings: Settings) -> 
         )
 
     return Channels(
-        usage_events=raw(names.usage_events),
-        usage_control=raw(names.usage_control),
-        workspace_inbox=raw(names.workspace_inbox, internal=True),
-        contract_inbox=raw(names.contract_inbox, internal=True),
-        mail_requests=raw(names.mail_requests, internal=True),
-        alerts=raw(names.alerts),
-        limits=raw(names.limits),
-        notifications=raw(names.notifications),
-        dead_letter=raw(names.dead_letter),
-        command_results=raw(names.command_results),
+        **{topic.attribute: raw(getattr(names, topic.attribute), internal=topic.internal) for topic in TOPICS}
     )
 
 

@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING
 import orjson
 from faust.types import EventT
 
+from ..core.rejections import RejectCode
 from ..models.commands import CommandRejected, Subscription, parse_command
 from ..models.outputs import command_result
 from ..sinks.kafka import TopicPublisher
 from .batches import by_source_partition, finish, handle_batch
 from .contracts import subscription_message
 from .inbox import command_message
-from .poison import INTERNAL_ERROR, dead_letter_failure
+from .poison import dead_letter_failure
 
 if TYPE_CHECKING:
     from .app import Meterwatch
@@ -42,7 +43,7 @@ async def _forward_part(mw: Meterwatch, events: list[EventT], publisher: TopicPu
         except Exception as error:
             await dead_letter_failure(mw, publisher, "route_commands", event, error)
             command_id = _command_id(event.message.value)
-            result = command_result(command_id, "rejected", reason=INTERNAL_ERROR)
+            result = command_result(command_id, "rejected", reason=RejectCode.INTERNAL_ERROR)
             await publisher.publish(mw.channels.command_results, None, result)
 
 

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from aiokafka.partitioner import murmur2
 
+from ..core.rejections import RejectCode
 from ..models.common import dumps
 from ..models.fast_usage import Row, fast_rows
 from ..models.outputs import dead_letter
@@ -24,7 +25,6 @@ from .inbox import RowPacker
 log = logging.getLogger("meterwatch.streams.ingest")
 
 STAGE = "ingest"
-INTERNAL_ERROR = "internal_error"
 
 
 class SourceRecord(Protocol):
@@ -213,17 +213,17 @@ class BatchBuilder:
             record.partition,
             record.offset,
             type(error).__name__,
-            INTERNAL_ERROR,
+            RejectCode.INTERNAL_ERROR,
             exc_info=error,
         )
-        self._batch.rejected[INTERNAL_ERROR] += 1
+        self._batch.rejected[RejectCode.INTERNAL_ERROR] += 1
         letter = dead_letter(
             source_topic=record.topic,
             partition=record.partition,
             offset=record.offset,
             key=record.key,
             value=record.value,
-            code=INTERNAL_ERROR,
+            code=RejectCode.INTERNAL_ERROR,
             message=f"{STAGE} failed on this input ({type(error).__name__}); see the worker log",
             at=self._now,
         )

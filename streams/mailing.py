@@ -26,6 +26,7 @@ import orjson
 from faust.types import EventT
 
 from ..core.mail_retry import RetryPolicy
+from ..core.rejections import RejectCode
 from ..models.outputs import dead_letter
 from ..sinks.email import (
     EVERY_RECIPIENT_REFUSED,
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 
 ALERT = "alert"
 FIN_DISABLED = "fin_disabled"
-MAIL_GIVEN_UP = "mail_given_up"  # the dead-letter code of a mail given up at its age
 # Mails being sent at once on one worker; the agent waits for room beyond that, so a long
 # outage costs bounded memory (lag on the mail-requests topic grows instead).
 MAX_PENDING_MAILS = 1000
@@ -281,7 +281,7 @@ def _given_up_record(event: EventT, key: str, reason: str) -> dict[str, Any]:
         offset=message.offset,
         key=message.key,
         value=message.value,  # the request (record and recipients); never the mail's body
-        code=MAIL_GIVEN_UP,
+        code=RejectCode.MAIL_GIVEN_UP,
         message=f"mail {key} given up: {reason}",
         at=datetime.now(UTC),
     )

@@ -53,9 +53,7 @@ def register(mw: Meterwatch) -> None:
 def sample_gauges(mw: Meterwatch) -> None:
     metrics = mw.metrics
     consumer = mw.app.consumer
-    names = mw.names
-    # usage.events is read by the ingest stage's own consumer, not Faust's (streams/ingest.py).
-    inputs = {names.usage_control, names.workspace_inbox, names.contract_inbox, names.mail_requests}
+    inputs = mw.names.lag_watched()
     try:
         assignment = consumer.assignment()
     except Exception:  # not started, or mid-rebalance: sample next time

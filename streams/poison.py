@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from faust.types import EventT
 
+from ..core.rejections import RejectCode
 from ..models.outputs import dead_letter
 from ..sinks.kafka import Publisher
 from .fencing import is_lost_transaction
@@ -21,8 +22,6 @@ if TYPE_CHECKING:
     from .app import Meterwatch
 
 log = logging.getLogger(__name__)
-
-INTERNAL_ERROR = "internal_error"
 
 
 async def dead_letter_failure(
@@ -49,17 +48,17 @@ async def dead_letter_failure(
         message.partition,
         message.offset,
         type(error).__name__,
-        INTERNAL_ERROR,
+        RejectCode.INTERNAL_ERROR,
         exc_info=error,
     )
-    mw.metrics.events_rejected.labels(INTERNAL_ERROR).inc()
+    mw.metrics.events_rejected.labels(RejectCode.INTERNAL_ERROR).inc()
     record = dead_letter(
         source_topic=message.topic,
         partition=message.partition,
         offset=message.offset,
         key=message.key,
         value=value if value is not None else message.value,
-        code=INTERNAL_ERROR,
+        code=RejectCode.INTERNAL_ERROR,
         message=f"{stage} failed on this input ({type(error).__name__}); see the worker log",
         at=datetime.now(UTC),
     )

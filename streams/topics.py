@@ -21,13 +21,49 @@ USAGE_COMMAND_RESULTS = "usage.command-results"
 
 
 @dataclass(frozen=True, slots=True)
+class Topic:
+    """One topic as meterwatch declares it. ``attribute`` names it in ``TopicNames`` and
+    ``Channels``; ``name`` is the contract's name (carrying the prefix) or, for an internal
+    topic, its suffix (carrying the prefix and the app id)."""
+
+    attribute: str
+    name: str
+    # Inputs may be created by their producers with any partition count; internal topics must
+    # have ours, because the tables are co-partitioned with them.
+    internal: bool = False
+    compacted: bool = False
+    # Read by Faust's consumer, so its lag is sampled into meterwatch_consumer_lag.
+    lag_watched: bool = False
+
+    def full_name(self, settings: Settings) -> str:
+        return settings.internal_topic(self.name) if self.internal else settings.topic(self.name)
+
+
+TOPICS = (
+    # usage.events is read by the ingest stage's own consumer, whose lag it reports itself.
+    Topic("usage_events", USAGE_EVENTS),
+    Topic("usage_control", USAGE_CONTROL, lag_watched=True),
+    # Every workspace's accepted events and commands, in one ordered stream per workspace.
+    Topic("workspace_inbox", "workspace-inbox", internal=True, lag_watched=True),
+    # Each workspace's latest usage, to the partition that owns its contract.
+    Topic("contract_inbox", "contract-inbox", internal=True, lag_watched=True),
+    # Alerts and Fin transitions to mail, with their recipients, keyed by their id.
+    Topic("mail_requests", "mail-requests", internal=True, lag_watched=True),
+    Topic("alerts", USAGE_ALERTS),
+    # The latest transition per workspace is its current state, so keep it forever.
+    Topic("limits", USAGE_LIMITS, compacted=True),
+    Topic("notifications", USAGE_NOTIFICATIONS),
+    Topic("dead_letter", USAGE_DEAD_LETTER),
+    Topic("command_results", USAGE_COMMAND_RESULTS),
+)
+
+
+@dataclass(frozen=True, slots=True)
 class TopicSpec:
     name: str
     partitions: int
     compacted: bool = False
     retention_ms: int | None = None
-    # Inputs may be created by their producers with any partition count; internal topics must
-    # have ours, because the tables are co-partitioned with them.
     internal: bool = False
 
     def config(self) -> dict[str, str]:
@@ -39,49 +75,29 @@ class TopicSpec:
 
 @dataclass(frozen=True, slots=True)
 class TopicNames:
+    """The full name of every topic in ``TOPICS``, by its attribute."""
+
     usage_events: str
     usage_control: str
+    workspace_inbox: str
+    contract_inbox: str
+    mail_requests: str
     alerts: str
     limits: str
     notifications: str
     dead_letter: str
     command_results: str
-    workspace_inbox: str
-    contract_inbox: str
-    mail_requests: str
 
     @classmethod
     def for_settings(cls, settings: Settings) -> TopicNames:
-        return cls(
-            usage_events=settings.topic(USAGE_EVENTS),
-            usage_control=settings.topic(USAGE_CONTROL),
-            alerts=settings.topic(USAGE_ALERTS),
-            limits=settings.topic(USAGE_LIMITS),
-            notifications=settings.topic(USAGE_NOTIFICATIONS),
-            dead_letter=settings.topic(USAGE_DEAD_LETTER),
-            command_results=settings.topic(USAGE_COMMAND_RESULTS),
-            # Every workspace's accepted events and commands, in one ordered stream per workspace.
-            workspace_inbox=settings.internal_topic("workspace-inbox"),
-            # Each workspace's latest usage, to the partition that owns its contract.
-            contract_inbox=settings.internal_topic("contract-inbox"),
-            # Alerts and Fin transitions to mail, with their recipients, keyed by their id.
-            mail_requests=settings.internal_topic("mail-requests"),
-        )
+        return cls(**{topic.attribute: topic.full_name(settings) for topic in TOPICS})
+
+    def lag_watched(self) -> frozenset[str]:
+        return frozenset(getattr(self, topic.attribute) for topic in TOPICS if topic.lag_watched)
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
-    names = TopicNames.for_settings(settings)
-    n = settings.partitions
     return [
-        TopicSpec(names.usage_events, n),
-        TopicSpec(names.usage_control, n),
-        TopicSpec(names.alerts, n),
-        # The latest transition per workspace is its current state, so keep it forever.
-        TopicSpec(names.limits, n, compacted=True),
-        TopicSpec(names.notifications, n),
-        TopicSpec(names.dead_letter, n),
-        TopicSpec(names.command_results, n),
-        TopicSpec(names.workspace_inbox, n, internal=True),
-        TopicSpec(names.contract_inbox, n, internal=True),
-        TopicSpec(names.mail_requests, n, internal=True),
+        TopicSpec(topic.full_name(settings), settings.partitions, compacted=topic.compacted, internal=topic.internal)
+        for topic in TOPICS
     ]

@@ -41,10 +41,10 @@ from ..core.metering import (
     count_reading,
 )
 from ..core.periods import LATE_EVENT_GRACE, MAX_FUTURE_SKEW, BillingCycle, BillingPeriod, event_time_rejection
+from ..core.rejections import RejectCode
 from ..core.workspace import WorkspaceState
 from ..models.commands import MAX_AMOUNT
 from ..models.outputs import dead_letter
-from ..models.usage_event import RejectCode
 from . import commands, fin
 from .alerting import alert_record, apply_alert_settings, judge_change
 from .contracts import CONTRACT_OTHERS, contacts_message, report_message, take_contract_others

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
+from dataclasses import fields
 from types import SimpleNamespace
 
 import orjson
@@ -17,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from meterwatch.config import ProcessingGuarantee, load_settings
 from meterwatch.core.dedupe import FirstSeen
-from meterwatch.streams.app import create_app
+from meterwatch.streams.app import Channels, create_app
 from meterwatch.streams.durable_table import (
     HEAD_MARK,
     VALUE_PART_BYTES,
@@ -27,6 +28,7 @@ from meterwatch.streams.durable_table import (
     split_value,
 )
 from meterwatch.streams.seen_ids_table import CHUNK_KEY_PREFIX, pack_chunk
+from meterwatch.streams.topics import TOPICS, TopicNames, topic_specs
 
 
 def build(environ: dict[str, str]):  # type: ignore[no-untyped-def]
@@ -88,6 +90,28 @@ def test_every_name_carries_the_prefix_and_app_id() -> None:
         assert table.partitions == 12
     assert mw.names.usage_events == "eu.usage.events"
     assert mw.names.workspace_inbox == "eu.billing-workspace-inbox"
+
+
+def test_every_declared_topic_has_its_name_channel_and_spec() -> None:
+    mw = build({"METERWATCH_TOPIC_PREFIX": "eu.", "METERWATCH_APP_ID": "billing", "METERWATCH_PARTITIONS": "12"})
+    specs = {spec.name: spec for spec in topic_specs(mw.settings)}
+    assert [field.name for field in fields(TopicNames)] == [topic.attribute for topic in TOPICS]
+    assert [field.name for field in fields(Channels)] == [topic.attribute for topic in TOPICS]
+    assert len(specs) == len(TOPICS)
+    for topic in TOPICS:
+        name = getattr(mw.names, topic.attribute)
+        channel = getattr(mw.channels, topic.attribute)
+        assert channel.get_topic_name() == name
+        assert name == (f"eu.billing-{topic.name}" if topic.internal else f"eu.{topic.name}")
+        assert (specs[name].partitions, specs[name].internal) == (12, topic.internal)
+        assert specs[name].config()["cleanup.policy"] == ("compact" if topic.compacted else "delete")
+    assert mw.names.limits in specs and specs[mw.names.limits].compacted
+    assert mw.names.lag_watched() == {
+        "eu.usage.control",
+        "eu.billing-workspace-inbox",
+        "eu.billing-contract-inbox",
+        "eu.billing-mail-requests",
+    }
 
 
 def test_faust_reads_no_environment_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
