@@ -11,10 +11,8 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from types import MappingProxyType
 
+from .metric_kinds import FIN_RESOLUTIONS, SEATS
 from .periods import LATE_EVENT_GRACE, BillingCycle, BillingPeriod
-
-FIN_RESOLUTIONS = "fin_resolutions"
-SEATS = "seats"
 
 _EMPTY: Mapping[date, int] = MappingProxyType({})
 

@@ -11,18 +11,22 @@ import orjson
 from pydantic import AfterValidator, AwareDatetime, BeforeValidator, StringConstraints
 from pydantic_core import PydanticCustomError
 
+from ..core import metric_kinds
+
 
 class Metric(str, enum.Enum):
-    MESSAGES_SENT = "messages_sent"
-    PHONE = "phone"
-    SMS = "sms"
-    WHATSAPP = "whatsapp"
-    EMAIL = "email"
-    FIN_RESOLUTIONS = "fin_resolutions"
-    SEATS = "seats"
+    """The metrics of ``core.metric_kinds``, as the wire's vocabulary."""
+
+    MESSAGES_SENT = metric_kinds.MESSAGES_SENT
+    PHONE = metric_kinds.PHONE
+    SMS = metric_kinds.SMS
+    WHATSAPP = metric_kinds.WHATSAPP
+    EMAIL = metric_kinds.EMAIL
+    FIN_RESOLUTIONS = metric_kinds.FIN_RESOLUTIONS
+    SEATS = metric_kinds.SEATS
 
 
-METRIC_NAMES: frozenset[str] = frozenset(m.value for m in Metric)
+METRIC_NAMES: frozenset[str] = frozenset(metric_kinds.METRIC_KINDS)
 
 # Identifiers reach mail headers and topic keys: printable, no control characters.
 _IDENTIFIER = r"^[^\x00-\x1f\x7f-\x9f]+$"

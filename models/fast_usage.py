@@ -20,6 +20,7 @@ from datetime import UTC, date, datetime
 
 import orjson
 
+from ..core.metric_kinds import SEATS
 from .common import METRIC_NAMES
 
 # workspace_id, event_id, metric, quantity, occurred_at (UTC, isoformat), conversation_id
@@ -29,7 +30,6 @@ MAX_BATCH = 1_000
 MAX_ABS_QUANTITY = 2**53 - 1
 _MAX_EVENT_ID = 128
 _MAX_IDENTIFIER = 256
-_SEATS = "seats"
 _FIN = "fin_resolutions"
 
 # Control characters (C0, DEL, C1), as the identifiers' pattern in models/common.py; and lone
@@ -86,7 +86,7 @@ def _row(item: dict) -> Row | None:
     if type(metric) is not str or metric not in METRIC_NAMES:
         return None
     conversation_id = get("conversation_id")
-    if metric == _SEATS:
+    if metric == SEATS:
         if quantity < 0:
             return None
     elif quantity == 0:

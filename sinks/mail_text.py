@@ -23,17 +23,10 @@ from email.utils import format_datetime, parseaddr
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from ..core.metric_kinds import METRIC_KINDS
+
 log = logging.getLogger(__name__)
 
-METRIC_TITLES = {
-    "messages_sent": "Messages sent",
-    "phone": "Phone",
-    "sms": "SMS",
-    "whatsapp": "WhatsApp",
-    "email": "Email",
-    "fin_resolutions": "Fin AI Agent resolutions",
-    "seats": "Seats",
-}
 _FIN_REASONS = {
     "limit_reached": "its resolutions this billing period reached the limit you set",
     "limit_lowered": "the limit was lowered to or below the resolutions already used this period",
@@ -171,7 +164,10 @@ def compose_fin_disabled_mail(transition: Mapping[str, Any], recipients: Iterabl
 
 
 def metric_title(metric: Any) -> str:
-    return METRIC_TITLES.get(metric, one_line(metric) or "usage") if isinstance(metric, str) else "usage"
+    if not isinstance(metric, str):
+        return "usage"
+    kind = METRIC_KINDS.get(metric)
+    return kind.title if kind is not None else one_line(metric) or "usage"
 
 
 def period_text(start: Any, end: Any, zone: Any = None) -> str:

@@ -9,12 +9,14 @@ The page itself is routed to the owner too, which answers 404 for a workspace it
 from __future__ import annotations
 
 import hashlib
+import json
 from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from faust.web import Request, Response, View
 
+from ..core.metric_kinds import METRIC_KINDS
 from .codec import decode_workspace
 
 if TYPE_CHECKING:
@@ -62,11 +64,13 @@ def register(mw: Meterwatch) -> None:
     assets = {name: (STATIC / name).read_text(encoding="utf-8") for name in ASSETS}
     version = hashlib.sha256("".join(assets.values()).encode()).hexdigest()[:12]
     template = (STATIC / "usage.html").read_text(encoding="utf-8")
+    metrics = json.dumps({name: [kind.title, kind.description] for name, kind in METRIC_KINDS.items()})
 
     def page(html: str, workspace_id: str) -> str:
         return (
             html.replace("{{csp}}", escape(CSP))
             .replace("{{version}}", version)
+            .replace("{{metrics}}", escape(metrics, quote=True))
             .replace("{{workspace}}", escape(workspace_id, quote=True))
         )
 

@@ -10,15 +10,8 @@
   const workspace = document.body.dataset.workspace;
   const api = "../../usage/" + encodeURIComponent(workspace);
 
-  const METRICS = {
-    messages_sent: ["Messages sent", "Proactive messages sent to your customers."],
-    phone: ["Phone", "Phone calls through your workspace."],
-    sms: ["SMS", "SMS messages sent and received."],
-    whatsapp: ["WhatsApp", "WhatsApp messages sent and received."],
-    email: ["Emails", "Emails sent from your workspace."],
-    fin_resolutions: ["Fin AI Agent resolutions", "Conversations Fin AI Agent resolved."],
-    seats: ["Seats", "Teammate seats in use each day."],
-  };
+  // name -> [title, description], from the worker's table of metrics (core/metric_kinds.py)
+  const METRICS = JSON.parse(document.body.dataset.metrics || "{}");
   const COLORS = { usage: "#1f6f5c", contracted: "#0550ae", alert: "#a63c00", scheduled: "#57606a", limit: "#b3152a" };
 
   const count = new Intl.NumberFormat("en");

@@ -96,7 +96,7 @@ def test_a_contract_scope_alert_speaks_of_the_contract_and_its_included_quantity
 @pytest.mark.parametrize(
     ("metric", "title"),
     [("messages_sent", "Messages sent"), ("fin_resolutions", "Fin AI Agent resolutions"), ("phone", "Phone"),
-     ("email", "Email"), ("sms", "SMS"), ("whatsapp", "WhatsApp"), ("brand_new_metric", "brand_new_metric")],
+     ("email", "Emails"), ("sms", "SMS"), ("whatsapp", "WhatsApp"), ("brand_new_metric", "brand_new_metric")],
 )  # fmt: skip
 def test_the_subject_uses_the_metrics_human_name(metric: str, title: str) -> None:
     assert (

@@ -10,7 +10,8 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from meterwatch.models.common import Metric
+from meterwatch.core.metric_kinds import METRIC_KINDS
+from meterwatch.models.common import METRIC_NAMES, Metric
 from meterwatch.models.usage_event import RejectCode, UsageEvent, parse_usage_message
 
 ALL_CODES = {value for name, value in vars(RejectCode).items() if name.isupper()}
@@ -408,3 +409,7 @@ def test_a_batch_item_too_deep_to_re_encode_is_dead_lettered_with_the_whole_mess
     accepted, rejected = parse_usage_message(raw)
     assert [e.event_id for e in accepted] == ["e1"]
     assert [(r.code, r.value) for r in rejected] == [("invalid_schema", None)]  # None: the message as sent
+
+
+def test_the_wire_knows_exactly_the_metrics_meterwatch_counts() -> None:
+    assert {metric.value for metric in Metric} == set(METRIC_KINDS) == METRIC_NAMES
