@@ -25,8 +25,8 @@ from meterwatch.core.metering import MetricTally, Reading, WorkspaceUsage, count
 from meterwatch.core.periods import CALENDAR_MONTH_UTC
 from meterwatch.core.workspace import WorkspaceState
 from meterwatch.streams.codec import decode_workspace, encode_workspace
-from meterwatch.streams.fin import period_tick_due
-from meterwatch.streams.timers import PeriodTickIndex
+from meterwatch.streams.pipeline.fin import period_tick_due
+from meterwatch.streams.pipeline.period_timer import PeriodTickIndex
 
 NOW = datetime(2026, 11, 29, 12, tzinfo=UTC)
 PERIOD = CALENDAR_MONTH_UTC.period_containing(NOW)

@@ -7,7 +7,7 @@ Each line of the input is ``[process …;[process …;]][thread (0x..);]frame;fr
 writes it. A sample whose leaf is a wait in select/epoll (an event loop with nothing to do) or a
 lock/condition wait is idle. Faust runs the Kafka consumer in a thread of its own (mode
 ServiceThread); the main thread runs the agents, the producer and the web server. Stage one runs
-in a child process (``meterwatch.streams.ingest_process``), summarised on its own. Percentages are
+in a child process (``meterwatch.streams.pipeline.ingest_process``), summarised on its own. Percentages are
 of the thread's samples.
 """
 

@@ -6,7 +6,7 @@ thread that allocates, up to 8 per core) for reuse, and returns it to the system
 top of a heap; so a worker's RSS would keep climbing while the memory it actually uses stays
 flat. Here the worker uses at most two arenas, and the free pages inside them are handed back
 every 2 s (``malloc_trim``, which also releases whole free pages in the middle of a heap;
-``streams/observability.py``). Elsewhere than on glibc these are no-ops.
+``streams/http/metrics_endpoint.py``). Elsewhere than on glibc these are no-ops.
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ def logging_config(level: str, fmt: str) -> dict[str, Any]:
         "root": {"handlers": ["stderr"], "level": level},
         # Faust and aiokafka are chatty at INFO; their warnings still show.
         # FAUST_SERVICES_LOG carries the Starting.../Stopping... lines of meterwatch's own Faust
-        # services; streams.lifecycle says what matters in one line each.
+        # services; streams.runtime.rebalance_log says what matters in one line each.
         "loggers": {
             name: {"level": "WARNING" if level != "DEBUG" else "INFO"}
             for name in (

@@ -31,8 +31,8 @@ class StartupError(RuntimeError):
 
 async def prepare(settings: Settings, bootstrap: str) -> ProcessingGuarantee:
     """Wait for the broker, choose the guarantee and create the topics."""
-    from .streams.admin import TopicLayoutError, ensure_topics
-    from .streams.kafka_client import client_options
+    from .streams.runtime.kafka_client import client_options
+    from .streams.runtime.topic_admin import TopicLayoutError, ensure_topics
     from .streams.topics import topic_specs
 
     try:
@@ -51,7 +51,7 @@ async def choose_guarantee(settings: Settings, bootstrap: str) -> ProcessingGuar
     wanted = settings.processing_guarantee or ProcessingGuarantee.EXACTLY_ONCE
     if wanted is ProcessingGuarantee.AT_LEAST_ONCE:
         return wanted
-    from .streams.kafka_client import client_options
+    from .streams.runtime.kafka_client import client_options
 
     # aiokafka logs the broker's refusal as an error; here it is an answer, reported below.
     sender_log = logging.getLogger("aiokafka.producer.sender")

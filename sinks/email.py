@@ -48,7 +48,7 @@ class MailSender(Protocol):
 
 # The longest one SMTP transaction may take, from connecting to the server's answer to the mail;
 # past it the attempt has failed for now and is retried. A rebalance waits this long for the
-# transactions under way (streams/mailing.py), so none is still running once its mail's
+# transactions under way (streams/pipeline/mailing.py), so none is still running once its mail's
 # partition has a new owner.
 SMTP_TRANSACTION_SECONDS = 20.0
 

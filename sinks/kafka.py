@@ -31,7 +31,7 @@ class TopicPublisher:
         # fails when the send fails, and one nobody holds is logged by asyncio as an ERROR.
         message = channel.as_future_message(key=key.encode() if key is not None else None, value=value)
         await channel.publish_message(message)
-        # flush() raises a failed send; a batch given up before its flush (streams/fencing.py)
+        # flush() raises a failed send; a batch given up before its flush (streams/runtime/fencing.py)
         # leaves it unawaited, and it is no news then.
         message.add_done_callback(retrieve_exception)
         self._pending.append(message)

@@ -9,12 +9,11 @@ from pathlib import Path
 import faust
 
 from ..config import ProcessingGuarantee, Settings
-from .commit_gate import CommitGate
-from .consumer import CommittedOrBeginningConsumer
+from . import runtime
+from .http.routing import RawKeyRouter
 from .metrics import Metrics
-from .recovery import RebalanceSafeTableManager
-from .routing import RawKeyRouter
-from .tables import Tables, declare_tables
+from .runtime.commit_gate import CommitGate
+from .runtime.tables import Tables, declare_tables
 from .topics import TOPICS, TopicNames
 
 
@@ -47,7 +46,7 @@ class Meterwatch:
     commit_gate: CommitGate
 
 
-# Four count batches (streams/counting.py, BATCH_MESSAGES) ahead.
+# Four count batches (streams/pipeline/counting.py, BATCH_MESSAGES) ahead.
 STREAM_BUFFER_RECORDS = 256
 
 
@@ -73,7 +72,7 @@ def create_app(
         # The embedded broker (Tansu) reports a changelog's end short of its high watermark (one
         # past the first offset of its last batch), which Faust's RocksDB check takes for deleted
         # data and refuses to start; recovery reads the changelog from the persisted offset to its
-        # last record all the same (streams/consumer.py, records_end).
+        # last record all the same (streams/runtime/consumer.py, records_end).
         recovery_consistency_check=False,
         web_port=settings.web_port,
         web_bind=settings.web_bind,
@@ -89,37 +88,32 @@ def create_app(
         key_serializer="raw",
         value_serializer="raw",
         Router=RawKeyRouter,
-        TableManager=RebalanceSafeTableManager,
         # Faust would otherwise read its own variables (WEB_PORT, BROKER, ...) over these; on
         # Kubernetes a Service named "web" sets WEB_PORT=tcp://... and the worker crashed.
         env={},
+        **runtime.app_options(),
     )
-    app.transport.Consumer = CommittedOrBeginningConsumer
-    commit_gate = CommitGate()
-    if guarantee is ProcessingGuarantee.EXACTLY_ONCE:
-        from .transactions import install
-
-        install(app, commit_gate)
+    commit_gate = runtime.install(app, guarantee)
     names = TopicNames.for_settings(settings)
     channels = _declare_channels(app, names, settings)
     tables = declare_tables(app, settings)
     built = Meterwatch(app, settings, bootstrap, guarantee, names, channels, tables, metrics or Metrics(), commit_gate)
 
     # Imported here so that each module registers its own agents or views on this app only.
-    from . import contracts, control, counting, fencing, ingest, lifecycle, mailing, observability, timers, ui, web
+    from .http import metrics_endpoint, usage_api, usage_page
+    from .pipeline import contracts, counting, ingest, mailing, period_timer, route_commands
 
     # Counting tells the period timer what it writes, so the timer need not decode it again.
-    ticks = timers.PeriodTickIndex()
+    ticks = period_timer.PeriodTickIndex()
     ingest.register(built)
-    control.register(built)
+    route_commands.register(built)
     counting.register(built, ticks)
     contracts.register(built)
-    web.register(built)
-    ui.register(built)
-    observability.register(built)
-    lifecycle.register(built)
-    fencing.register(built)
-    timers.register(built, ticks)
+    usage_api.register(built)
+    usage_page.register(built)
+    metrics_endpoint.register(built)
+    runtime.register(built)
+    period_timer.register(built, ticks)
     mailing.register(built)
     return built
 

@@ -1,5 +1,5 @@
 """Fault suite: a worker whose transactions are taken over (fenced) gives up its work in
-hand, rejoins and carries on exactly, instead of exiting (streams/fencing.py; CONTRACT 4).
+hand, rejoins and carries on exactly, instead of exiting (streams/runtime/fencing.py; CONTRACT 4).
 
 The test plays the worker that took over: it opens a transactional producer under each of the
 worker's transactional ids, as the new owner of its partitions would after a rebalance the

@@ -120,7 +120,9 @@ async def test_stage_one_runs_beside_the_worker_and_a_dead_one_takes_the_worker_
     sent meanwhile, and nothing twice."""
     bootstrap, events_topic, _ = topics(deployment)
     assert running_worker.process is not None
-    stage_one = [p for p in children_of(running_worker.process.pid) if "meterwatch.streams.ingest_process" in p.command]
+    stage_one = [
+        p for p in children_of(running_worker.process.pid) if "meterwatch.streams.pipeline.ingest_process" in p.command
+    ]
     assert len(stage_one) == 1, children_of(running_worker.process.pid)
     before = [event("ws-stage-one", "sms", 2) for _ in range(50)]
     await produce(bootstrap, events_topic, [(b"ws-stage-one", e) for e in before])

@@ -13,9 +13,9 @@ from typing import Any
 
 import orjson
 from meterwatch.streams.codec import decode_workspace
-from meterwatch.streams.inbox import EVENT_ID, METRIC, WORKSPACE
-from meterwatch.streams.seen_ids_table import unpack_chunk
-from meterwatch.streams.workspace_step import KEY_SEPARATOR
+from meterwatch.streams.pipeline.inbox import EVENT_ID, METRIC, WORKSPACE
+from meterwatch.streams.pipeline.workspace_step import KEY_SEPARATOR
+from meterwatch.streams.runtime.seen_ids_table import unpack_chunk
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.kafka_io import committed_offsets, read_all, read_records

@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import pytest
 from aiokafka.errors import IllegalOperation, KafkaTimeoutError, ProducerFenced
 from faust.exceptions import ProducerSendError
-from meterwatch.streams.batches import handle_batch
-from meterwatch.streams.commit_gate import CommitGate
-from meterwatch.streams.fencing import is_lost_transaction
 from meterwatch.streams.metrics import Metrics
+from meterwatch.streams.runtime.batches import handle_batch
+from meterwatch.streams.runtime.commit_gate import CommitGate
+from meterwatch.streams.runtime.fencing import is_lost_transaction
 
 
 async def test_a_commit_waits_for_the_batches_in_flight() -> None:

@@ -11,8 +11,8 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.consumer.fetcher import OffsetResetStrategy
 from aiokafka.consumer.subscription_state import SubscriptionState
-from meterwatch.streams import consumer as consumer_module
-from meterwatch.streams.consumer import commit_before_handover, has_position, seek_to_committed_or_beginning
+from meterwatch.streams.runtime import consumer as consumer_module
+from meterwatch.streams.runtime.consumer import commit_before_handover, has_position, seek_to_committed_or_beginning
 
 EVENTS = [TopicPartition("t.usage.events", n) for n in range(4)]
 CHANGELOG = TopicPartition("t.app-workspaces-changelog", 0)
@@ -99,7 +99,7 @@ async def test_a_commit_held_up_does_not_hold_up_the_rebalance(
 async def test_the_broker_holds_an_empty_fetch_a_tenth_of_a_second_not_faust_s_one_and_a_half(guarantee: str) -> None:
     from meterwatch.config import ProcessingGuarantee, load_settings
     from meterwatch.streams.app import create_app
-    from meterwatch.streams.ingest_kafka import new_consumer
+    from meterwatch.streams.pipeline.ingest_kafka import new_consumer
 
     mw = create_app(load_settings({}), "127.0.0.1:9092", ProcessingGuarantee(guarantee))
     thread = mw.app.consumer._thread

@@ -1,5 +1,5 @@
 """A worker fenced off by another gives up its work in hand and rebuilds its tables, instead of
-exiting (streams/fencing.py)."""
+exiting (streams/runtime/fencing.py)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from faust.streams import current_event
 from faust.types import TP
 from meterwatch.config import ProcessingGuarantee, load_settings
 from meterwatch.streams.app import create_app
-from meterwatch.streams.commit_gate import CommitGate
-from meterwatch.streams.fencing import forget_local_state
-from meterwatch.streams.partition_context import acting_for
-from meterwatch.streams.transactions import SourcePartitionTransactions
+from meterwatch.streams.runtime.commit_gate import CommitGate
+from meterwatch.streams.runtime.fencing import forget_local_state
+from meterwatch.streams.runtime.partition_context import acting_for
+from meterwatch.streams.runtime.transactions import SourcePartitionTransactions
 
 EVENTS_0, EVENTS_1 = TP("t.usage.events", 0), TP("t.usage.events", 1)
 
@@ -104,7 +104,7 @@ def test_forgetting_local_state_empties_the_memory_tables_and_rereads_every_chan
 
     assert dict(workspaces.data) == {} and dict(workspaces._key_partition) == {}
     assert dict(mw.tables.mails_sent.data.data) == {}
-    # With no offset recorded, recovery reads the changelog from its start (streams/recovery.py).
+    # With no offset recorded, recovery reads the changelog from its start (streams/runtime/recovery.py).
     assert recovery.active_offsets == Counter() and recovery.standby_offsets == Counter()
 
 
@@ -228,7 +228,7 @@ async def test_put_many_writes_the_store_and_sends_the_records_faust_would(guara
 
 
 async def test_put_many_splits_records_into_batches_the_broker_accepts() -> None:
-    from meterwatch.streams.durable_table import CHANGELOG_BATCH_BYTES
+    from meterwatch.streams.runtime.durable_table import CHANGELOG_BATCH_BYTES
 
     mw = create_app(load_settings({}), "127.0.0.1:9092", ProcessingGuarantee.AT_LEAST_ONCE)
     table = mw.tables.workspaces
@@ -244,7 +244,7 @@ async def test_put_many_splits_records_into_batches_the_broker_accepts() -> None
 
 
 async def test_put_many_refused_by_a_fenced_producer_fails_at_wait_for_writes() -> None:
-    from meterwatch.streams.fencing import is_lost_transaction
+    from meterwatch.streams.runtime.fencing import is_lost_transaction
 
     mw = create_app(load_settings({}), "127.0.0.1:9092", ProcessingGuarantee.EXACTLY_ONCE)
     table = mw.tables.workspaces

@@ -6,7 +6,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from meterwatch.models.outputs import MAX_DEAD_LETTER_BYTES
-from meterwatch.streams.inbox import EVENTS_PER_MESSAGE, MAX_RECORD_BYTES, ORIGIN, RowPacker, legacy_rows
+from meterwatch.streams.pipeline.inbox import EVENTS_PER_MESSAGE, MAX_RECORD_BYTES, ORIGIN, RowPacker, legacy_rows
 
 BROKER_LIMIT = 1_000_000  # the broker's and producer's default record limit, less headroom
 

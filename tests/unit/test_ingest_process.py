@@ -7,9 +7,9 @@ import types
 
 import orjson
 from meterwatch.config import load_settings
-from meterwatch.streams import ingest
-from meterwatch.streams.ingest_process import IngestProcess, RecordedMetrics, Updates
 from meterwatch.streams.metrics import Metrics
+from meterwatch.streams.pipeline import ingest
+from meterwatch.streams.pipeline.ingest_process import IngestProcess, RecordedMetrics, Updates
 from prometheus_client import generate_latest
 
 

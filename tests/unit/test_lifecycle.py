@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 from faust.types import TP
-from meterwatch.streams.lifecycle import partitions_summary, records_behind
+from meterwatch.streams.runtime.rebalance_log import partitions_summary, records_behind
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 from faust.types import TP
-from meterwatch.streams.recovery import (
+from meterwatch.streams.runtime.recovery import (
     NOTHING_READ,
     RebalanceSafeRecovery,
     seek_targets,

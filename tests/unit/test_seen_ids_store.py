@@ -1,5 +1,5 @@
 """The dedupe store's databases under one memory budget, and their ids kept by Kafka time
-(streams/seen_ids_store.py)."""
+(streams/runtime/seen_ids_store.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import rocksdict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from meterwatch.core.dedupe import FirstSeen, decode_first_seen, encode_first_seen, is_repeat
-from meterwatch.streams.seen_ids_store import LAYOUT, LAYOUT_KEY, IdSegments, SharedCacheRocksDBOptions
+from meterwatch.streams.runtime.seen_ids_store import LAYOUT, LAYOUT_KEY, IdSegments, SharedCacheRocksDBOptions
 from rocksdict import WriteBatch
 
 KIB = 1024

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import orjson
 from hypothesis import given
 from hypothesis import strategies as st
-from meterwatch.streams.seen_ids_table import (
+from meterwatch.streams.runtime.seen_ids_table import (
     CHUNK_KEY_PREFIX,
     MAX_CHUNK_BYTES,
     pack_chunk,

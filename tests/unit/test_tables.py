@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from meterwatch.config import ProcessingGuarantee, load_settings
 from meterwatch.core.dedupe import FirstSeen
 from meterwatch.streams.app import Channels, create_app
-from meterwatch.streams.durable_table import (
+from meterwatch.streams.runtime.durable_table import (
     HEAD_MARK,
     VALUE_PART_BYTES,
     MissingValuePart,
@@ -27,7 +27,7 @@ from meterwatch.streams.durable_table import (
     part_keys,
     split_value,
 )
-from meterwatch.streams.seen_ids_table import CHUNK_KEY_PREFIX, pack_chunk
+from meterwatch.streams.runtime.seen_ids_table import CHUNK_KEY_PREFIX, pack_chunk
 from meterwatch.streams.topics import TOPICS, TopicNames, topic_specs
 
 

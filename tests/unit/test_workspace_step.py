@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from meterwatch.core.dedupe import FirstSeen
 from meterwatch.core.metering import MetricTally, WorkspaceUsage
 from meterwatch.core.workspace import WorkspaceState
-from meterwatch.streams.inbox import RowPacker
-from meterwatch.streams.workspace_step import (
+from meterwatch.streams.pipeline.inbox import RowPacker
+from meterwatch.streams.pipeline.workspace_step import (
     BatchOutputs,
     CommandMessage,
     Message,

@@ -1,0 +1,121 @@
+"""HTTP: health, the usage API (answered by the worker that owns the workspace's partition)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from faust.web import Request, Response, View
+
+from ...core.contract_usage import ContractUsage
+from ...core.workspace import WorkspaceState
+from ...models.common import METRIC_NAMES
+from ..codec import decode_contract_usage, decode_workspace
+from .usage_view import daily_document, usage_document
+
+if TYPE_CHECKING:
+    from ..app import Meterwatch
+
+
+def register(mw: Meterwatch) -> None:
+    app = mw.app
+    tables = mw.tables
+    usage_table = tables.workspaces
+
+    @app.page("/health")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            state = readiness(mw)
+            body = {"status": state, "processing_guarantee": mw.guarantee.value}
+            failure = mw.commit_gate.failure
+            if state == "failing" and failure is not None:
+                body["reason"] = f"{failure[0]} batch failed: {failure[1]}"
+            return self.json(body, status=200 if state == "consuming" else 503)
+
+    @app.page("/usage/{workspace_id}")
+    class Usage(View):
+        @app.table_route(table=usage_table, match_info="workspace_id")
+        async def get(self, request: Request, workspace_id: str) -> Response:
+            found = _workspace(mw, workspace_id)
+            if found is None:
+                return self.json({"error": "unknown_workspace", "workspace_id": workspace_id}, status=404)
+            now = datetime.now(UTC)
+            contract_usage = None
+            contract = found.profile.contract
+            if contract is not None:
+                summed = await contract_usage_of(mw, contract.contract_id)
+                contract_usage = summed.for_period(found.profile.cycle.period_containing(now))
+            return self.json(usage_document(workspace_id, found, now, contract_usage))
+
+    @app.page("/usage/{workspace_id}/daily")
+    class Daily(View):
+        @app.table_route(table=usage_table, match_info="workspace_id")
+        async def get(self, request: Request, workspace_id: str) -> Response:
+            metric = request.query.get("metric", "")
+            if metric not in METRIC_NAMES:
+                return self.json({"error": "unknown_metric", "metric": metric}, status=400)
+            found = _workspace(mw, workspace_id)
+            if found is None:
+                return self.json({"error": "unknown_workspace", "workspace_id": workspace_id}, status=404)
+            return self.json(daily_document(workspace_id, metric, found, datetime.now(UTC)))
+
+    @app.page("/internal/contract-usage/{contract_id}")
+    class ContractUsageView(View):
+        async def get(self, request: Request, contract_id: str) -> Response:
+            raw = tables.contract_usage.get(contract_id)
+            return self.bytes(raw or b"{}", content_type="application/json")
+
+
+async def contract_usage_of(mw: Meterwatch, contract_id: str) -> ContractUsage:
+    """The contract's usage, from this worker if it owns the contract's partition, else its owner."""
+    table = mw.tables.contract_usage
+    owner = mw.app.router.key_store(table.name, contract_id)
+    here = mw.app.conf.canonical_url
+    if (owner.host, owner.port) == (here.host, here.port):
+        return decode_contract_usage(table.get(contract_id))
+    async with mw.app.http_client.get(f"{owner}/internal/contract-usage/{contract_id}") as response:
+        response.raise_for_status()
+        return decode_contract_usage(await response.read())
+
+
+def _workspace(mw: Meterwatch, workspace_id: str) -> WorkspaceState | None:
+    return decode_workspace(mw.tables.workspaces.get(workspace_id))
+
+
+def readiness(mw: Meterwatch) -> str:
+    """``consuming`` once partitions are assigned and tables recovered; else what it waits for,
+    or ``failing`` while batches fail (streams/runtime/batches.py)."""
+    app = mw.app
+    if not app.started or app.consumer is None:
+        return "starting"
+    if broker_reachable(app) is False:
+        return "broker_unreachable"
+    if mw.commit_gate.failure is not None:
+        return "failing"  # until a batch of the failed stage succeeds
+    # Faust clears ``rebalancing`` only once tables are recovered, so recovery is asked first.
+    recovery = app.tables.recovery
+    if recovery.in_recovery:
+        return "recovering"
+    if app.rebalancing:
+        return "rebalancing"
+    if not recovery.completed.is_set():
+        return "recovering"
+    from ..pipeline.ingest import is_reading  # ingest logs through lifecycle, which imports this module
+
+    if not is_reading(mw):
+        return "starting"  # stage one has not joined its group yet: usage.events is not read
+    return "consuming"
+
+
+def broker_reachable(app: Any) -> bool | None:
+    """Whether the consumer holds an open connection to any broker; None if it cannot be told.
+
+    Faust keeps consuming (and reconnecting) through a broker outage without a state of its
+    own for it, so the consumer's connections are the one honest sign.
+    """
+    try:
+        client = app.consumer._thread._ensure_consumer()._client  # noqa: SLF001 - no public view
+        connections = list(client._conns.values())  # noqa: SLF001
+    except Exception:
+        return None
+    return any(connection.connected() for connection in connections)

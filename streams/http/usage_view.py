@@ -1,0 +1,140 @@
+"""The ``GET /usage`` documents (CONTRACT section 6), built from table values at a given time."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from ...core.alerts import AlertState, roll_to
+from ...core.contract_usage import ContractPeriod
+from ...core.contracts import WorkspaceProfile
+from ...core.costs import estimated_cost, money, prorated_seat_cost
+from ...core.fin_limit import fin_state_by_rule
+from ...core.metering import SEATS, WorkspaceUsage, daily_usage, usage_in
+from ...core.periods import BillingPeriod
+from ...core.workspace import WorkspaceState
+from ...models.common import Metric, iso
+
+
+def usage_document(
+    workspace_id: str,
+    state: WorkspaceState,
+    now: datetime,
+    contract_usage: ContractPeriod | None = None,
+) -> dict[str, Any]:
+    usage, profile = state.usage, state.profile
+    cycle = profile.cycle
+    period = cycle.period_containing(now)
+    contract = profile.contract
+    metrics: dict[str, Any] = {}
+    for metric in Metric:
+        name = metric.value
+        tally = usage.tallies.get(name)
+        price = contract.prices.get(name) if contract else None
+        alert_state = state.alerts.get(name)
+        has_limit = name == Metric.FIN_RESOLUTIONS.value and state.fin is not None
+        if tally is None and price is None and alert_state is None and not has_limit:
+            continue
+        period_tally = tally.for_period(period) if tally else None
+        used = usage_in(tally, period)
+        others = _others_usage(contract_usage, name, workspace_id)
+        entry: dict[str, Any] = {
+            "usage": used,
+            "last_updated": iso(period_tally.last_updated) if period_tally and period_tally.last_updated else None,
+            **_alert_settings(alert_state, period),
+            "estimated_cost": _cost(name, used, usage, profile, period, others),
+            "contract": None,
+        }
+        if contract is not None and contract.included(name) is not None:
+            entry["contract"] = {"usage": used + others, "included": contract.included(name)}
+        if name == Metric.FIN_RESOLUTIONS.value:
+            setting = state.fin.setting if state.fin else None
+            entry["limit"] = None if setting is None else {"limit": setting.limit, "enabled": setting.enabled}
+            entry["fin_state"] = _fin_state_now(state, period)
+        metrics[name] = entry
+    return {
+        "workspace_id": workspace_id,
+        "contract_id": contract.contract_id if contract else None,
+        "period_start": iso(period.start),
+        "period_end": iso(period.end),
+        "metrics": metrics,
+    }
+
+
+def _fin_state_now(state: WorkspaceState, period: BillingPeriod) -> str:
+    fin = state.fin
+    if fin is None:
+        return "enabled"
+    # A period that has ended re-enables Fin; the timer publishes it, the page need not wait.
+    if fin.period is not None and fin.period.start < period.start:
+        return fin_state_by_rule(fin.setting, 0)
+    return fin.state
+
+
+def _alert_settings(alert_state: AlertState | None, period: BillingPeriod) -> dict[str, Any]:
+    if alert_state is None:
+        return {"alert": None, "scheduled_alert": None}
+    rolled = roll_to(alert_state, period)
+    setting, scheduled = rolled.setting, rolled.scheduled
+    return {
+        "alert": None
+        if setting is None
+        else {"threshold": setting.threshold, "early_warnings": setting.early_warnings, "enabled": setting.enabled},
+        "scheduled_alert": None
+        if scheduled is None
+        else {
+            "threshold": scheduled.setting.threshold,
+            "early_warnings": scheduled.setting.early_warnings,
+            "enabled": scheduled.setting.enabled,
+            "effective_from": iso(scheduled.effective_from),
+        },
+    }
+
+
+def _others_usage(contract_usage: ContractPeriod | None, metric: str, workspace_id: str) -> int:
+    """The contract's usage less this workspace's own report (ours is read fresh, theirs as reported)."""
+    if contract_usage is None:
+        return 0
+    return contract_usage.total(metric) - contract_usage.usage_of(metric, workspace_id)
+
+
+def _cost(
+    metric: str, used: int, usage: WorkspaceUsage, profile: WorkspaceProfile, period: BillingPeriod, others: int
+) -> dict[str, str] | None:
+    contract = profile.contract
+    price = contract.prices.get(metric) if contract else None
+    if contract is None or price is None:
+        return None
+    included = contract.included(metric)
+    if metric == SEATS:
+        tally = usage.tally(SEATS).for_period(period)
+        days = profile.cycle.days_in(period)
+        seats_by_day = dict(tally.daily) if tally else {}
+        carried = tally.seats_carried_in if tally else usage_in(usage.tally(SEATS), period)
+        amount = prorated_seat_cost(
+            seats_by_day, days, price.unit_price, carried_in=carried, included=included, others_seats=others
+        )
+    else:
+        amount = estimated_cost(used, price.unit_price, included, others)
+    return {"amount": money(amount), "currency": contract.currency}
+
+
+def daily_document(workspace_id: str, metric: str, state: WorkspaceState, now: datetime) -> dict[str, Any]:
+    usage = state.usage
+    cycle = state.profile.cycle
+    period = cycle.period_containing(now)
+    today = cycle.local_date(now)
+    days = [day for day in cycle.days_in(period) if day <= today]
+    tally = usage.tally(metric).for_period(period)
+    if tally is None:
+        points = [(day, usage_in(usage.tally(metric), period) if metric == SEATS else 0) for day in days]
+    else:
+        points = daily_usage(metric, tally, days)
+    return {
+        "workspace_id": workspace_id,
+        "metric": metric,
+        "period_start": iso(period.start),
+        "period_end": iso(period.end),
+        "cumulative": metric != SEATS,
+        "days": [{"date": day.isoformat(), "usage": n} for day, n in points],
+    }

@@ -1,0 +1,85 @@
+"""Usage alerts for a workspace: applying ``alert_settings`` and turning crossed levels into
+``usage.alerts`` records (CONTRACT 3.3, 5.1). The rules themselves are ``core.alerts``."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+from ...core.alerts import WORKSPACE_SCOPE, AlertSetting, AlertState, LevelReached, alert_id, apply_setting, judge_usage
+from ...core.costs import estimated_cost, money
+from ...core.metering import usage_in
+from ...core.periods import BillingPeriod
+from ...core.workspace import WorkspaceState
+from ...models.common import iso
+from ...models.outputs import command_result
+
+
+def current_period(state: WorkspaceState, metric: str, at: datetime) -> BillingPeriod:
+    """The later of the period containing ``at`` and the one the alert state has reached (an
+    event up to 5 minutes ahead may already have moved it on)."""
+    period = state.profile.cycle.period_containing(at)
+    known = state.alerts.get(metric, AlertState()).period
+    return known if known is not None and known.start > period.start else period
+
+
+def apply_alert_settings(
+    state: WorkspaceState, command: dict[str, Any], at: datetime
+) -> tuple[WorkspaceState, dict[str, Any]]:
+    metric = command["metric"]
+    setting = AlertSetting(command["threshold"], command["early_warnings"], command["enabled"])
+    period = current_period(state, metric, at)
+    usage_now = usage_in(state.usage.tallies.get(metric), period)
+    next_start = state.profile.cycle.next_period(period).start
+    alert_state, outcome = apply_setting(state.alerts.get(metric, AlertState()), setting, usage_now, period, next_start)
+    alerts = MappingProxyType({**state.alerts, metric: alert_state})
+    result = command_result(command["command_id"], outcome.status, effective_from=outcome.effective_from)
+    return replace(state, alerts=alerts), result
+
+
+def judge_change(
+    state: WorkspaceState, metric: str, before: int, after: int, period: BillingPeriod
+) -> tuple[WorkspaceState, LevelReached | None]:
+    current = state.alerts.get(metric)
+    if current is None:
+        return state, None
+    judged, reached = judge_usage(current, before, after, period)
+    if judged is current:
+        return state, reached
+    return replace(state, alerts=MappingProxyType({**state.alerts, metric: judged})), reached
+
+
+def alert_record(
+    state: WorkspaceState, workspace_id: str, metric: str, reached: LevelReached, cause_event_id: str, at: datetime
+) -> dict[str, Any]:
+    contract = state.profile.contract
+    return {
+        "alert_id": alert_id(
+            WORKSPACE_SCOPE, workspace_id, metric, reached.period.start, reached.threshold, reached.level
+        ),
+        "scope": WORKSPACE_SCOPE,
+        "workspace_id": workspace_id,
+        "contract_id": contract.contract_id if contract else None,
+        "metric": metric,
+        "level": reached.level,
+        "threshold": reached.threshold,
+        "usage": reached.usage,
+        "period_start": iso(reached.period.start),
+        "period_end": iso(reached.period.end),
+        "estimated_cost": threshold_cost(state, metric, reached.threshold, reached.period),
+        "recipients": list(state.profile.billing_contacts),
+        "triggered_at": iso(at),
+        "cause_event_id": cause_event_id,
+    }
+
+
+def threshold_cost(state: WorkspaceState, metric: str, quantity: int, period: BillingPeriod) -> dict[str, str] | None:
+    """What reaching ``quantity`` would cost this period: the price shown beside the setting."""
+    contract = state.profile.contract
+    price = contract.prices.get(metric) if contract else None
+    if contract is None or price is None:
+        return None
+    amount = estimated_cost(quantity, price.unit_price, contract.included(metric), state.others_usage(metric, period))
+    return {"amount": money(amount), "currency": contract.currency}

@@ -1,0 +1,54 @@
+"""Applying a workspace's commands, in inbox order, to its profile."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any
+
+from ...core.contracts import ContractTerms, Price, WorkspaceProfile
+from ...core.periods import BillingCycle
+from ...models.outputs import command_result
+
+# Sent by the contract's owner to each workspace that joins or leaves; the subscription itself
+# is answered there, once.
+CONTRACT_TERMS = "contract_terms"
+CONTRACT_LEFT = "contract_left"
+
+
+def apply_to_profile(
+    profile: WorkspaceProfile, workspace_id: str, command: dict[str, Any]
+) -> tuple[WorkspaceProfile, dict[str, Any] | None]:
+    kind = command["type"]
+    if kind == CONTRACT_TERMS:
+        return WorkspaceProfile(contract=contract_terms(command), billing_contacts=profile.billing_contacts), None
+    if kind == CONTRACT_LEFT:
+        if profile.contract is not None and profile.contract.contract_id == command["contract_id"]:
+            return WorkspaceProfile(contract=None, billing_contacts=profile.billing_contacts), None
+        return profile, None
+    if kind == "billing_contacts":
+        # Each address once, in the order given.
+        contacts = tuple(dict.fromkeys(command["emails"]))
+        return WorkspaceProfile(contract=profile.contract, billing_contacts=contacts), command_result(
+            command["command_id"], "applied"
+        )
+    return profile, command_result(
+        command["command_id"], "rejected", reason=f"unsupported_command: {kind} is not handled by this version"
+    )
+
+
+def contract_terms(command: dict[str, Any]) -> ContractTerms:
+    anchor_day = int(command["billing_anchor"][8:10])
+    return ContractTerms(
+        contract_id=command["contract_id"],
+        cycle=BillingCycle(anchor_day, command["timezone"]),
+        currency=command["currency"],
+        prices=MappingProxyType(
+            {
+                metric: Price(Decimal(str(term["unit_price"])), term.get("included"))
+                for metric, term in command.get("prices", {}).items()
+            }
+        ),
+        workspace_ids=tuple(command["workspace_ids"]),
+        messages_included=command.get("messages_included"),
+    )

@@ -1,0 +1,242 @@
+"""Stage two: count each workspace's usage from its inbox, exactly once.
+
+A batch is judged partition by partition: its inbox records are split by workspace, the ids of
+every event are looked up in the dedupe store at once, and each workspace's messages go through
+the pure step (``streams/pipeline/workspace_step.py``) in order; then, once the ids it counted are
+acknowledged, every partition writes its values (each read once and written once a batch) and
+its outputs. A message at or below the workspace's ``applied_through`` was already applied (a
+replay after a crash) and is skipped; an ``event_id`` already counted by another delivery within
+the window is a repeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, NamedTuple
+
+import orjson
+from faust.types import EventT
+
+from ... import collector
+from ...core.dedupe import FirstSeen, decode_first_seen
+from ...core.workspace import WorkspaceState
+from ...sinks.kafka import TopicPublisher
+from ..codec import decode_workspace, encode_workspace
+from ..metrics import observe_ages
+from ..runtime.batches import finish, handle_batch, source_parts
+from ..runtime.partition_context import acting_for
+from .dead_letters import dead_letter_failure
+from .inbox import COMMAND, O_RECEIVED_MS, ROWS, USAGE, legacy_rows
+from .period_timer import PeriodTickIndex
+from .workspace_step import BatchOutputs, CommandMessage, Message, StepConfig, rows_by_workspace, step
+
+if TYPE_CHECKING:
+    from ..app import Meterwatch
+
+log = logging.getLogger(__name__)
+
+# A batch is bounded by inbox records; a record carries up to 1,000 events, and the ingest
+# stage fills records only as far as its own batch goes, so a take of 64 records is a few
+# thousand events when busy and one record when quiet.
+BATCH_MESSAGES = 64
+BATCH_WITHIN_SECONDS = 0.02
+# Decoded values kept in memory, so a busy workspace is not decoded again in every batch. A
+# value is only reused while the table still holds the very bytes it was decoded from.
+DECODED_KEPT = 100_000
+
+
+def register(mw: Meterwatch, ticks: PeriodTickIndex) -> None:
+    decoded = DecodedValues(DECODED_KEPT)
+
+    @mw.app.agent(mw.channels.workspace_inbox, name=f"{mw.settings.group_id}.count_usage")
+    async def count_usage(stream):  # type: ignore[no-untyped-def]
+        async for events in stream.take_events(BATCH_MESSAGES, within=BATCH_WITHIN_SECONDS):
+            await handle_batch(mw, "count", events, lambda mw, events: count_batch(mw, events, decoded, ticks))
+
+
+class DecodedValues:
+    """workspace id -> (the table's bytes, their decoded state), at most ``limit`` of them."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.values: dict[str, tuple[bytes, WorkspaceState]] = {}
+
+    def load(self, workspace_id: str, raw: bytes | None) -> WorkspaceState:
+        if raw is None:
+            return WorkspaceState()
+        kept = self.values.get(workspace_id)
+        if kept is not None and kept[0] is raw:
+            return kept[1]
+        state = decode_workspace(raw) or WorkspaceState()
+        self.keep(workspace_id, raw, state)
+        return state
+
+    def keep(self, workspace_id: str, raw: bytes, state: WorkspaceState) -> None:
+        values = self.values
+        if workspace_id not in values and len(values) >= self.limit:
+            # Drop the oldest tenth: cheaper than an LRU's bookkeeping on every read.
+            for key in list(values)[: self.limit // 10 or 1]:
+                del values[key]
+        values[workspace_id] = (raw, state)
+
+
+async def count_batch(mw: Meterwatch, events: list[EventT], decoded: DecodedValues, ticks: PeriodTickIndex) -> None:
+    """Count a batch in two passes over its partitions, with one wait between them.
+
+    Event ids are remembered before the counts they guard are written: were the counts kept and
+    the ids lost (a crash between the two writes, without transactions), a later copy of an event
+    would be counted again. Every partition is judged and sends its ids first, then the batch
+    waits once for all of them, then every partition writes its counts and outputs: two round
+    trips to the broker a batch, however many partitions it holds."""
+    with mw.metrics.batch_seconds.labels("count").time(), collector.paused():
+        mw.metrics.batch_size.labels("count").observe(len(events))
+        publisher = TopicPublisher()
+        config = StepConfig(
+            window_ms=int(mw.settings.dedupe_window.total_seconds() * 1000),
+            mail_enabled=bool(mw.settings.smtp_host),
+        )
+        judged = []
+        for partition, part in source_parts(events):
+            with acting_for(part[-1]):
+                judged.append(await _judge_part(mw, partition, part, publisher, decoded, config))
+        await mw.tables.seen_event_ids.wait_for_writes()
+        for part in judged:
+            with acting_for(part.events[-1]):
+                await _write_part(mw, part, publisher, decoded, ticks)
+        await finish(mw, publisher)
+
+
+class _JudgedPart(NamedTuple):
+    """One source partition of a batch, judged: the states to write and what to publish."""
+
+    partition: int
+    events: list[EventT]
+    written: list[tuple[str, WorkspaceState]]
+    out: BatchOutputs
+    event_at: dict[int, EventT]  # inbox offset -> its event, for the dead letter of a failure
+
+
+async def _judge_part(
+    mw: Meterwatch,
+    partition: int,
+    part: list[EventT],
+    publisher: TopicPublisher,
+    decoded: DecodedValues,
+    config: StepConfig,
+) -> _JudgedPart:
+    """Run the part's workspaces through the step and send the ids it counted."""
+    by_workspace, keys, since_ms, event_at = await _split_by_workspace(mw, part, publisher)
+    seen = _look_up_seen(mw, partition, keys, since_ms)
+    stored = mw.tables.workspaces.data
+    out = BatchOutputs()
+    written: list[tuple[str, WorkspaceState]] = []
+    for workspace_id, messages in by_workspace.items():
+        state = decoded.load(workspace_id, stored.get(workspace_id))
+        state, applied = step(workspace_id, state, messages, seen, config, out)
+        if applied:
+            written.append((workspace_id, state))
+    mw.tables.seen_event_ids.remember(out.first_seen)
+    return _JudgedPart(partition, part, written, out, event_at)
+
+
+async def _write_part(
+    mw: Meterwatch, part: _JudgedPart, publisher: TopicPublisher, decoded: DecodedValues, ticks: PeriodTickIndex
+) -> None:
+    """Write the part's states and hand its outputs and failures to the sinks."""
+    writes = []
+    for workspace_id, state in part.written:
+        raw = encode_workspace(state)
+        writes.append((workspace_id, raw))
+        decoded.keep(workspace_id, raw, state)
+        ticks.note(workspace_id, raw, state)
+    mw.tables.workspaces.put_many(part.partition, writes)
+    out = part.out
+    channels = mw.channels
+    for output in out.outputs:
+        await publisher.publish(getattr(channels, output.channel), output.key, output.record)
+    for failure in out.failures:
+        await dead_letter_failure(
+            mw,
+            publisher,
+            "count_usage",
+            part.event_at[failure.inbox_offset],
+            failure.error,
+            key=failure.workspace_id,
+            value=failure.value,
+        )
+    _observe(mw, out)
+
+
+_NO_EVENTS = 2**63  # the earliest Kafka time of a part without usage events: later than any
+
+
+async def _split_by_workspace(
+    mw: Meterwatch, part: list[EventT], publisher: TopicPublisher
+) -> tuple[dict[str, list[Message]], list[str], int, dict[int, EventT]]:
+    """The part's messages per workspace in inbox order, the dedupe keys of their events, the
+    earliest Kafka time of those events, and each message's event by offset (for the dead
+    letter of a failure)."""
+    by_workspace: dict[str, list[Message]] = {}
+    keys: list[str] = []
+    since_ms = _NO_EVENTS
+    event_at: dict[int, EventT] = {}
+    for event in part:
+        message = event.message
+        offset = message.offset
+        event_at[offset] = event
+        try:
+            document = orjson.loads(message.value)
+            kind = document["kind"]
+            if kind == COMMAND:
+                workspace_id = message.key.decode()
+                command = CommandMessage(offset, document["command"], document["received_ms"])
+                by_workspace.setdefault(workspace_id, []).append(command)
+                continue
+            if kind == ROWS:
+                rows, origins = document["rows"], document["origins"]
+            elif kind == USAGE:
+                rows, origins = legacy_rows(document, message.key.decode())
+            else:
+                raise ValueError(f"unknown inbox record kind {kind!r:.40}")
+            for origin in origins:
+                if origin[O_RECEIVED_MS] < since_ms:
+                    since_ms = origin[O_RECEIVED_MS]
+            for workspace_id, rows_message in rows_by_workspace(offset, rows, origins, keys).items():
+                by_workspace.setdefault(workspace_id, []).append(rows_message)
+        except Exception as error:
+            await dead_letter_failure(mw, publisher, "count_usage", event, error)
+    return by_workspace, keys, since_ms, event_at
+
+
+def _look_up_seen(mw: Meterwatch, partition: int, keys: list[str], since_ms: int) -> dict[str, FirstSeen | None]:
+    """What the dedupe store knows of ``keys`` (events received at ``since_ms`` or later), in
+    one multi-get per segment of the partition's database."""
+    if not keys:
+        return {}
+    table = mw.tables.seen_event_ids
+    values = table.get_many(partition, keys, since_ms)
+    return {key: decode_first_seen(value) for key, value in zip(keys, values, strict=True) if value is not None}
+
+
+def _observe(mw: Meterwatch, out: BatchOutputs) -> None:
+    """The batch's figures, one metric call per label rather than one per event."""
+    metrics = mw.metrics
+    for metric, n in out.counted.items():
+        metrics.events_counted.labels(metric).inc(n)
+    for code, n in out.rejected.items():
+        metrics.events_rejected.labels(code).inc(n)
+    for level, n in out.alerts.items():
+        metrics.alerts.labels("workspace", level).inc(n)
+    for reason, n in out.transitions.items():
+        metrics.limit_transitions.labels(reason).inc(n)
+    for (kind, status), n in out.commands.items():
+        metrics.commands.labels(kind, status).inc(n)
+    if out.repeated:
+        metrics.events_repeated.inc(out.repeated)
+    if out.replayed:
+        metrics.messages_replayed.inc(out.replayed)
+    if out.occurred:
+        now_ms = int(time.time() * 1000)
+        observe_ages(metrics.processing_delay, now_ms, out.occurred)
+        observe_ages(metrics.pipeline_latency, now_ms, out.received)

@@ -1,0 +1,107 @@
+"""The Fin hard limit for a workspace: feeding the pure state machine (``core.fin_limit``) and
+turning its transitions into ``usage.limits`` and ``usage.notifications`` records."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from ...core.fin_limit import (
+    FinLimitInput,
+    FinState,
+    LimitSetting,
+    PeriodStarted,
+    SettingChanged,
+    Transition,
+    UsageChanged,
+    next_fin_state,
+    should_notify,
+)
+from ...core.metering import FIN_RESOLUTIONS, usage_in
+from ...core.workspace import WorkspaceState
+from ...models.common import iso
+from ...models.outputs import command_result
+
+# The timer's message to a workspace's inbox: "a billing period may have begun".
+PERIOD_TICK = "period_tick"
+_NOTIFICATION_NAMESPACE = uuid.UUID("6f1c2a57-3f0e-5d0b-9a51-4f3a9c2b7e10")
+
+
+def fin_state(state: WorkspaceState, workspace_id: str) -> FinState:
+    return state.fin or FinState.initial(workspace_id)
+
+
+def feed(state: WorkspaceState, workspace_id: str, event: FinLimitInput) -> tuple[WorkspaceState, Transition | None]:
+    updated, transition = next_fin_state(fin_state(state, workspace_id), event)
+    return replace(state, fin=updated), transition
+
+
+def on_usage(
+    state: WorkspaceState, workspace_id: str, usage: int, period: Any, at: datetime
+) -> tuple[WorkspaceState, Transition | None]:
+    return feed(state, workspace_id, UsageChanged(usage, period, at))
+
+
+def on_limit_settings(
+    state: WorkspaceState, workspace_id: str, command: dict[str, Any], at: datetime
+) -> tuple[WorkspaceState, Transition | None, dict[str, Any]]:
+    period = _current_period(state, workspace_id, at)
+    usage = usage_in(state.usage.tallies.get(FIN_RESOLUTIONS), period)
+    setting = LimitSetting(command["limit"], command["enabled"])
+    state, transition = feed(state, workspace_id, SettingChanged(setting, usage, period, at))
+    return state, transition, command_result(command["command_id"], "applied")
+
+
+def on_period_tick(state: WorkspaceState, workspace_id: str, at: datetime) -> tuple[WorkspaceState, Transition | None]:
+    period = state.profile.cycle.period_containing(at)
+    return feed(state, workspace_id, PeriodStarted(period, at))
+
+
+def period_tick_due(state: WorkspaceState) -> datetime | None:
+    """When a new period must re-enable Fin even without events: the end of the period it was
+    disabled in (None while it is enabled)."""
+    fin = state.fin
+    if fin is None or fin.state != "disabled" or fin.period is None:
+        return None
+    return fin.period.end
+
+
+def _current_period(state: WorkspaceState, workspace_id: str, at: datetime) -> Any:
+    period = state.profile.cycle.period_containing(at)
+    known = fin_state(state, workspace_id).period
+    return known if known is not None and known.start > period.start else period
+
+
+def limit_record(workspace_id: str, transition: Transition) -> dict[str, Any]:
+    return {
+        "transition_id": transition.transition_id,
+        "workspace_id": workspace_id,
+        "metric": FIN_RESOLUTIONS,
+        "state": transition.state,
+        "reason": transition.reason,
+        "limit": transition.limit,
+        "usage": transition.usage,
+        "period_start": iso(transition.period.start),
+        "period_end": iso(transition.period.end),
+        "at": iso(transition.at),
+    }
+
+
+def notification_record(workspace_id: str, transition: Transition) -> dict[str, Any] | None:
+    if not should_notify(transition):
+        return None
+    return {
+        "notification_id": str(uuid.uuid5(_NOTIFICATION_NAMESPACE, transition.transition_id)),
+        "workspace_id": workspace_id,
+        "kind": "fin_limit_reached",
+        "title": "Fin AI Agent has been paused",
+        "body": (
+            f"Your workspace reached its limit of {transition.limit} Fin AI Agent resolutions for this billing "
+            f"period ({transition.usage} so far). New and ongoing conversations go to your team until the "
+            "limit is raised or turned off, or the next billing period starts."
+        ),
+        "transition_id": transition.transition_id,
+        "at": iso(transition.at),
+    }

@@ -1,0 +1,287 @@
+"""Email to billing contacts, in its own agent, decoupled from counting (CONTRACT 4, 5.6).
+
+Counting publishes a mail request (the alert or transition record plus its recipients) to an
+internal topic; this agent hands each one to an outbox that sends every mail in a task of its
+own, retrying SMTP failures with backoff and jitter, so a mail that keeps failing holds up no
+other. A mail still failing ``METERWATCH_MAIL_GIVE_UP_AFTER`` after it was requested is given
+up: dead-lettered (``mail_given_up``) and counted. A ledger table keyed by the alert or
+transition id remembers what was settled (sent, failed or given up), so after a restart or a
+rebalance a settled mail is not sent again and an unsettled one is.
+
+A request's offset is acknowledged only once its mail is settled and its ledger entry written,
+so the committed position never passes a mail still being sent. Every rebalance stops every
+send on this worker before the partitions are given up, and forgets them: the requests are
+delivered again from the committed offsets, to whichever worker owns them next.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import faust
+import orjson
+from faust.types import EventT
+
+from ...core.mail_retry import RetryPolicy
+from ...core.rejections import RejectCode
+from ...models.outputs import dead_letter
+from ...sinks.email import (
+    EVERY_RECIPIENT_REFUSED,
+    SMTP_TRANSACTION_SECONDS,
+    MailOutbox,
+    SmtpMailer,
+    smtp_tls_context,
+)
+from ...sinks.kafka import TopicPublisher
+from ...sinks.mail_text import MailCompositionError, compose_alert_mail, compose_fin_disabled_mail
+from ..runtime.batches import by_source_partition, finish
+from ..runtime.commit_gate import acknowledge
+from ..runtime.consumer import before_handover
+from ..runtime.partition_context import acting_for
+from .dead_letters import dead_letter_failure
+
+if TYPE_CHECKING:
+    from email.message import EmailMessage
+
+    from ..app import Meterwatch
+
+log = logging.getLogger(__name__)
+
+ALERT = "alert"
+FIN_DISABLED = "fin_disabled"
+# Mails being sent at once on one worker; the agent waits for room beyond that, so a long
+# outage costs bounded memory (lag on the mail-requests topic grows instead).
+MAX_PENDING_MAILS = 1000
+# At a rebalance, how long the SMTP transactions under way are waited for before the hand-over:
+# longer than one may take, so each has ended, and settled if its mail went through.
+HANDOVER_MAIL_SECONDS = SMTP_TRANSACTION_SECONDS + 1.0
+
+
+def mail_request(kind: str, record: dict[str, Any], recipients: list[str]) -> bytes:
+    return orjson.dumps({"kind": kind, "record": record, "recipients": recipients})
+
+
+def mail_id(kind: str, record: dict[str, Any]) -> str:
+    return record["alert_id"] if kind == ALERT else record["transition_id"]
+
+
+def requested_at(event: EventT) -> datetime:
+    """When the mail was requested: its request's Kafka timestamp, the same for every worker."""
+    timestamp = event.message.timestamp
+    return datetime.fromtimestamp(timestamp, UTC) if timestamp and timestamp > 0 else datetime.now(UTC)
+
+
+def register(mw: Meterwatch) -> None:
+    from ...worker import StartupError
+
+    settings = mw.settings
+    if not settings.smtp_host:
+        return
+    try:
+        mailer = SmtpMailer(settings, tls_context=smtp_tls_context(settings))
+    except ValueError as error:
+        raise StartupError(str(error)) from None
+    mailing = Mailing(mw, mailer)
+    mw.app.sensors.add(StopMailAtRebalance(mailing))
+    before_handover(mw.app, mailing.settle_before_handover)
+
+    @mw.app.on_partitions_revoked.connect
+    async def stop_mail_of_revoked_partitions(app: Any, revoked: Any, **kwargs: Any) -> None:
+        await mailing.stop()
+
+    @mw.app.agent(mw.channels.mail_requests, name=f"{settings.group_id}.mail_billing_contacts")
+    async def mail_billing_contacts(stream):  # type: ignore[no-untyped-def]
+        async for events in stream.take_events(50, within=0.1):
+            await mailing.take(events)
+
+
+class StopMailAtRebalance(faust.Sensor):
+    """Faust calls ``on_rebalance_start`` before it commits and gives up any partition: from then
+    on no SMTP transaction starts; those under way end, and settle, before the commit that
+    precedes the hand-over (``Mailing.settle_before_handover``)."""
+
+    def __init__(self, mailing: Mailing) -> None:
+        super().__init__()
+        self._mailing = mailing
+
+    def on_rebalance_start(self, app: faust.App) -> dict:
+        self._mailing.stop_now()
+        return {}
+
+
+class Mailing:
+    """The mail agent's state on this worker: the outbox and the requests whose mail it sends."""
+
+    def __init__(self, mw: Meterwatch, mailer: SmtpMailer) -> None:
+        self.mw = mw
+        metrics = mw.metrics
+        self.outbox = MailOutbox(
+            mailer,
+            on_sent=self._sent,
+            on_failed=self._failed,
+            on_refused=self._refused,
+            on_given_up=self._given_up,
+            on_retry=lambda key, attempts, why: metrics.email_retries.inc(),
+            policy=RetryPolicy(give_up_after=mw.settings.mail_give_up_after),
+            max_pending=MAX_PENDING_MAILS,
+            may_send=self._may_send,
+        )
+        metrics.mail_backlog.set_function(self.outbox.backlog)
+        # mail id -> the requests for it (more than one when it was requested again meanwhile),
+        # acknowledged together once the mail is settled.
+        self._requests: dict[str, list[EventT]] = {}
+
+    def _may_send(self) -> bool:
+        """No send starts while a rebalance (with its table recovery) runs or after transactions
+        were lost: the partitions may be another worker's by now."""
+        return not self.mw.commit_gate.shut and not self.mw.app.rebalancing
+
+    def _owns(self, event: EventT) -> bool:
+        return self._may_send() and event.message.tp in self.mw.app.consumer.assignment()
+
+    def stop_now(self) -> None:
+        self.outbox.hold()
+
+    async def settle_before_handover(self) -> None:
+        """Let the SMTP transactions under way end and record what they sent, so that the commit
+        before the hand-over covers them; whatever has not settled by then is left to the next
+        owner (unacknowledged, it is read again from the committed offset)."""
+        unsettled = await self.outbox.drain(HANDOVER_MAIL_SECONDS)
+        self._requests.clear()
+        if unsettled:
+            log.info("rebalance: %d mail(s) not settled; they are sent by the partitions' next owner", len(unsettled))
+
+    async def stop(self) -> None:
+        stopped = await self.outbox.stopped()
+        self._requests.clear()
+        if stopped:
+            log.info(
+                "rebalance: %d mail(s) being sent stopped; they are sent by the partitions' next owner", len(stopped)
+            )
+
+    async def take(self, events: list[EventT]) -> None:
+        mw = self.mw
+        async with mw.commit_gate.outside_batches() as admitted:
+            if admitted:
+                publisher = TopicPublisher()
+                for _, part in by_source_partition(events):
+                    for event in part:
+                        if not self._owns(event):
+                            # Delivered again after the rebalance, to this worker or another.
+                            _keep_unacknowledged(event)
+                            continue
+                        try:
+                            await self._take_one(event)
+                        except Exception as error:
+                            await dead_letter_failure(mw, publisher, "mail_billing_contacts", event, error)
+                            acknowledge(mw.app, [event])
+                await finish(mw, publisher)
+
+    async def _take_one(self, event: EventT) -> None:
+        ledger = self.mw.tables.mails_sent
+        request = orjson.loads(event.message.value)
+        key = mail_id(request["kind"], request["record"])
+        if ledger.get(key) is not None:  # settled before a restart or rebalance
+            acknowledge(self.mw.app, [event])
+            return
+        waiting = self._requests.get(key)
+        if waiting is not None:  # requested again while being sent: settled with the first
+            event.message.incref()
+            waiting.append(event)
+            return
+        try:
+            message = self._compose(request)
+        except MailCompositionError as error:
+            self.mw.metrics.emails_failed.labels("composition").inc()
+            log.warning("mail not sent: %s", error)
+            await ledger.write(key, b"failed: composition")
+            acknowledge(self.mw.app, [event])
+            return
+        await self.outbox.wait_for_room()
+        if not self._owns(event):
+            _keep_unacknowledged(event)
+            return
+        # One more reference: take_events' own acknowledgement of the batch is then not the
+        # last, and the offset stays uncommitted until the mail is settled.
+        event.message.incref()
+        self._requests[key] = [event]
+        self.outbox.put(key, message, requested_at(event))
+
+    def _compose(self, request: dict[str, Any]) -> EmailMessage:
+        sender = self.mw.settings.smtp_from
+        if request["kind"] == ALERT:
+            return compose_alert_mail(request["record"], sender=sender)
+        return compose_fin_disabled_mail(request["record"], request["recipients"], sender=sender)
+
+    async def _sent(self, key: str) -> None:
+        self.mw.metrics.emails_sent.inc()
+        await self._settle(key, b"sent")
+
+    async def _failed(self, key: str, reason: str) -> None:
+        if not reason.startswith(EVERY_RECIPIENT_REFUSED):  # those are counted as `refused`
+            self.mw.metrics.emails_failed.labels("permanent").inc()
+        await self._settle(key, b"failed: permanent")
+
+    def _refused(self, key: str, refused: Mapping[str, str]) -> None:
+        self.mw.metrics.emails_failed.labels("refused").inc(len(refused))
+        log.warning("SMTP server refused %d recipient(s) of mail %r; they are not retried", len(refused), key)
+
+    async def _given_up(self, key: str, reason: str) -> None:
+        self.mw.metrics.emails_failed.labels("given_up").inc()
+        await self._settle(key, b"failed: given up", given_up=reason)
+
+    async def _settle(self, key: str, outcome: bytes, given_up: str | None = None) -> None:
+        """Record the outcome in the ledger (and dead-letter a mail given up), then acknowledge
+        its requests: never the other way round, so a crash in between sends it again rather
+        than forgetting it."""
+        events = self._requests.get(key)
+        if not events:
+            return  # stopped by a rebalance meanwhile
+        mw = self.mw
+        async with mw.commit_gate.outside_batches() as admitted:
+            if not admitted:
+                return  # transactions lost: delivered again after the rebalance
+            first = events[0]
+            with acting_for(first):
+                publisher = TopicPublisher()
+                if given_up is not None:
+                    record = _given_up_record(first, key, given_up)
+                    await publisher.publish(mw.channels.dead_letter, _record_key(first), record)
+                await mw.tables.mails_sent.write(key, outcome)
+                await publisher.flush()
+            if self._requests.get(key) is events:
+                del self._requests[key]
+                acknowledge(mw.app, events)
+
+
+def _keep_unacknowledged(event: EventT) -> None:
+    """Hold ``event``'s offset back from the commit: ``take_events`` acknowledges every event of
+    its batch when the batch ends, and an offset committed past a mail that was never sent would
+    lose it. The rebalance under way reads it again from the committed offset."""
+    event.message.incref()
+
+
+def _record_key(event: EventT) -> str | None:
+    """The dead letter's key, as for every output: the workspace (or, contract scope, the contract)."""
+    try:
+        record = orjson.loads(event.message.value)["record"]
+        return record.get("workspace_id") or record.get("contract_id")
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _given_up_record(event: EventT, key: str, reason: str) -> dict[str, Any]:
+    message = event.message
+    return dead_letter(
+        source_topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,  # the request (record and recipients); never the mail's body
+        code=RejectCode.MAIL_GIVEN_UP,
+        message=f"mail {key} given up: {reason}",
+        at=datetime.now(UTC),
+    )

@@ -1,0 +1,114 @@
+"""Work that time, not an event, starts: a new billing period re-enables Fin for every
+workspace that was disabled, even if no event arrives for it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaProducer
+
+from ...core.workspace import WorkspaceState
+from ..codec import decode_workspace
+from ..runtime.kafka_client import client_options
+from .fin import PERIOD_TICK, period_tick_due
+from .inbox import command_message
+
+if TYPE_CHECKING:
+    from ..app import Meterwatch
+
+log = logging.getLogger(__name__)
+
+PERIOD_CHECK_SECONDS = 10.0
+
+
+class PeriodTickIndex:
+    """Which workspaces need a period tick, decoding only the values that changed since the last
+    pass. Decoding every workspace every pass blocked the event loop for seconds per 100,000
+    workspaces (bench/period_timer.py); table values are replaced, never mutated, so a value
+    equal to the one seen last time has the same due time."""
+
+    def __init__(self, decode: Callable[[bytes], WorkspaceState | None] = decode_workspace) -> None:
+        self._decode = decode
+        self._seen: dict[str, tuple[bytes, datetime | None]] = {}
+
+    def note(self, workspace_id: str, raw: bytes, state: WorkspaceState) -> None:
+        """What counting has just written for ``workspace_id``: the next pass need not decode it."""
+        self._seen[workspace_id] = (raw, period_tick_due(state))
+
+    def due(self, values: Iterable[tuple[str, bytes]], now: datetime) -> list[str]:
+        seen: dict[str, tuple[bytes, datetime | None]] = {}
+        due: list[str] = []
+        for workspace_id, raw in values:
+            known = self._seen.get(workspace_id)
+            if known is not None and (known[0] is raw or known[0] == raw):
+                at = known[1]
+            else:
+                state = self._decode(raw)
+                at = None if state is None else period_tick_due(state)
+            # Workspaces no longer held (given up in a rebalance) drop out with the old dict.
+            seen[workspace_id] = (raw, at)
+            if at is not None and at <= now:
+                due.append(workspace_id)
+        self._seen = seen
+        return due
+
+
+class TickSender:
+    """Sends period ticks to workspace inboxes with a producer of its own, outside transactions.
+
+    A tick answers no input, so under exactly_once there is no source offset whose commit would
+    make it visible: sent through Faust it would wait in an open transaction until unrelated
+    traffic on the same partition committed it, and a quiet workspace would never see it.
+    A tick is safe to repeat (the Fin state machine ignores a period it already started), so a
+    plain producer is enough; not an idempotent one, which the embedded broker cannot give.
+    """
+
+    def __init__(self, mw: Meterwatch) -> None:
+        self._mw = mw
+        self._producer: AIOKafkaProducer | None = None
+
+    async def send(self, workspace_id: str, tick: bytes) -> None:
+        if self._producer is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self._mw.bootstrap, acks="all", **client_options(self._mw.settings)
+            )
+            try:
+                await producer.start()
+            except Exception:
+                await producer.stop()
+                raise
+            self._producer = producer
+        topic = self._mw.channels.workspace_inbox.get_topic_name()
+        key = workspace_id.encode()
+        # The same partition Faust's own sends pick for this key: the one that owns the workspace.
+        partition = self._mw.app.consumer.key_partition(topic, key, None)
+        await self._producer.send_and_wait(topic, tick, key=key, partition=partition)
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()
+
+
+def register(mw: Meterwatch, index: PeriodTickIndex) -> None:
+    """``index`` is kept up to date by counting (``PeriodTickIndex.note``) as it writes."""
+    sender = TickSender(mw)
+
+    @mw.app.timer(PERIOD_CHECK_SECONDS)
+    async def start_new_periods() -> None:
+        due = index.due(list(mw.tables.workspaces.items()), datetime.now(UTC))
+        # The tick goes through the workspace's inbox, so it is applied in order with its usage.
+        tick = command_message(int(time.time() * 1000), {"type": PERIOD_TICK})
+        for workspace_id in due:
+            try:
+                await sender.send(workspace_id, tick)
+            except Exception:  # broker trouble: the next round sends it again
+                log.warning("could not send the period tick for a workspace; will retry", exc_info=True)
+
+    @mw.app.on_before_shutdown.connect
+    async def stop_tick_sender(app: Any, **kwargs: Any) -> None:
+        await sender.stop()

@@ -1,0 +1,87 @@
+"""Stage one for ``usage.control``: check each command, answer the ones that fail, and forward
+the rest to the inbox of every workspace they concern (a subscription reaches all of its
+workspaces), so that settings and usage of a workspace are applied in one order."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import orjson
+from faust.types import EventT
+
+from ...core.rejections import RejectCode
+from ...models.commands import CommandRejected, Subscription, parse_command
+from ...models.outputs import command_result
+from ...sinks.kafka import TopicPublisher
+from ..runtime.batches import by_source_partition, finish, handle_batch
+from .contracts import subscription_message
+from .dead_letters import dead_letter_failure
+from .inbox import command_message
+
+if TYPE_CHECKING:
+    from ..app import Meterwatch
+
+
+def register(mw: Meterwatch) -> None:
+    @mw.app.agent(mw.channels.usage_control, name=f"{mw.settings.group_id}.route_commands")
+    async def route_commands(stream):  # type: ignore[no-untyped-def]
+        async for events in stream.take_events(100, within=0.05):
+            await handle_batch(mw, "control", events, forward_commands)
+
+
+async def forward_commands(mw: Meterwatch, events: list[EventT]) -> None:
+    publisher = TopicPublisher()
+    for _, part in by_source_partition(events):
+        await _forward_part(mw, part, publisher)
+    await finish(mw, publisher)
+
+
+async def _forward_part(mw: Meterwatch, events: list[EventT], publisher: TopicPublisher) -> None:
+    for event in events:
+        try:
+            await _route_command(mw, event, publisher)
+        except Exception as error:
+            await dead_letter_failure(mw, publisher, "route_commands", event, error)
+            command_id = _command_id(event.message.value)
+            result = command_result(command_id, "rejected", reason=RejectCode.INTERNAL_ERROR)
+            await publisher.publish(mw.channels.command_results, None, result)
+
+
+async def _route_command(mw: Meterwatch, event: EventT, publisher: TopicPublisher) -> None:
+    channels = mw.channels
+    message = event.message
+    received_ms = int(message.timestamp * 1000)
+    key = message.key.decode("utf-8", "replace") if message.key is not None else None
+    try:
+        command = parse_command(message.value)
+    except CommandRejected as rejected:
+        mw.metrics.commands.labels(_command_type(message.value), "rejected").inc()
+        await publisher.publish(
+            channels.command_results, key, command_result(rejected.command_id, "rejected", reason=rejected.reason)
+        )
+        return
+    document = command.model_dump(mode="json")
+    if isinstance(command, Subscription):
+        # The contract's owner knows who was a member before, so it tells who joined and left.
+        await publisher.publish(channels.contract_inbox, command.contract_id, subscription_message(document))
+    else:
+        await publisher.publish(channels.workspace_inbox, command.workspace_id, command_message(received_ms, document))
+
+
+def _command_id(raw: bytes | None) -> str | None:
+    """The command's id, if it has a readable one, so that even a failed command is answered."""
+    try:
+        command_id = orjson.loads(raw or b"").get("command_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return command_id if isinstance(command_id, str) and len(command_id) <= 256 else None
+
+
+def _command_type(raw: bytes | None) -> str:
+    """The command's type when it names a known one, for the metric label (never free text)."""
+    known = {"alert_settings", "limit_settings", "billing_contacts", "subscription"}
+    try:
+        kind = orjson.loads(raw or b"").get("type")
+    except (orjson.JSONDecodeError, AttributeError):
+        return "invalid"
+    return kind if kind in known else "invalid"

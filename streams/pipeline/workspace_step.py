@@ -1,0 +1,660 @@
+"""One workspace's inbox messages of one batch, judged in order: a pure, synchronous step.
+
+``step(workspace_id, state, messages, seen, config, out) -> (state, applied)``: the new state,
+with everything to publish added to ``out``, the batch's outputs (one collector for all the
+workspaces of a batch, not one per workspace); no Kafka, I/O or clock (times come from the
+messages). The agent reads the table, calls this, writes the table and hands the outputs to the
+sinks.
+
+Counting runs per batch where nothing can happen and per event where something can. An
+additive event (messages, phone, SMS, WhatsApp, email) of the newest period (or the first of
+its metric, which opens its period) whose usage stays below the next alert level and the
+2**53 − 1 bound is summed straight into a *run*: the period's usage, its day and
+``last_updated``, with no judgement, since judging it could only answer "nothing". Every other event (seats, Fin, another period or day bucket that cannot be
+resolved cheaply, a level within reach, a time to reject) and every command first folds the
+open runs back into the state and then goes through the per-event path, ``_count_one``. The
+property-based tests run random streams through both and require identical results.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+from ...core.alerts import levels_of
+from ...core.contract_usage import WorkspaceReport
+from ...core.dedupe import FirstSeen, is_repeat
+from ...core.fin_limit import Transition
+from ...core.metering import (
+    FIN_RESOLUTIONS,
+    SEATS,
+    MetricTally,
+    PeriodTally,
+    Reading,
+    UsageChange,
+    WorkspaceUsage,
+    count_reading,
+)
+from ...core.periods import LATE_EVENT_GRACE, MAX_FUTURE_SKEW, BillingCycle, BillingPeriod, event_time_rejection
+from ...core.rejections import RejectCode
+from ...core.workspace import WorkspaceState
+from ...models.commands import MAX_AMOUNT
+from ...models.outputs import dead_letter
+from . import commands, fin
+from .alerting import alert_record, apply_alert_settings, judge_change
+from .contracts import CONTRACT_OTHERS, contacts_message, report_message, take_contract_others
+from .inbox import (
+    CONVERSATION,
+    EVENT_ID,
+    METRIC,
+    O_KEY,
+    O_OFFSET,
+    O_PARTITION,
+    O_RECEIVED_MS,
+    O_TOPIC,
+    OCCURRED_AT,
+    ORIGIN,
+    POSITION_STRIDE,
+    QUANTITY,
+    WORKSPACE,
+    row_as_json,
+)
+from .mailing import ALERT, FIN_DISABLED, mail_id, mail_request
+
+log = logging.getLogger(__name__)
+
+KEY_SEPARATOR = "\x1f"
+_GRACE_MS = int(LATE_EVENT_GRACE.total_seconds() * 1000)
+_FUTURE_MS = int(MAX_FUTURE_SKEW.total_seconds() * 1000)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Local midnights fall on whole quarter hours of UTC in every zone in use since 1979, so the
+# day of an instant is the day of its quarter hour; each cached bucket is checked at both ends.
+_DAY_BUCKET_MS = 15 * 60 * 1000
+
+_DEAD_LETTER_TEXT = {
+    RejectCode.OCCURRED_IN_FUTURE: "occurred_at is more than 5 minutes in the future",
+    RejectCode.PERIOD_CLOSED: "the event's billing period ended more than 7 days ago",
+    RejectCode.QUANTITY_OUT_OF_RANGE: f"usage would exceed {MAX_AMOUNT} in its period",
+}
+
+
+class Output(NamedTuple):
+    """A record to publish: ``channel`` names a topic of ``Channels`` (``alerts``, ...)."""
+
+    channel: str
+    key: str | None
+    record: Any
+
+
+class Failure(NamedTuple):
+    """An input the step could not handle: dead-lettered ``internal_error``, logged with its
+    traceback by the caller; the workspace is as it was before that input."""
+
+    workspace_id: str
+    inbox_offset: int
+    error: BaseException
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class StepConfig:
+    window_ms: int
+    mail_enabled: bool
+
+
+@dataclass(slots=True)
+class BatchOutputs:
+    """What the steps of one batch produced, in order, and the figures for the metrics."""
+
+    outputs: list[Output] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    # dedupe key -> when and where first counted, to remember before the state is written
+    first_seen: dict[str, FirstSeen] = field(default_factory=dict)
+    # what happened, for the metrics: counted per metric, rejected per code, and so on
+    counted: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
+    repeated: int = 0
+    replayed: int = 0
+    # events counted by summing into a run, without a judgement of their own
+    summed: int = 0
+    alerts: Counter[str] = field(default_factory=Counter)
+    transitions: Counter[str] = field(default_factory=Counter)
+    commands: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # occurred_at and received of every counted event, in epoch milliseconds (rounded down), for
+    # the latency histograms
+    occurred: list[int] = field(default_factory=list)
+    received: list[int] = field(default_factory=list)
+
+
+# An inbox message as the step sees it: usage rows of this workspace, each with its position and
+# dedupe key, or a command.
+class RowsMessage(NamedTuple):
+    offset: int
+    rows: list[tuple[int, str, list[Any]]]  # (position, dedupe key, row)
+    origins: list[list[Any]]
+
+
+class CommandMessage(NamedTuple):
+    offset: int
+    command: dict[str, Any]
+    received_ms: int
+
+
+Message = RowsMessage | CommandMessage
+
+
+def dedupe_key(workspace_id: str, event_id: str) -> str:
+    return f"{workspace_id}{KEY_SEPARATOR}{event_id}"
+
+
+def rows_by_workspace(
+    offset: int, rows: list[list[Any]], origins: list[list[Any]], keys: list[str]
+) -> dict[str, RowsMessage]:
+    """The rows of the inbox record at ``offset`` as one message per workspace, in row order;
+    every row's dedupe key is also appended to ``keys``."""
+    grouped: dict[str, list[tuple[int, str, list[Any]]]] = {}
+    base = offset * POSITION_STRIDE
+    add_key = keys.append
+    for index, row in enumerate(rows):
+        workspace_id = row[WORKSPACE]
+        key = f"{workspace_id}{KEY_SEPARATOR}{row[EVENT_ID]}"  # dedupe_key, inline
+        add_key(key)
+        group = grouped.get(workspace_id)
+        if group is None:
+            group = grouped[workspace_id] = []
+        group.append((base + index, key, row))
+    return {workspace_id: RowsMessage(offset, group, origins) for workspace_id, group in grouped.items()}
+
+
+def step(
+    workspace_id: str,
+    state: WorkspaceState,
+    messages: list[Message],
+    seen: Mapping[str, FirstSeen | None],
+    config: StepConfig,
+    out: BatchOutputs,
+    *,
+    batched: bool = True,
+) -> tuple[WorkspaceState, bool]:
+    """Apply ``messages`` (inbox order) to ``state``. ``seen`` holds, for every dedupe key of
+    the rows, what the dedupe store knew before this batch (absent: never seen).
+
+    ``batched=False`` judges every event on its own: the reference the batched path is
+    tested against."""
+    return _Step(workspace_id, state, seen, config, out, batched).run(messages)
+
+
+class _Run:
+    """Additive events summed into one metric's newest period, not yet folded into the state."""
+
+    __slots__ = (
+        "tally",
+        "period",
+        "start_ms",
+        "end_ms",
+        "usage",
+        "daily",
+        "last_updated_ms",
+        "bound",
+        "keep_until_ms",
+        "cycle",
+        "summed",
+        "day_bucket",
+        "day",
+    )
+
+    def __init__(
+        self, tally: MetricTally, bounds: tuple[int, int], bound: int, keep_until_ms: int, cycle: BillingCycle
+    ) -> None:
+        latest = tally.periods[-1]
+        self.tally = tally
+        self.period = latest.period
+        # Whole milliseconds (periods start at local midnights): an instant is in the period
+        # exactly when its millisecond, rounded down, is.
+        self.start_ms, self.end_ms = bounds
+        self.usage = latest.usage
+        self.daily: dict[date, int] | None = None
+        self.last_updated_ms = -1
+        self.bound = min(bound, MAX_AMOUNT + 1)  # the largest usage summed is MAX_AMOUNT
+        self.keep_until_ms = keep_until_ms
+        self.cycle = cycle
+        self.summed = 0  # events summed into the run
+        # The local day of the quarter hour of UTC last summed into (None: a day starts inside it).
+        self.day_bucket = -1
+        self.day: date | None = None
+
+
+class _Step:
+    def __init__(
+        self,
+        workspace_id: str,
+        state: WorkspaceState,
+        seen: Mapping[str, FirstSeen | None],
+        config: StepConfig,
+        out: BatchOutputs,
+        batched: bool,
+    ) -> None:
+        self.workspace_id = workspace_id
+        self.batched = batched
+        self.seen = seen
+        self.config = config
+        self.result = out
+        self.state = state
+        # (metric, period) whose usage this batch changed, for the contract's sum.
+        self.changed: dict[tuple[str, BillingPeriod], int] = {}
+        self.contacts_changed = False
+        self.runs: dict[str, _Run | None] = {}
+
+    def run(self, messages: list[Message]) -> tuple[WorkspaceState, bool]:
+        result = self.result
+        applied_through = self.state.usage.applied_through
+        for message in messages:
+            offset = message.offset
+            if offset <= applied_through:
+                result.replayed += 1
+                continue
+            if isinstance(message, RowsMessage):
+                origins = message.origins
+                count, count_fast = self._count, self._count_fast
+                for position, key, row in message.rows:
+                    origin = origins[row[ORIGIN]]
+                    # An open run sums the event here; anything else goes through _count.
+                    run = self.runs.get(row[METRIC])
+                    if run is None or not count_fast(run, row, origin, position, key):
+                        count(row, origin, position, key, offset)
+            else:
+                self._fold_runs()
+                self._isolated(offset, self._command, message.command, message.received_ms)
+            applied_through = offset
+        if applied_through == self.state.usage.applied_through:
+            self._fold_runs()
+            return self.state, False
+        self._fold_runs(applied_through)
+        self._report_to_contract()
+        return self.state, True
+
+    # ---------------------------------------------------------------------------------------
+    # usage events
+
+    def _count(self, row: list[Any], origin: list[Any], position: int, key: str, offset: int) -> None:
+        """One event that no open run summed: open its metric's run if there is none yet (the
+        event may then be summed into it), else judge it on its own."""
+        metric = row[METRIC]
+        if metric not in self.runs:
+            run = self.runs[metric] = self._open_run(metric, row)
+            if run is not None and self._count_fast(run, row, origin, position, key):
+                return
+        self._fold_runs()
+        self._isolated(offset, self._count_one, row, origin, position, key)
+        # The per-event path may have moved the period or the levels: look afresh next time.
+        self.runs.pop(metric, None)
+
+    def _open_run(self, metric: str, row: list[Any]) -> _Run | None:
+        """A run for ``metric`` if its events can be summed without judgement, else None.
+        ``row`` is the run's first event: a metric's first event opens its period."""
+        if not self.batched or metric == SEATS or metric == FIN_RESOLUTIONS:
+            return None
+        cycle = self.state.profile.cycle
+        tally = self.state.usage.tallies.get(metric)
+        if tally is None or not tally.periods:
+            # Counting opens the event's period empty, with nothing else to keep or prune.
+            opened = _period_of(cycle, row[OCCURRED_AT])
+            if opened is None:
+                return None
+            period, bounds = opened
+            tally = MetricTally(metric, (PeriodTally(period),))
+        else:
+            period = tally.periods[-1].period
+            # Tallies of an earlier cycle (counted before the workspace heard of its contract)
+            # are not the periods new events fall into.
+            bounds = _run_bounds(cycle, period)
+            if bounds is None:
+                return None
+        bound = _quiet_below(self.state, metric, period)
+        if bound is None:
+            return None
+        # Counting prunes periods past their grace at the time of each event; the run holds
+        # only while no period it keeps would be pruned.
+        keep_until_ms = bounds[1] + _GRACE_MS
+        for older in tally.periods[:-1]:
+            keep_until_ms = min(keep_until_ms, _ms(older.period.end) + _GRACE_MS)
+        return _Run(tally, bounds, bound, keep_until_ms, cycle)
+
+    def _count_fast(self, run: _Run, row: list[Any], origin: list[Any], position: int, key: str) -> bool:
+        """Sum one additive event into ``run``; False if it needs the per-event path."""
+        received_ms = origin[O_RECEIVED_MS]
+        if received_ms > run.keep_until_ms:
+            return False
+        occurred_at = datetime.fromisoformat(row[OCCURRED_AT])
+        occurred_ms = (occurred_at - _EPOCH) // _ONE_MS  # _ms, inline
+        # Whole milliseconds below the limit: the exact comparison is left to the per-event path.
+        if occurred_ms >= received_ms + _FUTURE_MS:
+            return False
+        if not (run.start_ms <= occurred_ms < run.end_ms):
+            return False
+        quantity = row[QUANTITY]
+        after = run.usage + quantity
+        if after < 0 or after >= run.bound:  # the bound is at most MAX_AMOUNT + 1
+            return False
+        bucket = occurred_ms // _DAY_BUCKET_MS
+        if bucket != run.day_bucket:
+            run.day_bucket = bucket
+            run.day = _bucket_day(run.cycle, bucket)
+        day = run.day or run.cycle.local_date(occurred_at)
+        result = self.result
+        first_seen = result.first_seen
+        first = first_seen.get(key) or self.seen.get(key)
+        if first is not None and is_repeat(first, position, received_ms, self.config.window_ms):
+            result.repeated += 1
+            return True
+        if run.daily is None:
+            run.daily = dict(run.tally.periods[-1].daily)
+            # The contract hears of changes in the order they first happened in the batch.
+            self.changed.setdefault((row[METRIC], run.period), after)
+        run.daily[day] = run.daily.get(day, 0) + quantity
+        run.usage = after
+        run.last_updated_ms = received_ms
+        run.summed += 1
+        result.occurred.append(occurred_ms)
+        result.received.append(received_ms)
+        # Remembered even when the store already holds this very delivery: a replay after a
+        # crash finds the ids its aborted transaction left in the local store, and the
+        # changelog must hold them for the next owner of the partition.
+        first_seen[key] = _first_seen(FirstSeen, (received_ms, position))
+        return True
+
+    def _fold_runs(self, applied_through: int | None = None) -> None:
+        """Write every open run's sums back into the state (events already judged), and with them
+        ``applied_through`` when given: one new state for both."""
+        usage = self.state.usage
+        tallies = None
+        result = self.result
+        for metric, run in self.runs.items():
+            if run is None or not run.summed:
+                continue
+            result.summed += run.summed
+            result.counted[metric] += run.summed
+            latest = run.tally.periods[-1]
+            updated = PeriodTally(
+                latest.period,
+                run.usage,
+                datetime.fromtimestamp(run.last_updated_ms / 1000, tz=UTC),
+                MappingProxyType(run.daily) if run.daily is not None else latest.daily,
+                latest.conversations,
+                latest.seats_carried_in,
+            )
+            if tallies is None:
+                tallies = dict(usage.tallies)
+            tallies[metric] = MetricTally(metric, (*run.tally.periods[:-1], updated))
+            self.changed[(metric, run.period)] = run.usage
+        self.runs = {}
+        if tallies is not None or applied_through is not None:
+            self.state = _with_usage(
+                self.state,
+                WorkspaceUsage(
+                    usage.tallies if tallies is None else MappingProxyType(tallies),
+                    usage.applied_through if applied_through is None else applied_through,
+                ),
+            )
+
+    def _count_one(self, row: list[Any], origin: list[Any], position: int, key: str) -> None:
+        """One event, judged on its own: the reference path every outcome comes from."""
+        received_ms = origin[O_RECEIVED_MS]
+        received = datetime.fromtimestamp(received_ms / 1000, tz=UTC)
+        occurred_at = datetime.fromisoformat(row[OCCURRED_AT])
+        metric = row[METRIC]
+        cycle = self.state.profile.cycle
+        rejection = event_time_rejection(occurred_at, received, cycle)
+        if rejection is not None:
+            self._dead_letter(row, origin, rejection)
+            return
+        first = self.result.first_seen.get(key) or self.seen.get(key)
+        if is_repeat(first, position, received_ms, self.config.window_ms):
+            self.result.repeated += 1
+            return
+        reading = Reading(row[EVENT_ID], metric, row[QUANTITY], occurred_at, row[CONVERSATION])
+        usage = self.state.usage
+        tally, change = count_reading(usage.tally(metric), reading, cycle, received)
+        if change.after > MAX_AMOUNT:
+            # Usage stays a number every JSON reader can hold; the event is refused, not wrapped.
+            self._dead_letter(row, origin, RejectCode.QUANTITY_OUT_OF_RANGE)
+            return
+        self.state = replace(self.state, usage=replace(usage, tallies={**usage.tallies, metric: tally}))
+        if change.after != change.before:
+            self.changed[(metric, change.period)] = change.after
+            self._judge(row[EVENT_ID], metric, change, received)
+            if metric == FIN_RESOLUTIONS:
+                self.state, transition = fin.on_usage(
+                    self.state, self.workspace_id, change.after, change.period, received
+                )
+                self._publish_transition(transition)
+        result = self.result
+        result.counted[metric] += 1
+        result.occurred.append(_ms(occurred_at))
+        result.received.append(received_ms)
+        result.first_seen[key] = FirstSeen(received_ms, position)
+
+    def _judge(self, event_id: str, metric: str, change: UsageChange, at: datetime) -> None:
+        self.state, reached = judge_change(self.state, metric, change.before, change.after, change.period)
+        if reached is not None:
+            record = alert_record(self.state, self.workspace_id, metric, reached, event_id, at)
+            self.result.alerts[str(reached.level)] += 1
+            self._emit("alerts", self.workspace_id, record)
+            self._request_mail(ALERT, record, record["recipients"])
+
+    def _dead_letter(self, row: list[Any], origin: list[Any], code: str) -> None:
+        self.result.rejected[code] += 1
+        key = origin[O_KEY]
+        record = dead_letter(
+            source_topic=origin[O_TOPIC],
+            partition=origin[O_PARTITION],
+            offset=origin[O_OFFSET],
+            key=key.encode() if key is not None else None,
+            value=row_as_json(row),
+            code=code,
+            message=_DEAD_LETTER_TEXT.get(code, code),
+            at=datetime.fromtimestamp(origin[O_RECEIVED_MS] / 1000, tz=UTC),
+        )
+        self._emit("dead_letter", self.workspace_id, record)
+
+    # ---------------------------------------------------------------------------------------
+    # commands
+
+    def _command(self, command: dict[str, Any], received_ms: int) -> None:
+        received = datetime.fromtimestamp(received_ms / 1000, tz=UTC)
+        kind = command["type"]
+        if kind == "alert_settings":
+            self.state, answer = apply_alert_settings(self.state, command, received)
+            self._answer(command, answer)
+            return
+        if kind == "limit_settings":
+            self.state, transition, answer = fin.on_limit_settings(self.state, self.workspace_id, command, received)
+            self._answer(command, answer)
+            self._publish_transition(transition)
+            return
+        if kind == fin.PERIOD_TICK:
+            self.state, transition = fin.on_period_tick(self.state, self.workspace_id, received)
+            self._publish_transition(transition)
+            return
+        if kind == CONTRACT_OTHERS:
+            self.state = take_contract_others(self.state, command)
+            return
+        before = self.state.profile
+        profile, answer = commands.apply_to_profile(self.state.profile, self.workspace_id, command)
+        self.state = replace(self.state, profile=profile)
+        if profile.contract is not None and profile.contract != before.contract:
+            # A new contract learns what this workspace has used so far, and whom to tell.
+            for metric, tally in self.state.usage.tallies.items():
+                for period_tally in tally.periods:
+                    self.changed[(metric, period_tally.period)] = period_tally.usage
+            self.contacts_changed = True
+        if profile.billing_contacts != before.billing_contacts:
+            self.contacts_changed = True
+        if answer is not None:
+            self._answer(command, answer)
+
+    def _answer(self, command: dict[str, Any], answer: dict[str, Any]) -> None:
+        self.result.commands[(command["type"], answer["status"])] += 1
+        self._emit("command_results", self.workspace_id, answer)
+
+    # ---------------------------------------------------------------------------------------
+    # outputs
+
+    def _publish_transition(self, transition: Transition | None) -> None:
+        if transition is None:
+            return
+        self.result.transitions[transition.reason] += 1
+        self._emit("limits", self.workspace_id, fin.limit_record(self.workspace_id, transition))
+        notification = fin.notification_record(self.workspace_id, transition)
+        if notification is not None:
+            self._emit("notifications", self.workspace_id, notification)
+            record = fin.limit_record(self.workspace_id, transition)
+            self._request_mail(FIN_DISABLED, record, list(self.state.profile.billing_contacts))
+
+    def _request_mail(self, kind: str, record: dict[str, Any], recipients: list[str]) -> None:
+        # No SMTP server configured, or nobody to tell: the record on its topic is all there is.
+        if not self.config.mail_enabled or not recipients:
+            return
+        self._emit("mail_requests", mail_id(kind, record), mail_request(kind, record, recipients))
+
+    def _emit(self, channel: str, key: str | None, record: Any) -> None:
+        self.result.outputs.append(Output(channel, key, record))
+
+    def _report_to_contract(self) -> None:
+        contract = self.state.profile.contract
+        if contract is None:
+            return
+        if self.contacts_changed:
+            message = contacts_message(self.workspace_id, self.state.profile.billing_contacts)
+            self._emit("contract_inbox", contract.contract_id, message)
+        for (metric, period), usage in self.changed.items():
+            report = WorkspaceReport(self.workspace_id, metric, period, usage, self.state.usage.applied_through)
+            self._emit("contract_inbox", contract.contract_id, report_message(report))
+
+    def _isolated(self, offset: int, action: Any, *args: Any) -> None:
+        """Run one input's step; should it fail, the workspace and the outputs are as before it.
+
+        The event's figures (counted, first seen) are recorded by a step's last statements, so
+        a failed step left them alone; counters of outputs are restored with the outputs."""
+        result = self.result
+        before = (self.state, dict(self.changed), self.contacts_changed, len(result.outputs))
+        counters = (result.alerts.copy(), result.transitions.copy(), result.commands.copy())
+        try:
+            action(*args)
+        except Exception as error:
+            self.state, self.changed, self.contacts_changed, outputs = before
+            del result.outputs[outputs:]
+            result.alerts, result.transitions, result.commands = counters
+            row = args[0] if isinstance(args[0], list) else None
+            result.failures.append(
+                Failure(self.workspace_id, offset, error, row_as_json(row) if row is not None else None)
+            )
+
+
+def _with_usage(state: WorkspaceState, usage: WorkspaceUsage) -> WorkspaceState:
+    """``replace(state, usage=usage)`` without ``replace``'s walk over the fields: every
+    workspace of every batch makes one."""
+    return WorkspaceState(usage, state.profile, state.alerts, state.contract_others, state.fin)
+
+
+def _quiet_below(state: WorkspaceState, metric: str, period: BillingPeriod) -> int | None:
+    """The usage of ``metric`` in ``period`` below which a rise can alert nothing, or None when
+    even that cannot be known without judging (the alert state is of another period)."""
+    alert = state.alerts.get(metric)
+    if alert is None:
+        return MAX_AMOUNT + 1
+    if alert.period != period:
+        return None
+    setting = alert.setting
+    if setting is None:
+        return MAX_AMOUNT + 1
+    threshold = setting.threshold
+    bounds = [-(-level * threshold // 100) for level in levels_of(setting) if (threshold, level) not in alert.alerted]
+    return min(bounds, default=MAX_AMOUNT + 1)
+
+
+# (anchor day, time zone, period) -> the period's bounds in milliseconds, or None (see _run_bounds)
+_BOUNDS: dict[tuple[int, str, BillingPeriod], tuple[int, int] | None] = {}
+_UNKNOWN: Any = object()
+# (anchor day, time zone) -> the period last opened and its bounds in milliseconds
+_OPENED: dict[tuple[int, str], tuple[BillingPeriod, tuple[int, int]]] = {}
+
+
+def _whole_ms(period: BillingPeriod) -> bool:
+    return period.start.microsecond % 1000 == 0 and period.end.microsecond % 1000 == 0
+
+
+def _run_bounds(cycle: BillingCycle, period: BillingPeriod) -> tuple[int, int] | None:
+    """``period``'s bounds in whole milliseconds if a run can sum into it: it is one of
+    ``cycle``'s periods and starts and ends on whole milliseconds. Else None. Cached: every run
+    of every workspace asks."""
+    key = (cycle.anchor_day, cycle.timezone, period)
+    bounds = _BOUNDS.get(key, _UNKNOWN)
+    if bounds is not _UNKNOWN:
+        return bounds
+    bounds = None
+    if cycle.has_period(period) and _whole_ms(period):
+        bounds = (_ms(period.start), _ms(period.end))
+    if len(_BOUNDS) >= _DAYS_KEPT:
+        _BOUNDS.clear()
+    _BOUNDS[key] = bounds
+    return bounds
+
+
+def _period_of(cycle: BillingCycle, occurred_at: str) -> tuple[BillingPeriod, tuple[int, int]] | None:
+    """``cycle.period_containing`` of an event's time and its bounds in milliseconds, if they
+    are whole milliseconds (else None), cached per cycle: the tallies a cycle opens are mostly
+    of one period. None too for a time no period can be computed for (the per-event path
+    rejects it)."""
+    at = datetime.fromisoformat(occurred_at)
+    at_ms = _ms(at)
+    key = (cycle.anchor_day, cycle.timezone)
+    opened = _OPENED.get(key)
+    if opened is not None and opened[1][0] <= at_ms < opened[1][1]:
+        return opened
+    try:
+        period = cycle.period_containing(at)
+    except (ValueError, OverflowError):
+        return None
+    if not _whole_ms(period):
+        return None
+    if len(_OPENED) >= _DAYS_KEPT:
+        _OPENED.clear()
+    opened = _OPENED[key] = (period, (_ms(period.start), _ms(period.end)))
+    return opened
+
+
+_DAYS: dict[tuple[str, int], date] = {}
+_DAYS_KEPT = 65_536
+
+
+def _bucket_day(cycle: BillingCycle, bucket: int) -> date | None:
+    """The local day (``cycle.local_date``) of every instant of quarter hour ``bucket`` of UTC,
+    cached per time zone; None if a day starts inside it."""
+    key = (cycle.timezone, bucket)
+    day = _DAYS.get(key)
+    if day is not None:
+        return day
+    first = _EPOCH + timedelta(milliseconds=bucket * _DAY_BUCKET_MS)
+    day = cycle.local_date(first)
+    if cycle.local_date(first + timedelta(milliseconds=_DAY_BUCKET_MS - 1)) != day:
+        return None
+    if len(_DAYS) >= _DAYS_KEPT:
+        _DAYS.clear()
+    _DAYS[key] = day
+    return day
+
+
+_ONE_MS = timedelta(milliseconds=1)
+# FirstSeen(at_ms, position) without the Python frame of a named tuple's __new__
+_first_seen = tuple.__new__
+
+
+def _ms(at: datetime) -> int:
+    """Whole milliseconds since the epoch, rounded down (exact: no float on the way)."""
+    return (at - _EPOCH) // _ONE_MS
