@@ -6,6 +6,7 @@ import base64
 from datetime import datetime
 from typing import Any
 
+from ..core.alerts import LevelReached, alert_id
 from .common import iso
 
 
@@ -65,3 +66,36 @@ def command_result(
     if reason is not None:
         result["reason"] = reason
     return result
+
+
+def alert_record(
+    scope: str,
+    owner_id: str,
+    metric: str,
+    reached: LevelReached,
+    *,
+    workspace_id: str | None,
+    contract_id: str | None,
+    estimated_cost: dict[str, str] | None,
+    recipients: list[str],
+    triggered_at: datetime,
+    cause_event_id: str | None,
+) -> dict[str, Any]:
+    """A ``usage.alerts`` record (CONTRACT 5.1) for ``reached``, by the workspace or contract
+    ``owner_id`` of ``scope``."""
+    return {
+        "alert_id": alert_id(scope, owner_id, metric, reached.period.start, reached.threshold, reached.level),
+        "scope": scope,
+        "workspace_id": workspace_id,
+        "contract_id": contract_id,
+        "metric": metric,
+        "level": reached.level,
+        "threshold": reached.threshold,
+        "usage": reached.usage,
+        "period_start": iso(reached.period.start),
+        "period_end": iso(reached.period.end),
+        "estimated_cost": estimated_cost,
+        "recipients": recipients,
+        "triggered_at": iso(triggered_at),
+        "cause_event_id": cause_event_id,
+    }

@@ -8,12 +8,12 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-from ...core.alerts import WORKSPACE_SCOPE, AlertSetting, AlertState, LevelReached, alert_id, apply_setting, judge_usage
+from ...core.alerts import WORKSPACE_SCOPE, AlertSetting, AlertState, LevelReached, apply_setting, judge_usage
 from ...core.costs import estimated_cost, money
 from ...core.metering import usage_in
 from ...core.periods import BillingPeriod
 from ...core.workspace import WorkspaceState
-from ...models.common import iso
+from ...models.outputs import alert_record as build_alert_record
 from ...models.outputs import command_result
 
 
@@ -55,24 +55,18 @@ def alert_record(
     state: WorkspaceState, workspace_id: str, metric: str, reached: LevelReached, cause_event_id: str, at: datetime
 ) -> dict[str, Any]:
     contract = state.profile.contract
-    return {
-        "alert_id": alert_id(
-            WORKSPACE_SCOPE, workspace_id, metric, reached.period.start, reached.threshold, reached.level
-        ),
-        "scope": WORKSPACE_SCOPE,
-        "workspace_id": workspace_id,
-        "contract_id": contract.contract_id if contract else None,
-        "metric": metric,
-        "level": reached.level,
-        "threshold": reached.threshold,
-        "usage": reached.usage,
-        "period_start": iso(reached.period.start),
-        "period_end": iso(reached.period.end),
-        "estimated_cost": threshold_cost(state, metric, reached.threshold, reached.period),
-        "recipients": list(state.profile.billing_contacts),
-        "triggered_at": iso(at),
-        "cause_event_id": cause_event_id,
-    }
+    return build_alert_record(
+        WORKSPACE_SCOPE,
+        workspace_id,
+        metric,
+        reached,
+        workspace_id=workspace_id,
+        contract_id=contract.contract_id if contract else None,
+        estimated_cost=threshold_cost(state, metric, reached.threshold, reached.period),
+        recipients=list(state.profile.billing_contacts),
+        triggered_at=at,
+        cause_event_id=cause_event_id,
+    )
 
 
 def threshold_cost(state: WorkspaceState, metric: str, quantity: int, period: BillingPeriod) -> dict[str, str] | None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from faust.types import EventT
 
-from ...core.alerts import CONTRACT_SCOPE, ContractAlertState, LevelReached, alert_id, judge_contract_usage
+from ...core.alerts import CONTRACT_SCOPE, ContractAlertState, LevelReached, judge_contract_usage
 from ...core.contract_usage import (
     ContractTotalChange,
     ContractUsage,
@@ -24,8 +24,7 @@ from ...core.contracts import ContractTerms
 from ...core.costs import estimated_cost, money
 from ...core.periods import BillingPeriod
 from ...core.workspace import ContractOthers, WorkspaceState
-from ...models.common import iso
-from ...models.outputs import command_result
+from ...models.outputs import alert_record, command_result
 from ...sinks.kafka import TopicPublisher
 from ..codec import decode_contract_usage, encode_contract_usage
 from ..runtime.batches import by_source_partition, finish, handle_batch
@@ -181,24 +180,18 @@ def contract_alert_record(
     if price is not None:
         amount = estimated_cost(reached.usage, price.unit_price, terms.included(metric))
         cost = {"amount": money(amount), "currency": terms.currency}
-    return {
-        "alert_id": alert_id(
-            CONTRACT_SCOPE, contract_id, metric, reached.period.start, reached.threshold, reached.level
-        ),
-        "scope": CONTRACT_SCOPE,
-        "workspace_id": None,
-        "contract_id": contract_id,
-        "metric": metric,
-        "level": reached.level,
-        "threshold": reached.threshold,
-        "usage": reached.usage,
-        "period_start": iso(reached.period.start),
-        "period_end": iso(reached.period.end),
-        "estimated_cost": cost,
-        "recipients": recipients,
-        "triggered_at": iso(at),
-        "cause_event_id": None,
-    }
+    return alert_record(
+        CONTRACT_SCOPE,
+        contract_id,
+        metric,
+        reached,
+        workspace_id=None,
+        contract_id=contract_id,
+        estimated_cost=cost,
+        recipients=recipients,
+        triggered_at=at,
+        cause_event_id=None,
+    )
 
 
 async def _subscribe(
