@@ -1,13 +1,110 @@
-"""What meterwatch publishes (CONTRACT section 5), built as plain dicts for orjson."""
+"""What meterwatch publishes (CONTRACT section 5): each record built here, as a plain dict for
+orjson, and ``RecordedOutputs``, the one interface through which a step publishes them.
+
+A step never sends anything itself: it records its outputs, in order, with one method per kind
+(alert, Fin transition, notification, dead letter, command result, mail request, and the two
+internal messages). The stage then hands the recording to its sinks (``sinks/outputs.py``); the
+unit tests of the steps read it.
+"""
 
 from __future__ import annotations
 
 import base64
+import uuid
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, NamedTuple
+
+import orjson
 
 from ..core.alerts import LevelReached, alert_id
+from ..core.fin_limit import Transition, should_notify
+from ..core.metric_kinds import FIN_RESOLUTIONS
 from .common import iso
+
+
+class Kind(StrEnum):
+    """What an output is; the value names its topic's attribute in ``streams/topics.py``."""
+
+    ALERT = "alerts"
+    FIN_TRANSITION = "limits"
+    NOTIFICATION = "notifications"
+    DEAD_LETTER = "dead_letter"
+    COMMAND_RESULT = "command_results"
+    MAIL_REQUEST = "mail_requests"
+    # Internal: a workspace's usage report or contacts to its contract's owner, and a command
+    # (a contract's terms, the others' usage, a period tick) to a workspace's inbox.
+    CONTRACT_MESSAGE = "contract_inbox"
+    WORKSPACE_MESSAGE = "workspace_inbox"
+
+
+class Output(NamedTuple):
+    kind: Kind
+    key: str | None
+    record: Any  # a dict for orjson, or bytes already encoded
+
+
+class RecordedOutputs:
+    """A step's outputs in the order it made them."""
+
+    __slots__ = ("items",)
+
+    def __init__(self) -> None:
+        self.items: list[Output] = []
+
+    def alert(self, key: str, record: dict[str, Any]) -> None:
+        self.items.append(Output(Kind.ALERT, key, record))
+
+    def fin_transition(self, workspace_id: str, record: dict[str, Any]) -> None:
+        self.items.append(Output(Kind.FIN_TRANSITION, workspace_id, record))
+
+    def notification(self, workspace_id: str, record: dict[str, Any]) -> None:
+        self.items.append(Output(Kind.NOTIFICATION, workspace_id, record))
+
+    def dead_letter(self, key: str | None, record: dict[str, Any]) -> None:
+        self.items.append(Output(Kind.DEAD_LETTER, key, record))
+
+    def command_result(self, key: str | None, record: dict[str, Any]) -> None:
+        self.items.append(Output(Kind.COMMAND_RESULT, key, record))
+
+    def mail_request(self, kind: str, record: dict[str, Any], recipients: list[str]) -> None:
+        self.items.append(Output(Kind.MAIL_REQUEST, mail_id(kind, record), mail_request(kind, record, recipients)))
+
+    def contract_message(self, contract_id: str, message: bytes) -> None:
+        self.items.append(Output(Kind.CONTRACT_MESSAGE, contract_id, message))
+
+    def workspace_message(self, workspace_id: str, message: bytes) -> None:
+        self.items.append(Output(Kind.WORKSPACE_MESSAGE, workspace_id, message))
+
+    def of(self, kind: Kind) -> list[Any]:
+        """The records of one kind, in order."""
+        return [output.record for output in self.items if output.kind is kind]
+
+    def truncate(self, length: int) -> None:
+        """Forget every output made after the first ``length`` (a step that failed)."""
+        del self.items[length:]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Output]:
+        return iter(self.items)
+
+
+# What a mail request asks for: an alert's mail, or the mail that Fin was disabled.
+ALERT = "alert"
+FIN_DISABLED = "fin_disabled"
+
+
+def mail_request(kind: str, record: dict[str, Any], recipients: list[str]) -> bytes:
+    """A mail-requests record: the output to mail, and to whom."""
+    return orjson.dumps({"kind": kind, "record": record, "recipients": recipients})
+
+
+def mail_id(kind: str, record: dict[str, Any]) -> str:
+    """A mail request's key, and the mail's ledger key: the id of the output it reports."""
+    return record["alert_id"] if kind == ALERT else record["transition_id"]
 
 
 def dead_letter(
@@ -99,3 +196,41 @@ def alert_record(
         "triggered_at": iso(triggered_at),
         "cause_event_id": cause_event_id,
     }
+
+
+def limit_record(workspace_id: str, transition: Transition) -> dict[str, Any]:
+    """A ``usage.limits`` record (CONTRACT 5.2)."""
+    return {
+        "transition_id": transition.transition_id,
+        "workspace_id": workspace_id,
+        "metric": FIN_RESOLUTIONS,
+        "state": transition.state,
+        "reason": transition.reason,
+        "limit": transition.limit,
+        "usage": transition.usage,
+        "period_start": iso(transition.period.start),
+        "period_end": iso(transition.period.end),
+        "at": iso(transition.at),
+    }
+
+
+def notification_record(workspace_id: str, transition: Transition) -> dict[str, Any] | None:
+    """The ``usage.notifications`` record (CONTRACT 5.3) of a transition that tells the customer, else None."""
+    if not should_notify(transition):
+        return None
+    return {
+        "notification_id": str(uuid.uuid5(_NOTIFICATION_NAMESPACE, transition.transition_id)),
+        "workspace_id": workspace_id,
+        "kind": "fin_limit_reached",
+        "title": "Fin AI Agent has been paused",
+        "body": (
+            f"Your workspace reached its limit of {transition.limit} Fin AI Agent resolutions for this billing "
+            f"period ({transition.usage} so far). New and ongoing conversations go to your team until the "
+            "limit is raised or turned off, or the next billing period starts."
+        ),
+        "transition_id": transition.transition_id,
+        "at": iso(transition.at),
+    }
+
+
+_NOTIFICATION_NAMESPACE = uuid.UUID("6f1c2a57-3f0e-5d0b-9a51-4f3a9c2b7e10")

@@ -1,31 +1,32 @@
-"""Publishing records to topics, batched: send everything, then wait for all acknowledgements.
+"""The Kafka sink: each output to its topic, batched: send everything, then wait for all
+acknowledgements.
 
-Callers wait before their input is acknowledged, so an input is never committed ahead of
-what it produced (at-least-once without transactions; inside the transaction with them).
+Stages flush before their input is acknowledged, so an input is never committed ahead of what
+it produced (at-least-once without transactions; inside the transaction with them).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import Any, Protocol
+from typing import Any
 
 import faust
 
 from ..models.common import dumps
+from ..models.outputs import Output
 
 
-class Publisher(Protocol):
-    async def publish(self, channel: faust.TopicT, key: str | None, record: Any) -> None: ...
+class KafkaSink:
+    """Publishes each output to the topic its kind names among ``channels`` (``streams.app.Channels``)."""
 
-    async def flush(self) -> None: ...
-
-
-class TopicPublisher:
-    def __init__(self) -> None:
+    def __init__(self, channels: Any) -> None:
+        self._channels = channels
         self._pending: list[Awaitable[Any]] = []
 
-    async def publish(self, channel: faust.TopicT, key: str | None, record: Any) -> None:
+    async def publish(self, output: Output) -> None:
+        channel: faust.TopicT = getattr(self._channels, output.kind.value)
+        key, record = output.key, output.record
         value = record if isinstance(record, bytes) else dumps(record)
         # What channel.send does, keeping Faust's own promise of the send: it is the future Faust
         # fails when the send fails, and one nobody holds is logged by asyncio as an ERROR.

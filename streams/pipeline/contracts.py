@@ -24,14 +24,13 @@ from ...core.contracts import ContractTerms
 from ...core.costs import estimated_cost, money
 from ...core.periods import BillingPeriod
 from ...core.workspace import ContractOthers, WorkspaceState
-from ...models.outputs import alert_record, command_result
-from ...sinks.kafka import TopicPublisher
+from ...models.outputs import ALERT, RecordedOutputs, alert_record, command_result
+from ...sinks.outputs import Sinks, compose
 from ..codec import decode_contract_usage, encode_contract_usage
 from ..runtime.batches import by_source_partition, finish, handle_batch
 from .commands import CONTRACT_LEFT, CONTRACT_TERMS, contract_terms
 from .dead_letters import dead_letter_failure
 from .inbox import command_message
-from .mailing import ALERT, mail_request
 
 if TYPE_CHECKING:
     from ..app import Meterwatch
@@ -86,46 +85,48 @@ def read_report(document: dict[str, Any]) -> WorkspaceReport:
 
 
 async def sum_batch(mw: Meterwatch, events: list[EventT]) -> None:
-    publisher = TopicPublisher()
+    sinks = compose(mw.channels)
     for _, part in by_source_partition(events):
         by_contract: dict[str, list[EventT]] = defaultdict(list)
         for event in part:
             if event.message.key is not None:
                 by_contract[event.message.key.decode()].append(event)
         for contract_id, contract_events in by_contract.items():
-            await ContractBatch(mw, contract_id, publisher).apply(contract_events)
-    await finish(mw, publisher)
+            await ContractBatch(mw, contract_id, sinks).apply(contract_events)
+    await finish(mw, sinks)
 
 
 class ContractBatch:
-    """One contract's messages from one batch: read once, judged in order, written once."""
+    """One contract's messages from one batch: read once, judged in order, written once; its
+    outputs recorded as it goes and published at the end."""
 
-    def __init__(self, mw: Meterwatch, contract_id: str, publisher: TopicPublisher) -> None:
+    def __init__(self, mw: Meterwatch, contract_id: str, sinks: Sinks) -> None:
         self.mw = mw
         self.contract_id = contract_id
-        self.publisher = publisher
+        self.sinks = sinks
         self.state = decode_contract_usage(mw.tables.contract_usage.get(contract_id))
         self.sums_changed = False
+        self.outputs = RecordedOutputs()
 
     async def apply(self, events: list[EventT]) -> None:
         for event in events:
-            before = (self.state, self.sums_changed)
+            before = (self.state, self.sums_changed, len(self.outputs))
             try:
-                await self._apply_one(event)
+                self._apply_one(event)
             except Exception as error:
-                self.state, self.sums_changed = before
-                await dead_letter_failure(
-                    self.mw, self.publisher, "sum_contract_usage", event, error, key=self.contract_id
-                )
+                self.state, self.sums_changed, outputs = before
+                self.outputs.truncate(outputs)
+                await dead_letter_failure(self.mw, self.sinks, "sum_contract_usage", event, error, key=self.contract_id)
         self.mw.tables.contract_usage[self.contract_id] = encode_contract_usage(self.state)
         if self.sums_changed:
-            await self._tell_members(int(events[-1].message.timestamp * 1000))
+            self._tell_members(int(events[-1].message.timestamp * 1000))
+        await self.sinks.publish(self.outputs)
 
-    async def _apply_one(self, event: EventT) -> None:
+    def _apply_one(self, event: EventT) -> None:
         document = orjson.loads(event.message.value)
         kind = document["kind"]
         if kind == SUBSCRIPTION:
-            self.state = await _subscribe(self.mw, self.state, document["command"], event, self.publisher)
+            self.state = _subscribe(self.mw, self.state, document["command"], event, self.outputs)
             self.sums_changed = True
         elif kind == CONTACTS:
             contacts = {**self.state.contacts, document["workspace_id"]: tuple(document["emails"])}
@@ -135,9 +136,9 @@ class ContractBatch:
             self.state, change = record_report(self.state, read_report(document), now)
             if change.after != change.before:
                 self.sums_changed = True
-                await self._judge(change, now)
+                self._judge(change, now)
 
-    async def _judge(self, change: ContractTotalChange, now: datetime) -> None:
+    def _judge(self, change: ContractTotalChange, now: datetime) -> None:
         terms = self.state.terms
         included = terms.included(change.metric) if terms else None
         current = self.state.alerts.get(change.metric, ContractAlertState())
@@ -149,12 +150,11 @@ class ContractBatch:
             self.contract_id, terms, change.metric, reached, list(self.state.recipients()), now
         )
         self.mw.metrics.alerts.labels("contract", str(reached.level)).inc()
-        await self.publisher.publish(self.mw.channels.alerts, self.contract_id, record)
+        self.outputs.alert(self.contract_id, record)
         if self.mw.settings.smtp_host and record["recipients"]:
-            request = mail_request(ALERT, record, record["recipients"])
-            await self.publisher.publish(self.mw.channels.mail_requests, record["alert_id"], request)
+            self.outputs.mail_request(ALERT, record, record["recipients"])
 
-    async def _tell_members(self, at_ms: int) -> None:
+    def _tell_members(self, at_ms: int) -> None:
         latest = self.state.latest()
         if latest is None:
             return
@@ -167,9 +167,7 @@ class ContractBatch:
                 "period": [latest.period.start.isoformat(), latest.period.end.isoformat()],
                 "usage": others,
             }
-            await self.publisher.publish(
-                self.mw.channels.workspace_inbox, workspace_id, command_message(at_ms, message)
-            )
+            self.outputs.workspace_message(workspace_id, command_message(at_ms, message))
 
 
 def contract_alert_record(
@@ -194,22 +192,20 @@ def contract_alert_record(
     )
 
 
-async def _subscribe(
-    mw: Meterwatch, state: ContractUsage, command: dict[str, Any], event: EventT, publisher: TopicPublisher
+def _subscribe(
+    mw: Meterwatch, state: ContractUsage, command: dict[str, Any], event: EventT, outputs: RecordedOutputs
 ) -> ContractUsage:
     state, membership = change_membership(state, tuple(command["workspace_ids"]))
     state = replace(state, terms=contract_terms(command))
     received_ms = int(event.message.timestamp * 1000)
     terms = {**command, "type": CONTRACT_TERMS}
     for workspace_id in membership.joined:
-        await publisher.publish(mw.channels.workspace_inbox, workspace_id, command_message(received_ms, terms))
+        outputs.workspace_message(workspace_id, command_message(received_ms, terms))
     left = {"type": CONTRACT_LEFT, "contract_id": command["contract_id"], "command_id": command["command_id"]}
     for workspace_id in membership.left:
-        await publisher.publish(mw.channels.workspace_inbox, workspace_id, command_message(received_ms, left))
+        outputs.workspace_message(workspace_id, command_message(received_ms, left))
     mw.metrics.commands.labels("subscription", "applied").inc()
-    await publisher.publish(
-        mw.channels.command_results, command["contract_id"], command_result(command["command_id"], "applied")
-    )
+    outputs.command_result(command["contract_id"], command_result(command["command_id"], "applied"))
     return state
 
 

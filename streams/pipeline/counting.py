@@ -21,7 +21,7 @@ from faust.types import EventT
 from ... import collector
 from ...core.dedupe import FirstSeen, decode_first_seen
 from ...core.workspace import WorkspaceState
-from ...sinks.kafka import TopicPublisher
+from ...sinks.outputs import Sinks, compose
 from ..codec import decode_workspace, encode_workspace
 from ..metrics import observe_ages
 from ..runtime.batches import finish, handle_batch, source_parts
@@ -91,7 +91,7 @@ async def count_batch(mw: Meterwatch, events: list[EventT], decoded: DecodedValu
     trips to the broker a batch, however many partitions it holds."""
     with mw.metrics.batch_seconds.labels("count").time(), collector.paused():
         mw.metrics.batch_size.labels("count").observe(len(events))
-        publisher = TopicPublisher()
+        sinks = compose(mw.channels)
         config = StepConfig(
             window_ms=int(mw.settings.dedupe_window.total_seconds() * 1000),
             mail_enabled=bool(mw.settings.smtp_host),
@@ -99,12 +99,12 @@ async def count_batch(mw: Meterwatch, events: list[EventT], decoded: DecodedValu
         judged = []
         for partition, part in source_parts(events):
             with acting_for(part[-1]):
-                judged.append(await _judge_part(mw, partition, part, publisher, decoded, config))
+                judged.append(await _judge_part(mw, partition, part, sinks, decoded, config))
         await mw.tables.seen_event_ids.wait_for_writes()
         for part in judged:
             with acting_for(part.events[-1]):
-                await _write_part(mw, part, publisher, decoded, ticks)
-        await finish(mw, publisher)
+                await _write_part(mw, part, sinks, decoded, ticks)
+        await finish(mw, sinks)
 
 
 class _JudgedPart(NamedTuple):
@@ -121,12 +121,12 @@ async def _judge_part(
     mw: Meterwatch,
     partition: int,
     part: list[EventT],
-    publisher: TopicPublisher,
+    sinks: Sinks,
     decoded: DecodedValues,
     config: StepConfig,
 ) -> _JudgedPart:
     """Run the part's workspaces through the step and send the ids it counted."""
-    by_workspace, keys, since_ms, event_at = await _split_by_workspace(mw, part, publisher)
+    by_workspace, keys, since_ms, event_at = await _split_by_workspace(mw, part, sinks)
     seen = _look_up_seen(mw, partition, keys, since_ms)
     stored = mw.tables.workspaces.data
     out = BatchOutputs()
@@ -141,7 +141,7 @@ async def _judge_part(
 
 
 async def _write_part(
-    mw: Meterwatch, part: _JudgedPart, publisher: TopicPublisher, decoded: DecodedValues, ticks: PeriodTickIndex
+    mw: Meterwatch, part: _JudgedPart, sinks: Sinks, decoded: DecodedValues, ticks: PeriodTickIndex
 ) -> None:
     """Write the part's states and hand its outputs and failures to the sinks."""
     writes = []
@@ -152,13 +152,11 @@ async def _write_part(
         ticks.note(workspace_id, raw, state)
     mw.tables.workspaces.put_many(part.partition, writes)
     out = part.out
-    channels = mw.channels
-    for output in out.outputs:
-        await publisher.publish(getattr(channels, output.channel), output.key, output.record)
+    await sinks.publish(out.outputs)
     for failure in out.failures:
         await dead_letter_failure(
             mw,
-            publisher,
+            sinks,
             "count_usage",
             part.event_at[failure.inbox_offset],
             failure.error,
@@ -172,7 +170,7 @@ _NO_EVENTS = 2**63  # the earliest Kafka time of a part without usage events: la
 
 
 async def _split_by_workspace(
-    mw: Meterwatch, part: list[EventT], publisher: TopicPublisher
+    mw: Meterwatch, part: list[EventT], sinks: Sinks
 ) -> tuple[dict[str, list[Message]], list[str], int, dict[int, EventT]]:
     """The part's messages per workspace in inbox order, the dedupe keys of their events, the
     earliest Kafka time of those events, and each message's event by offset (for the dead
@@ -205,7 +203,7 @@ async def _split_by_workspace(
             for workspace_id, rows_message in rows_by_workspace(offset, rows, origins, keys).items():
                 by_workspace.setdefault(workspace_id, []).append(rows_message)
         except Exception as error:
-            await dead_letter_failure(mw, publisher, "count_usage", event, error)
+            await dead_letter_failure(mw, sinks, "count_usage", event, error)
     return by_workspace, keys, since_ms, event_at
 
 

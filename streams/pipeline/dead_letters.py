@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 from faust.types import EventT
 
 from ...core.rejections import RejectCode
-from ...models.outputs import dead_letter
-from ...sinks.kafka import Publisher
+from ...models.outputs import Kind, Output, dead_letter
+from ...sinks.outputs import Sinks
 from ..runtime.fencing import is_lost_transaction
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 async def dead_letter_failure(
     mw: Meterwatch,
-    publisher: Publisher,
+    sinks: Sinks,
     stage: str,
     event: EventT,
     error: BaseException,
@@ -62,4 +62,4 @@ async def dead_letter_failure(
         message=f"{stage} failed on this input ({type(error).__name__}); see the worker log",
         at=datetime.now(UTC),
     )
-    await publisher.publish(mw.channels.dead_letter, key, record)
+    await sinks.publish((Output(Kind.DEAD_LETTER, key, record),))

@@ -1,9 +1,9 @@
-"""The Fin hard limit for a workspace: feeding the pure state machine (``core.fin_limit``) and
-turning its transitions into ``usage.limits`` and ``usage.notifications`` records."""
+"""The Fin hard limit for a workspace: feeding the pure state machine (``core.fin_limit``) with
+usage, settings and period ticks. Its transitions become ``usage.limits`` and
+``usage.notifications`` records in ``models/outputs.py``."""
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -17,16 +17,13 @@ from ...core.fin_limit import (
     Transition,
     UsageChanged,
     next_fin_state,
-    should_notify,
 )
 from ...core.metering import FIN_RESOLUTIONS, usage_in
 from ...core.workspace import WorkspaceState
-from ...models.common import iso
 from ...models.outputs import command_result
 
 # The timer's message to a workspace's inbox: "a billing period may have begun".
 PERIOD_TICK = "period_tick"
-_NOTIFICATION_NAMESPACE = uuid.UUID("6f1c2a57-3f0e-5d0b-9a51-4f3a9c2b7e10")
 
 
 def fin_state(state: WorkspaceState, workspace_id: str) -> FinState:
@@ -72,36 +69,3 @@ def _current_period(state: WorkspaceState, workspace_id: str, at: datetime) -> A
     period = state.profile.cycle.period_containing(at)
     known = fin_state(state, workspace_id).period
     return known if known is not None and known.start > period.start else period
-
-
-def limit_record(workspace_id: str, transition: Transition) -> dict[str, Any]:
-    return {
-        "transition_id": transition.transition_id,
-        "workspace_id": workspace_id,
-        "metric": FIN_RESOLUTIONS,
-        "state": transition.state,
-        "reason": transition.reason,
-        "limit": transition.limit,
-        "usage": transition.usage,
-        "period_start": iso(transition.period.start),
-        "period_end": iso(transition.period.end),
-        "at": iso(transition.at),
-    }
-
-
-def notification_record(workspace_id: str, transition: Transition) -> dict[str, Any] | None:
-    if not should_notify(transition):
-        return None
-    return {
-        "notification_id": str(uuid.uuid5(_NOTIFICATION_NAMESPACE, transition.transition_id)),
-        "workspace_id": workspace_id,
-        "kind": "fin_limit_reached",
-        "title": "Fin AI Agent has been paused",
-        "body": (
-            f"Your workspace reached its limit of {transition.limit} Fin AI Agent resolutions for this billing "
-            f"period ({transition.usage} so far). New and ongoing conversations go to your team until the "
-            "limit is raised or turned off, or the next billing period starts."
-        ),
-        "transition_id": transition.transition_id,
-        "at": iso(transition.at),
-    }

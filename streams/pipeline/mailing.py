@@ -27,7 +27,7 @@ from faust.types import EventT
 
 from ...core.mail_retry import RetryPolicy
 from ...core.rejections import RejectCode
-from ...models.outputs import dead_letter
+from ...models.outputs import ALERT, Kind, Output, dead_letter, mail_id
 from ...sinks.email import (
     EVERY_RECIPIENT_REFUSED,
     SMTP_TRANSACTION_SECONDS,
@@ -35,8 +35,8 @@ from ...sinks.email import (
     SmtpMailer,
     smtp_tls_context,
 )
-from ...sinks.kafka import TopicPublisher
 from ...sinks.mail_text import MailCompositionError, compose_alert_mail, compose_fin_disabled_mail
+from ...sinks.outputs import compose
 from ..runtime.batches import by_source_partition, finish
 from ..runtime.commit_gate import acknowledge
 from ..runtime.consumer import before_handover
@@ -50,22 +50,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ALERT = "alert"
-FIN_DISABLED = "fin_disabled"
 # Mails being sent at once on one worker; the agent waits for room beyond that, so a long
 # outage costs bounded memory (lag on the mail-requests topic grows instead).
 MAX_PENDING_MAILS = 1000
 # At a rebalance, how long the SMTP transactions under way are waited for before the hand-over:
 # longer than one may take, so each has ended, and settled if its mail went through.
 HANDOVER_MAIL_SECONDS = SMTP_TRANSACTION_SECONDS + 1.0
-
-
-def mail_request(kind: str, record: dict[str, Any], recipients: list[str]) -> bytes:
-    return orjson.dumps({"kind": kind, "record": record, "recipients": recipients})
-
-
-def mail_id(kind: str, record: dict[str, Any]) -> str:
-    return record["alert_id"] if kind == ALERT else record["transition_id"]
 
 
 def requested_at(event: EventT) -> datetime:
@@ -166,7 +156,7 @@ class Mailing:
         mw = self.mw
         async with mw.commit_gate.outside_batches() as admitted:
             if admitted:
-                publisher = TopicPublisher()
+                sinks = compose(mw.channels)
                 for _, part in by_source_partition(events):
                     for event in part:
                         if not self._owns(event):
@@ -176,9 +166,9 @@ class Mailing:
                         try:
                             await self._take_one(event)
                         except Exception as error:
-                            await dead_letter_failure(mw, publisher, "mail_billing_contacts", event, error)
+                            await dead_letter_failure(mw, sinks, "mail_billing_contacts", event, error)
                             acknowledge(mw.app, [event])
-                await finish(mw, publisher)
+                await finish(mw, sinks)
 
     async def _take_one(self, event: EventT) -> None:
         ledger = self.mw.tables.mails_sent
@@ -246,12 +236,12 @@ class Mailing:
                 return  # transactions lost: delivered again after the rebalance
             first = events[0]
             with acting_for(first):
-                publisher = TopicPublisher()
+                sinks = compose(mw.channels)
                 if given_up is not None:
                     record = _given_up_record(first, key, given_up)
-                    await publisher.publish(mw.channels.dead_letter, _record_key(first), record)
+                    await sinks.publish((Output(Kind.DEAD_LETTER, _record_key(first), record),))
                 await mw.tables.mails_sent.write(key, outcome)
-                await publisher.flush()
+                await sinks.flush()
             if self._requests.get(key) is events:
                 del self._requests[key]
                 acknowledge(mw.app, events)

@@ -11,8 +11,8 @@ from faust.types import EventT
 
 from ...core.rejections import RejectCode
 from ...models.commands import CommandRejected, Subscription, parse_command
-from ...models.outputs import command_result
-from ...sinks.kafka import TopicPublisher
+from ...models.outputs import RecordedOutputs, command_result
+from ...sinks.outputs import Sinks, compose
 from ..runtime.batches import by_source_partition, finish, handle_batch
 from .contracts import subscription_message
 from .dead_letters import dead_letter_failure
@@ -30,25 +30,26 @@ def register(mw: Meterwatch) -> None:
 
 
 async def forward_commands(mw: Meterwatch, events: list[EventT]) -> None:
-    publisher = TopicPublisher()
+    sinks = compose(mw.channels)
     for _, part in by_source_partition(events):
-        await _forward_part(mw, part, publisher)
-    await finish(mw, publisher)
+        await _forward_part(mw, part, sinks)
+    await finish(mw, sinks)
 
 
-async def _forward_part(mw: Meterwatch, events: list[EventT], publisher: TopicPublisher) -> None:
+async def _forward_part(mw: Meterwatch, events: list[EventT], sinks: Sinks) -> None:
     for event in events:
+        outputs = RecordedOutputs()
         try:
-            await _route_command(mw, event, publisher)
+            _route_command(mw, event, outputs)
         except Exception as error:
-            await dead_letter_failure(mw, publisher, "route_commands", event, error)
+            await dead_letter_failure(mw, sinks, "route_commands", event, error)
             command_id = _command_id(event.message.value)
-            result = command_result(command_id, "rejected", reason=RejectCode.INTERNAL_ERROR)
-            await publisher.publish(mw.channels.command_results, None, result)
+            outputs = RecordedOutputs()
+            outputs.command_result(None, command_result(command_id, "rejected", reason=RejectCode.INTERNAL_ERROR))
+        await sinks.publish(outputs)
 
 
-async def _route_command(mw: Meterwatch, event: EventT, publisher: TopicPublisher) -> None:
-    channels = mw.channels
+def _route_command(mw: Meterwatch, event: EventT, outputs: RecordedOutputs) -> None:
     message = event.message
     received_ms = int(message.timestamp * 1000)
     key = message.key.decode("utf-8", "replace") if message.key is not None else None
@@ -56,16 +57,14 @@ async def _route_command(mw: Meterwatch, event: EventT, publisher: TopicPublishe
         command = parse_command(message.value)
     except CommandRejected as rejected:
         mw.metrics.commands.labels(_command_type(message.value), "rejected").inc()
-        await publisher.publish(
-            channels.command_results, key, command_result(rejected.command_id, "rejected", reason=rejected.reason)
-        )
+        outputs.command_result(key, command_result(rejected.command_id, "rejected", reason=rejected.reason))
         return
     document = command.model_dump(mode="json")
     if isinstance(command, Subscription):
         # The contract's owner knows who was a member before, so it tells who joined and left.
-        await publisher.publish(channels.contract_inbox, command.contract_id, subscription_message(document))
+        outputs.contract_message(command.contract_id, subscription_message(document))
     else:
-        await publisher.publish(channels.workspace_inbox, command.workspace_id, command_message(received_ms, document))
+        outputs.workspace_message(command.workspace_id, command_message(received_ms, document))
 
 
 def _command_id(raw: bytes | None) -> str | None:

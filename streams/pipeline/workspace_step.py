@@ -44,7 +44,7 @@ from ...core.periods import LATE_EVENT_GRACE, MAX_FUTURE_SKEW, BillingCycle, Bil
 from ...core.rejections import RejectCode
 from ...core.workspace import WorkspaceState
 from ...models.commands import MAX_AMOUNT
-from ...models.outputs import dead_letter
+from ...models.outputs import ALERT, FIN_DISABLED, RecordedOutputs, dead_letter, limit_record, notification_record
 from . import commands, fin
 from .alerting import alert_record, apply_alert_settings, judge_change
 from .contracts import CONTRACT_OTHERS, contacts_message, report_message, take_contract_others
@@ -64,7 +64,6 @@ from .inbox import (
     WORKSPACE,
     row_as_json,
 )
-from .mailing import ALERT, FIN_DISABLED, mail_id, mail_request
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +80,6 @@ _DEAD_LETTER_TEXT = {
     RejectCode.PERIOD_CLOSED: "the event's billing period ended more than 7 days ago",
     RejectCode.QUANTITY_OUT_OF_RANGE: f"usage would exceed {MAX_AMOUNT} in its period",
 }
-
-
-class Output(NamedTuple):
-    """A record to publish: ``channel`` names a topic of ``Channels`` (``alerts``, ...)."""
-
-    channel: str
-    key: str | None
-    record: Any
 
 
 class Failure(NamedTuple):
@@ -111,7 +102,7 @@ class StepConfig:
 class BatchOutputs:
     """What the steps of one batch produced, in order, and the figures for the metrics."""
 
-    outputs: list[Output] = field(default_factory=list)
+    outputs: RecordedOutputs = field(default_factory=RecordedOutputs)
     failures: list[Failure] = field(default_factory=list)
     # dedupe key -> when and where first counted, to remember before the state is written
     first_seen: dict[str, FirstSeen] = field(default_factory=dict)
@@ -444,7 +435,7 @@ class _Step:
         if reached is not None:
             record = alert_record(self.state, self.workspace_id, metric, reached, event_id, at)
             self.result.alerts[str(reached.level)] += 1
-            self._emit("alerts", self.workspace_id, record)
+            self.result.outputs.alert(self.workspace_id, record)
             self._request_mail(ALERT, record, record["recipients"])
 
     def _dead_letter(self, row: list[Any], origin: list[Any], code: str) -> None:
@@ -460,7 +451,7 @@ class _Step:
             message=_DEAD_LETTER_TEXT.get(code, code),
             at=datetime.fromtimestamp(origin[O_RECEIVED_MS] / 1000, tz=UTC),
         )
-        self._emit("dead_letter", self.workspace_id, record)
+        self.result.outputs.dead_letter(self.workspace_id, record)
 
     # ---------------------------------------------------------------------------------------
     # commands
@@ -500,7 +491,7 @@ class _Step:
 
     def _answer(self, command: dict[str, Any], answer: dict[str, Any]) -> None:
         self.result.commands[(command["type"], answer["status"])] += 1
-        self._emit("command_results", self.workspace_id, answer)
+        self.result.outputs.command_result(self.workspace_id, answer)
 
     # ---------------------------------------------------------------------------------------
     # outputs
@@ -509,21 +500,19 @@ class _Step:
         if transition is None:
             return
         self.result.transitions[transition.reason] += 1
-        self._emit("limits", self.workspace_id, fin.limit_record(self.workspace_id, transition))
-        notification = fin.notification_record(self.workspace_id, transition)
+        outputs = self.result.outputs
+        record = limit_record(self.workspace_id, transition)
+        outputs.fin_transition(self.workspace_id, record)
+        notification = notification_record(self.workspace_id, transition)
         if notification is not None:
-            self._emit("notifications", self.workspace_id, notification)
-            record = fin.limit_record(self.workspace_id, transition)
+            outputs.notification(self.workspace_id, notification)
             self._request_mail(FIN_DISABLED, record, list(self.state.profile.billing_contacts))
 
     def _request_mail(self, kind: str, record: dict[str, Any], recipients: list[str]) -> None:
         # No SMTP server configured, or nobody to tell: the record on its topic is all there is.
         if not self.config.mail_enabled or not recipients:
             return
-        self._emit("mail_requests", mail_id(kind, record), mail_request(kind, record, recipients))
-
-    def _emit(self, channel: str, key: str | None, record: Any) -> None:
-        self.result.outputs.append(Output(channel, key, record))
+        self.result.outputs.mail_request(kind, record, recipients)
 
     def _report_to_contract(self) -> None:
         contract = self.state.profile.contract
@@ -531,10 +520,10 @@ class _Step:
             return
         if self.contacts_changed:
             message = contacts_message(self.workspace_id, self.state.profile.billing_contacts)
-            self._emit("contract_inbox", contract.contract_id, message)
+            self.result.outputs.contract_message(contract.contract_id, message)
         for (metric, period), usage in self.changed.items():
             report = WorkspaceReport(self.workspace_id, metric, period, usage, self.state.usage.applied_through)
-            self._emit("contract_inbox", contract.contract_id, report_message(report))
+            self.result.outputs.contract_message(contract.contract_id, report_message(report))
 
     def _isolated(self, offset: int, action: Any, *args: Any) -> None:
         """Run one input's step; should it fail, the workspace and the outputs are as before it.
@@ -548,7 +537,7 @@ class _Step:
             action(*args)
         except Exception as error:
             self.state, self.changed, self.contacts_changed, outputs = before
-            del result.outputs[outputs:]
+            result.outputs.truncate(outputs)
             result.alerts, result.transitions, result.commands = counters
             row = args[0] if isinstance(args[0], list) else None
             result.failures.append(

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from faust.types import EventT
 
-from ...sinks.kafka import TopicPublisher
+from ...sinks.outputs import Sinks
 from .commit_gate import acknowledge
 from .fencing import is_lost_transaction
 from .partition_context import acting_for
@@ -75,9 +75,9 @@ def by_source_partition(events: Iterable[EventT]) -> Iterator[tuple[int, list[Ev
             yield partition, part
 
 
-async def finish(mw: Meterwatch, publisher: TopicPublisher) -> None:
+async def finish(mw: Meterwatch, sinks: Sinks) -> None:
     """Wait until every record and table write of the batch is acknowledged, before the batch's
     input is acknowledged: input is never committed ahead of what it produced."""
-    await publisher.flush()
+    await sinks.flush()
     for table in mw.tables.all():
         await table.wait_for_writes()

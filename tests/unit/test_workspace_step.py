@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from meterwatch.core.dedupe import FirstSeen
 from meterwatch.core.metering import MetricTally, WorkspaceUsage
 from meterwatch.core.workspace import WorkspaceState
+from meterwatch.models.outputs import Kind
 from meterwatch.streams.pipeline.inbox import RowPacker
 from meterwatch.streams.pipeline.workspace_step import (
     BatchOutputs,
@@ -169,7 +170,7 @@ def _comparable(step_result: Result) -> dict[str, Any]:
     return {
         "state": step_result.state,
         "applied": step_result.applied,
-        "outputs": result.outputs,
+        "outputs": result.outputs.items,
         "failures": [(f.workspace_id, f.inbox_offset, repr(f.error)) for f in result.failures],
         "first_seen": result.first_seen,
         "counted": result.counted,
@@ -251,7 +252,7 @@ def test_a_quiet_run_is_summed_and_a_crossing_still_alerts_once_with_its_event()
         for i in range(20)
     ]
     (first, second) = _run_both([[setting, ("rows", rows[:1])], [("rows", rows[1:])]], replay_first=False)
-    alerts = [o.record for o in second.out.outputs if o.channel == "alerts"]
+    alerts = second.out.outputs.of(Kind.ALERT)
     # 7 per event: 50 % (50) is reached by the 8th event (56), 80 % by the 12th (84), 100 % by the 15th.
     assert [(a["level"], a["usage"], a["cause_event_id"]) for a in alerts] == [
         (50, 56, "e7"),

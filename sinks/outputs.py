@@ -1,0 +1,40 @@
+"""Where outputs go: the sinks every stage hands its recorded outputs to.
+
+A sink is anything with ``publish(output)`` and ``flush()``; ``compose`` lists them. A stage
+makes one ``Sinks`` per batch, publishes each part's outputs while acting for that part's source
+partition (so that, under exactly_once, they join its transaction), and flushes once before its
+input is acknowledged. Adding a sink is a module with such a class and one line in ``compose``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+from ..models.outputs import Output
+from .kafka import KafkaSink
+
+
+class Sink(Protocol):
+    async def publish(self, output: Output) -> None: ...
+
+    async def flush(self) -> None: ...
+
+
+class Sinks:
+    def __init__(self, sinks: Sequence[Sink]) -> None:
+        self._sinks = sinks
+
+    async def publish(self, outputs: Iterable[Output]) -> None:
+        for output in outputs:
+            for sink in self._sinks:
+                await sink.publish(output)
+
+    async def flush(self) -> None:
+        for sink in self._sinks:
+            await sink.flush()
+
+
+def compose(channels: Any) -> Sinks:
+    """The sinks of one batch; ``channels`` is the app's ``Channels``."""
+    return Sinks([KafkaSink(channels)])
