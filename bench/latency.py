@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 from harness import RESULTS, PhaseFailed, log, tail
-from meterwatch.streams.pipeline.inbox import EVENT_ID
+from meterwatch.models.internal import EVENT_ID
 from producing import METRIC, Producer, make_shape
 from worker import MeterwatchWorker, wait_counter
 

@@ -23,9 +23,9 @@ from meterwatch.core.alerts import AlertSetting, AlertState
 from meterwatch.core.fin_limit import FinState, LimitSetting
 from meterwatch.core.metering import MetricTally, Reading, WorkspaceUsage, count_reading
 from meterwatch.core.periods import CALENDAR_MONTH_UTC
+from meterwatch.core.steps.fin import period_tick_due
 from meterwatch.core.workspace import WorkspaceState
 from meterwatch.streams.codec import decode_workspace, encode_workspace
-from meterwatch.streams.pipeline.fin import period_tick_due
 from meterwatch.streams.pipeline.period_timer import PeriodTickIndex
 
 NOW = datetime(2026, 11, 29, 12, tzinfo=UTC)

@@ -22,7 +22,7 @@ from pydantic_core import PydanticCustomError
 
 from ..core.periods import BillingCycle
 from ..sinks.mail_text import valid_address
-from .common import Identifier, Metric, Timestamp
+from .common import MAX_AMOUNT, Identifier, Metric, Timestamp
 
 
 def _deliverable(address: str) -> str:
@@ -35,9 +35,7 @@ def _deliverable(address: str) -> str:
 EmailAddress = Annotated[str, AfterValidator(_deliverable)]
 
 
-# Usage, thresholds and limits are counts that must survive JSON consumers that read numbers as
-# doubles; prices have more room than any real price needs.
-MAX_AMOUNT = 2**53 - 1
+# Prices have more room than any real price needs.
 MAX_UNIT_PRICE = Decimal(1_000_000)
 MAX_PRICE_DECIMALS = 12
 

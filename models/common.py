@@ -28,10 +28,19 @@ class Metric(str, enum.Enum):
 
 METRIC_NAMES: frozenset[str] = frozenset(metric_kinds.METRIC_KINDS)
 
+# The limits every validator of the wire applies: the pydantic models (usage_event.py,
+# commands.py) and the usage events' fast path (fast_usage.py), which must agree with them.
+# Usage, quantities, thresholds and limits are counts that must survive JSON consumers that read
+# numbers as doubles.
+MAX_AMOUNT = 2**53 - 1
+MAX_BATCH = 1_000  # events in one usage.events message
+MAX_EVENT_ID = 128
+MAX_IDENTIFIER = 256  # workspace, conversation, contract and command ids
 # Identifiers reach mail headers and topic keys: printable, no control characters.
-_IDENTIFIER = r"^[^\x00-\x1f\x7f-\x9f]+$"
-EventId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=_IDENTIFIER)]
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=_IDENTIFIER)]
+CONTROL_CHARACTERS = r"\x00-\x1f\x7f-\x9f"
+_IDENTIFIER = f"^[^{CONTROL_CHARACTERS}]+$"
+EventId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_EVENT_ID, pattern=_IDENTIFIER)]
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=MAX_IDENTIFIER, pattern=_IDENTIFIER)]
 
 
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")

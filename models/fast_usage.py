@@ -21,20 +21,19 @@ from datetime import UTC, date, datetime
 import orjson
 
 from ..core.metric_kinds import SEATS
-from .common import METRIC_NAMES
+from .common import CONTROL_CHARACTERS, MAX_AMOUNT, MAX_BATCH, MAX_EVENT_ID, MAX_IDENTIFIER, METRIC_NAMES
 
 # workspace_id, event_id, metric, quantity, occurred_at (UTC, isoformat), conversation_id
 Row = tuple[str, str, str, int, str, str | None]
 
-MAX_BATCH = 1_000
-MAX_ABS_QUANTITY = 2**53 - 1
-_MAX_EVENT_ID = 128
-_MAX_IDENTIFIER = 256
+MAX_ABS_QUANTITY = MAX_AMOUNT
+_MAX_EVENT_ID = MAX_EVENT_ID
+_MAX_IDENTIFIER = MAX_IDENTIFIER
 _FIN = "fin_resolutions"
 
 # Control characters (C0, DEL, C1), as the identifiers' pattern in models/common.py; and lone
 # surrogates, which orjson never yields, so that a string that has one is never taken as plain.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_CONTROL = re.compile(rf"[{CONTROL_CHARACTERS}\ud800-\udfff]")
 _TIMESTAMP = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.([0-9]{1,6}))?"
     r"(Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"

@@ -9,11 +9,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, StrictInt, Validati
 from pydantic_core import PydanticCustomError
 
 from ..core.rejections import RejectCode
-from .common import EventId, Identifier, Metric, Timestamp
+from .common import MAX_AMOUNT, MAX_BATCH, MAX_IDENTIFIER, EventId, Identifier, Metric, Timestamp
 
-MAX_BATCH = 1_000
 # Far beyond any real usage, small enough that sums stay exact in every consumer's JSON parser.
-MAX_ABS_QUANTITY = 2**53 - 1
+MAX_ABS_QUANTITY = MAX_AMOUNT
 
 
 _OWN_CODES = {
@@ -155,6 +154,6 @@ def reject_reason(error: ValidationError) -> tuple[str, str]:
 def _workspace_of(item: Any) -> str | None:
     if isinstance(item, dict):
         value = item.get("workspace_id")
-        if isinstance(value, str) and 0 < len(value) <= 256:
+        if isinstance(value, str) and 0 < len(value) <= MAX_IDENTIFIER:
             return value
     return None

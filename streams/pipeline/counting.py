@@ -2,7 +2,7 @@
 
 A batch is judged partition by partition: its inbox records are split by workspace, the ids of
 every event are looked up in the dedupe store at once, and each workspace's messages go through
-the pure step (``streams/pipeline/workspace_step.py``) in order; then, once the ids it counted are
+the pure step (``core/steps/workspace.py``) in order; then, once the ids it counted are
 acknowledged, every partition writes its values (each read once and written once a batch) and
 its outputs. A message at or below the workspace's ``applied_through`` was already applied (a
 replay after a crash) and is skipped; an ``event_id`` already counted by another delivery within
@@ -20,16 +20,16 @@ from faust.types import EventT
 
 from ... import collector
 from ...core.dedupe import FirstSeen, decode_first_seen
+from ...core.steps.workspace import BatchOutputs, CommandMessage, Message, StepConfig, rows_by_workspace, step
 from ...core.workspace import WorkspaceState
+from ...models.internal import COMMAND, O_RECEIVED_MS, ROWS, USAGE, InboxRecord, legacy_rows
 from ...sinks.outputs import Sinks, compose
 from ..codec import decode_workspace, encode_workspace
 from ..metrics import observe_ages
 from ..runtime.batches import finish, handle_batch, source_parts
 from ..runtime.partition_context import acting_for
 from .dead_letters import dead_letter_failure
-from .inbox import COMMAND, O_RECEIVED_MS, ROWS, USAGE, legacy_rows
 from .period_timer import PeriodTickIndex
-from .workspace_step import BatchOutputs, CommandMessage, Message, StepConfig, rows_by_workspace, step
 
 if TYPE_CHECKING:
     from ..app import Meterwatch
@@ -184,7 +184,7 @@ async def _split_by_workspace(
         offset = message.offset
         event_at[offset] = event
         try:
-            document = orjson.loads(message.value)
+            document: InboxRecord = orjson.loads(message.value)
             kind = document["kind"]
             if kind == COMMAND:
                 workspace_id = message.key.decode()

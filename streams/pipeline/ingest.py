@@ -5,7 +5,7 @@ still counted there.
 This stage runs beside Faust rather than inside it: a service of the app owning a plain aiokafka
 consumer (its own group, ``{group}-ingest``: Faust's group uses Faust's assignor) and producer.
 Faust's per-message cost capped stage one far below what the broker delivers; here a message
-costs its decoding (models/fast_usage.py) and a share of a packed inbox record (streams/pipeline/inbox.py).
+costs its decoding (models/fast_usage.py) and a share of a packed inbox record (models/internal.py).
 
 A batch is forwarded, every record acknowledged, and only then are its input offsets committed:
 in one transaction with its outputs under ``exactly_once``, after the acknowledgements under

@@ -18,9 +18,9 @@ from aiokafka.partitioner import murmur2
 from ...core.rejections import RejectCode
 from ...models.common import dumps
 from ...models.fast_usage import Row, fast_rows
+from ...models.internal import RowPacker
 from ...models.outputs import dead_letter
 from ...models.usage_event import parse_usage_message
-from .inbox import RowPacker
 
 log = logging.getLogger("meterwatch.streams.pipeline.ingest")
 

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer
 
+from ...core.steps.fin import period_tick_due
 from ...core.workspace import WorkspaceState
+from ...models.internal import period_tick
 from ..codec import decode_workspace
 from ..runtime.kafka_client import client_options
-from .fin import PERIOD_TICK, period_tick_due
-from .inbox import command_message
 
 if TYPE_CHECKING:
     from ..app import Meterwatch
@@ -102,7 +102,7 @@ def register(mw: Meterwatch, index: PeriodTickIndex) -> None:
     async def start_new_periods() -> None:
         due = index.due(list(mw.tables.workspaces.items()), datetime.now(UTC))
         # The tick goes through the workspace's inbox, so it is applied in order with its usage.
-        tick = command_message(int(time.time() * 1000), {"type": PERIOD_TICK})
+        tick = period_tick(int(time.time() * 1000))
         for workspace_id in due:
             try:
                 await sender.send(workspace_id, tick)

@@ -11,12 +11,11 @@ from faust.types import EventT
 
 from ...core.rejections import RejectCode
 from ...models.commands import CommandRejected, Subscription, parse_command
+from ...models.internal import command_message, subscription_message
 from ...models.outputs import RecordedOutputs, command_result
 from ...sinks.outputs import Sinks, compose
 from ..runtime.batches import by_source_partition, finish, handle_batch
-from .contracts import subscription_message
 from .dead_letters import dead_letter_failure
-from .inbox import command_message
 
 if TYPE_CHECKING:
     from ..app import Meterwatch

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from meterwatch.core.steps.workspace import KEY_SEPARATOR
+from meterwatch.models.internal import EVENT_ID, METRIC, WORKSPACE
 from meterwatch.streams.codec import decode_workspace
-from meterwatch.streams.pipeline.inbox import EVENT_ID, METRIC, WORKSPACE
-from meterwatch.streams.pipeline.workspace_step import KEY_SEPARATOR
 from meterwatch.streams.runtime.seen_ids_table import unpack_chunk
 from prometheus_client.parser import text_string_to_metric_families
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from meterwatch.models.internal import EVENTS_PER_MESSAGE, MAX_RECORD_BYTES, ORIGIN, RowPacker, legacy_rows
 from meterwatch.models.outputs import MAX_DEAD_LETTER_BYTES
-from meterwatch.streams.pipeline.inbox import EVENTS_PER_MESSAGE, MAX_RECORD_BYTES, ORIGIN, RowPacker, legacy_rows
 
 BROKER_LIMIT = 1_000_000  # the broker's and producer's default record limit, less headroom
 

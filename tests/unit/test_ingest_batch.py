@@ -11,10 +11,10 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
+from meterwatch.models.internal import EVENT_ID, O_KEY, O_OFFSET, ORIGIN, ROWS, WORKSPACE
 from meterwatch.models.outputs import dead_letter
 from meterwatch.models.usage_event import parse_usage_message
 from meterwatch.streams.pipeline import ingest_batch
-from meterwatch.streams.pipeline.inbox import EVENT_ID, O_KEY, O_OFFSET, ORIGIN, ROWS, WORKSPACE
 from meterwatch.streams.pipeline.ingest_batch import BatchBuilder, InboxPartitioner, take_batch
 
 from tests.support.messages import event

@@ -12,9 +12,9 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 from meterwatch.config import ProcessingGuarantee, Settings
+from meterwatch.models.internal import EVENT_ID
 from meterwatch.streams.metrics import Metrics
 from meterwatch.streams.pipeline import ingest, ingest_kafka
-from meterwatch.streams.pipeline.inbox import EVENT_ID
 from meterwatch.streams.topics import TopicNames
 
 from tests.support.messages import event

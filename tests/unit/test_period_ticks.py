@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from meterwatch.core.fin_limit import FinState, LimitSetting
 from meterwatch.core.periods import CALENDAR_MONTH_UTC
+from meterwatch.core.steps.fin import period_tick_due
 from meterwatch.core.workspace import WorkspaceState
 from meterwatch.streams.codec import decode_workspace, encode_workspace
-from meterwatch.streams.pipeline.fin import period_tick_due
 from meterwatch.streams.pipeline.period_timer import PeriodTickIndex
 
 NOVEMBER = CALENDAR_MONTH_UTC.period_containing(datetime(2026, 11, 25, tzinfo=UTC))

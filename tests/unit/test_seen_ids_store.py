@@ -209,7 +209,7 @@ def test_segments_judge_every_event_as_a_store_that_never_forgets(tmp_path_facto
         kept = decode_first_seen(segments.get_many([key], now)[0])
         repeat = is_repeat(kept, position, now, WINDOW_MS)
         assert repeat == is_repeat(forever.get(key), position, now, WINDOW_MS)
-        # Each store remembers what counting would write to it (workspace_step).
+        # Each store remembers what counting would write to it (core/steps/workspace.py).
         if not repeat:
             segments.write([(key, now, encode_first_seen(FirstSeen(now, position)))])
         if not repeat:

@@ -20,10 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from meterwatch.core.dedupe import FirstSeen
 from meterwatch.core.metering import MetricTally, WorkspaceUsage
-from meterwatch.core.workspace import WorkspaceState
-from meterwatch.models.outputs import Kind
-from meterwatch.streams.pipeline.inbox import RowPacker
-from meterwatch.streams.pipeline.workspace_step import (
+from meterwatch.core.steps.workspace import (
     BatchOutputs,
     CommandMessage,
     Message,
@@ -33,6 +30,9 @@ from meterwatch.streams.pipeline.workspace_step import (
     rows_by_workspace,
     step,
 )
+from meterwatch.core.workspace import WorkspaceState
+from meterwatch.models.internal import RowPacker
+from meterwatch.models.outputs import Kind
 
 WORKSPACE = "ws_1"
 CONFIG = StepConfig(window_ms=24 * 3600 * 1000, mail_enabled=True)

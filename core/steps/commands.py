@@ -1,19 +1,19 @@
-"""Applying a workspace's commands, in inbox order, to its profile."""
+"""Applying a workspace's commands, in inbox order, to its profile, and a contract's news of the
+other members' usage to its state."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import datetime
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
-from ...core.contracts import ContractTerms, Price, WorkspaceProfile
-from ...core.periods import BillingCycle
+from ...models.internal import CONTRACT_LEFT, CONTRACT_TERMS
 from ...models.outputs import command_result
-
-# Sent by the contract's owner to each workspace that joins or leaves; the subscription itself
-# is answered there, once.
-CONTRACT_TERMS = "contract_terms"
-CONTRACT_LEFT = "contract_left"
+from ..contracts import ContractTerms, Price, WorkspaceProfile
+from ..periods import BillingCycle, BillingPeriod
+from ..workspace import ContractOthers, WorkspaceState
 
 
 def apply_to_profile(
@@ -52,3 +52,13 @@ def contract_terms(command: dict[str, Any]) -> ContractTerms:
         workspace_ids=tuple(command["workspace_ids"]),
         messages_included=command.get("messages_included"),
     )
+
+
+def take_contract_others(state: WorkspaceState, command: dict[str, Any]) -> WorkspaceState:
+    """A member's copy of the others' usage (only from its current contract)."""
+    contract = state.profile.contract
+    if contract is None or contract.contract_id != command["contract_id"]:
+        return state
+    start, end = command["period"]
+    period = BillingPeriod(datetime.fromisoformat(start), datetime.fromisoformat(end))
+    return replace(state, contract_others=ContractOthers(period, MappingProxyType(dict(command["usage"]))))

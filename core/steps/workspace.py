@@ -26,29 +26,9 @@ from datetime import UTC, date, datetime, timedelta
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from ...core.alerts import levels_of
-from ...core.contract_usage import WorkspaceReport
-from ...core.dedupe import FirstSeen, is_repeat
-from ...core.fin_limit import Transition
-from ...core.metering import (
-    FIN_RESOLUTIONS,
-    SEATS,
-    MetricTally,
-    PeriodTally,
-    Reading,
-    UsageChange,
-    WorkspaceUsage,
-    count_reading,
-)
-from ...core.periods import LATE_EVENT_GRACE, MAX_FUTURE_SKEW, BillingCycle, BillingPeriod, event_time_rejection
-from ...core.rejections import RejectCode
-from ...core.workspace import WorkspaceState
-from ...models.commands import MAX_AMOUNT
-from ...models.outputs import ALERT, FIN_DISABLED, RecordedOutputs, dead_letter, limit_record, notification_record
-from . import commands, fin
-from .alerting import alert_record, apply_alert_settings, judge_change
-from .contracts import CONTRACT_OTHERS, contacts_message, report_message, take_contract_others
-from .inbox import (
+from ...models.common import MAX_AMOUNT
+from ...models.internal import (
+    CONTRACT_OTHERS,
     CONVERSATION,
     EVENT_ID,
     METRIC,
@@ -59,11 +39,35 @@ from .inbox import (
     O_TOPIC,
     OCCURRED_AT,
     ORIGIN,
+    PERIOD_TICK,
     POSITION_STRIDE,
     QUANTITY,
     WORKSPACE,
+    contacts_message,
+    report_message,
     row_as_json,
 )
+from ...models.outputs import ALERT, FIN_DISABLED, RecordedOutputs, dead_letter, limit_record, notification_record
+from ..alerts import levels_of
+from ..contract_usage import WorkspaceReport
+from ..dedupe import FirstSeen, is_repeat
+from ..fin_limit import Transition
+from ..metering import (
+    FIN_RESOLUTIONS,
+    SEATS,
+    MetricTally,
+    PeriodTally,
+    Reading,
+    UsageChange,
+    WorkspaceUsage,
+    count_reading,
+)
+from ..periods import LATE_EVENT_GRACE, MAX_FUTURE_SKEW, BillingCycle, BillingPeriod, event_time_rejection
+from ..rejections import RejectCode
+from ..workspace import WorkspaceState
+from . import commands, fin
+from .alerting import alert_record, apply_alert_settings, judge_change
+from .commands import take_contract_others
 
 log = logging.getLogger(__name__)
 
@@ -468,7 +472,7 @@ class _Step:
             self._answer(command, answer)
             self._publish_transition(transition)
             return
-        if kind == fin.PERIOD_TICK:
+        if kind == PERIOD_TICK:
             self.state, transition = fin.on_period_tick(self.state, self.workspace_id, received)
             self._publish_transition(transition)
             return

@@ -8,13 +8,13 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-from ...core.alerts import WORKSPACE_SCOPE, AlertSetting, AlertState, LevelReached, apply_setting, judge_usage
-from ...core.costs import estimated_cost, money
-from ...core.metering import usage_in
-from ...core.periods import BillingPeriod
-from ...core.workspace import WorkspaceState
 from ...models.outputs import alert_record as build_alert_record
 from ...models.outputs import command_result
+from ..alerts import WORKSPACE_SCOPE, AlertSetting, AlertState, LevelReached, apply_setting, judge_usage
+from ..costs import estimated_cost, money
+from ..metering import usage_in
+from ..periods import BillingPeriod
+from ..workspace import WorkspaceState
 
 
 def current_period(state: WorkspaceState, metric: str, at: datetime) -> BillingPeriod:

@@ -8,7 +8,8 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from ...core.fin_limit import (
+from ...models.outputs import command_result
+from ..fin_limit import (
     FinLimitInput,
     FinState,
     LimitSetting,
@@ -18,12 +19,8 @@ from ...core.fin_limit import (
     UsageChanged,
     next_fin_state,
 )
-from ...core.metering import FIN_RESOLUTIONS, usage_in
-from ...core.workspace import WorkspaceState
-from ...models.outputs import command_result
-
-# The timer's message to a workspace's inbox: "a billing period may have begun".
-PERIOD_TICK = "period_tick"
+from ..metering import FIN_RESOLUTIONS, usage_in
+from ..workspace import WorkspaceState
 
 
 def fin_state(state: WorkspaceState, workspace_id: str) -> FinState:

@@ -1,7 +1,9 @@
-"""The workspace inbox: the internal topic that carries, per partition and in order, accepted
-usage events and commands to the worker that owns their workspaces.
+"""Internal message formats, declared once: the workspace inbox, the internal commands it
+carries, and the contract inbox. Each format has a ``TypedDict`` naming its keys, the builder
+that writes it and, where one is needed, the reader.
 
-Messages are compact JSON:
+The workspace inbox is the internal topic that carries, per partition and in order, accepted
+usage events and commands to the worker that owns their workspaces. Its messages are compact JSON:
 
 - ``{"kind": "rows", "origins": [...], "rows": [...]}``: accepted usage events of any number of
   workspaces whose partition this is, packed many to a record so the framework's per-message
@@ -10,23 +12,30 @@ Messages are compact JSON:
   ``origin`` indexes ``origins``: ``[topic, partition, offset, key, received_ms]``, the message
   that carried the event (for dead letters and the event's "now"). A key is stored once per
   record, cut to what a dead letter keeps, never copied into every row.
-- ``{"kind": "command", "received_ms": ..., "command": {...}}``, keyed by workspace.
+- ``{"kind": "command", "received_ms": ..., "command": {...}}``, keyed by workspace: a
+  ``usage.control`` command as validated (``models/commands.py``), or an internal one (a
+  contract's terms or its leaving, the others' usage of a contract, a period tick).
 - ``{"kind": "usage", "events": [...]}``, keyed by workspace: one workspace's events, the
   format of earlier versions, still read so that records in flight at an upgrade are counted.
 
 A record holds at most ``EVENTS_PER_MESSAGE`` rows and about ``MAX_RECORD_BYTES``, well below the
 broker's 1 MB default. An event's *position* is ``offset * POSITION_STRIDE + row index``.
+
+The contract inbox carries, keyed by contract, subscriptions, each member's usage reports and
+billing contacts to the partition that owns the contract.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 import orjson
 
-from ...models.outputs import MAX_DEAD_LETTER_BYTES
+from ..core.contract_usage import WorkspaceReport
+from ..core.periods import BillingPeriod
+from .outputs import MAX_DEAD_LETTER_BYTES
 
 ROWS = "rows"
 USAGE = "usage"
@@ -110,7 +119,8 @@ class RowPacker:
         self._bytes += extra
 
     def _seal(self) -> None:
-        self._records.append(orjson.dumps({"kind": ROWS, "origins": self._origins, "rows": self._rows}))
+        record: RowsRecord = {"kind": ROWS, "origins": self._origins, "rows": self._rows}
+        self._records.append(orjson.dumps(record))
         self._origins, self._rows, self._bytes, self._origin_index = [], [], 0, -1
 
     def records(self) -> list[bytes]:
@@ -123,7 +133,7 @@ class RowPacker:
         return len(self._rows) + len(self._records) * EVENTS_PER_MESSAGE
 
 
-def legacy_rows(document: dict[str, Any], workspace_id: str) -> tuple[list[list[Any]], list[list[Any]]]:
+def legacy_rows(document: LegacyUsageRecord, workspace_id: str) -> tuple[list[list[Any]], list[list[Any]]]:
     """A ``usage`` record of earlier versions as (rows, origins) of the packed format."""
     rows: list[list[Any]] = []
     origins: list[list[Any]] = []
@@ -156,5 +166,143 @@ def received_at(origin: list[Any]) -> datetime:
     return datetime.fromtimestamp(origin[O_RECEIVED_MS] / 1000, tz=UTC)
 
 
-def command_message(received_ms: int, command: dict[str, Any]) -> bytes:
-    return orjson.dumps({"kind": COMMAND, "received_ms": received_ms, "command": command})
+def command_message(received_ms: int, command: Any) -> bytes:
+    """A ``command`` record: ``command`` is a ``usage.control`` command or an internal one."""
+    record: CommandRecord = {"kind": COMMAND, "received_ms": received_ms, "command": command}
+    return orjson.dumps(record)
+
+
+class RowsRecord(TypedDict):
+    kind: Literal["rows"]
+    origins: list[list[Any]]  # [topic, partition, offset, key, received_ms] (O_* indexes)
+    rows: list[list[Any]]  # [workspace_id, event_id, metric, quantity, occurred_at, conversation_id, origin]
+
+
+class CommandRecord(TypedDict):
+    kind: Literal["command"]
+    received_ms: int
+    command: dict[str, Any]
+
+
+class LegacyUsageRecord(TypedDict):
+    kind: Literal["usage"]
+    events: list[list[Any]]
+
+
+InboxRecord = RowsRecord | CommandRecord | LegacyUsageRecord
+
+
+# ---------------------------------------------------------------------------------------------
+# Internal commands, carried to a workspace by a ``command`` record (their ``type`` is none of
+# ``usage.control``'s).
+
+# "A billing period may have begun": sent by the period timer.
+PERIOD_TICK = "period_tick"
+# Sent by the contract's owner to each workspace that joins or leaves; the subscription itself
+# is answered there, once.
+CONTRACT_TERMS = "contract_terms"
+CONTRACT_LEFT = "contract_left"
+# Sent to each member when the contract's sums change: what the others have used.
+CONTRACT_OTHERS = "contract_others"
+
+
+class ContractLeft(TypedDict):
+    type: Literal["contract_left"]
+    contract_id: str
+    command_id: str
+
+
+class ContractOthersCommand(TypedDict):
+    type: Literal["contract_others"]
+    contract_id: str
+    period: list[str]  # [start, end], isoformat
+    usage: dict[str, int]  # metric -> the other members' usage
+
+
+def period_tick(received_ms: int) -> bytes:
+    return command_message(received_ms, {"type": PERIOD_TICK})
+
+
+def contract_terms_command(subscription: dict[str, Any]) -> dict[str, Any]:
+    """A subscription's terms, as each joining workspace receives them."""
+    return {**subscription, "type": CONTRACT_TERMS}
+
+
+def contract_left_command(contract_id: str, command_id: str) -> ContractLeft:
+    return {"type": CONTRACT_LEFT, "contract_id": contract_id, "command_id": command_id}
+
+
+def contract_others_command(contract_id: str, period: BillingPeriod, usage: dict[str, int]) -> ContractOthersCommand:
+    return {
+        "type": CONTRACT_OTHERS,
+        "contract_id": contract_id,
+        "period": [period.start.isoformat(), period.end.isoformat()],
+        "usage": usage,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The contract inbox
+
+SUBSCRIPTION = "subscription"
+REPORT = "report"
+CONTACTS = "contacts"
+
+
+class SubscriptionMessage(TypedDict):
+    kind: Literal["subscription"]
+    command: dict[str, Any]  # the validated ``subscription`` command
+
+
+class ReportMessage(TypedDict):
+    kind: Literal["report"]
+    workspace_id: str
+    metric: str
+    period_start: str
+    period_end: str
+    usage: int
+    position: int
+
+
+class ContactsMessage(TypedDict):
+    kind: Literal["contacts"]
+    workspace_id: str
+    emails: list[str]
+
+
+ContractMessage = SubscriptionMessage | ReportMessage | ContactsMessage
+
+
+def contacts_message(workspace_id: str, emails: tuple[str, ...]) -> bytes:
+    message: ContactsMessage = {"kind": CONTACTS, "workspace_id": workspace_id, "emails": list(emails)}
+    return orjson.dumps(message)
+
+
+def subscription_message(command: dict[str, Any]) -> bytes:
+    message: SubscriptionMessage = {"kind": SUBSCRIPTION, "command": command}
+    return orjson.dumps(message)
+
+
+def report_message(report: WorkspaceReport) -> bytes:
+    message: ReportMessage = {
+        "kind": REPORT,
+        "workspace_id": report.workspace_id,
+        "metric": report.metric,
+        "period_start": report.period.start.isoformat(),
+        "period_end": report.period.end.isoformat(),
+        "usage": report.usage,
+        "position": report.position,
+    }
+    return orjson.dumps(message)
+
+
+def read_report(message: ReportMessage) -> WorkspaceReport:
+    return WorkspaceReport(
+        workspace_id=message["workspace_id"],
+        metric=message["metric"],
+        period=BillingPeriod(
+            datetime.fromisoformat(message["period_start"]), datetime.fromisoformat(message["period_end"])
+        ),
+        usage=message["usage"],
+        position=message["position"],
+    )

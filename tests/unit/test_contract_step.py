@@ -1,0 +1,128 @@
+"""The per-contract step, through its recorded outputs: what a contract's owner publishes for
+subscriptions, members' reports and contacts, and what a failed message leaves behind."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+from meterwatch.core.contract_usage import ContractUsage, WorkspaceReport
+from meterwatch.core.periods import BillingPeriod
+from meterwatch.core.steps.contract import ContractStep
+from meterwatch.models.internal import contacts_message, report_message, subscription_message
+from meterwatch.models.outputs import Kind, RecordedOutputs
+
+PERIOD = BillingPeriod(datetime(2026, 12, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
+AT = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+AT_MS = int(AT.timestamp() * 1000)
+
+
+def subscription(workspace_ids: list[str], command_id: str = "sub-1") -> dict:
+    return {
+        "type": "subscription",
+        "command_id": command_id,
+        "contract_id": "acme",
+        "workspace_ids": workspace_ids,
+        "billing_anchor": "2026-01-01",
+        "timezone": "UTC",
+        "currency": "EUR",
+        "prices": {"sms": {"unit_price": "0.05", "included": 1000}},
+        "messages_included": None,
+    }
+
+
+def run(messages: list[bytes], state: ContractUsage | None = None, mail: bool = True) -> ContractStep:
+    step = ContractStep("acme", state or ContractUsage(), mail, RecordedOutputs())
+    for message in messages:
+        step.apply(orjson.loads(message), AT_MS, AT)
+    step.tell_members(AT_MS)
+    return step
+
+
+def report(workspace_id: str, usage: int, position: int) -> bytes:
+    return report_message(WorkspaceReport(workspace_id, "sms", PERIOD, usage, position))
+
+
+def inbox_commands(step: ContractStep) -> list[tuple[str, dict]]:
+    return [
+        (output.key, orjson.loads(output.record)["command"])
+        for output in step.outputs
+        if output.kind is Kind.WORKSPACE_MESSAGE
+    ]
+
+
+def test_a_subscription_is_answered_once_and_every_member_gets_the_terms() -> None:
+    step = run([subscription_message(subscription(["ws-a", "ws-b"]))])
+    assert step.outputs.of(Kind.COMMAND_RESULT) == [{"command_id": "sub-1", "status": "applied"}]
+    terms = [(key, command["type"]) for key, command in inbox_commands(step) if command["type"] == "contract_terms"]
+    assert terms == [("ws-a", "contract_terms"), ("ws-b", "contract_terms")]
+    assert step.subscriptions == 1
+
+
+def test_a_member_left_out_of_a_new_subscription_is_told_it_left() -> None:
+    first = run([subscription_message(subscription(["ws-a", "ws-b"]))])
+    step = run([subscription_message(subscription(["ws-a"], "sub-2"))], first.state)
+    left = [key for key, command in inbox_commands(step) if command["type"] == "contract_left"]
+    assert left == ["ws-b"]
+
+
+@pytest.mark.parametrize(
+    ("usages", "levels"),
+    [
+        ([(400, 399)], []),  # a contract alerts at 80 % and 100 % of what it includes (1,000)
+        ([(400, 400)], ["80"]),
+        ([(600, 500)], ["100"]),  # a jump past both levels alerts the highest only
+        ([(300, 300), (500, 300)], ["80"]),
+        ([(400, 400), (600, 400)], ["80", "100"]),
+    ],
+)
+def test_contract_alerts_are_judged_on_the_sum_of_its_members(usages: list[tuple[int, int]], levels: list[str]) -> None:
+    subscribed = run(
+        [
+            subscription_message(subscription(["ws-a", "ws-b"])),
+            contacts_message("ws-a", ("billing@a.example",)),
+        ]
+    ).state
+    messages = []
+    for position, (a, b) in enumerate(usages, start=1):
+        messages += [report("ws-a", a, position), report("ws-b", b, position)]
+    step = run(messages, subscribed)
+    alerts = step.outputs.of(Kind.ALERT)
+    assert [str(alert["level"]) for alert in alerts] == levels
+    assert all(alert["scope"] == "contract" and alert["recipients"] == ["billing@a.example"] for alert in alerts)
+    assert len(step.outputs.of(Kind.MAIL_REQUEST)) == len(levels)
+    others = {key: command["usage"] for key, command in inbox_commands(step) if command["type"] == "contract_others"}
+    a, b = usages[-1]
+    assert others == {"ws-a": {"sms": b}, "ws-b": {"sms": a}}
+
+
+def test_no_mail_request_without_mail() -> None:
+    subscribed = run([subscription_message(subscription(["ws-a"])), contacts_message("ws-a", ("b@a.example",))]).state
+    step = run([report("ws-a", 900, 1)], subscribed, mail=False)
+    assert len(step.outputs.of(Kind.ALERT)) == 1
+    assert step.outputs.of(Kind.MAIL_REQUEST) == []
+
+
+def test_a_replayed_report_changes_nothing() -> None:
+    subscribed = run([subscription_message(subscription(["ws-a"]))]).state
+    once = run([report("ws-a", 600, 7)], subscribed)
+    again = run([report("ws-a", 600, 7)], once.state)
+    assert again.state == once.state
+    assert len(again.outputs) == 0
+
+
+def test_a_failed_message_leaves_the_step_as_it_was() -> None:
+    subscribed = run([subscription_message(subscription(["ws-a"]))]).state
+    step = ContractStep("acme", subscribed, True, RecordedOutputs())
+    step.apply(orjson.loads(report("ws-a", 900, 1)), AT_MS, AT)
+    mark = step.mark()
+    broken = subscription(["ws-a", "ws-b"])
+    del broken["command_id"]  # fails after ws-b was told its terms and the membership changed
+    with pytest.raises(KeyError):
+        step.apply(orjson.loads(subscription_message(broken)), AT_MS, AT)
+    assert len(step.outputs) > mark[2]  # the failed message had recorded ws-b's terms
+    step.restore(mark)
+    assert step.mark() == mark
+    assert step.state.workspace_ids == ("ws-a",)
+    assert [output.kind for output in step.outputs] == [Kind.ALERT]
