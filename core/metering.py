@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from types import MappingProxyType
 
-from .metric_kinds import FIN_RESOLUTIONS, SEATS
+from .metric_kinds import METRIC_KINDS, Counting
 from .periods import LATE_EVENT_GRACE, BillingCycle, BillingPeriod
 
 _EMPTY: Mapping[date, int] = MappingProxyType({})
@@ -79,15 +79,16 @@ def count_reading(
     period = cycle.period_containing(reading.occurred_at)
     day = cycle.local_date(reading.occurred_at)
     current = tally.for_period(period) or _opening_tally(tally, period)
-    if reading.metric == SEATS:
+    counting = METRIC_KINDS[reading.metric].counting
+    if counting is Counting.DAILY_MAXIMUM:
         updated = _report_seats(current, day, reading.quantity)
-    elif reading.metric == FIN_RESOLUTIONS:
+    elif counting is Counting.DISTINCT_CONVERSATIONS:
         updated = _resolve_conversation(current, day, reading)
     else:
         updated = _add_quantity(current, day, reading.quantity)
     updated = replace(updated, last_updated=counted_at)
     periods = _kept_periods(tally, updated, counted_at)
-    if reading.metric == SEATS:
+    if counting is Counting.DAILY_MAXIMUM:
         periods = _carry_seats_forward(periods)
     change = UsageChange(reading.metric, period, current.usage, updated.usage, reading.event_id)
     return MetricTally(tally.metric, periods), change
@@ -96,8 +97,10 @@ def count_reading(
 def _opening_tally(tally: MetricTally, period: BillingPeriod) -> PeriodTally:
     # Seats carry the last known count into a period that has no report yet.
     earlier = [t for t in tally.periods if t.period.end <= period.start]
-    carried = _seats_at_end(earlier[-1]) if earlier and tally.metric == SEATS else 0
-    return PeriodTally(period=period, usage=carried if tally.metric == SEATS else 0, seats_carried_in=carried)
+    if not earlier or not _daily_maximum(tally.metric):
+        return PeriodTally(period=period)
+    carried = _seats_at_end(earlier[-1])
+    return PeriodTally(period=period, usage=carried, seats_carried_in=carried)
 
 
 def _seats_at_end(tally: PeriodTally) -> int:
@@ -170,7 +173,7 @@ def usage_in(tally: MetricTally | None, period: BillingPeriod) -> int:
     found = tally.for_period(period)
     if found is not None:
         return found.usage
-    if tally.metric == SEATS:
+    if _daily_maximum(tally.metric):
         earlier = [t for t in tally.periods if t.period.end <= period.start]
         return _seats_at_end(earlier[-1]) if earlier else 0
     return 0
@@ -179,7 +182,7 @@ def usage_in(tally: MetricTally | None, period: BillingPeriod) -> int:
 def daily_usage(metric: str, tally: PeriodTally, days: list[date]) -> list[tuple[date, int]]:
     """Per-day usage over ``days``: cumulative for counted metrics, the day's count for seats."""
     result: list[tuple[date, int]] = []
-    if metric == SEATS:
+    if _daily_maximum(metric):
         last = tally.seats_carried_in
         for day in days:
             last = tally.daily.get(day, last)
@@ -207,3 +210,7 @@ class WorkspaceUsage:
 
     def tally(self, metric: str) -> MetricTally:
         return self.tallies.get(metric) or MetricTally(metric)
+
+
+def _daily_maximum(metric: str) -> bool:
+    return METRIC_KINDS[metric].counting is Counting.DAILY_MAXIMUM

@@ -1,10 +1,10 @@
 """Every metric meterwatch counts: how its usage is counted and what people call it.
 
 The one table behind the usage page, the mails and the metric names the wire accepts. Usage is
-counted one of three ways (``counting`` says which; counting itself branches on the names):
-additive metrics sum event quantities; Fin resolutions count distinct conversations (a
-retraction takes one back); seats keep each day's largest count, and a period's usage is its
-latest reported day's.
+counted one of three ways, which ``counting`` names and counting (``core/metering.py`` and the
+per-workspace step) follows: additive metrics sum event quantities; Fin resolutions count
+distinct conversations (a retraction takes one back); seats keep each day's largest count, and
+a period's usage is its latest reported day's.
 """
 
 from __future__ import annotations

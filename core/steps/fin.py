@@ -19,7 +19,8 @@ from ..fin_limit import (
     UsageChanged,
     next_fin_state,
 )
-from ..metering import FIN_RESOLUTIONS, usage_in
+from ..metering import usage_in
+from ..metric_kinds import FIN_RESOLUTIONS
 from ..workspace import WorkspaceState
 
 

@@ -53,8 +53,6 @@ from ..contract_usage import WorkspaceReport
 from ..dedupe import FirstSeen, is_repeat
 from ..fin_limit import Transition
 from ..metering import (
-    FIN_RESOLUTIONS,
-    SEATS,
     MetricTally,
     PeriodTally,
     Reading,
@@ -62,6 +60,7 @@ from ..metering import (
     WorkspaceUsage,
     count_reading,
 )
+from ..metric_kinds import FIN_RESOLUTIONS, METRIC_KINDS, Counting
 from ..periods import LATE_EVENT_GRACE, MAX_FUTURE_SKEW, BillingCycle, BillingPeriod, event_time_rejection
 from ..rejections import RejectCode
 from ..workspace import WorkspaceState
@@ -292,7 +291,8 @@ class _Step:
     def _open_run(self, metric: str, row: list[Any]) -> _Run | None:
         """A run for ``metric`` if its events can be summed without judgement, else None.
         ``row`` is the run's first event: a metric's first event opens its period."""
-        if not self.batched or metric == SEATS or metric == FIN_RESOLUTIONS:
+        # Only additive events are summed; distinct conversations and daily maxima are judged.
+        if not self.batched or METRIC_KINDS[metric].counting is not Counting.ADDITIVE:
             return None
         cycle = self.state.profile.cycle
         tally = self.state.usage.tallies.get(metric)

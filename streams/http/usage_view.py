@@ -10,7 +10,8 @@ from ...core.contract_usage import ContractPeriod
 from ...core.contracts import WorkspaceProfile
 from ...core.costs import estimated_cost, money, prorated_seat_cost
 from ...core.fin_limit import fin_state_by_rule
-from ...core.metering import SEATS, WorkspaceUsage, daily_usage, usage_in
+from ...core.metering import WorkspaceUsage, daily_usage, usage_in
+from ...core.metric_kinds import SEATS
 from ...core.periods import BillingPeriod
 from ...core.workspace import WorkspaceState
 from ...models.common import Metric, iso
@@ -127,7 +128,8 @@ def daily_document(workspace_id: str, metric: str, state: WorkspaceState, now: d
     days = [day for day in cycle.days_in(period) if day <= today]
     tally = usage.tally(metric).for_period(period)
     if tally is None:
-        points = [(day, usage_in(usage.tally(metric), period) if metric == SEATS else 0) for day in days]
+        # Nothing counted this period: seats stay at what was carried in, other metrics at 0.
+        points = [(day, usage_in(usage.tally(metric), period)) for day in days]
     else:
         points = daily_usage(metric, tally, days)
     return {
