@@ -213,4 +213,5 @@ class WorkspaceUsage:
 
 
 def _daily_maximum(metric: str) -> bool:
-    return METRIC_KINDS[metric].counting is Counting.DAILY_MAXIMUM
+    kind = METRIC_KINDS.get(metric)
+    return kind is not None and kind.counting is Counting.DAILY_MAXIMUM

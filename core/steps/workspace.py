@@ -292,7 +292,8 @@ class _Step:
         """A run for ``metric`` if its events can be summed without judgement, else None.
         ``row`` is the run's first event: a metric's first event opens its period."""
         # Only additive events are summed; distinct conversations and daily maxima are judged.
-        if not self.batched or METRIC_KINDS[metric].counting is not Counting.ADDITIVE:
+        kind = METRIC_KINDS.get(metric)
+        if not self.batched or kind is None or kind.counting is not Counting.ADDITIVE:
             return None
         cycle = self.state.profile.cycle
         tally = self.state.usage.tallies.get(metric)
