@@ -3,7 +3,8 @@
 A sink is anything with ``publish(output)`` and ``flush()``; ``compose`` lists them. A stage
 makes one ``Sinks`` per batch, publishes each part's outputs while acting for that part's source
 partition (so that, under exactly_once, they join its transaction), and flushes once before its
-input is acknowledged. Adding a sink is a module with such a class and one line in ``compose``.
+input is acknowledged. Every sink sees every output, internal messages included, and takes the
+kinds it serves. Adding a sink is a module with such a class and one line in ``compose``.
 """
 
 from __future__ import annotations
