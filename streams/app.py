@@ -77,6 +77,10 @@ def create_app(
         web_port=settings.web_port,
         web_bind=settings.web_bind,
         web_host=settings.web_host,
+        # Faust's own views list every table's keys and values (/table) and the partition map
+        # (/router) to anyone who can reach the port; meterwatch answers through its own routes.
+        web_router_enabled=False,
+        web_tables_enabled=False,
         datadir=str(Path(settings.data_dir) / settings.group_id),
         autodiscover=False,
         stream_wait_empty=False,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from faust.web import Request, Response, View
+from yarl import URL
 
 from ...core.contract_usage import ContractUsage
 from ...core.workspace import WorkspaceState
@@ -73,7 +75,9 @@ async def contract_usage_of(mw: Meterwatch, contract_id: str) -> ContractUsage:
     here = mw.app.conf.canonical_url
     if (owner.host, owner.port) == (here.host, here.port):
         return decode_contract_usage(table.get(contract_id))
-    async with mw.app.http_client.get(f"{owner}/internal/contract-usage/{contract_id}") as response:
+    # The id is one path segment whatever it holds (``/``, ``?``, ``#``, ``..``): escaped whole.
+    url = URL(f"{str(owner).rstrip('/')}/internal/contract-usage/{quote(contract_id, safe='')}", encoded=True)
+    async with mw.app.http_client.get(url) as response:
         response.raise_for_status()
         return decode_contract_usage(await response.read())
 

@@ -16,12 +16,11 @@ from meterwatch.core.steps.workspace import KEY_SEPARATOR
 from meterwatch.models.internal import EVENT_ID, METRIC, WORKSPACE
 from meterwatch.streams.codec import decode_workspace
 from meterwatch.streams.runtime.seen_ids_table import unpack_chunk
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.kafka_io import committed_offsets, read_all, read_records
 from tests.support.kill_plans import WorkspacePlan
 from tests.support.smtp import ReceivedMail, SmtpServer
-from tests.support.worker import WorkerProcess, http_get
+from tests.support.worker import WorkerProcess, http_get, metric_samples
 from tests.support.worker_pool import WorkerPool
 
 CATCH_UP_SECONDS = 180.0  # survivors of a loaded 2-core machine are slow to catch up
@@ -55,13 +54,6 @@ def counted_usage(workers: list[WorkerProcess], plans: list[WorkspacePlan]) -> d
 
 def expected_usage(plans: list[WorkspacePlan]) -> dict[tuple[str, str], int]:
     return {(p.workspace, metric): total for p in plans for metric, total in p.usage.items()}
-
-
-def metric_samples(worker: WorkerProcess, name: str) -> list[tuple[dict[str, str], float]]:
-    status, text = http_get(f"{worker.base_url}/metrics")
-    if status != 200:
-        return []
-    return [(s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
 
 
 def consumer_lag(workers: list[WorkerProcess]) -> dict[str, float]:

@@ -138,3 +138,11 @@ def scrape(worker: WorkerProcess) -> tuple[str, dict[tuple[str, tuple], float]]:
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return text, samples
+
+
+def metric_samples(worker: WorkerProcess, name: str) -> list[tuple[dict[str, str], float]]:
+    """The samples of one metric on a worker's ``/metrics``: (labels, value) each."""
+    status, text = http_get(f"{worker.base_url}/metrics")
+    if status != 200:
+        return []
+    return [(s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
