@@ -119,7 +119,11 @@ class CommitGate:
     async def batch(self) -> AsyncIterator[bool]:
         """Around one batch: from its first output to its input's acknowledgement. Yields whether
         the batch may run; a batch whose transaction is lost part-way is given up quietly."""
-        await self._open.wait()
+        # A waiter woken by set() returns even if the gate was shut again before it ran: a commit
+        # that started in between would then run beside this batch, and could carry its first
+        # sends (the event ids) without the rest (the counts). So look again.
+        while not self._open.is_set():
+            await self._open.wait()
         if self.shut:
             yield False
             return

@@ -74,6 +74,46 @@ async def test_no_batch_starts_while_a_commit_waits() -> None:
     assert gate.batches_in_flight == 0
 
 
+async def test_a_batch_woken_as_a_commit_ends_waits_for_a_commit_that_started_meanwhile() -> None:
+    """A batch waiting for one commit to end is woken when it ends; a second commit (the commit
+    timer) may start before the batch runs. The batch must then wait for that one too, or the
+    second commit could carry the batch's event ids without its counts."""
+    gate = CommitGate()
+    committing = False
+    overlapped = False
+    release = asyncio.Event()
+
+    async def commit(wait_for: asyncio.Event | None = None, start: asyncio.Event | None = None) -> None:
+        nonlocal committing
+        if start is not None:
+            await start.wait()
+        async with gate.commit():
+            committing = True
+            if wait_for is not None:
+                await wait_for.wait()
+            else:
+                await asyncio.sleep(0.05)
+            committing = False
+
+    async def batch() -> None:
+        nonlocal overlapped
+        async with gate.batch():
+            overlapped = overlapped or committing
+            await asyncio.sleep(0.01)
+            overlapped = overlapped or committing
+
+    first = asyncio.create_task(commit(wait_for=release))
+    await asyncio.sleep(0.01)  # the first commit holds the gate
+    waiting = asyncio.create_task(batch())
+    await asyncio.sleep(0.01)  # the batch waits for it
+    # Due in the same loop iteration as the first commit's end, and scheduled before the batch.
+    second = asyncio.create_task(commit(start=release))
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(first, waiting, second)
+    assert not overlapped
+
+
 async def test_a_failed_batch_still_lets_commits_through() -> None:
     gate = CommitGate()
     try:
