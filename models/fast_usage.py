@@ -26,9 +26,6 @@ from .common import CONTROL_CHARACTERS, MAX_AMOUNT, MAX_BATCH, MAX_EVENT_ID, MAX
 # workspace_id, event_id, metric, quantity, occurred_at (UTC, isoformat), conversation_id
 Row = tuple[str, str, str, int, str, str | None]
 
-MAX_ABS_QUANTITY = MAX_AMOUNT
-_MAX_EVENT_ID = MAX_EVENT_ID
-_MAX_IDENTIFIER = MAX_IDENTIFIER
 _FIN = "fin_resolutions"
 
 # Control characters (C0, DEL, C1), as the identifiers' pattern in models/common.py; and lone
@@ -79,7 +76,7 @@ def fast_rows(raw: bytes | None) -> list[Row] | None:
 def _row(item: dict) -> Row | None:
     get = item.get
     quantity = get("quantity")
-    if type(quantity) is not int or not -MAX_ABS_QUANTITY <= quantity <= MAX_ABS_QUANTITY:
+    if type(quantity) is not int or not -MAX_AMOUNT <= quantity <= MAX_AMOUNT:
         return None
     metric = get("metric")
     if type(metric) is not str or metric not in METRIC_NAMES:
@@ -93,18 +90,18 @@ def _row(item: dict) -> Row | None:
     elif metric == _FIN and (conversation_id is None or (quantity != 1 and quantity != -1)):
         return None
     event_id = get("event_id")
-    if type(event_id) is not str or not 0 < len(event_id) <= _MAX_EVENT_ID:
+    if type(event_id) is not str or not 0 < len(event_id) <= MAX_EVENT_ID:
         return None
     # For ASCII, printable is exactly "no C0 control and no DEL"; other text is searched.
     if not (event_id.isprintable() if event_id.isascii() else _control_search(event_id) is None):
         return None
     workspace_id = get("workspace_id")
-    if type(workspace_id) is not str or not 0 < len(workspace_id) <= _MAX_IDENTIFIER:
+    if type(workspace_id) is not str or not 0 < len(workspace_id) <= MAX_IDENTIFIER:
         return None
     if not (workspace_id.isprintable() if workspace_id.isascii() else _control_search(workspace_id) is None):
         return None
     if conversation_id is not None:
-        if type(conversation_id) is not str or not 0 < len(conversation_id) <= _MAX_IDENTIFIER:
+        if type(conversation_id) is not str or not 0 < len(conversation_id) <= MAX_IDENTIFIER:
             return None
         if not (
             conversation_id.isprintable() if conversation_id.isascii() else _control_search(conversation_id) is None

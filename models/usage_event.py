@@ -11,10 +11,6 @@ from pydantic_core import PydanticCustomError
 from ..core.rejections import RejectCode
 from .common import MAX_AMOUNT, MAX_BATCH, MAX_IDENTIFIER, EventId, Identifier, Metric, Timestamp
 
-# Far beyond any real usage, small enough that sums stay exact in every consumer's JSON parser.
-MAX_ABS_QUANTITY = MAX_AMOUNT
-
-
 _OWN_CODES = {
     RejectCode.ZERO_QUANTITY,
     RejectCode.QUANTITY_OUT_OF_RANGE,
@@ -26,7 +22,7 @@ _OWN_CODES = {
 
 def _huge_integral_is_out_of_range(value: Any) -> Any:
     # orjson reads integers beyond 64 bits as floats; they are integers, just far too large.
-    if isinstance(value, float) and value.is_integer() and abs(value) > MAX_ABS_QUANTITY:
+    if isinstance(value, float) and value.is_integer() and abs(value) > MAX_AMOUNT:
         raise PydanticCustomError(RejectCode.QUANTITY_OUT_OF_RANGE, "quantity must be within ±(2**53 - 1)")
     return value
 
@@ -44,7 +40,7 @@ class UsageEvent(BaseModel):
     @model_validator(mode="after")
     def _quantity_fits_metric(self) -> UsageEvent:
         q = self.quantity
-        if abs(q) > MAX_ABS_QUANTITY:
+        if abs(q) > MAX_AMOUNT:
             raise PydanticCustomError(RejectCode.QUANTITY_OUT_OF_RANGE, "quantity must be within ±(2**53 - 1)")
         if self.metric is Metric.SEATS:
             if q < 0:
