@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import http.client
 import random
+import secrets
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +63,25 @@ def batch_stats(text: str) -> dict[str, dict[str, float]]:
 # Settings every measured worker is given besides its own (bench/run.py --ingest-in-worker).
 worker_settings: dict[str, str] = {}
 
+# Workers check a bearer token on every route but /health; the bench reads with a service token
+# it mints through the command line, as an operator would.
+AUTH_SECRET = secrets.token_urlsafe(32)
+_service_token: str | None = None
+
+
+def service_authorization() -> dict[str, str]:
+    global _service_token
+    if _service_token is None:
+        minted = subprocess.run(
+            [PYTHON, "-m", "meterwatch", "token", "--service", "--ttl", "1d"],
+            env=_child_env({"METERWATCH_AUTH_SECRET": AUTH_SECRET}),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        _service_token = minted.stdout.strip()
+    return {"Authorization": f"Bearer {_service_token}"}
+
 
 @dataclass
 class MeterwatchWorker:
@@ -84,6 +105,7 @@ class MeterwatchWorker:
             "METERWATCH_WEB_PORT": str(self.web_port),
             "METERWATCH_WEB_BIND": "127.0.0.1",
             "METERWATCH_DATA_DIR": str(self.data_dir),
+            "METERWATCH_AUTH_SECRET": AUTH_SECRET,
             **worker_settings,
         }
 
@@ -112,7 +134,7 @@ class MeterwatchWorker:
             if self.conn is None:
                 self.conn = http.client.HTTPConnection("127.0.0.1", self.web_port, timeout=timeout)
             try:
-                self.conn.request("GET", path)
+                self.conn.request("GET", path, headers=service_authorization())
                 response = self.conn.getresponse()
                 body = response.read()
                 try:
@@ -242,7 +264,8 @@ async def _usage_many(
             found[ws] = value
 
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector, headers=service_authorization()) as session:
         await asyncio.gather(*(one(session) for _ in range(concurrency)))
     return found
 

@@ -84,6 +84,16 @@ class Settings(BaseSettings):
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: str | None = None
 
+    # HTTP authentication: every route but /health needs a bearer token (meterwatch/tokens.py).
+    # "off" serves everything to anyone who reaches the port; only for a private network.
+    auth: str = Field(default="on", pattern="^(on|off)$")
+    # The HS256 key tokens are signed with: `meterwatch token` and the workers themselves sign
+    # with it (workers ask each other with a service token).
+    auth_secret: SecretStr | None = None
+    # A JSON Web Key Set file: public keys (or HS256 "oct" keys) of another token issuer, chosen
+    # by the token's "kid"; publish a new key beside the old one to rotate.
+    auth_jwks: str | None = None
+
     log_format: str = Field(default="text", pattern="^(text|json)$")
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
 
@@ -113,7 +123,18 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return value
 
-    @field_validator("smtp_ca_file")
+    @field_validator("auth_secret")
+    @classmethod
+    def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value() == "":
+            return None
+        if len(value.get_secret_value().encode()) < 32:
+            raise ValueError(
+                "must be at least 32 bytes (for example: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        return value
+
+    @field_validator("smtp_ca_file", "auth_jwks")
     @classmethod
     def _ca_file_exists(cls, value: str | None) -> str | None:
         if value is None or value.strip() == "":
@@ -142,9 +163,8 @@ class Settings(BaseSettings):
     @classmethod
     def _duration_with_unit(cls, value: Any) -> Any:
         if isinstance(value, str):
-            match = _DURATION.match(value.strip())
-            if match:
-                return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"])
+            parsed = parse_duration(value)
+            return value if parsed is None else parsed
         return value
 
     @field_validator("dedupe_window", "startup_timeout", "shutdown_timeout", "mail_give_up_after")
@@ -168,6 +188,14 @@ class Settings(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """The settings as they may be logged."""
         return {k: ("***" if isinstance(v, SecretStr) else v) for k, v in self.model_dump().items()}
+
+
+def parse_duration(text: str) -> timedelta | None:
+    """``90``, ``90s``, ``15m``, ``1h``, ``7d`` as a duration; None if it is not one."""
+    match = _DURATION.match(text.strip())
+    if match is None:
+        return None
+    return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"])
 
 
 class _GivenEnvironmentOnly(Settings):
@@ -198,6 +226,6 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
 
 
 def _shown(value: Any, field: str) -> str:
-    if "password" in field:
+    if "password" in field or "secret" in field:
         return "***"
     return repr(value)

@@ -11,11 +11,12 @@ import asyncio
 import contextlib
 import os
 import random
+import secrets
 import signal
 import subprocess
 import sys
 import tempfile
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
 
@@ -35,6 +36,7 @@ from .streams.topics import (
     USAGE_EVENTS,
     USAGE_LIMITS,
 )
+from .tokens import Keys
 
 # The stop budget, ten seconds in all: demo traffic and the output reader, then the worker (its
 # own METERWATCH_SHUTDOWN_TIMEOUT is capped to this, and it is SIGKILLed a second after), then
@@ -107,8 +109,9 @@ def _run_dev(settings: Settings, scratch: str, stop: _StopSignals, rate: float, 
             _say(f"embedded Kafka-compatible broker (Tansu) on {bootstrap}")
         else:
             _say(f"using the Kafka cluster at {bootstrap}")
-        worker = _start_worker(settings, bootstrap, scratch)
-        return asyncio.run(_run(settings, bootstrap, worker, rate, duration, stop))
+        keys = _dev_keys(settings)
+        worker = _start_worker(settings, bootstrap, scratch, keys)
+        return asyncio.run(_run(settings, bootstrap, worker, rate, duration, stop, keys))
     except (KeyboardInterrupt, asyncio.CancelledError):
         if stop.received is None:
             raise
@@ -129,12 +132,22 @@ def _worker_shutdown_timeout(settings: Settings) -> timedelta:
     return min(settings.shutdown_timeout, timedelta(seconds=_WORKER_STOP_SECONDS))
 
 
-def _start_worker(settings: Settings, bootstrap: str, scratch: str) -> subprocess.Popen[bytes]:
+def _dev_keys(settings: Settings) -> Keys | None:
+    """The keys the demo's links are signed with: the configured secret, or one made for this run."""
+    if settings.auth == "off":
+        return None
+    secret = settings.auth_secret.get_secret_value() if settings.auth_secret is not None else None
+    return Keys.load(secret or secrets.token_urlsafe(32), settings.auth_jwks)
+
+
+def _start_worker(settings: Settings, bootstrap: str, scratch: str, keys: Keys | None) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "METERWATCH_KAFKA_BOOTSTRAP": bootstrap,
         "METERWATCH_SHUTDOWN_TIMEOUT": str(_worker_shutdown_timeout(settings).total_seconds()),
     }
+    if keys is not None and keys.secret is not None:
+        env["METERWATCH_AUTH_SECRET"] = keys.secret.decode()
     if settings.kafka_bootstrap is None:
         # The embedded broker forgets everything when it stops, so the worker's state must too.
         env["METERWATCH_DATA_DIR"] = os.path.join(scratch, "data")
@@ -176,6 +189,7 @@ async def _run(
     rate: float,
     duration: float | None,
     stop: _StopSignals,
+    keys: Keys | None,
 ) -> int:
     current = asyncio.current_task()
     assert current is not None
@@ -188,12 +202,8 @@ async def _run(
         await producer.start()
         await _wait_until_healthy(base, worker)
         _say("meterwatch is consuming. Look at:")
-        for workspace in WORKSPACES:
-            _say(f"  usage API   {base}/usage/{workspace}")
-        _say(f"  usage page  {base}/ui/usage/{CONTRACT_WORKSPACES[0]}")
-        _say(f"  daily       {base}/usage/{CONTRACT_WORKSPACES[0]}/daily?metric=messages_sent")
-        _say(f"  metrics     {base}/metrics")
-        _say(f"  health      {base}/health")
+        for line in _links(base, keys, timedelta(seconds=duration) if duration else _LINKS_VALID_FOR):
+            _say(line)
         _say("Ctrl-C stops everything.")
         tasks = [
             asyncio.create_task(_send_demo_usage(settings, producer, rate)),
@@ -219,6 +229,35 @@ async def _run(
                 task.cancel()
             elif not task.cancelled():
                 task.exception()  # retrieved: an error while stopping is expected, not news
+
+
+_LINKS_VALID_FOR = timedelta(hours=24)
+
+
+def _links(base: str, keys: Keys | None, valid_for: timedelta) -> list[str]:
+    """Where to look, ready to use: the page's link carries a token (kept in a cookie once opened),
+    the API's requests send the same token as a header, ``/metrics`` a service token."""
+    workspace = CONTRACT_WORKSPACES[0]
+    if keys is None:
+        token = service = None
+    else:
+        now = datetime.now(UTC)
+        token = keys.mint(now, valid_for, workspaces=WORKSPACES, billing=True, subject="meterwatch-dev")
+        service = keys.mint(now, valid_for, service=True, subject="meterwatch-dev")
+    lines = [f"  usage page  {base}/ui/usage/{workspace}" + (f"?token={token}" if token else "")]
+    curl = "curl"
+    if token is not None:
+        lines.append(f"  usage API   TOKEN={token}")
+        curl = 'curl -H "Authorization: Bearer $TOKEN"'
+    lines += [f"              {curl} {base}/usage/{w}" for w in WORKSPACES]
+    lines.append(f"              {curl} '{base}/usage/{workspace}/daily?metric=messages_sent'")
+    lines.append(
+        f"  metrics     curl -H 'Authorization: Bearer {service}' {base}/metrics"
+        if service
+        else f"  metrics     {base}/metrics"
+    )
+    lines.append(f"  health      {base}/health")
+    return lines
 
 
 async def _wait_until_healthy(base: str, worker: subprocess.Popen[bytes]) -> None:

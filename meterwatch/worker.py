@@ -21,6 +21,7 @@ from .brokers.probe import BrokerUnreachable, broker_supports_transactions, wait
 from .config import ProcessingGuarantee, Settings
 from .logs import logging_config
 from .processes import EXIT_STOP_TIMED_OUT, exit_within
+from .tokens import KeyConfigError, keys_for
 
 log = logging.getLogger("meterwatch.worker")
 
@@ -79,6 +80,10 @@ def run_worker(settings: Settings, *, parent_pid: int | None = None) -> int:
     bootstrap = settings.kafka_bootstrap
     if bootstrap is None:
         raise StartupError("METERWATCH_KAFKA_BOOTSTRAP is not set (use `meterwatch dev` for a local broker)")
+    try:
+        keys_for(settings)
+    except KeyConfigError as error:
+        raise StartupError(str(error)) from None
     guarantee = asyncio.run(prepare(settings, bootstrap))
     # asyncio.run closed its loop; Faust runs on a fresh one.
     asyncio.set_event_loop(asyncio.new_event_loop())

@@ -9,6 +9,7 @@ from pathlib import Path
 import faust
 
 from ..config import ProcessingGuarantee, Settings
+from ..tokens import Keys, keys_for
 from . import runtime
 from .http.routing import RawKeyRouter
 from .metrics import Metrics
@@ -44,6 +45,8 @@ class Meterwatch:
     tables: Tables
     metrics: Metrics
     commit_gate: CommitGate
+    # What HTTP requests are checked with (streams/http/access.py); None: METERWATCH_AUTH=off.
+    keys: Keys | None = None
 
 
 # Four count batches (streams/pipeline/counting.py, BATCH_MESSAGES) ahead.
@@ -53,7 +56,10 @@ STREAM_BUFFER_RECORDS = 256
 def create_app(
     settings: Settings, bootstrap: str, guarantee: ProcessingGuarantee, metrics: Metrics | None = None
 ) -> Meterwatch:
-    """Build the app with every topic, table, agent and web view registered."""
+    """Build the app with every topic, table, agent and web view registered.
+
+    Raises KeyConfigError when the authentication settings name no usable key."""
+    keys = keys_for(settings)
     app = faust.App(
         settings.group_id,
         broker=[f"kafka://{server}" for server in bootstrap.split(",")],
@@ -101,10 +107,12 @@ def create_app(
     names = TopicNames.for_settings(settings)
     channels = _declare_channels(app, names, settings)
     tables = declare_tables(app, settings)
-    built = Meterwatch(app, settings, bootstrap, guarantee, names, channels, tables, metrics or Metrics(), commit_gate)
+    built = Meterwatch(
+        app, settings, bootstrap, guarantee, names, channels, tables, metrics or Metrics(), commit_gate, keys
+    )
 
     # Imported here so that each module registers its own agents or views on this app only.
-    from .http import metrics_endpoint, usage_api, usage_page
+    from .http import access, metrics_endpoint, usage_api, usage_page
     from .pipeline import contracts, counting, ingest, mailing, period_timer, route_commands
 
     # Counting tells the period timer what it writes, so the timer need not decode it again.
@@ -113,6 +121,7 @@ def create_app(
     route_commands.register(built)
     counting.register(built, ticks)
     contracts.register(built)
+    access.register(built)
     usage_api.register(built)
     usage_page.register(built)
     metrics_endpoint.register(built)

@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.brokers import TestBroker, test_broker
 from tests.support.smtp import MailRecorder, SmtpServer
-from tests.support.worker import WorkerProcess, free_port
+from tests.support.worker import TEST_AUTH_SECRET, WorkerProcess, free_port
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +35,7 @@ def deployment(kafka_broker: TestBroker, tmp_path: Path) -> dict[str, str]:
         "METERWATCH_WEB_PORT": str(free_port()),
         "METERWATCH_DATA_DIR": str(tmp_path / "data"),
         "METERWATCH_LOG_LEVEL": "INFO",
+        "METERWATCH_AUTH_SECRET": TEST_AUTH_SECRET,
     }
 
 
@@ -123,3 +124,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         parts = Path(str(item.fspath)).parts
         if "integration" in parts or "faults" in parts:
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def two_workers(deployment: dict[str, str], tmp_path: Path) -> Iterator[list[WorkerProcess]]:
+    """Two workers of one deployment (one consumer group), both healthy."""
+    workers = []
+    for index in range(2):
+        port = free_port()
+        env = {**deployment, "METERWATCH_WEB_PORT": str(port), "METERWATCH_DATA_DIR": str(tmp_path / f"data{index}")}
+        workers.append(WorkerProcess(env=env, log_path=tmp_path / f"worker{index}.log", web_port=port).start())
+    try:
+        for worker in workers:
+            worker.wait_healthy()
+        yield workers
+    finally:
+        for worker in workers:
+            worker.stop()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -13,6 +13,7 @@ from ...core.contract_usage import ContractUsage
 from ...core.workspace import WorkspaceState
 from ...models.common import METRIC_NAMES
 from ..codec import decode_contract_usage, decode_workspace
+from .access import grant_of
 from .usage_view import daily_document, usage_document
 
 if TYPE_CHECKING:
@@ -47,7 +48,11 @@ def register(mw: Meterwatch) -> None:
             if contract is not None:
                 summed = await contract_usage_of(mw, contract.contract_id)
                 contract_usage = summed.for_period(found.profile.cycle.period_containing(now))
-            return self.json(usage_document(workspace_id, found, now, contract_usage))
+            document = usage_document(workspace_id, found, now, contract_usage)
+            grant = grant_of(request)
+            if grant is not None:
+                document["metrics"] = {m: e for m, e in document["metrics"].items() if grant.may_read_metric(m)}
+            return self.json(document)
 
     @app.page("/usage/{workspace_id}/daily")
     class Daily(View):
@@ -77,9 +82,20 @@ async def contract_usage_of(mw: Meterwatch, contract_id: str) -> ContractUsage:
         return decode_contract_usage(table.get(contract_id))
     # The id is one path segment whatever it holds (``/``, ``?``, ``#``, ``..``): escaped whole.
     url = URL(f"{str(owner).rstrip('/')}/internal/contract-usage/{quote(contract_id, safe='')}", encoded=True)
-    async with mw.app.http_client.get(url) as response:
+    async with mw.app.http_client.get(url, headers=_service_headers(mw)) as response:
         response.raise_for_status()
         return decode_contract_usage(await response.read())
+
+
+# Workers sign what they ask each other for with a short-lived service token of their own.
+SERVICE_TOKEN_TTL = timedelta(minutes=5)
+
+
+def _service_headers(mw: Meterwatch) -> dict[str, str]:
+    if mw.keys is None:
+        return {}
+    token = mw.keys.mint(datetime.now(UTC), SERVICE_TOKEN_TTL, service=True, subject="meterwatch-worker")
+    return {"Authorization": f"Bearer {token}"}
 
 
 def _workspace(mw: Meterwatch, workspace_id: str) -> WorkspaceState | None:

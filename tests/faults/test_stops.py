@@ -27,7 +27,7 @@ import pytest
 
 from meterwatch.brokers.embedded import EmbeddedBroker
 from tests.support.processes import Proc, children_of, read_proc, tagged, wait_until_gone
-from tests.support.worker import WorkerProcess, free_port, http_get
+from tests.support.worker import TEST_AUTH_SECRET, WorkerProcess, free_port, http_get
 
 pytestmark = [
     pytest.mark.slow,
@@ -205,6 +205,7 @@ def worker_environment(tmp_path: Path, bootstrap: str, shutdown_timeout: str | N
         "METERWATCH_PARTITIONS": "2",
         "METERWATCH_WEB_PORT": str(free_port()),
         "METERWATCH_DATA_DIR": str(tmp_path / "data"),
+        "METERWATCH_AUTH_SECRET": TEST_AUTH_SECRET,
     }
     if shutdown_timeout is not None:
         env["METERWATCH_SHUTDOWN_TIMEOUT"] = shutdown_timeout

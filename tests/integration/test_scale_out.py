@@ -6,33 +6,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
-
-import pytest
 
 from tests.support.kafka_io import produce
 from tests.support.messages import event
-from tests.support.worker import WorkerProcess, eventually, free_port, http_get, metric_samples
+from tests.support.worker import WorkerProcess, eventually, http_get, metric_samples
 
 WORKSPACES = [f"ws_route_{i}" for i in range(16)]
-
-
-@pytest.fixture
-def two_workers(deployment: dict[str, str], tmp_path: Path) -> Iterator[list[WorkerProcess]]:
-    workers = []
-    for index in range(2):
-        port = free_port()
-        env = {**deployment, "METERWATCH_WEB_PORT": str(port), "METERWATCH_DATA_DIR": str(tmp_path / f"data{index}")}
-        workers.append(WorkerProcess(env=env, log_path=tmp_path / f"worker{index}.log", web_port=port).start())
-    try:
-        for worker in workers:
-            worker.wait_healthy()
-        yield workers
-    finally:
-        for worker in workers:
-            worker.stop()
 
 
 async def test_either_worker_answers_for_every_workspace(

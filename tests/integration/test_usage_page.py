@@ -18,7 +18,7 @@ import pytest
 
 from tests.support.kafka_io import produce, read_all
 from tests.support.messages import bare_command, command, event
-from tests.support.worker import WorkerProcess, eventually, http_get
+from tests.support.worker import WorkerProcess, eventually, http_get, token_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -37,6 +37,7 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 WS = "ws_page"
 CONTRACT = "c_page"
+OTHER = "ws_page_other"  # a workspace the page's token does not name
 ZONE = "America/New_York"
 ANCHOR_DAY = 15
 CHROMIUM_FLAGS = [
@@ -209,8 +210,15 @@ async def test_the_usage_page_shows_the_period_charts_and_costs_and_follows_usag
     assert api["metrics"]["email"]["estimated_cost"] == {"amount": "2.47", "currency": "USD"}  # 1,234 × 0.002
     set_up = time.monotonic() - started
 
-    # ---- the page, as a person opens it
+    # ---- the page, as a person opens it: without a token it asks for one
     browser.get(f"{base}/ui/usage/{WS}")
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Sign-in needed"
+    browser.get_log("browser")  # the 401 is logged; what matters is what follows
+    # with the link a person is given: the token moves into a cookie and out of the address
+    browser.get(f"{base}/ui/usage/{WS}?token={token_for(WS, 'ws_nobody')}")
+    assert browser.current_url == f"{base}/ui/usage/{WS}"
+    cookie = browser.get_cookie("meterwatch_token")
+    assert cookie is not None and cookie["httpOnly"] is True and cookie["sameSite"] == "Strict", cookie
     shows(browser, "sms", "usage", "803")
     assert browser.find_element(By.TAG_NAME, "h1").text == "Usage"
     assert browser.title == f"Usage · {WS}"
@@ -331,11 +339,15 @@ async def test_the_usage_page_shows_the_period_charts_and_costs_and_follows_usag
     full_page_screenshot(browser, ARTIFACTS / "usage-page-phone.png")
     assert_charts_are_named(browser)
 
-    # An unknown workspace: 404, and a page that says so.
+    # An unknown workspace the token names: 404, and a page that says so.
     status, _ = http_get(f"{base}/ui/usage/ws_nobody")
     assert status == 404
     browser.get(f"{base}/ui/usage/ws_nobody")
     assert browser.find_element(By.TAG_NAME, "h1").text == "Workspace not found"
+    # A workspace the token does not name: refused, whether it exists or not.
+    browser.get(f"{base}/ui/usage/{OTHER}")
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Not allowed"
+    assert http_get(f"{base}/usage/{OTHER}", token=token_for(WS))[0] == 403
 
     print(
         f"\n[usage page] set-up {set_up:.1f}s, page followed new usage in {followed:.1f}s, total {time.monotonic() - started:.1f}s"

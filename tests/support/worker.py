@@ -13,11 +13,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
+
+from meterwatch.tokens import mint
 
 
 def free_port() -> int:
@@ -85,9 +88,33 @@ class WorkerProcess:
             return "(no log)"
 
 
-def http_get(url: str, timeout: float = 5.0) -> tuple[int | None, Any]:
+# The workers of the tests check tokens signed with this (METERWATCH_AUTH_SECRET).
+TEST_AUTH_SECRET = "meterwatch-tests-only-secret-0123456789"
+SERVICE = "service"  # http_get's default: a service token, which reads every route
+
+
+def token_for(
+    *workspaces: str,
+    metrics: Iterable[str] | None = None,
+    billing: bool = False,
+    ttl: timedelta = timedelta(hours=1),
+    secret: str = TEST_AUTH_SECRET,
+) -> str:
+    """A bearer token for ``workspaces`` (none: a service token), as ``meterwatch token`` mints."""
+    return mint(secret.encode(), datetime.now(UTC), ttl, workspaces=workspaces, metrics=metrics, billing=billing,
+                service=not workspaces)  # fmt: skip
+
+
+def http_get(
+    url: str, timeout: float = 5.0, token: str | None = SERVICE, headers: dict[str, str] | None = None
+) -> tuple[int | None, Any]:
+    """GET ``url``: its status and body (JSON when it is). ``token``: sent as a bearer token
+    (default a service token; None sends none)."""
+    sent = dict(headers or {})
+    if token is not None:
+        sent["Authorization"] = f"Bearer {token_for() if token == SERVICE else token}"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=sent), timeout=timeout) as response:
             body = response.read()
             return response.status, _maybe_json(body)
     except urllib.error.HTTPError as error:
@@ -129,7 +156,8 @@ async def eventually(check, timeout: float = 30.0, interval: float = 0.2):  # ty
 
 def scrape(worker: WorkerProcess) -> tuple[str, dict[tuple[str, tuple], float]]:
     """``GET /metrics``: its text, and every sample by (name, sorted labels)."""
-    with urllib.request.urlopen(f"{worker.base_url}/metrics", timeout=5) as response:
+    request = urllib.request.Request(f"{worker.base_url}/metrics", headers={"Authorization": f"Bearer {token_for()}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain")
         text = response.read().decode()

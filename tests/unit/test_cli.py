@@ -10,9 +10,13 @@ import time
 
 import pytest
 
+SECRET = "a-secret-of-at-least-thirty-two-bytes-0123"
+
 
 def run_meterwatch(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``meterwatch ARGS`` with ``env``, over a secret to check tokens with (``env`` may unset it)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("METERWATCH_")}
+    clean["METERWATCH_AUTH_SECRET"] = SECRET
     return subprocess.run(
         [sys.executable, "-m", "meterwatch", *args],
         env={**clean, **env},
@@ -86,3 +90,70 @@ def test_the_startup_timeout_bounds_the_wait_for_a_broker_that_never_answers() -
         waited = time.monotonic() - started
     assert result.returncode == 2, result.stderr
     assert waited < 20, f"waited {waited:.0f}s for a 3s start-up timeout"
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"METERWATCH_AUTH_SECRET": ""}, "no key to check tokens with: set METERWATCH_AUTH_SECRET"),
+        ({"METERWATCH_AUTH_SECRET": "too-short"}, "METERWATCH_AUTH_SECRET: must be at least 32 bytes"),
+        ({"METERWATCH_AUTH": "maybe"}, "METERWATCH_AUTH"),
+        ({"METERWATCH_AUTH_JWKS": "/nonexistent/keys.json"}, "METERWATCH_AUTH_JWKS: no such file"),
+    ],
+)
+def test_a_worker_without_a_usable_key_refuses_to_start(env: dict[str, str], says: str) -> None:
+    # The broker is never asked: the refusal comes first, in one line, with exit code 2.
+    result = run_meterwatch("worker", env={"METERWATCH_KAFKA_BOOTSTRAP": f"127.0.0.1:{closed_port()}", **env})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], lines
+    assert "too-short" not in result.stderr
+
+
+def test_a_worker_with_authentication_off_starts_and_says_so_only_when_asked() -> None:
+    # METERWATCH_AUTH=off passes the key check: the next thing the worker needs is a broker.
+    result = run_meterwatch(
+        "worker",
+        env={
+            "METERWATCH_AUTH": "off",
+            "METERWATCH_AUTH_SECRET": "",
+            "METERWATCH_KAFKA_BOOTSTRAP": f"127.0.0.1:{closed_port()}",
+            "METERWATCH_STARTUP_TIMEOUT": "1s",
+        },
+    )
+    assert result.returncode == 2
+    assert "no Kafka broker answers" in result.stderr.strip().splitlines()[-1]
+
+
+def test_token_prints_a_token_the_workers_accept_for_what_it_names() -> None:
+    from datetime import UTC, datetime
+
+    from meterwatch.tokens import Keys
+
+    result = run_meterwatch(
+        "token", "--workspace", "ws_a", "--workspace", "ws_b", "--metric", "sms", "--billing", "--ttl", "2h", env={}
+    )
+    assert result.returncode == 0, result.stderr
+    grant = Keys.load(SECRET, None).verify(result.stdout.strip(), datetime.now(UTC))
+    assert grant.workspaces == {"ws_a", "ws_b"} and grant.metrics == {"sms"} and grant.billing and not grant.service
+    assert 7190 <= grant.expires - datetime.now(UTC).timestamp() <= 7200
+
+    service = run_meterwatch("token", "--service", env={})
+    assert service.returncode == 0, service.stderr
+    assert Keys.load(SECRET, None).verify(service.stdout.strip(), datetime.now(UTC)).service
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"),
+    [
+        (["--workspace", "ws_a"], {"METERWATCH_AUTH_SECRET": ""}, "METERWATCH_AUTH_SECRET is not set"),
+        (["--workspace", "ws_a", "--ttl", "soon"], {}, "--ttl"),
+        (["--workspace", "ws_a", "--metric", "tweets"], {}, "unknown metric 'tweets'"),
+        (["--service", "--billing"], {}, "--service reads everything"),
+    ],
+)
+def test_token_refuses_what_it_cannot_sign_in_one_line(args: list[str], env: dict[str, str], says: str) -> None:
+    result = run_meterwatch("token", *args, env=env)
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], lines

@@ -101,7 +101,7 @@ async def test_the_broker_holds_an_empty_fetch_a_tenth_of_a_second_not_faust_s_o
     from meterwatch.streams.app import create_app
     from meterwatch.streams.pipeline.ingest_kafka import new_consumer
 
-    mw = create_app(load_settings({}), "127.0.0.1:9092", ProcessingGuarantee(guarantee))
+    mw = create_app(load_settings({"METERWATCH_AUTH": "off"}), "127.0.0.1:9092", ProcessingGuarantee(guarantee))
     thread = mw.app.consumer._thread
     faust_consumer = thread._create_worker_consumer(mw.app.transport)
     ingest_consumer = new_consumer(mw, "g", isolation_committed=False)
@@ -115,7 +115,7 @@ async def test_from_a_stop_of_the_flow_until_recovery_seeks_again_the_position_i
     from meterwatch.config import ProcessingGuarantee, load_settings
     from meterwatch.streams.app import create_app
 
-    mw = create_app(load_settings({}), "127.0.0.1:9092", ProcessingGuarantee("exactly_once"))
+    mw = create_app(load_settings({"METERWATCH_AUTH": "off"}), "127.0.0.1:9092", ProcessingGuarantee("exactly_once"))
     consumer = mw.app.consumer
     tp = TopicPartition("mw-workspaces-changelog", 3)
 

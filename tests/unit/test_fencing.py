@@ -86,7 +86,7 @@ async def test_other_commit_failures_are_not_taken_for_a_fence() -> None:
 
 def build() -> Any:
     asyncio.set_event_loop(asyncio.new_event_loop())
-    return create_app(load_settings({}), "127.0.0.1:9092", ProcessingGuarantee.EXACTLY_ONCE)
+    return create_app(load_settings({"METERWATCH_AUTH": "off"}), "127.0.0.1:9092", ProcessingGuarantee.EXACTLY_ONCE)
 
 
 def test_forgetting_local_state_empties_the_memory_tables_and_rereads_every_changelog() -> None:
@@ -109,7 +109,7 @@ def test_forgetting_local_state_empties_the_memory_tables_and_rereads_every_chan
 
 
 async def test_a_table_write_refused_before_it_reaches_the_producer_fails_instead_of_hanging() -> None:
-    mw = create_app(load_settings({}), "127.0.0.1:9092", ProcessingGuarantee.EXACTLY_ONCE)
+    mw = create_app(load_settings({"METERWATCH_AUTH": "off"}), "127.0.0.1:9092", ProcessingGuarantee.EXACTLY_ONCE)
     table = mw.tables.workspaces
 
     async def refuse(message: Any) -> None:
@@ -123,7 +123,7 @@ async def test_a_table_write_refused_before_it_reaches_the_producer_fails_instea
 
 
 async def test_writes_still_awaited_when_the_transaction_is_lost_are_dropped() -> None:
-    mw = create_app(load_settings({}), "127.0.0.1:9092", ProcessingGuarantee.EXACTLY_ONCE)
+    mw = create_app(load_settings({"METERWATCH_AUTH": "off"}), "127.0.0.1:9092", ProcessingGuarantee.EXACTLY_ONCE)
     table = mw.tables.workspaces
     never_answered = asyncio.Event()
 
@@ -138,7 +138,7 @@ async def test_writes_still_awaited_when_the_transaction_is_lost_are_dropped() -
 
 
 async def test_the_writes_of_a_batch_are_published_in_order_by_one_task_per_source_partition() -> None:
-    mw = create_app(load_settings({}), "127.0.0.1:9092", ProcessingGuarantee.EXACTLY_ONCE)
+    mw = create_app(load_settings({"METERWATCH_AUTH": "off"}), "127.0.0.1:9092", ProcessingGuarantee.EXACTLY_ONCE)
     table = mw.tables.workspaces
     published: list[tuple[Any, int | None]] = []
 
@@ -206,7 +206,7 @@ def _with_producer(mw: Any, producer: _RecordingProducer, guarantee: ProcessingG
 
 @pytest.mark.parametrize("guarantee", [ProcessingGuarantee.AT_LEAST_ONCE, ProcessingGuarantee.EXACTLY_ONCE])
 async def test_put_many_writes_the_store_and_sends_the_records_faust_would(guarantee: ProcessingGuarantee) -> None:
-    mw = create_app(load_settings({}), "127.0.0.1:9092", guarantee)
+    mw = create_app(load_settings({"METERWATCH_AUTH": "off"}), "127.0.0.1:9092", guarantee)
     table = mw.tables.workspaces
     producer = _RecordingProducer(transactional_id="t" if guarantee is ProcessingGuarantee.EXACTLY_ONCE else None)
     _with_producer(mw, producer, guarantee)
@@ -230,7 +230,7 @@ async def test_put_many_writes_the_store_and_sends_the_records_faust_would(guara
 async def test_put_many_splits_records_into_batches_the_broker_accepts() -> None:
     from meterwatch.streams.runtime.durable_table import CHANGELOG_BATCH_BYTES
 
-    mw = create_app(load_settings({}), "127.0.0.1:9092", ProcessingGuarantee.AT_LEAST_ONCE)
+    mw = create_app(load_settings({"METERWATCH_AUTH": "off"}), "127.0.0.1:9092", ProcessingGuarantee.AT_LEAST_ONCE)
     table = mw.tables.workspaces
     producer = _RecordingProducer()
     _with_producer(mw, producer, ProcessingGuarantee.AT_LEAST_ONCE)
@@ -246,7 +246,7 @@ async def test_put_many_splits_records_into_batches_the_broker_accepts() -> None
 async def test_put_many_refused_by_a_fenced_producer_fails_at_wait_for_writes() -> None:
     from meterwatch.streams.runtime.fencing import is_lost_transaction
 
-    mw = create_app(load_settings({}), "127.0.0.1:9092", ProcessingGuarantee.EXACTLY_ONCE)
+    mw = create_app(load_settings({"METERWATCH_AUTH": "off"}), "127.0.0.1:9092", ProcessingGuarantee.EXACTLY_ONCE)
     table = mw.tables.workspaces
     _with_producer(
         mw, _RecordingProducer(transactional_id="t", error=ProducerFenced()), ProcessingGuarantee.EXACTLY_ONCE

@@ -33,7 +33,9 @@ from meterwatch.streams.topics import TOPICS, TopicNames, topic_specs
 
 def build(environ: dict[str, str]):  # type: ignore[no-untyped-def]
     asyncio.set_event_loop(asyncio.new_event_loop())
-    return create_app(load_settings(environ), "127.0.0.1:9092", ProcessingGuarantee.AT_LEAST_ONCE)
+    return create_app(
+        load_settings({"METERWATCH_AUTH": "off", **environ}), "127.0.0.1:9092", ProcessingGuarantee.AT_LEAST_ONCE
+    )
 
 
 _DEDUPE = build({})
