@@ -16,6 +16,8 @@ from typing import Any
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ..models.signing import parse_keys
+
 _HOST_PORT = re.compile(r"^[A-Za-z0-9._\-\[\]:]+:(\d{1,5})$")
 _TOPIC_CHARS = re.compile(r"^[A-Za-z0-9._\-]*$")
 # "24h", "90m", "3600" (seconds); ISO 8601 durations ("PT24H") are also accepted by pydantic.
@@ -94,6 +96,12 @@ class Settings(BaseSettings):
     # by the token's "kid"; publish a new key beside the old one to rotate.
     auth_jwks: str | None = None
 
+    # Signed commands (models/signing.py): "key-id:secret[,key-id:secret]"; unset, commands are
+    # not signed. With keys, an unsigned, wrongly signed, stale or replayed command is rejected.
+    command_keys: SecretStr | None = None
+    # How far a signed command's issued_at may be from when it is routed, either way.
+    command_max_age: timedelta = timedelta(minutes=5)
+
     log_format: str = Field(default="text", pattern="^(text|json)$")
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
 
@@ -134,6 +142,14 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("command_keys")
+    @classmethod
+    def _command_keys_parse(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value().strip() == "":
+            return None
+        parse_keys(value.get_secret_value())  # raises ValueError naming what is wrong
+        return value
+
     @field_validator("smtp_ca_file", "auth_jwks")
     @classmethod
     def _ca_file_exists(cls, value: str | None) -> str | None:
@@ -159,7 +175,9 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("dedupe_window", "startup_timeout", "shutdown_timeout", "mail_give_up_after", mode="before")
+    @field_validator(
+        "dedupe_window", "startup_timeout", "shutdown_timeout", "mail_give_up_after", "command_max_age", mode="before"
+    )
     @classmethod
     def _duration_with_unit(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -167,7 +185,7 @@ class Settings(BaseSettings):
             return value if parsed is None else parsed
         return value
 
-    @field_validator("dedupe_window", "startup_timeout", "shutdown_timeout", "mail_give_up_after")
+    @field_validator("dedupe_window", "startup_timeout", "shutdown_timeout", "mail_give_up_after", "command_max_age")
     @classmethod
     def _window_positive(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):
@@ -178,6 +196,16 @@ class Settings(BaseSettings):
     def group_id(self) -> str:
         """The consumer group; it carries the prefix so deployments sharing a cluster never meet."""
         return f"{self.topic_prefix}{self.app_id}"
+
+    @property
+    def command_signing_keys(self) -> dict[str, bytes] | None:
+        """Key id -> secret of the command keys; None when commands are not signed."""
+        return None if self.command_keys is None else parse_keys(self.command_keys.get_secret_value())
+
+    @property
+    def signed_command_max_age_ms(self) -> int | None:
+        """How old a signed command may be, in milliseconds; None when commands are not signed."""
+        return None if self.command_keys is None else int(self.command_max_age.total_seconds() * 1000)
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
@@ -226,6 +254,6 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
 
 
 def _shown(value: Any, field: str) -> str:
-    if "password" in field or "secret" in field:
+    if "password" in field or "secret" in field or "keys" in field:
         return "***"
     return repr(value)

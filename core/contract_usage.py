@@ -12,6 +12,7 @@ from datetime import datetime
 from types import MappingProxyType
 
 from .alerts import ContractAlertState
+from .command_replay import NO_COMMANDS, RecentCommands
 from .contracts import ContractTerms
 from .periods import LATE_EVENT_GRACE, BillingPeriod
 
@@ -47,6 +48,8 @@ class ContractUsage:
     # Each member's billing contacts, as it last reported them: contract alerts go to all.
     contacts: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
     alerts: Mapping[str, ContractAlertState] = field(default_factory=lambda: MappingProxyType({}))
+    # Signed subscriptions applied lately (core/command_replay.py); empty unless commands are signed.
+    recent_commands: RecentCommands = field(default_factory=lambda: NO_COMMANDS)
 
     def recipients(self) -> tuple[str, ...]:
         """Every member's contacts, each address once (compared without case)."""

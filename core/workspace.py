@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from .alerts import AlertState
+from .command_replay import NO_COMMANDS, RecentCommands
 from .contracts import WorkspaceProfile
 from .fin_limit import FinState
 from .metering import WorkspaceUsage
@@ -33,6 +34,8 @@ class WorkspaceState:
     alerts: Mapping[str, AlertState] = field(default_factory=lambda: MappingProxyType({}))
     contract_others: ContractOthers | None = None
     fin: FinState | None = None
+    # Signed commands applied lately (core/command_replay.py); empty unless commands are signed.
+    recent_commands: RecentCommands = field(default_factory=lambda: NO_COMMANDS)
 
     def others_usage(self, metric: str, period: BillingPeriod) -> int:
         others = self.contract_others

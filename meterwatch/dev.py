@@ -27,6 +27,7 @@ from .brokers.embedded import EmbeddedBroker
 from .brokers.probe import wait_for_broker
 from .config import Settings
 from .demo import CONTRACT_WORKSPACES, WORKSPACES, setup_commands, usage_events
+from .models.signing import signature_header
 from .processes import signal_when_parent_dies
 from .streams.topics import (
     USAGE_ALERTS,
@@ -292,8 +293,13 @@ async def _http_status(url: str) -> int | None:
 async def _send_demo_usage(settings: Settings, producer: AIOKafkaProducer, rate: float) -> None:
     from datetime import datetime
 
+    signing = settings.command_signing_keys
+    key_id, secret = next(iter(signing.items())) if signing else (None, b"")
     for key, command in setup_commands(datetime.now(UTC)):
-        await producer.send_and_wait(settings.topic(USAGE_CONTROL), orjson.dumps(command), key=key.encode())
+        value = orjson.dumps(command)
+        # With METERWATCH_COMMAND_KEYS set, the demo signs as the product's settings service would.
+        headers = [signature_header(value, key_id, secret)] if key_id is not None else None
+        await producer.send_and_wait(settings.topic(USAGE_CONTROL), value, key=key.encode(), headers=headers)
     rng = random.Random()
     for event in usage_events(rng):
         await producer.send(settings.topic(USAGE_EVENTS), orjson.dumps(event), key=event["workspace_id"].encode())

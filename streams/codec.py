@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from ..core.alerts import AlertSetting, AlertState, ContractAlertState, ScheduledSetting
+from ..core.command_replay import NO_COMMANDS, RecentCommands
 from ..core.contract_usage import ContractPeriod, ContractUsage
 from ..core.contracts import ContractTerms, Price, WorkspaceProfile
 from ..core.fin_limit import FinState, LimitSetting
@@ -34,20 +35,16 @@ def _packed(raw: bytes) -> bytes:
 
 def encode_workspace(state: WorkspaceState) -> bytes:
     others = state.contract_others
-    return _packed(
-        orjson.dumps(
-            {
-                "usage": _usage(state.usage),
-                "profile": _profile(state.profile),
-                "alerts": {metric: _alert_state(a) for metric, a in state.alerts.items()},
-                "contract_others": None
-                if others is None
-                else {"period": _period(others.period), "usage": dict(others.usage)},
-                "fin": None if state.fin is None else _fin(state.fin),
-            },
-            option=_NATIVE,
-        )
-    )
+    value = {
+        "usage": _usage(state.usage),
+        "profile": _profile(state.profile),
+        "alerts": {metric: _alert_state(a) for metric, a in state.alerts.items()},
+        "contract_others": None if others is None else {"period": _period(others.period), "usage": dict(others.usage)},
+        "fin": None if state.fin is None else _fin(state.fin),
+    }
+    if state.recent_commands:
+        value["recent_commands"] = dict(state.recent_commands)
+    return _packed(orjson.dumps(value, option=_NATIVE))
 
 
 def decode_workspace(raw: bytes | None) -> WorkspaceState | None:
@@ -63,7 +60,12 @@ def decode_workspace(raw: bytes | None) -> WorkspaceState | None:
         if others is None
         else ContractOthers(_read_period(others["period"]), MappingProxyType(others["usage"])),
         fin=None if data.get("fin") is None else _read_fin(data["fin"]),
+        recent_commands=_read_recent(data.get("recent_commands")),
     )
+
+
+def _read_recent(data: dict[str, int] | None) -> RecentCommands:
+    return NO_COMMANDS if not data else MappingProxyType(data)
 
 
 def _fin(fin: FinState) -> dict[str, Any]:
@@ -234,6 +236,7 @@ def encode_contract_usage(state: ContractUsage) -> bytes:
                     }
                     for p in state.periods
                 ],
+                **({"recent_commands": dict(state.recent_commands)} if state.recent_commands else {}),
             },
             option=_NATIVE,
         )
@@ -266,4 +269,5 @@ def decode_contract_usage(raw: bytes | None) -> ContractUsage:
             )
             for p in data.get("periods", ())
         ),
+        recent_commands=_read_recent(data.get("recent_commands")),
     )

@@ -11,9 +11,25 @@ from typing import Any
 
 from ...models.internal import CONTRACT_LEFT, CONTRACT_TERMS
 from ...models.outputs import command_result
+from ..command_replay import RecentCommands, admit
 from ..contracts import ContractTerms, Price, WorkspaceProfile
 from ..periods import BillingCycle, BillingPeriod
 from ..workspace import ContractOthers, WorkspaceState
+
+# Commands from usage.control (CONTRACT 3.2), as opposed to the internal ones workers send.
+SENT_BY_PEOPLE = frozenset({"alert_settings", "limit_settings", "billing_contacts"})
+
+
+def admit_once(recent: RecentCommands, command: dict[str, Any], max_age_ms: int) -> RecentCommands | None:
+    """``recent`` with ``command`` remembered, or None if it was applied already (a replay)."""
+    issued_ms = int(datetime.fromisoformat(command["issued_at"]).timestamp() * 1000)
+    return admit(recent, command["command_id"], issued_ms, max_age_ms)
+
+
+def replayed(command: dict[str, Any]) -> dict[str, Any]:
+    return command_result(
+        command["command_id"], "rejected", reason="replayed: a command with this command_id was applied already"
+    )
 
 
 def apply_to_profile(

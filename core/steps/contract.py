@@ -30,37 +30,46 @@ from ..alerts import CONTRACT_SCOPE, ContractAlertState, LevelReached, judge_con
 from ..contract_usage import ContractTotalChange, ContractUsage, change_membership, record_report
 from ..contracts import ContractTerms
 from ..costs import estimated_cost, money
-from .commands import contract_terms
+from .commands import admit_once, contract_terms, replayed
 
 
 class ContractStep:
     """``apply`` each message in order (with its Kafka time, in milliseconds and as a datetime),
     then ``tell_members``.
 
-    ``alerts`` (per level) and ``subscriptions`` count what happened, for the metrics. A message
+    ``alerts`` (per level), ``subscriptions`` and ``replays`` count what happened, for the metrics. A message
     whose ``apply`` raises leaves the step as it was before it (``mark``/``restore``)."""
 
-    def __init__(self, contract_id: str, state: ContractUsage, mail_enabled: bool, outputs: RecordedOutputs) -> None:
+    def __init__(
+        self,
+        contract_id: str,
+        state: ContractUsage,
+        mail_enabled: bool,
+        outputs: RecordedOutputs,
+        command_max_age_ms: int | None = None,
+    ) -> None:
         self.contract_id = contract_id
         self.state = state
         self.mail_enabled = mail_enabled
+        # METERWATCH_COMMAND_MAX_AGE when commands are signed (each then applied once), else None
+        self.command_max_age_ms = command_max_age_ms
         self.outputs = outputs
         self.sums_changed = False
         self.alerts: Counter[str] = Counter()
         self.subscriptions = 0
+        self.replays = 0  # signed subscriptions refused as applied already
 
     def mark(self) -> tuple[Any, ...]:
-        return (self.state, self.sums_changed, len(self.outputs), self.alerts.copy(), self.subscriptions)
+        return (self.state, self.sums_changed, len(self.outputs), self.alerts.copy(), self.subscriptions, self.replays)
 
     def restore(self, mark: tuple[Any, ...]) -> None:
-        self.state, self.sums_changed, outputs, self.alerts, self.subscriptions = mark
+        self.state, self.sums_changed, outputs, self.alerts, self.subscriptions, self.replays = mark
         self.outputs.truncate(outputs)
 
     def apply(self, message: ContractMessage, at_ms: int, now: datetime) -> None:
         kind = message["kind"]
         if kind == SUBSCRIPTION:
-            self._subscribe(message["command"], at_ms)
-            self.sums_changed = True
+            self.sums_changed = self._subscribe(message["command"], at_ms) or self.sums_changed
         elif kind == CONTACTS:
             contacts = {**self.state.contacts, message["workspace_id"]: tuple(message["emails"])}
             self.state = replace(self.state, contacts=MappingProxyType(contacts))
@@ -81,7 +90,15 @@ class ContractStep:
             message = contract_others_command(self.contract_id, latest.period, others)
             self.outputs.workspace_message(workspace_id, command_message(at_ms, message))
 
-    def _subscribe(self, command: dict[str, Any], at_ms: int) -> None:
+    def _subscribe(self, command: dict[str, Any], at_ms: int) -> bool:
+        """Apply a subscription; False if it is a signed one applied already."""
+        if self.command_max_age_ms is not None:
+            recent = admit_once(self.state.recent_commands, command, self.command_max_age_ms)
+            if recent is None:
+                self.outputs.command_result(command["contract_id"], replayed(command))
+                self.replays += 1
+                return False
+            self.state = replace(self.state, recent_commands=recent)
         state, membership = change_membership(self.state, tuple(command["workspace_ids"]))
         self.state = replace(state, terms=contract_terms(command))
         terms = contract_terms_command(command)
@@ -92,6 +109,7 @@ class ContractStep:
             self.outputs.workspace_message(workspace_id, command_message(at_ms, left))
         self.subscriptions += 1
         self.outputs.command_result(command["contract_id"], command_result(command["command_id"], "applied"))
+        return True
 
     def _judge(self, change: ContractTotalChange, now: datetime) -> None:
         terms = self.state.terms

@@ -99,6 +99,8 @@ class Failure(NamedTuple):
 class StepConfig:
     window_ms: int
     mail_enabled: bool
+    # METERWATCH_COMMAND_MAX_AGE when commands are signed (each then applied once), else None
+    command_max_age_ms: int | None = None
 
 
 @dataclass(slots=True)
@@ -464,6 +466,8 @@ class _Step:
     def _command(self, command: dict[str, Any], received_ms: int) -> None:
         received = datetime.fromtimestamp(received_ms / 1000, tz=UTC)
         kind = command["type"]
+        if kind in commands.SENT_BY_PEOPLE and not self._first_application(command):
+            return
         if kind == "alert_settings":
             self.state, answer = apply_alert_settings(self.state, command, received)
             self._answer(command, answer)
@@ -493,6 +497,19 @@ class _Step:
             self.contacts_changed = True
         if answer is not None:
             self._answer(command, answer)
+
+    def _first_application(self, command: dict[str, Any]) -> bool:
+        """Whether ``command`` may be applied: always, unless commands are signed and this one
+        was applied already (answered ``rejected``)."""
+        max_age_ms = self.config.command_max_age_ms
+        if max_age_ms is None:
+            return True
+        recent = commands.admit_once(self.state.recent_commands, command, max_age_ms)
+        if recent is None:
+            self._answer(command, commands.replayed(command))
+            return False
+        self.state = replace(self.state, recent_commands=recent)
+        return True
 
     def _answer(self, command: dict[str, Any], answer: dict[str, Any]) -> None:
         self.result.commands[(command["type"], answer["status"])] += 1
@@ -553,7 +570,7 @@ class _Step:
 def _with_usage(state: WorkspaceState, usage: WorkspaceUsage) -> WorkspaceState:
     """``replace(state, usage=usage)`` without ``replace``'s walk over the fields: every
     workspace of every batch makes one."""
-    return WorkspaceState(usage, state.profile, state.alerts, state.contract_others, state.fin)
+    return WorkspaceState(usage, state.profile, state.alerts, state.contract_others, state.fin, state.recent_commands)
 
 
 def _quiet_below(state: WorkspaceState, metric: str, period: BillingPeriod) -> int | None:

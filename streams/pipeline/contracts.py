@@ -45,8 +45,13 @@ async def _sum_contract(mw: Meterwatch, contract_id: str, events: list[EventT], 
     """One contract's messages of a batch: read once, judged in order by the step, written once."""
     table = mw.tables.contract_usage
     outputs = RecordedOutputs()
+    settings = mw.settings
     step = ContractStep(
-        contract_id, decode_contract_usage(table.get(contract_id)), bool(mw.settings.smtp_host), outputs
+        contract_id,
+        decode_contract_usage(table.get(contract_id)),
+        bool(settings.smtp_host),
+        outputs,
+        settings.signed_command_max_age_ms,
     )
     for event in events:
         mark = step.mark()
@@ -66,3 +71,5 @@ async def _sum_contract(mw: Meterwatch, contract_id: str, events: list[EventT], 
         metrics.alerts.labels("contract", level).inc(n)
     if step.subscriptions:
         metrics.commands.labels("subscription", "applied").inc(step.subscriptions)
+    if step.replays:
+        metrics.commands.labels("subscription", "rejected").inc(step.replays)

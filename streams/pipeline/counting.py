@@ -95,6 +95,7 @@ async def count_batch(mw: Meterwatch, events: list[EventT], decoded: DecodedValu
         config = StepConfig(
             window_ms=int(mw.settings.dedupe_window.total_seconds() * 1000),
             mail_enabled=bool(mw.settings.smtp_host),
+            command_max_age_ms=mw.settings.signed_command_max_age_ms,
         )
         judged = []
         for partition, part in source_parts(events):

@@ -11,9 +11,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 
 async def produce(
-    bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, Any]], *, timestamp_ms: int | None = None
+    bootstrap: str,
+    topic: str,
+    messages: Iterable[tuple[bytes | None, Any] | tuple[bytes | None, Any, list[tuple[str, bytes]]]],
+    *,
+    timestamp_ms: int | None = None,
 ) -> None:
-    """Send (key, value) pairs; dict/list values are JSON-encoded, bytes sent as they are.
+    """Send (key, value) or (key, value, headers); dict/list values are JSON-encoded, bytes sent
+    as they are.
 
     ``timestamp_ms`` sets the records' timestamp, which the broker keeps (CreateTime) and
     meterwatch reads as the moment a command or event was received.
@@ -22,9 +27,12 @@ async def produce(
     await producer.start()
     try:
         futures = []
-        for key, value in messages:
+        for key, value, *headers in messages:
             raw = value if isinstance(value, bytes) or value is None else orjson.dumps(value)
-            futures.append(await producer.send(topic, raw, key=key, timestamp_ms=timestamp_ms))
+            sent = await producer.send(
+                topic, raw, key=key, timestamp_ms=timestamp_ms, headers=headers[0] if headers else None
+            )
+            futures.append(sent)
         await asyncio.gather(*futures)
     finally:
         await producer.stop()

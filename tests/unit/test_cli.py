@@ -41,6 +41,9 @@ def closed_port() -> int:
         ({"METERWATCH_KAFKA_BOOTSTRAP": "kafka-without-port"}, "METERWATCH_KAFKA_BOOTSTRAP"),
         ({"METERWATCH_PARTITIONS": "0"}, "METERWATCH_PARTITIONS"),
         ({"METERWATCH_DEDUPE_WINDOW": "soon"}, "METERWATCH_DEDUPE_WINDOW"),
+        ({"METERWATCH_COMMAND_KEYS": "settings:hunter2"}, "METERWATCH_COMMAND_KEYS: the secret of key 'settings'"),
+        ({"METERWATCH_COMMAND_KEYS": "no-separator-hunter2"}, "METERWATCH_COMMAND_KEYS: expected key-id:secret"),
+        ({"METERWATCH_COMMAND_MAX_AGE": "0"}, "METERWATCH_COMMAND_MAX_AGE: must be a positive duration"),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_the_variable(env: dict[str, str], names: str) -> None:
@@ -50,6 +53,7 @@ def test_a_bad_setting_is_one_line_naming_the_variable(env: dict[str, str], name
     assert len(lines) == 1, result.stderr
     assert names in lines[0]
     assert "Traceback" not in result.stderr
+    assert "hunter2" not in result.stderr  # a secret is never echoed
 
 
 def test_an_unreachable_broker_is_reported_as_such() -> None:

@@ -69,7 +69,8 @@ def workspace_states(draw: st.DrawFn) -> WorkspaceState:
         | st.builds(lambda p, n: ContractOthers(p, MappingProxyType({"sms": n})), periods(), st.integers(0, 99))
     )
     fin = draw(st.none() | st.builds(lambda p: FinState("ws", "disabled", p, 3, LimitSetting(3, True), 1), periods()))
-    return WorkspaceState(usage=usage, contract_others=others, fin=fin)
+    recent = draw(st.dictionaries(st.text(min_size=1, max_size=12), st.integers(0, 2**45), max_size=3))
+    return WorkspaceState(usage=usage, contract_others=others, fin=fin, recent_commands=MappingProxyType(recent))
 
 
 def _times_as_text(value: Any) -> Any:
@@ -121,9 +122,17 @@ def test_a_contract_value_reads_back_equal(
         ),
         workspace_ids=("ws_1",),
         alerts=MappingProxyType({"sms": ContractAlertState(alerted, frozenset({(100, 50)}))}),
+        recent_commands=MappingProxyType({"sub-1": 1_796_000_000_000}),
     )
     assert decode_contract_usage(encode_contract_usage(state)) == state
     stored = orjson.loads(encode_contract_usage(state))
     assert [[p["start"], p["end"]] for p in stored["periods"]] == [
         [p.start.isoformat(), p.end.isoformat()] for p in contract_periods
     ]
+
+
+def test_values_without_signed_commands_store_no_trace_of_them() -> None:
+    # Unsigned deployments write the values they always wrote.
+    assert "recent_commands" not in orjson.loads(encode_workspace(WorkspaceState()))
+    assert "recent_commands" not in orjson.loads(encode_contract_usage(ContractUsage()))
+    assert decode_workspace(encode_workspace(WorkspaceState())) == WorkspaceState()

@@ -126,3 +126,36 @@ def test_a_failed_message_leaves_the_step_as_it_was() -> None:
     assert step.mark() == mark
     assert step.state.workspace_ids == ("ws-a",)
     assert [output.kind for output in step.outputs] == [Kind.ALERT]
+
+
+def signed_run(messages: list[bytes], state: ContractUsage | None = None) -> ContractStep:
+    step = ContractStep("acme", state or ContractUsage(), True, RecordedOutputs(), command_max_age_ms=300_000)
+    for message in messages:
+        step.apply(orjson.loads(message), AT_MS, AT)
+    return step
+
+
+def issued(command: dict, at: datetime = AT) -> dict:
+    return {**command, "issued_at": at.isoformat()}
+
+
+def test_with_signed_commands_a_subscription_applies_once_and_its_copy_is_refused() -> None:
+    first = issued(subscription(["ws-a"]))
+    step = signed_run([subscription_message(first)])
+    again = signed_run([subscription_message(issued(subscription(["ws-a", "ws-b"])))], step.state)
+    assert again.outputs.of(Kind.COMMAND_RESULT) == [
+        {
+            "command_id": "sub-1",
+            "status": "rejected",
+            "reason": "replayed: a command with this command_id was applied already",
+        }
+    ]
+    assert again.state == step.state and again.replays == 1 and again.subscriptions == 0
+    assert inbox_commands(again) == []  # no member told anything
+
+
+def test_without_signed_commands_a_copy_is_applied_again_as_before() -> None:
+    first = run([subscription_message(issued(subscription(["ws-a"])))])
+    again = run([subscription_message(issued(subscription(["ws-a"])))], first.state)
+    assert again.outputs.of(Kind.COMMAND_RESULT) == [{"command_id": "sub-1", "status": "applied"}]
+    assert again.state.recent_commands == {}

@@ -378,3 +378,57 @@ def test_a_record_splits_into_one_message_per_workspace_in_row_order() -> None:
     assert [row for _, _, row in a.rows] == [rows[0], rows[2]]
     assert [(position, key) for position, key, _ in b.rows] == [(5 * 1024 + 1, dedupe_key("ws_b", "e2"))]
     assert keys == ["earlier", dedupe_key("ws_a", "e1"), dedupe_key("ws_b", "e2"), dedupe_key("ws_a", "e3")]
+
+
+SIGNED = StepConfig(window_ms=24 * 3600 * 1000, mail_enabled=True, command_max_age_ms=300_000)
+NOON = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+
+
+def alert_command(command_id: str, threshold: int, issued_at: datetime = NOON) -> dict[str, Any]:
+    return {
+        "type": "alert_settings",
+        "command_id": command_id,
+        "issued_at": issued_at.isoformat(),
+        "metric": "sms",
+        "threshold": threshold,
+        "early_warnings": False,
+        "enabled": True,
+    }
+
+
+def apply_commands(
+    state: WorkspaceState, commands: list[dict[str, Any]], config: StepConfig
+) -> tuple[WorkspaceState, BatchOutputs]:
+    out = BatchOutputs()
+    messages = [CommandMessage(state.usage.applied_through + 1 + i, c, _ms(NOON)) for i, c in enumerate(commands)]
+    state, _ = step(WORKSPACE, state, messages, {}, config, out)
+    return state, out
+
+
+@pytest.mark.parametrize("same_batch", [True, False])
+def test_with_signed_commands_a_command_id_is_applied_once(same_batch: bool) -> None:
+    first, copy = alert_command("cmd-1", 100), alert_command("cmd-1", 5)
+    if same_batch:
+        state, out = apply_commands(WorkspaceState(), [first, copy], SIGNED)
+        results = out.outputs.of(Kind.COMMAND_RESULT)
+    else:
+        state, out = apply_commands(WorkspaceState(), [first], SIGNED)
+        state, again = apply_commands(state, [copy], SIGNED)
+        results = out.outputs.of(Kind.COMMAND_RESULT) + again.outputs.of(Kind.COMMAND_RESULT)
+    assert [r["status"] for r in results] == ["applied", "rejected"]
+    assert results[1]["reason"].startswith("replayed:")
+    assert state.alerts["sms"].setting.threshold == 100
+
+
+def test_without_signed_commands_a_copy_is_applied_again() -> None:
+    state, out = apply_commands(WorkspaceState(), [alert_command("cmd-1", 100), alert_command("cmd-1", 5)], CONFIG)
+    assert [r["status"] for r in out.outputs.of(Kind.COMMAND_RESULT)] == ["applied", "applied"]
+    assert state.recent_commands == {}
+
+
+def test_ids_no_copy_of_which_could_be_fresh_are_forgotten() -> None:
+    state, _ = apply_commands(WorkspaceState(), [alert_command("cmd-old", 100, NOON - timedelta(minutes=30))], SIGNED)
+    state, _ = apply_commands(state, [alert_command("cmd-new", 200)], SIGNED)
+    assert set(state.recent_commands) == {"cmd-new"}
+    state, _ = apply_commands(state, [alert_command("cmd-newer", 300, NOON + timedelta(minutes=5))], SIGNED)
+    assert set(state.recent_commands) == {"cmd-new", "cmd-newer"}
