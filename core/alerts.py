@@ -20,7 +20,7 @@ one's levels must not be disturbed by the previous period's counts.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -83,6 +83,9 @@ class AlertSetting:
     threshold: int
     early_warnings: bool
     enabled: bool
+    # Who set it and when (the command's actor and receipt); not part of what the setting is.
+    changed_by: str | None = field(default=None, compare=False)
+    changed_at: datetime | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         _require_count(self.threshold, "threshold", minimum=1)

@@ -13,7 +13,7 @@ are derived from the state, so replaying the same inputs yields the same transit
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal, TypeAlias
 
@@ -81,6 +81,9 @@ class LimitSetting:
 
     limit: int
     enabled: bool
+    # Who set it and when (the command's actor and receipt); not part of what the setting is.
+    changed_by: str | None = field(default=None, compare=False)
+    changed_at: datetime | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         _require_count(self.limit, "limit")

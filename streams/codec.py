@@ -75,7 +75,7 @@ def _fin(fin: FinState) -> dict[str, Any]:
         "state": fin.state,
         "period": _period(fin.period),
         "usage": fin.usage,
-        "setting": None if setting is None else [setting.limit, setting.enabled],
+        "setting": None if setting is None else [setting.limit, setting.enabled, *_changed(setting)],
         "transitions_in_period": fin.transitions_in_period,
     }
 
@@ -87,7 +87,7 @@ def _read_fin(data: dict[str, Any]) -> FinState:
         state=data["state"],
         period=_read_period(data["period"]),
         usage=data["usage"],
-        setting=None if setting is None else LimitSetting(setting[0], setting[1]),
+        setting=None if setting is None else LimitSetting(setting[0], setting[1], *_read_changed(setting[2:])),
         transitions_in_period=data["transitions_in_period"],
     )
 
@@ -101,11 +101,26 @@ def _read_period(data: list[str] | None) -> BillingPeriod | None:
 
 
 def _setting(setting: AlertSetting | None) -> list[Any] | None:
-    return None if setting is None else [setting.threshold, setting.early_warnings, setting.enabled]
+    if setting is None:
+        return None
+    return [setting.threshold, setting.early_warnings, setting.enabled, *_changed(setting)]
 
 
 def _read_setting(data: list[Any] | None) -> AlertSetting | None:
-    return None if data is None else AlertSetting(data[0], data[1], data[2])
+    return None if data is None else AlertSetting(data[0], data[1], data[2], *_read_changed(data[3:]))
+
+
+def _changed(setting: AlertSetting | LimitSetting) -> list[Any]:
+    """Who set a setting and when, after its fields; nothing for a setting of unknown origin."""
+    if setting.changed_by is None and setting.changed_at is None:
+        return []
+    return [setting.changed_by, setting.changed_at]
+
+
+def _read_changed(data: list[Any]) -> tuple[str | None, datetime | None]:
+    if not data:
+        return None, None
+    return data[0], None if data[1] is None else datetime.fromisoformat(data[1])
 
 
 def _alert_state(state: AlertState) -> dict[str, Any]:

@@ -29,7 +29,7 @@ def apply_alert_settings(
     state: WorkspaceState, command: dict[str, Any], at: datetime
 ) -> tuple[WorkspaceState, dict[str, Any]]:
     metric = command["metric"]
-    setting = AlertSetting(command["threshold"], command["early_warnings"], command["enabled"])
+    setting = AlertSetting(command["threshold"], command["early_warnings"], command["enabled"], actor_of(command), at)
     period = current_period(state, metric, at)
     usage_now = usage_in(state.usage.tallies.get(metric), period)
     next_start = state.profile.cycle.next_period(period).start
@@ -37,6 +37,12 @@ def apply_alert_settings(
     alerts = MappingProxyType({**state.alerts, metric: alert_state})
     result = command_result(command["command_id"], outcome.status, effective_from=outcome.effective_from)
     return replace(state, alerts=alerts), result
+
+
+def actor_of(command: dict[str, Any]) -> str | None:
+    """Who sent a settings command (its ``actor.id``)."""
+    actor = command.get("actor")
+    return actor.get("id") if isinstance(actor, dict) else None
 
 
 def judge_change(

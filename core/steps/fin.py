@@ -22,6 +22,7 @@ from ..fin_limit import (
 from ..metering import usage_in
 from ..metric_kinds import FIN_RESOLUTIONS
 from ..workspace import WorkspaceState
+from .alerting import actor_of
 
 
 def fin_state(state: WorkspaceState, workspace_id: str) -> FinState:
@@ -44,7 +45,7 @@ def on_limit_settings(
 ) -> tuple[WorkspaceState, Transition | None, dict[str, Any]]:
     period = _current_period(state, workspace_id, at)
     usage = usage_in(state.usage.tallies.get(FIN_RESOLUTIONS), period)
-    setting = LimitSetting(command["limit"], command["enabled"])
+    setting = LimitSetting(command["limit"], command["enabled"], actor_of(command), at)
     state, transition = feed(state, workspace_id, SettingChanged(setting, usage, period, at))
     return state, transition, command_result(command["command_id"], "applied")
 

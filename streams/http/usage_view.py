@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from ...core.alerts import AlertState, roll_to
+from ...core.alerts import AlertSetting, AlertState, roll_to
 from ...core.contract_usage import ContractPeriod
 from ...core.contracts import WorkspaceProfile
 from ...core.costs import estimated_cost, money, prorated_seat_cost
-from ...core.fin_limit import fin_state_by_rule
+from ...core.fin_limit import LimitSetting, fin_state_by_rule
 from ...core.metering import WorkspaceUsage, daily_usage, usage_in
 from ...core.metric_kinds import SEATS
 from ...core.periods import BillingPeriod
@@ -50,7 +50,9 @@ def usage_document(
             entry["contract"] = {"usage": used + others, "included": contract.included(name)}
         if name == Metric.FIN_RESOLUTIONS.value:
             setting = state.fin.setting if state.fin else None
-            entry["limit"] = None if setting is None else {"limit": setting.limit, "enabled": setting.enabled}
+            entry["limit"] = (
+                None if setting is None else {"limit": setting.limit, "enabled": setting.enabled, **changed_by(setting)}
+            )
             entry["fin_state"] = _fin_state_now(state, period)
         metrics[name] = entry
     return {
@@ -80,7 +82,12 @@ def _alert_settings(alert_state: AlertState | None, period: BillingPeriod) -> di
     return {
         "alert": None
         if setting is None
-        else {"threshold": setting.threshold, "early_warnings": setting.early_warnings, "enabled": setting.enabled},
+        else {
+            "threshold": setting.threshold,
+            "early_warnings": setting.early_warnings,
+            "enabled": setting.enabled,
+            **changed_by(setting),
+        },
         "scheduled_alert": None
         if scheduled is None
         else {
@@ -88,8 +95,15 @@ def _alert_settings(alert_state: AlertState | None, period: BillingPeriod) -> di
             "early_warnings": scheduled.setting.early_warnings,
             "enabled": scheduled.setting.enabled,
             "effective_from": iso(scheduled.effective_from),
+            **changed_by(scheduled.setting),
         },
     }
+
+
+def changed_by(setting: AlertSetting | LimitSetting) -> dict[str, Any]:
+    """Who made a setting and when it was received."""
+    at = setting.changed_at
+    return {"changed_by": setting.changed_by, "changed_at": None if at is None else iso(at)}
 
 
 def _others_usage(contract_usage: ContractPeriod | None, metric: str, workspace_id: str) -> int:

@@ -107,7 +107,16 @@ async def test_lowering_below_usage_is_scheduled_raising_applies_and_off_is_sile
     lowered = await d.command("ws_sch", alert_settings("ws_sch", "whatsapp", 50, early=False))
     assert lowered["status"] == "scheduled"
     body = await d.usage("ws_sch", "whatsapp", 60)
-    assert body["alert"] == {"threshold": 100, "early_warnings": False, "enabled": True}
+    in_force = body["alert"]
+    assert {k: in_force[k] for k in ("threshold", "early_warnings", "enabled", "changed_by")} == {
+        "threshold": 100,
+        "early_warnings": False,
+        "enabled": True,
+        "changed_by": ADMIN["id"],
+    }
+    # Who changed what and when: each setting keeps its own actor and time of receipt.
+    assert in_force["changed_at"] < body["scheduled_alert"]["changed_at"]
+    assert body["scheduled_alert"]["changed_by"] == ADMIN["id"]
     assert body["scheduled_alert"]["threshold"] == 50
     assert body["scheduled_alert"]["effective_from"] == lowered["effective_from"]
     status, whole = http_get(f"{running_worker.base_url}/usage/ws_sch")

@@ -95,7 +95,13 @@ async def test_every_reason_in_order_with_notification_and_restart(
     assert [n["transition_id"] for n in notifications] == disabled_ids
 
     status, body = http_get(f"{running_worker.base_url}/usage/{WS}")
-    assert body["metrics"]["fin_resolutions"]["limit"] == {"limit": 1, "enabled": False}
+    limit = body["metrics"]["fin_resolutions"]["limit"]
+    assert {k: limit[k] for k in ("limit", "enabled", "changed_by")} == {
+        "limit": 1,
+        "enabled": False,
+        "changed_by": "admin",
+    }
+    assert limit["changed_at"] is not None
     assert body["metrics"]["fin_resolutions"]["fin_state"] == "enabled"
 
     # A restart neither repeats nor loses a transition, and the state carries on from where it was.
@@ -106,7 +112,7 @@ async def test_every_reason_in_order_with_notification_and_restart(
     # pass), and a loaded CI machine needs more than the default wait.
     await eventually(lambda: fin_usage(2), timeout=90)
     status, body = http_get(f"{running_worker.base_url}/usage/{WS}")
-    assert body["metrics"]["fin_resolutions"]["limit"] == {"limit": 1, "enabled": False}
+    assert body["metrics"]["fin_resolutions"]["limit"] == limit  # who set it survives the restart too
     await send_command(limit_settings(2))  # usage 2 ≥ 2: disabled again, the seventh transition
     records = await transitions(7)
     assert len(records) == 7

@@ -51,7 +51,7 @@ async def test_only_signed_fresh_new_commands_change_anything(deployment: dict[s
 
     def threshold() -> int | None:
         status, body = http_get(f"{worker.base_url}/usage/{WS}")
-        return (body["metrics"].get("sms") or {}).get("alert", {}).get("threshold") if status == 200 else None
+        return ((body["metrics"].get("sms") or {}).get("alert") or {}).get("threshold") if status == 200 else None
 
     async def results() -> dict[str, dict]:
         return {r["command_id"]: r for r in await read_all(bootstrap, results_topic, timeout=2)}
@@ -118,6 +118,8 @@ async def test_only_signed_fresh_new_commands_change_anything(deployment: dict[s
         later = alert(2000)
         await produce(bootstrap, control, [signed(later, key_id="old-key", secret=b"o" * 40)])
         await eventually(lambda: threshold() == 2000, timeout=60)
+        shown = http_get(f"{worker.base_url}/usage/{WS}")[1]["metrics"]["sms"]["alert"]
+        assert shown["changed_by"] == "alice" and shown["changed_at"] is not None
 
         # A signed subscription applies once; its replay is refused.
         subscription = {

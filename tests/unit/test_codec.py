@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from meterwatch.core.alerts import ContractAlertState
+from meterwatch.core.alerts import AlertSetting, AlertState, ContractAlertState, ScheduledSetting
 from meterwatch.core.contract_usage import ContractPeriod, ContractUsage
 from meterwatch.core.fin_limit import FinState, LimitSetting
 from meterwatch.core.metering import MetricTally, PeriodTally, WorkspaceUsage
@@ -136,3 +136,22 @@ def test_values_without_signed_commands_store_no_trace_of_them() -> None:
     assert "recent_commands" not in orjson.loads(encode_workspace(WorkspaceState()))
     assert "recent_commands" not in orjson.loads(encode_contract_usage(ContractUsage()))
     assert decode_workspace(encode_workspace(WorkspaceState())) == WorkspaceState()
+
+
+def test_who_made_a_setting_and_when_is_kept() -> None:
+    at = datetime(2026, 12, 4, 10, 30, 15, 123000, tzinfo=UTC)
+    later = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
+    period = BillingPeriod(datetime(2026, 12, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
+    alert = AlertState(
+        period=period,
+        setting=AlertSetting(100, True, True, "alice", at),
+        scheduled=ScheduledSetting(AlertSetting(50, False, True, "bob", later), period.end),
+    )
+    fin = FinState("ws", "enabled", period, 1, LimitSetting(5, True, "carol", at), 0)
+    back = decode_workspace(encode_workspace(WorkspaceState(alerts=MappingProxyType({"sms": alert}), fin=fin)))
+    assert back is not None
+    read = back.alerts["sms"]
+    # Equality leaves these out, so each is compared on its own.
+    assert (read.setting.changed_by, read.setting.changed_at) == ("alice", at)
+    assert (read.scheduled.setting.changed_by, read.scheduled.setting.changed_at) == ("bob", later)
+    assert (back.fin.setting.changed_by, back.fin.setting.changed_at) == ("carol", at)
