@@ -29,6 +29,10 @@ class ConfigError(ValueError):
     """A setting has a value meterwatch cannot run with; the message is one line for people."""
 
 
+# What aiokafka (and so Faust) can authenticate with, by username and password.
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
 class ProcessingGuarantee(str, enum.Enum):
     EXACTLY_ONCE = "exactly_once"
     AT_LEAST_ONCE = "at_least_once"
@@ -131,6 +135,42 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return value
 
+    @field_validator("kafka_sasl_mechanism")
+    @classmethod
+    def _known_sasl_mechanism(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        mechanism = value.strip().upper()
+        if mechanism not in SASL_MECHANISMS:
+            raise ValueError(f"expected one of {', '.join(SASL_MECHANISMS)}")
+        return mechanism
+
+    @model_validator(mode="after")
+    def _kafka_security_consistent(self) -> Settings:
+        protocol = self.kafka_security_protocol.value
+        sasl = {
+            "METERWATCH_KAFKA_SASL_MECHANISM": self.kafka_sasl_mechanism,
+            "METERWATCH_KAFKA_SASL_USERNAME": self.kafka_sasl_username,
+            "METERWATCH_KAFKA_SASL_PASSWORD": self.kafka_sasl_password,
+        }
+        if protocol.startswith("SASL_"):
+            missing = [name for name, value in sasl.items() if value is None]
+            if missing:
+                raise ValueError(f"METERWATCH_KAFKA_SECURITY_PROTOCOL={protocol} needs {', '.join(missing)}")
+        else:
+            given = [name for name, value in sasl.items() if value is not None]
+            if given:
+                raise ValueError(
+                    f"{given[0]} is set but METERWATCH_KAFKA_SECURITY_PROTOCOL is {protocol}: "
+                    "SASL needs SASL_SSL (or SASL_PLAINTEXT)"
+                )
+        if self.kafka_ssl_cafile is not None and not protocol.endswith("SSL"):
+            raise ValueError(
+                f"METERWATCH_KAFKA_SSL_CAFILE is set but METERWATCH_KAFKA_SECURITY_PROTOCOL is {protocol}: "
+                "TLS needs SSL or SASL_SSL"
+            )
+        return self
+
     @field_validator("auth_secret")
     @classmethod
     def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
@@ -150,7 +190,7 @@ class Settings(BaseSettings):
         parse_keys(value.get_secret_value())  # raises ValueError naming what is wrong
         return value
 
-    @field_validator("smtp_ca_file", "auth_jwks")
+    @field_validator("smtp_ca_file", "auth_jwks", "kafka_ssl_cafile")
     @classmethod
     def _ca_file_exists(cls, value: str | None) -> str | None:
         if value is None or value.strip() == "":

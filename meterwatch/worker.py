@@ -64,6 +64,13 @@ async def choose_guarantee(settings: Settings, bootstrap: str) -> ProcessingGuar
         sender_log.setLevel(previous_level)
     if supported:
         return ProcessingGuarantee.EXACTLY_ONCE
+    if settings.processing_guarantee is ProcessingGuarantee.EXACTLY_ONCE:
+        # Asked for by name: falling back would quietly weaken what the operator chose.
+        raise StartupError(
+            f"METERWATCH_PROCESSING_GUARANTEE=exactly_once, but the broker at {bootstrap} refused a transaction "
+            "(it has none, or an ACL denies this principal its transactional ids); grant those, or unset it to "
+            "fall back to at_least_once"
+        )
     log.warning(
         "processing guarantee: the broker at %s does not support transactions; "
         "falling back from exactly_once to at_least_once (counting stays exact: replays are idempotent)",

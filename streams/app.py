@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from . import runtime
 from .http.routing import RawKeyRouter
 from .metrics import Metrics
 from .runtime.commit_gate import CommitGate
+from .runtime.kafka_client import faust_credentials
 from .runtime.tables import Tables, declare_tables
 from .topics import TOPICS, TopicNames
 
@@ -63,7 +63,7 @@ def create_app(
     app = faust.App(
         settings.group_id,
         broker=[f"kafka://{server}" for server in bootstrap.split(",")],
-        broker_credentials=_credentials(settings),
+        broker_credentials=faust_credentials(settings),
         store="memory://",
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
@@ -146,19 +146,3 @@ def _declare_channels(app: faust.App, names: TopicNames, settings: Settings) -> 
     return Channels(
         **{topic.attribute: raw(getattr(names, topic.attribute), internal=topic.internal) for topic in TOPICS}
     )
-
-
-def _credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
-    protocol = settings.kafka_security_protocol.value
-    if protocol == "PLAINTEXT":
-        return None
-    context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile) if "SSL" in protocol else None
-    if settings.kafka_sasl_mechanism:
-        password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
-        return faust.SASLCredentials(
-            username=settings.kafka_sasl_username or "",
-            password=password,
-            ssl_context=context,
-            mechanism=settings.kafka_sasl_mechanism,
-        )
-    return faust.SSLCredentials(context)

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer, credentials_to_aiokafka_auth
 from faust.types import TP
 
 from ...logs import FAUST_SERVICES_LOG
@@ -61,7 +61,7 @@ END_PROBE_WAIT_MS = 20
 END_PROBE_SECONDS = 10.0
 
 
-async def records_end(bootstrap: Any, ends: Mapping[TP, int]) -> dict[TP, int]:
+async def records_end(bootstrap: Any, ends: Mapping[TP, int], auth: Mapping[str, Any] | None = None) -> dict[TP, int]:
     """``ends`` moved past any record found at or after them: one past the last record read.
 
     Where the broker's answer is the true end (Apache Kafka) the first fetch finds nothing. A
@@ -69,7 +69,7 @@ async def records_end(bootstrap: Any, ends: Mapping[TP, int]) -> dict[TP, int]:
     ``END_PROBE_ROUNDS`` rounds, as any end of a moving partition is a snapshot. If the probe
     fails or takes too long, the broker's answer stands."""
     try:
-        found = await asyncio.wait_for(_read_past(bootstrap, ends), END_PROBE_SECONDS)
+        found = await asyncio.wait_for(_read_past(bootstrap, ends, auth or {}), END_PROBE_SECONDS)
     except Exception as error:  # the probe is a correction, never a new way to fail recovery
         log.warning(
             "recovery: could not read past the changelogs' reported ends (%s: %s); reading to them",
@@ -87,13 +87,14 @@ async def records_end(bootstrap: Any, ends: Mapping[TP, int]) -> dict[TP, int]:
     return found
 
 
-async def _read_past(bootstrap: Any, ends: Mapping[TP, int]) -> dict[TP, int]:
+async def _read_past(bootstrap: Any, ends: Mapping[TP, int], auth: Mapping[str, Any]) -> dict[TP, int]:
     found = dict(ends)
     probe = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
         fetch_max_wait_ms=END_PROBE_WAIT_MS,
         max_partition_fetch_bytes=64 * 1024,
+        **auth,
     )
     await probe.start()
     try:
@@ -145,7 +146,9 @@ class CommittedOrBeginningConsumerThread(AIOKafkaConsumerThread):
         # Tansu) answer a partition's end as one past the first offset of its last record batch:
         # recovery would stop before that batch's other records and count on from stale values.
         client = self._ensure_consumer()._client  # noqa: SLF001 - where the consumer connects
-        return await records_end(client._bootstrap_servers, ends)  # noqa: SLF001
+        conf = self.consumer.app.conf
+        auth = credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context)  # as the consumer's own
+        return await records_end(client._bootstrap_servers, ends, auth)  # noqa: SLF001
 
     def verify_event_path(self, now: float, tp: TP) -> None:
         if has_position(self._ensure_consumer(), tp):

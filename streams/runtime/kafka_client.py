@@ -1,21 +1,47 @@
-"""Connection options shared by every Kafka client meterwatch opens (security settings)."""
+"""How every Kafka client meterwatch opens connects (security protocol, TLS, SASL), built once.
+
+``client_options`` gives aiokafka's keyword arguments: the ingest service, the admin client,
+the start-up probes and the period-tick producer use them as they are. ``faust_credentials``
+gives Faust the same thing in its own terms; Faust turns it back into aiokafka's arguments
+(``credentials_to_aiokafka_auth``), and ``tests/unit/test_kafka_client.py`` checks that both
+ways end in the same options for every protocol and mechanism.
+"""
 
 from __future__ import annotations
 
 import ssl
 from typing import Any
 
+import faust
+
 from ...config import Settings
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
-    options: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol.value}
-    if settings.kafka_security_protocol.value in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
-        options["ssl_context"] = context
-    if settings.kafka_sasl_mechanism:
+    protocol = settings.kafka_security_protocol.value
+    options: dict[str, Any] = {"security_protocol": protocol}
+    if protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+    if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        # The settings require all three for a SASL protocol (config/settings.py).
+        assert settings.kafka_sasl_password is not None
         options["sasl_mechanism"] = settings.kafka_sasl_mechanism
         options["sasl_plain_username"] = settings.kafka_sasl_username
-        if settings.kafka_sasl_password is not None:
-            options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+        options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
     return options
+
+
+def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    options = client_options(settings)
+    protocol = options["security_protocol"]
+    if protocol == "PLAINTEXT":
+        return None
+    if protocol == "SSL":
+        return faust.SSLCredentials(options["ssl_context"])
+    # Faust names the protocol after the TLS context: SASL_SSL with one, SASL_PLAINTEXT without.
+    return faust.SASLCredentials(
+        username=options["sasl_plain_username"],
+        password=options["sasl_plain_password"],
+        ssl_context=options.get("ssl_context"),
+        mechanism=options["sasl_mechanism"],
+    )

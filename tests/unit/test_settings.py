@@ -148,6 +148,15 @@ def test_a_bad_value_gives_a_one_line_error_naming_the_variable(variable: str, v
     assert isinstance(caught.value, ValueError)
 
 
+# SASL over TLS, whose password a test sets.
+KAFKA_SASL = {
+    "METERWATCH_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+    "METERWATCH_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+    "METERWATCH_KAFKA_SASL_USERNAME": "meterwatch",
+    "METERWATCH_KAFKA_SASL_PASSWORD": "set-by-the-test",
+}
+
+
 @pytest.mark.parametrize("variable", ["METERWATCH_SMTP_PASSWORD", "METERWATCH_KAFKA_SASL_PASSWORD"])
 def test_a_password_never_appears_in_an_error_message(variable: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -157,11 +166,19 @@ def test_a_password_never_appears_in_an_error_message(variable: str) -> None:
     assert "METERWATCH_WEB_PORT" in str(caught.value)
 
 
+# SASL over TLS, whose password a test sets.
+KAFKA_SASL = {
+    "METERWATCH_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+    "METERWATCH_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+    "METERWATCH_KAFKA_SASL_USERNAME": "meterwatch",
+    "METERWATCH_KAFKA_SASL_PASSWORD": "set-by-the-test",
+}
+
+
 @pytest.mark.parametrize("variable", ["METERWATCH_SMTP_PASSWORD", "METERWATCH_KAFKA_SASL_PASSWORD"])
 def test_a_password_never_appears_when_settings_are_shown(variable: str) -> None:
-    settings = load_settings(
-        {variable: PASSWORD, "METERWATCH_SMTP_HOST": "smtp.example.com", "METERWATCH_SMTP_STARTTLS": "true"}
-    )
+    settings = load_settings({variable: PASSWORD, **KAFKA_SASL, "METERWATCH_SMTP_HOST": "smtp.example.com",
+                              "METERWATCH_SMTP_STARTTLS": "true"})  # fmt: skip
 
     assert PASSWORD not in repr(settings)
     assert PASSWORD not in str(settings)
@@ -169,7 +186,7 @@ def test_a_password_never_appears_when_settings_are_shown(variable: str) -> None
 
 
 def test_the_password_is_still_available_to_the_code_that_needs_it() -> None:
-    settings = load_settings({"METERWATCH_KAFKA_SASL_PASSWORD": PASSWORD})
+    settings = load_settings({**KAFKA_SASL, "METERWATCH_KAFKA_SASL_PASSWORD": PASSWORD})
 
     assert settings.kafka_sasl_password.get_secret_value() == PASSWORD
 
