@@ -7,6 +7,7 @@ Secrets are ``SecretStr`` so that a repr, a log line or a traceback never shows 
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Mapping
 from datetime import timedelta
@@ -17,6 +18,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ..models.signing import parse_keys
+from ..tokens import MIN_SECRET_BYTES
 
 _HOST_PORT = re.compile(r"^[A-Za-z0-9._\-\[\]:]+:(\d{1,5})$")
 _TOPIC_CHARS = re.compile(r"^[A-Za-z0-9._\-]*$")
@@ -176,9 +178,10 @@ class Settings(BaseSettings):
     def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or value.get_secret_value() == "":
             return None
-        if len(value.get_secret_value().encode()) < 32:
+        if len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
             raise ValueError(
-                "must be at least 32 bytes (for example: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+                f"must be at least {MIN_SECRET_BYTES} bytes "
+                "(for example: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
             )
         return value
 
@@ -237,9 +240,9 @@ class Settings(BaseSettings):
         """The consumer group; it carries the prefix so deployments sharing a cluster never meet."""
         return f"{self.topic_prefix}{self.app_id}"
 
-    @property
+    @functools.cached_property
     def command_signing_keys(self) -> dict[str, bytes] | None:
-        """Key id -> secret of the command keys; None when commands are not signed."""
+        """Key id -> secret of the command keys (parsed once); None when commands are not signed."""
         return None if self.command_keys is None else parse_keys(self.command_keys.get_secret_value())
 
     @property
