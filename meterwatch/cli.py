@@ -1,8 +1,9 @@
-"""The ``meterwatch`` command: ``worker``, ``dev`` (everything on this machine) and ``token``."""
+"""The ``meterwatch`` command: ``worker``, ``dev`` (everything on this machine), ``token`` and ``acls``."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from datetime import UTC, datetime
 
@@ -34,11 +35,17 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--metric", action="append", metavar="NAME", help="only this metric (repeat; default: all)")
     token.add_argument("--billing", action="store_true", help="may manage billing (settings, contacts)")
     token.add_argument("--ttl", default="1h", help="how long it is valid: 90s, 15m, 1h, 7d (default 1h)")
+    acls = commands.add_parser(
+        "acls", help="print the kafka-acls.sh commands that grant a principal what a worker of this deployment needs"
+    )
+    acls.add_argument("--principal", default="User:meterwatch", help="the worker's principal (default User:meterwatch)")
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
         if args.command == "token":
             return _print_token(settings, args)
+        if args.command == "acls":
+            return _print_acls(settings, args.principal)
         if args.command == "worker":
             from .worker import StartupError, run_worker
 
@@ -93,4 +100,15 @@ def _print_token(settings: Settings, args: argparse.Namespace) -> int:
     except KeyConfigError as error:
         print(f"meterwatch token: {error}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _print_acls(settings: Settings, principal: str) -> int:
+    from .streams.topics import acl_bindings
+
+    bootstrap = settings.kafka_bootstrap or "BOOTSTRAP"
+    print(f"# What {principal} needs as a worker of {settings.group_id} (topic prefix {settings.topic_prefix!r});")
+    print("# add --command-config FILE with an administrator's credentials on a secured cluster.")
+    for binding in acl_bindings(settings):
+        print(shlex.join(["kafka-acls.sh", "--bootstrap-server", bootstrap, *binding.kafka_acls_arguments(principal)]))
     return 0

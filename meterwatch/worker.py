@@ -59,7 +59,9 @@ async def choose_guarantee(settings: Settings, bootstrap: str) -> ProcessingGuar
     previous_level = sender_log.level
     sender_log.setLevel(logging.CRITICAL)
     try:
-        supported = await broker_supports_transactions(bootstrap, **client_options(settings))
+        supported = await broker_supports_transactions(
+            bootstrap, transactional_id_prefix=settings.group_id, **client_options(settings)
+        )
     finally:
         sender_log.setLevel(previous_level)
     if supported:
@@ -72,11 +74,20 @@ async def choose_guarantee(settings: Settings, bootstrap: str) -> ProcessingGuar
             "fall back to at_least_once"
         )
     log.warning(
-        "processing guarantee: the broker at %s does not support transactions; "
+        "processing guarantee: the broker at %s refused a transaction (it has none, or an ACL denies this "
+        "principal its transactional ids); "
         "falling back from exactly_once to at_least_once (counting stays exact: replays are idempotent)",
         bootstrap,
     )
     return ProcessingGuarantee.AT_LEAST_ONCE
+
+
+def _kafka_identity(settings: Settings) -> str:
+    """How the worker connects, for its start-up line: the protocol and, with SASL, who it is."""
+    protocol = settings.kafka_security_protocol.value
+    if settings.kafka_sasl_mechanism is None:
+        return protocol
+    return f"{protocol}, {settings.kafka_sasl_mechanism} as {settings.kafka_sasl_username}"
 
 
 def run_worker(settings: Settings, *, parent_pid: int | None = None) -> int:
@@ -99,10 +110,12 @@ def run_worker(settings: Settings, *, parent_pid: int | None = None) -> int:
     Path(settings.data_dir, settings.group_id).parent.mkdir(parents=True, exist_ok=True)
     mw = create_app(settings, bootstrap, guarantee)
     log.info(
-        "starting worker: group %s, %d partitions, guarantee %s, web on %s:%d",
+        "starting worker: group %s, %d partitions, guarantee %s, kafka %s (%s), web on %s:%d",
         settings.group_id,
         settings.partitions,
         guarantee.value,
+        bootstrap,
+        _kafka_identity(settings),
         settings.web_bind,
         settings.web_port,
     )

@@ -34,6 +34,8 @@ class Topic:
     compacted: bool = False
     # Read by Faust's consumer, so its lag is sampled into meterwatch_consumer_lag.
     lag_watched: bool = False
+    # A contract topic meterwatch reads (the others it only writes); internal topics are both.
+    input: bool = False
 
     def full_name(self, settings: Settings) -> str:
         return settings.internal_topic(self.name) if self.internal else settings.topic(self.name)
@@ -41,8 +43,8 @@ class Topic:
 
 TOPICS = (
     # usage.events is read by the ingest stage's own consumer, whose lag it reports itself.
-    Topic("usage_events", USAGE_EVENTS),
-    Topic("usage_control", USAGE_CONTROL, lag_watched=True),
+    Topic("usage_events", USAGE_EVENTS, input=True),
+    Topic("usage_control", USAGE_CONTROL, lag_watched=True, input=True),
     # Every workspace's accepted events and commands, in one ordered stream per workspace.
     Topic("workspace_inbox", "workspace-inbox", internal=True, lag_watched=True),
     # Each workspace's latest usage, to the partition that owns its contract.
@@ -100,4 +102,45 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     return [
         TopicSpec(topic.full_name(settings), settings.partitions, compacted=topic.compacted, internal=topic.internal)
         for topic in TOPICS
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class AclBinding:
+    """One ACL meterwatch's Kafka principal needs: ``operations`` on a resource."""
+
+    resource: str  # "topic", "group", "transactional-id" or "cluster"
+    name: str
+    prefixed: bool
+    operations: tuple[str, ...]
+
+    def kafka_acls_arguments(self, principal: str) -> list[str]:
+        """The arguments of Kafka's ``kafka-acls.sh --add`` that grant it to ``principal``."""
+        arguments = ["--add", "--allow-principal", principal]
+        for operation in self.operations:
+            arguments += ["--operation", operation]
+        arguments += ["--cluster"] if self.resource == "cluster" else [f"--{self.resource}", self.name]
+        if self.prefixed:
+            arguments += ["--resource-pattern-type", "prefixed"]
+        return arguments
+
+
+def acl_bindings(settings: Settings) -> list[AclBinding]:
+    """Everything meterwatch's principal needs on a cluster with an authorizer, and nothing more:
+    read its two input topics, write the five it publishes, own its internal topics (inboxes,
+    mail requests, changelogs, all named ``{group id}-...``), its consumer groups and its
+    transactional ids; Create on its topics only so that it may create the missing ones."""
+    group = settings.group_id
+    bindings = [
+        AclBinding("topic", topic.full_name(settings), False,
+                   ("Read", "Describe", "Create") if topic.input else ("Write", "Describe", "Create"))
+        for topic in TOPICS
+        if not topic.internal
+    ]  # fmt: skip
+    return [
+        *bindings,
+        AclBinding("topic", f"{group}-", True, ("Read", "Write", "Describe", "Create", "DescribeConfigs")),
+        AclBinding("group", group, True, ("Read", "Describe")),
+        AclBinding("transactional-id", group, True, ("Write", "Describe")),
+        AclBinding("cluster", "kafka-cluster", False, ("IdempotentWrite", "Describe")),
     ]

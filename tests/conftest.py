@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.brokers import TestBroker, test_broker
+from tests.support.kafka_security import grant_deployment, session_listener
 from tests.support.smtp import MailRecorder, SmtpServer
 from tests.support.worker import TEST_AUTH_SECRET, WorkerProcess, free_port
 
@@ -19,14 +20,18 @@ from tests.support.worker import TEST_AUTH_SECRET, WorkerProcess, free_port
 def kafka_broker() -> Iterator[TestBroker]:
     with test_broker() as broker:
         print(f"\n[meterwatch tests] integration broker: {broker.kind} at {broker.bootstrap}")
+        secured = session_listener()
+        if secured is not None:
+            print(f"[meterwatch tests] workers connect through SASL_SSL ({secured.mechanism}) at {secured.bootstrap}")
         yield broker
 
 
 @pytest.fixture
 def deployment(kafka_broker: TestBroker, tmp_path: Path) -> dict[str, str]:
-    """Environment for one isolated deployment: its own topic prefix, app id and data."""
+    """Environment for one isolated deployment: its own topic prefix, app id and data (and, on a
+    secured broker, the ACLs its workers' principal needs)."""
     unique = uuid.uuid4().hex[:8]
-    return {
+    env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("METERWATCH_")},
         "METERWATCH_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
         "METERWATCH_TOPIC_PREFIX": f"t{unique}.",
@@ -37,6 +42,8 @@ def deployment(kafka_broker: TestBroker, tmp_path: Path) -> dict[str, str]:
         "METERWATCH_LOG_LEVEL": "INFO",
         "METERWATCH_AUTH_SECRET": TEST_AUTH_SECRET,
     }
+    grant_deployment(env)
+    return env
 
 
 @contextlib.contextmanager

@@ -35,14 +35,18 @@ async def wait_for_broker(bootstrap: str, timeout: float, **client_options: Any)
         await asyncio.sleep(min(0.25, remaining))
 
 
-async def broker_supports_transactions(bootstrap: str, timeout: float = 10.0, **client_options: Any) -> bool:
+async def broker_supports_transactions(
+    bootstrap: str, timeout: float = 10.0, *, transactional_id_prefix: str = "meterwatch", **client_options: Any
+) -> bool:
     """Whether a transactional producer can be initialised there and commit a transaction.
 
     Brokers that advertise the transaction APIs but refuse them (Tansu answers InitProducerId
     with UNKNOWN_SERVER_ERROR) and brokers whose transaction coordinator never becomes
     available within ``timeout`` both count as no. Raises BrokerUnreachable instead of
     answering False when no broker answers at all, so an outage at start-up never quietly
-    turns exactly-once into at-least-once.
+    turns exactly-once into at-least-once. The probe's transactional id starts with
+    ``transactional_id_prefix``, so the ACL that grants a worker its own transactional ids
+    covers it.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -50,7 +54,7 @@ async def broker_supports_transactions(bootstrap: str, timeout: float = 10.0, **
     remaining = max(deadline - loop.time(), 0.5)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
-        transactional_id=f"meterwatch-probe-{uuid.uuid4().hex}",
+        transactional_id=f"{transactional_id_prefix}-probe-{uuid.uuid4().hex}",
         client_id="meterwatch-probe",
         request_timeout_ms=int(remaining * 1000),
         **client_options,

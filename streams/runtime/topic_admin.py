@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from ...config import Settings
 from ..topics import TopicSpec
@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 
 
 class TopicLayoutError(RuntimeError):
-    """An existing topic does not have the layout meterwatch needs."""
+    """The topics are not as meterwatch needs them: one could not be created, or an existing one
+    has another layout."""
 
 
 async def ensure_topics(settings: Settings, specs: list[TopicSpec], bootstrap: str) -> None:
@@ -35,11 +36,22 @@ async def ensure_topics(settings: Settings, specs: list[TopicSpec], bootstrap: s
                 )
                 for spec in missing
             ]
-            try:
-                await admin.create_topics(new_topics)
-            except TopicAlreadyExistsError:
-                pass  # another worker of the same deployment created it first
-            log.info("created topics: %s", ", ".join(spec.name for spec in missing))
+            response = await admin.create_topics(new_topics)
+            # Each topic is answered on its own; one another worker of the deployment created
+            # first already exists, which is as good.
+            errors = {topic: (code, rest) for topic, code, *rest in response.topic_errors}
+            refused = {t: e for t, e in errors.items() if e[0] not in (0, TopicAlreadyExistsError.errno)}
+            if refused:
+                topic, (code, rest) = sorted(refused.items())[0]
+                reason = f"{for_code(code).__name__}{f' ({rest[0]})' if rest and rest[0] else ''}"
+                raise TopicLayoutError(
+                    f"the broker refused to create topic {topic}: {reason}"
+                    f"{f' (and {len(refused) - 1} more)' if len(refused) > 1 else ''}; grant this worker's "
+                    "principal what `meterwatch acls` prints, or create the topics beforehand (docs/operations.md)"
+                )
+            created = [spec.name for spec in missing if errors.get(spec.name, (0,))[0] == 0]
+            if created:
+                log.info("created topics: %s", ", ".join(created))
         await _check_partitions(admin, [spec for spec in specs if spec.internal])
     finally:
         await admin.close()

@@ -21,6 +21,7 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from meterwatch.tokens import mint
+from tests.support.kafka_security import as_worker
 
 
 def free_port() -> int:
@@ -48,7 +49,7 @@ class WorkerProcess:
         log.flush()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "meterwatch", "worker"],
-            env=self.env,
+            env=as_worker(self.env),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -161,3 +161,41 @@ def test_token_refuses_what_it_cannot_sign_in_one_line(args: list[str], env: dic
     assert result.returncode == 2 and result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0], lines
+
+
+def test_acls_prints_one_kafka_acls_command_per_grant_a_worker_needs() -> None:
+    result = run_meterwatch(
+        "acls",
+        "--principal",
+        "User:metering",
+        env={"METERWATCH_TOPIC_PREFIX": "eu.", "METERWATCH_APP_ID": "billing", "METERWATCH_KAFKA_BOOTSTRAP": "k1:9093"},
+    )
+    assert result.returncode == 0, result.stderr
+    commands = [line for line in result.stdout.splitlines() if not line.startswith("#")]
+    grants = {}
+    for line in commands:
+        words = line.split()
+        assert words[:5] == ["kafka-acls.sh", "--bootstrap-server", "k1:9093", "--add", "--allow-principal"]
+        assert words[5] == "User:metering"
+        operations = tuple(words[i + 1] for i, w in enumerate(words) if w == "--operation")
+        rest = [w for i, w in enumerate(words[6:], 6) if w != "--operation" and words[i - 1] != "--operation"]
+        grants[" ".join(rest)] = operations
+    assert grants == {
+        "--topic eu.usage.events": ("Read", "Describe", "Create"),
+        "--topic eu.usage.control": ("Read", "Describe", "Create"),
+        "--topic eu.usage.alerts": ("Write", "Describe", "Create"),
+        "--topic eu.usage.limits": ("Write", "Describe", "Create"),
+        "--topic eu.usage.notifications": ("Write", "Describe", "Create"),
+        "--topic eu.usage.dead-letter": ("Write", "Describe", "Create"),
+        "--topic eu.usage.command-results": ("Write", "Describe", "Create"),
+        "--topic eu.billing- --resource-pattern-type prefixed": (
+            "Read",
+            "Write",
+            "Describe",
+            "Create",
+            "DescribeConfigs",
+        ),
+        "--group eu.billing --resource-pattern-type prefixed": ("Read", "Describe"),
+        "--transactional-id eu.billing --resource-pattern-type prefixed": ("Write", "Describe"),
+        "--cluster": ("IdempotentWrite", "Describe"),
+    }
