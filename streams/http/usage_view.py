@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from ...core.alerts import AlertSetting, AlertState, roll_to
@@ -10,6 +11,7 @@ from ...core.contract_usage import ContractPeriod
 from ...core.contracts import WorkspaceProfile
 from ...core.costs import estimated_cost, money, prorated_seat_cost
 from ...core.fin_limit import LimitSetting, fin_state_by_rule
+from ...core.forecast import METHOD, Forecast, forecast
 from ...core.metering import WorkspaceUsage, daily_usage, usage_in
 from ...core.metric_kinds import SEATS
 from ...core.periods import BillingPeriod
@@ -39,11 +41,16 @@ def usage_document(
         period_tally = tally.for_period(period) if tally else None
         used = usage_in(tally, period)
         others = _others_usage(contract_usage, name, workspace_id)
+        alert = roll_to(alert_state, period).setting if alert_state is not None else None
+        projected = forecast(name, period_tally, used, cycle, period, now, alert)
         entry: dict[str, Any] = {
             "usage": used,
             "last_updated": iso(period_tally.last_updated) if period_tally and period_tally.last_updated else None,
             **_alert_settings(alert_state, period),
             "estimated_cost": _cost(name, used, usage, profile, period, others),
+            "forecast": None
+            if projected is None
+            else _forecast(projected, _cost(name, projected.usage, usage, profile, period, others)),
             "contract": None,
         }
         if contract is not None and contract.included(name) is not None:
@@ -62,6 +69,22 @@ def usage_document(
         "period_end": iso(period.end),
         "metrics": metrics,
     }
+
+
+def _forecast(projected: Forecast, cost: dict[str, str] | None) -> dict[str, Any]:
+    """Where usage is heading by the period's end (``core/forecast.py`` says how)."""
+    return {
+        "method": METHOD,
+        "usage": projected.usage,
+        "per_day": str(projected.per_day.quantize(Decimal("0.01"))),
+        "basis_days": projected.basis_days,
+        "estimated_cost": cost,
+        "levels": [
+            {"percent": level.percent, "usage": level.usage, "reached": level.reached,
+             "projected_date": None if level.on is None else level.on.isoformat()}
+            for level in projected.levels
+        ],
+    }  # fmt: skip
 
 
 def _fin_state_now(state: WorkspaceState, period: BillingPeriod) -> str:

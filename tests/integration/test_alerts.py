@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
+from decimal import Decimal
 
 from tests.support.kafka_io import produce, read_all
 from tests.support.messages import event
@@ -179,3 +180,50 @@ async def test_alert_cost_is_the_price_of_the_threshold_above_what_the_contract_
     [alert] = await d.alerts("ws_cost", 1)
     assert alert["contract_id"] == "c_cost"
     assert alert["estimated_cost"] == {"amount": "12.50", "currency": "USD"}  # 1000 × 0.0125, pay-as-you-go
+
+
+async def test_usage_shows_where_the_period_is_heading_and_when_each_level_is_reached(
+    running_worker: WorkerProcess, deployment: dict[str, str]
+) -> None:
+    d = Deployment(running_worker, deployment)
+    today = datetime.now(UTC).date()
+    first = today - timedelta(days=3)  # the period began three days ago: three complete days
+    subscription = {
+        "type": "subscription",
+        "command_id": "sub-forecast",
+        "issued_at": datetime.now(UTC).isoformat(),
+        "contract_id": "c_forecast",
+        "workspace_ids": ["ws_fc"],
+        "billing_anchor": first.isoformat(),
+        "timezone": "UTC",
+        "currency": "USD",
+        "prices": {"sms": {"unit_price": "0.01"}},
+    }
+    await d.command("c_forecast", subscription)
+    await eventually(lambda: (http_get(f"{running_worker.base_url}/usage/ws_fc")[1] or {}).get("contract_id"))
+    await d.command("ws_fc", alert_settings("ws_fc", "sms", 5000))
+    noon = [datetime.combine(first + timedelta(days=n), time(12), UTC) for n in range(3)]
+    sent = [event("ws_fc", "sms", q, at=at) for q, at in zip((120, 90, 150), noon, strict=True)]
+    await produce(d.bootstrap, d.prefix + "usage.events", [(b"ws_fc", e) for e in [*sent, event("ws_fc", "sms", 40)]])
+    await d.usage("ws_fc", "sms", 400)
+
+    before = datetime.now(UTC)
+    status, body = http_get(f"{running_worker.base_url}/usage/ws_fc")
+    after = datetime.now(UTC)
+    assert status == 200
+    forecast = body["metrics"]["sms"]["forecast"]
+    period_end = datetime.fromisoformat(body["period_end"])
+
+    def projected(at: datetime) -> int:  # (120 + 90 + 150) / 3 = 120 a day for the time left
+        return 400 + int(Decimal(120) * Decimal((period_end - at).total_seconds()) / Decimal(86400))
+
+    assert forecast["method"] == "trailing_average"
+    assert (forecast["per_day"], forecast["basis_days"]) == ("120.00", 3)
+    assert projected(after) <= forecast["usage"] <= projected(before)
+    assert forecast["estimated_cost"] == {"amount": f"{Decimal(forecast['usage']) / 100:.2f}", "currency": "USD"}
+    # 50 % of 5,000 is 2,100 more: 17.5 days at 120 a day; 80 % (3,600 more, 30 days) and 100 %
+    # are beyond the period's end.
+    half, most, full = forecast["levels"]
+    assert (half["percent"], half["usage"], half["reached"]) == (50, 2500, False)
+    assert half["projected_date"] in {(at + timedelta(days=17.5)).date().isoformat() for at in (before, after)}
+    assert (most["usage"], most["projected_date"], full["usage"], full["projected_date"]) == (4000, None, 5000, None)

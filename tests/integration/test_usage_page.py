@@ -182,11 +182,23 @@ async def test_the_usage_page_shows_the_period_charts_and_costs_and_follows_usag
         command("limit_settings", WS, metric="fin_resolutions", limit=3, enabled=True),
     )
     assert {r["status"] for r in results.values()} == {"applied"}, results
+    # Emails: most of them sent yesterday, so the page has a pace to project from (on the
+    # period's first day there is no yesterday in it, and no projection).
+    first, last = current_period(datetime.now(UTC))
+    local = ZoneInfo(ZONE)
+    yesterday = datetime.now(local).date() - timedelta(days=1)
+    has_past = yesterday >= first
+    emails = (
+        [event(WS, "email", 1000, at=datetime.combine(yesterday, datetime.min.time(), local) + timedelta(hours=12)),
+         event(WS, "email", 234)]
+        if has_past
+        else [event(WS, "email", 1234)]
+    )  # fmt: skip
     await kafka.use(
         event(WS, "sms", 500),
         event(WS, "sms", 300),
         event(WS, "sms", 3),
-        event(WS, "email", 1234),
+        *emails,
         event(WS, "fin_resolutions", 1, "conv-1"),
     )
 
@@ -223,7 +235,6 @@ async def test_the_usage_page_shows_the_period_charts_and_costs_and_follows_usag
     assert browser.find_element(By.TAG_NAME, "h1").text == "Usage"
     assert browser.title == f"Usage · {WS}"
 
-    first, last = current_period(datetime.now(UTC))
     period = browser.find_element(By.ID, "period").text
     for day in (first, last):
         assert f"{day:%b} {day.day}" in period, period
@@ -263,7 +274,37 @@ async def test_the_usage_page_shows_the_period_charts_and_costs_and_follows_usag
     labels = [t.text for t in sms_chart.find_elements(By.CSS_SELECTOR, "text.ref-label")]
     assert labels == ["Contracted 1,000", "Alert 1,500"]
     legend = section(browser, "sms").find_element(By.CLASS_NAME, "legend").text.splitlines()
-    assert legend == ["Usage so far", "Contracted 1,000", "Alert 1,500"]
+    assert legend == ["Usage so far", *(["Projected: 803"] if has_past else []), "Contracted 1,000", "Alert 1,500"]
+
+    # Where usage is heading by the period's end: the API's forecast, in words and as a dashed
+    # line from today's point. SMS had no usage on a complete day, so it stays where it is;
+    # emails rise at yesterday's pace.
+    for metric in ("sms", "email"):
+        projected = api["metrics"][metric]["forecast"]
+        chart = section(browser, metric).find_element(By.CSS_SELECTOR, ".plot svg")
+        if not has_past:
+            assert projected is None
+            assert not section(browser, metric).find_element(By.CSS_SELECTOR, "[data-row=forecast]").is_displayed()
+            assert not chart.find_elements(By.CSS_SELECTOR, "path.projection")
+            continue
+        # The page asked a moment after the API: the time left, and so the projection, is a
+        # little shorter.
+        shown, _, cost = fact(browser, metric, "forecast").partition(" by the end of the period, ")
+        assert projected["usage"] - 2 <= int(shown.replace(",", "")) <= projected["usage"], shown
+        assert cost.startswith("$"), cost
+        assert fact(browser, metric, "forecast-note").startswith("At the last ")
+        [line] = chart.find_elements(By.CSS_SELECTOR, "path.projection")
+        start, end = (tuple(map(float, p.split(","))) for p in line.get_attribute("d")[1:].split(" L"))
+        dot = chart.find_element(By.TAG_NAME, "circle")
+        assert (
+            abs(start[0] - float(dot.get_attribute("cx"))) < 0.1
+            and abs(start[1] - float(dot.get_attribute("cy"))) < 0.1
+        )
+        assert line.value_of_css_property("stroke-dasharray") not in ("none", "")
+        if metric == "sms":
+            assert projected["usage"] == 803 and end[1] == start[1]  # flat
+        else:
+            assert projected["usage"] > 1234 and end[1] < start[1]  # rising (SVG y grows downwards)
     email_lines = {
         line.get_attribute("class") for line in section(browser, "email").find_elements(By.CSS_SELECTOR, "line.ref")
     }

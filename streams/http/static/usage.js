@@ -12,7 +12,7 @@
 
   // name -> [title, description], from the worker's table of metrics (core/metric_kinds.py)
   const METRICS = JSON.parse(document.body.dataset.metrics || "{}");
-  const COLORS = { usage: "#1f6f5c", contracted: "#0550ae", alert: "#a63c00", scheduled: "#57606a", limit: "#b3152a" };
+  const COLORS = { usage: "#1f6f5c", projection: "#1f6f5c", contracted: "#0550ae", alert: "#a63c00", scheduled: "#57606a", limit: "#b3152a" };
 
   const count = new Intl.NumberFormat("en");
   const dayFormat = new Intl.DateTimeFormat("en", { month: "short", day: "numeric", timeZone: "UTC" });
@@ -100,6 +100,8 @@
         <div class="facts"><dl>
           <div data-row="usage"><dt></dt><dd data-fact="usage"></dd></div>
           <div data-row="cost"><dt>Estimated cost</dt><dd><span data-fact="cost"></span><span class="note" data-fact="cost-note"></span></dd></div>
+          <div data-row="forecast"><dt>Projected</dt><dd><span data-fact="forecast"></span>
+            <span class="note" data-fact="forecast-note"></span></dd></div>
           <div data-row="contract"><dt>Contracted</dt><dd data-fact="contract"></dd></div>
           <div data-row="alert"><dt>Usage alert</dt><dd><span data-fact="alert"></span>
             <span class="badge" data-fact="alert-level"></span><span class="note" data-fact="alert-note"></span></dd></div>
@@ -140,6 +142,10 @@
     let note = m.estimated_cost && !m.contract ? "Pay-as-you-go: billed at the end of the period" : "";
     if (name === "seats" && m.estimated_cost) note = "Seats are prorated by daily use; your invoice may differ";
     setText(fact("cost-note"), note);
+    const projected = doc.cumulative && m.forecast ? m.forecast : null;
+    row("forecast", Boolean(projected));
+    setText(fact("forecast"), projected ? forecastText(projected) : "");
+    setText(fact("forecast-note"), projected ? forecastNote(projected) : "");
     row("contract", Boolean(m.contract));
     setText(fact("contract"), contractText(m));
     row("alert", name !== "seats");
@@ -162,13 +168,16 @@
     const summary = summaryText(label, name, m);
     const plot = root.querySelector(".plot");
     const width = Math.max(260, Math.round(plot.clientWidth || 600));
-    const key = JSON.stringify([width, summary, doc.days, lines, period.length]);
+    const projection = projected ? projected.usage : null;
+    const key = JSON.stringify([width, summary, doc.days, lines, period.length, projection]);
     if (key !== section.key) {
       section.key = key;
-      const svg = chart(doc, period, lines, width, summary);
+      const svg = chart(doc, period, lines, width, summary, projection);
       if (plot.firstChild) plot.firstChild.replaceWith(svg); else plot.append(svg);
       const usageItem = { kind: "usage", label: doc.cumulative ? "Usage so far" : "Seats each day" };
-      root.querySelector(".legend").replaceChildren(...[usageItem, ...lines].map(legendItem));
+      const items = [usageItem];
+      if (projection != null) items.push({ kind: "projection", label: "Projected: " + count.format(projection) });
+      root.querySelector(".legend").replaceChildren(...[...items, ...lines].map(legendItem));
     }
     const rows = JSON.stringify(doc.days);
     if (rows !== section.rows) {
@@ -221,6 +230,17 @@
     return (s.enabled ? "At " + count.format(s.threshold) : "Off") + " from " + when;
   }
 
+  function forecastText(f) {
+    return count.format(f.usage) + " by the end of the period" + (f.estimated_cost ? ", " + money(f.estimated_cost) : "");
+  }
+
+  function forecastNote(f) {
+    const pace = "At the last " + (f.basis_days === 1 ? "day's" : f.basis_days + " days'") + " pace";
+    const next = f.levels.find((l) => !l.reached && l.projected_date);
+    if (!next) return pace;
+    return pace + ", it reaches " + next.percent + "% of the alert around " + dayFormat.format(Date.parse(next.projected_date + "T00:00:00Z"));
+  }
+
   function limitText(m) {
     return m.limit && m.limit.enabled ? count.format(m.limit.limit) + " resolutions" : "No limit";
   }
@@ -238,6 +258,7 @@
     if (name === "fin_resolutions" && m.limit && m.limit.enabled) parts.push("limit " + count.format(m.limit.limit));
     if (name === "fin_resolutions") parts.push("Fin AI Agent " + (m.fin_state === "disabled" ? "off" : "on"));
     if (m.estimated_cost) parts.push("estimated cost " + money(m.estimated_cost));
+    if (m.forecast && name !== "seats") parts.push("projected " + count.format(m.forecast.usage) + " by the end of the period");
     return parts.join("; ");
   }
 
@@ -260,9 +281,9 @@
     return lines;
   }
 
-  function chart(doc, period, lines, width, summary) {
+  function chart(doc, period, lines, width, summary, projection) {
     const values = doc.days.map((d) => d.usage);
-    const top = niceTop(Math.max(1, ...values, ...lines.map((l) => l.value)));
+    const top = niceTop(Math.max(1, ...values, ...lines.map((l) => l.value), projection || 0));
     const ticks = [0, top / 2, top];
     const left = 12 + 7 * Math.max(...ticks.map((t) => count.format(t).length));
     const box = { left, right: width - 10, top: 14, bottom: CHART_HEIGHT - 26 };
@@ -292,6 +313,13 @@
       const [endX, endY] = points[points.length - 1];
       svg.append(el("path", { d: `M${line} L${endX.toFixed(1)},${box.bottom} Z`, class: "area", fill: COLORS.usage }, null, SVG));
       svg.append(el("path", { d: "M" + line, class: "usage", stroke: COLORS.usage }, null, SVG));
+      if (projection != null && endX < box.right) {
+        // Where the recent pace leads by the period's end (the forecast), dashed.
+        const py = y(projection);
+        svg.append(el("path", { d: `M${endX.toFixed(1)},${endY.toFixed(1)} L${box.right.toFixed(1)},${py.toFixed(1)}`,
+          class: "projection", stroke: COLORS.projection }, null, SVG));
+        segments.push([endX, endY, box.right, py]);
+      }
       svg.append(el("circle", { cx: endX, cy: endY, r: 4, fill: COLORS.usage }, null, SVG));
       points.slice(1).forEach(([px, py], i) => segments.push([...points[i], px, py]));
       segments.push([endX - 6, endY, endX + 6, endY], [endX, endY - 6, endX, endY + 6]); // the dot
@@ -338,7 +366,8 @@
 
   function legendItem(l) {
     const swatch = el("svg", { width: 28, height: 10, "aria-hidden": "true", focusable: "false" }, null, SVG);
-    swatch.append(el("line", { x1: 1, x2: 27, y1: 5, y2: 5, class: l.kind === "usage" ? "usage" : "ref " + l.kind, stroke: COLORS[l.kind] }, null, SVG));
+    const kind = l.kind === "usage" || l.kind === "projection" ? l.kind : "ref " + l.kind;
+    swatch.append(el("line", { x1: 1, x2: 27, y1: 5, y2: 5, class: kind, stroke: COLORS[l.kind] }, null, SVG));
     const item = el("li");
     item.append(swatch, document.createTextNode(l.label));
     return item;
