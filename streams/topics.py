@@ -34,8 +34,9 @@ class Topic:
     compacted: bool = False
     # Read by Faust's consumer, so its lag is sampled into meterwatch_consumer_lag.
     lag_watched: bool = False
-    # A contract topic meterwatch reads (the others it only writes); internal topics are both.
-    input: bool = False
+    # What meterwatch does with a contract topic, for its ACLs; internal topics are both.
+    read: bool = False
+    write: bool = True
 
     def full_name(self, settings: Settings) -> str:
         return settings.internal_topic(self.name) if self.internal else settings.topic(self.name)
@@ -43,8 +44,9 @@ class Topic:
 
 TOPICS = (
     # usage.events is read by the ingest stage's own consumer, whose lag it reports itself.
-    Topic("usage_events", USAGE_EVENTS, input=True),
-    Topic("usage_control", USAGE_CONTROL, lag_watched=True, input=True),
+    Topic("usage_events", USAGE_EVENTS, read=True, write=False),
+    # Written too: the settings API publishes the changes people make over HTTP.
+    Topic("usage_control", USAGE_CONTROL, lag_watched=True, read=True),
     # Every workspace's accepted events and commands, in one ordered stream per workspace.
     Topic("workspace_inbox", "workspace-inbox", internal=True, lag_watched=True),
     # Each workspace's latest usage, to the partition that owns its contract.
@@ -56,7 +58,8 @@ TOPICS = (
     Topic("limits", USAGE_LIMITS, compacted=True),
     Topic("notifications", USAGE_NOTIFICATIONS),
     Topic("dead_letter", USAGE_DEAD_LETTER),
-    Topic("command_results", USAGE_COMMAND_RESULTS),
+    # Read too: the settings API waits for the result of each change it publishes.
+    Topic("command_results", USAGE_COMMAND_RESULTS, read=True),
 )
 
 
@@ -127,13 +130,13 @@ class AclBinding:
 
 def acl_bindings(settings: Settings) -> list[AclBinding]:
     """Everything meterwatch's principal needs on a cluster with an authorizer, and nothing more:
-    read its two input topics, write the five it publishes, own its internal topics (inboxes,
+    read and write its contract topics as ``TOPICS`` says, own its internal topics (inboxes,
     mail requests, changelogs, all named ``{group id}-...``), its consumer groups and its
     transactional ids; Create on its topics only so that it may create the missing ones."""
     group = settings.group_id
     bindings = [
         AclBinding("topic", topic.full_name(settings), False,
-                   ("Read", "Describe", "Create") if topic.input else ("Write", "Describe", "Create"))
+                   ("Read",) * topic.read + ("Write",) * topic.write + ("Describe", "Create"))
         for topic in TOPICS
         if not topic.internal
     ]  # fmt: skip

@@ -39,7 +39,7 @@ def register(mw: Meterwatch) -> None:
     class Usage(View):
         @app.table_route(table=usage_table, match_info="workspace_id")
         async def get(self, request: Request, workspace_id: str) -> Response:
-            found = _workspace(mw, workspace_id)
+            found = workspace_state(mw, workspace_id)
             if found is None:
                 return self.json({"error": "unknown_workspace", "workspace_id": workspace_id}, status=404)
             now = datetime.now(UTC)
@@ -61,7 +61,7 @@ def register(mw: Meterwatch) -> None:
             metric = request.query.get("metric", "")
             if metric not in METRIC_NAMES:
                 return self.json({"error": "unknown_metric", "metric": metric}, status=400)
-            found = _workspace(mw, workspace_id)
+            found = workspace_state(mw, workspace_id)
             if found is None:
                 return self.json({"error": "unknown_workspace", "workspace_id": workspace_id}, status=404)
             return self.json(daily_document(workspace_id, metric, found, datetime.now(UTC)))
@@ -98,7 +98,7 @@ def _service_headers(mw: Meterwatch) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def _workspace(mw: Meterwatch, workspace_id: str) -> WorkspaceState | None:
+def workspace_state(mw: Meterwatch, workspace_id: str) -> WorkspaceState | None:
     return decode_workspace(mw.tables.workspaces.get(workspace_id))
 
 

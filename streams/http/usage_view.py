@@ -177,3 +177,42 @@ def daily_document(workspace_id: str, metric: str, state: WorkspaceState, now: d
         "cumulative": metric != SEATS,
         "days": [{"date": day.isoformat(), "usage": n} for day, n in points],
     }
+
+
+def settings_document(
+    workspace_id: str, state: WorkspaceState, now: datetime, contract_usage: ContractPeriod | None = None
+) -> dict[str, Any]:
+    """``GET /usage/{id}/settings``: the alerts (what reaching each threshold would cost beside
+    it), the Fin limit and the billing contacts, as in force at ``now``."""
+    usage, profile = state.usage, state.profile
+    period = profile.cycle.period_containing(now)
+    alerts: dict[str, Any] = {}
+    for name, alert_state in state.alerts.items():
+        shown = _alert_settings(alert_state, period)
+        setting, scheduled = shown["alert"], shown["scheduled_alert"]
+        if setting is None and scheduled is None:
+            continue
+        others = _others_usage(contract_usage, name, workspace_id)
+        unset = {"threshold": None, "early_warnings": False, "enabled": False, "changed_by": None, "changed_at": None}
+        alerts[name] = {
+            **(setting or unset),
+            "scheduled": scheduled,
+            "threshold_cost": None
+            if setting is None
+            else _cost(name, setting["threshold"], usage, profile, period, others),
+        }
+    limits: dict[str, Any] = {}
+    fin_setting = state.fin.setting if state.fin is not None else None
+    if fin_setting is not None:
+        limits[Metric.FIN_RESOLUTIONS.value] = {
+            "limit": fin_setting.limit,
+            "enabled": fin_setting.enabled,
+            "state": _fin_state_now(state, period),
+            **changed_by(fin_setting),
+        }
+    return {
+        "workspace_id": workspace_id,
+        "alerts": alerts,
+        "limits": limits,
+        "billing_contacts": list(profile.billing_contacts),
+    }

@@ -100,10 +100,11 @@ def token_for(
     billing: bool = False,
     ttl: timedelta = timedelta(hours=1),
     secret: str = TEST_AUTH_SECRET,
+    subject: str = "meterwatch",
 ) -> str:
     """A bearer token for ``workspaces`` (none: a service token), as ``meterwatch token`` mints."""
     return mint(secret.encode(), datetime.now(UTC), ttl, workspaces=workspaces, metrics=metrics, billing=billing,
-                service=not workspaces)  # fmt: skip
+                service=not workspaces, subject=subject)  # fmt: skip
 
 
 def http_get(
@@ -122,6 +123,19 @@ def http_get(
         return error.code, _maybe_json(error.read())
     except (urllib.error.URLError, OSError):
         return None, None
+
+
+def http_put(url: str, body: Any, token: str | None, timeout: float = 15.0) -> tuple[int | None, Any]:
+    """PUT ``body`` (JSON) to ``url`` with ``token`` as a bearer token (None sends none)."""
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=orjson.dumps(body), headers=headers, method="PUT")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, _maybe_json(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, _maybe_json(error.read())
 
 
 def _maybe_json(body: bytes) -> Any:

@@ -182,12 +182,12 @@ def test_acls_prints_one_kafka_acls_command_per_grant_a_worker_needs() -> None:
         grants[" ".join(rest)] = operations
     assert grants == {
         "--topic eu.usage.events": ("Read", "Describe", "Create"),
-        "--topic eu.usage.control": ("Read", "Describe", "Create"),
+        "--topic eu.usage.control": ("Read", "Write", "Describe", "Create"),
         "--topic eu.usage.alerts": ("Write", "Describe", "Create"),
         "--topic eu.usage.limits": ("Write", "Describe", "Create"),
         "--topic eu.usage.notifications": ("Write", "Describe", "Create"),
         "--topic eu.usage.dead-letter": ("Write", "Describe", "Create"),
-        "--topic eu.usage.command-results": ("Write", "Describe", "Create"),
+        "--topic eu.usage.command-results": ("Read", "Write", "Describe", "Create"),
         "--topic eu.billing- --resource-pattern-type prefixed": (
             "Read",
             "Write",
