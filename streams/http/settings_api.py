@@ -22,13 +22,18 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.web import Request, Response, View
 
+from ...core.contract_usage import ContractPeriod
+from ...core.metric_kinds import SEATS
+from ...core.workspace import WorkspaceState
 from ...models.commands import CommandRejected, parse_command
+from ...models.common import MAX_AMOUNT, METRIC_NAMES
 from ...models.signing import signature_header
+from ...tokens import Grant
 from ..pipeline.ingest_kafka import close_quietly
 from ..runtime.kafka_client import client_options
 from .access import grant_of
 from .usage_api import contract_usage_of, workspace_state
-from .usage_view import settings_document
+from .usage_view import settings_document, threshold_cost
 
 if TYPE_CHECKING:
     from ..app import Meterwatch
@@ -57,18 +62,36 @@ def register(mw: Meterwatch) -> None:
             if found is None:
                 return self.json({"error": "unknown_workspace", "workspace_id": workspace_id}, status=404)
             now = datetime.now(UTC)
-            contract = found.profile.contract
-            summed = None
-            if contract is not None:
-                summed = (await contract_usage_of(mw, contract.contract_id)).for_period(
-                    found.profile.cycle.period_containing(now)
-                )
+            summed = await _contract_period(mw, found, now)
             document = settings_document(workspace_id, found, now, summed)
             grant = grant_of(request)
             if grant is not None:
                 for part in ("alerts", "limits"):
                     document[part] = {m: v for m, v in document[part].items() if grant.may_read_metric(m)}
+            document["may_change"] = _may_change(grant)
             return self.json(document)
+
+    @app.page("/usage/{workspace_id}/settings/alerts/{metric}/cost")
+    class ThresholdCost(View):
+        @app.table_route(table=mw.tables.workspaces, match_info="workspace_id")
+        async def get(self, request: Request, workspace_id: str, metric: str) -> Response:
+            grant = grant_of(request)
+            if grant is not None and not grant.may_read_metric(metric):
+                return self.json({"error": "forbidden", "reason": "the token does not grant this metric"}, status=403)
+            raw = request.query.get("threshold", "")
+            threshold = int(raw) if raw.isdigit() and len(raw) <= 16 else 0
+            if metric not in METRIC_NAMES or metric == SEATS or not 0 < threshold <= MAX_AMOUNT:
+                return self.json(
+                    {"error": "invalid_settings", "reason": "a metric with alerts and a threshold of 1 or more"},
+                    status=400,
+                )
+            found = workspace_state(mw, workspace_id)
+            if found is None:
+                return self.json({"error": "unknown_workspace", "workspace_id": workspace_id}, status=404)
+            now = datetime.now(UTC)
+            summed = await _contract_period(mw, found, now)
+            cost = threshold_cost(workspace_id, found, now, summed, metric, threshold)
+            return self.json({"metric": metric, "threshold": threshold, "cost": cost})
 
     @app.page("/usage/{workspace_id}/settings/alerts/{metric}")
     class AlertSettingsView(View):
@@ -90,11 +113,23 @@ def register(mw: Meterwatch) -> None:
         await desk.stop()
 
 
+def _may_change(grant: Grant | None) -> bool:
+    return grant is None or grant.billing or grant.service
+
+
+async def _contract_period(mw: Meterwatch, state: WorkspaceState, now: datetime) -> ContractPeriod | None:
+    contract = state.profile.contract
+    if contract is None:
+        return None
+    summed = await contract_usage_of(mw, contract.contract_id)
+    return summed.for_period(state.profile.cycle.period_containing(now))
+
+
 async def _change(
     view: View, desk: CommandDesk, request: Request, kind: str, workspace_id: str, metric: str | None
 ) -> Response:
     grant = grant_of(request)
-    if grant is not None and not (grant.billing or grant.service):
+    if not _may_change(grant):
         return view.json({"error": "forbidden", "reason": "changing settings needs billing permission"}, status=403)
     if grant is not None and metric is not None and not grant.may_read_metric(metric):
         return view.json({"error": "forbidden", "reason": "the token does not grant this metric"}, status=403)

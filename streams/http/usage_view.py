@@ -216,3 +216,18 @@ def settings_document(
         "limits": limits,
         "billing_contacts": list(profile.billing_contacts),
     }
+
+
+def threshold_cost(
+    workspace_id: str,
+    state: WorkspaceState,
+    now: datetime,
+    contract_usage: ContractPeriod | None,
+    metric: str,
+    threshold: int,
+) -> dict[str, str] | None:
+    """What reaching ``threshold`` of ``metric`` would cost the workspace this period (None
+    without a price), as ``settings_document`` gives it for the threshold in force."""
+    period = state.profile.cycle.period_containing(now)
+    others = _others_usage(contract_usage, metric, workspace_id)
+    return _cost(metric, threshold, state.usage, state.profile, period, others)

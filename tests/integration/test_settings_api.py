@@ -73,6 +73,20 @@ async def test_settings_are_read_and_changed_over_http_by_whoever_may_manage_bil
             }
         }
         assert settings["billing_contacts"] == emails
+        assert settings["may_change"] is True
+        assert http_get(f"{worker.base_url}/usage/{WS}/settings", token=token_for(WS))[1]["may_change"] is False
+        # What any level would cost, as the page asks while a level is typed: 1,500 above the 500 included.
+        status, quote = http_get(f"{worker.base_url}/usage/{WS}/settings/alerts/sms/cost?threshold=2000", token=alice)
+        assert (status, quote) == (
+            200,
+            {"metric": "sms", "threshold": 2000, "cost": {"amount": "18.75", "currency": "EUR"}},
+        )
+        assert (
+            http_get(f"{worker.base_url}/usage/{WS}/settings/alerts/email/cost?threshold=10", token=alice)[1]["cost"]
+            is None
+        )
+        for wrong in ("sms/cost?threshold=0", "sms/cost?threshold=ten", "seats/cost?threshold=5"):
+            assert http_get(f"{worker.base_url}/usage/{WS}/settings/alerts/{wrong}", token=alice)[0] == 400
 
 
 async def test_a_change_needs_billing_permission_for_that_workspace_and_a_valid_setting(

@@ -393,3 +393,78 @@ async def test_the_usage_page_shows_the_period_charts_and_costs_and_follows_usag
     print(
         f"\n[usage page] set-up {set_up:.1f}s, page followed new usage in {followed:.1f}s, total {time.monotonic() - started:.1f}s"
     )
+
+
+async def test_a_billing_person_changes_the_alert_on_the_page_and_sees_what_it_would_cost(
+    running_worker: WorkerProcess, deployment: dict[str, str], browser: WebDriver
+) -> None:
+    kafka = Kafka(deployment)
+    base = running_worker.base_url
+    subscription = bare_command(
+        "subscription",
+        contract_id=CONTRACT,
+        workspace_ids=[WS],
+        billing_anchor=f"2026-01-{ANCHOR_DAY}",
+        timezone=ZONE,
+        currency="USD",
+        prices={"sms": {"unit_price": "0.0125", "included": 1000}},
+    )
+    await kafka.commands(CONTRACT, subscription)
+    await eventually(lambda: (http_get(f"{base}/usage/{WS}")[1] or {}).get("contract_id") == CONTRACT)
+    await kafka.commands(
+        WS,
+        command("billing_contacts", WS, emails=["ana@example.com", "bo@example.com"]),
+        command("alert_settings", WS, metric="sms", threshold=1500, early_warnings=True, enabled=True),
+    )
+    await kafka.use(event(WS, "sms", 803))
+    await eventually(
+        lambda: ((http_get(f"{base}/usage/{WS}")[1] or {}).get("metrics", {}).get("sms") or {}).get("usage") == 803
+    )
+
+    # Without billing permission: the figures and the contacts, no controls.
+    browser.get(f"{base}/ui/usage/{WS}?token={token_for(WS)}")
+    shows(browser, "sms", "usage", "803")
+    assert browser.find_element(By.ID, "contact-list").text == "ana@example.com, bo@example.com"
+    assert not section(browser, "sms").find_elements(By.CSS_SELECTOR, "form.alert-edit")
+
+    # With it: the alert in force, and what reaching the level typed would cost, while typing.
+    browser.delete_all_cookies()
+    browser.get(f"{base}/ui/usage/{WS}?token={token_for(WS, billing=True, subject='ana@example.com')}")
+    form = WebDriverWait(browser, 20).until(
+        lambda d: section(d, "sms").find_element(By.CSS_SELECTOR, "form.alert-edit")
+    )
+    threshold = form.find_element(By.NAME, "threshold")
+    assert threshold.get_attribute("value") == "1500"
+    assert form.find_element(By.NAME, "early_warnings").is_selected()
+    # 500 above the 1,000 the contract includes, at 0.0125.
+    shows(browser, "sms", "threshold-price", "Reaching 1,500 would cost $6.25 this period")
+    threshold.clear()
+    threshold.send_keys("2000")
+    shows(browser, "sms", "threshold-price", "Reaching 2,000 would cost $12.50 this period")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    shows(browser, "sms", "save-result", "Saved.")
+    shows(browser, "sms", "alert", "At 2,000")
+
+    # Lowered below the 803 used: saved, and it says it applies from the next period.
+    threshold.clear()
+    threshold.send_keys("500")
+    shows(browser, "sms", "threshold-price", "Reaching 500 would cost $0.00 this period")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    _, last = current_period(datetime.now(UTC))
+    next_day = last + timedelta(days=1)
+    shows(
+        browser,
+        "sms",
+        "save-result",
+        f"Saved. It is below the usage so far, so it applies from {next_day:%b} {next_day.day} (next period).",
+    )
+    shows(browser, "sms", "scheduled", f"At 500 from {next_day:%b} {next_day.day} (next period)")
+    assert fact(browser, "sms", "alert") == "At 2,000"
+    scheduled = http_get(f"{base}/usage/{WS}")[1]["metrics"]["sms"]["scheduled_alert"]
+    assert (scheduled["threshold"], scheduled["changed_by"]) == (500, "ana@example.com")
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.set_window_size(1280, 900)
+    full_page_screenshot(browser, ARTIFACTS / "usage-page-settings.png")
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == [], errors

@@ -36,12 +36,12 @@
   }
 
   async function load() {
-    const usage = await getJson(api);
+    const [usage, settings] = await Promise.all([getJson(api), getJson(api + "/settings")]);
     const names = Object.keys(usage.metrics);
     // With no metric yet, one daily document still gives the period's local dates.
     const wanted = names.length ? names : ["sms"];
     const dailies = await Promise.all(wanted.map((m) => getJson(api + "/daily?metric=" + encodeURIComponent(m))));
-    return { usage, names, daily: Object.fromEntries(wanted.map((m, i) => [m, dailies[i]])) };
+    return { usage, settings, names, daily: Object.fromEntries(wanted.map((m, i) => [m, dailies[i]])) };
   }
 
   async function tick() {
@@ -68,15 +68,88 @@
 
   // ---- the page ---------------------------------------------------------------------------
 
-  function render({ usage, names, daily }) {
+  function render({ usage, settings, names, daily }) {
     const period = periodOf(daily[Object.keys(daily)[0]]);
     setText($("period"), period.text);
     setText($("period-day"), period.day);
     $("empty").hidden = names.length > 0;
+    $("contacts").hidden = settings.billing_contacts.length === 0;
+    setText($("contact-list"), settings.billing_contacts.join(", "));
     for (const name of names) {
       const section = sections.get(name) || addSection(name, names);
       fill(section, name, usage.metrics[name], daily[name], period, usage.period_end);
+      if (settings.may_change && name !== "seats") editor(section, name, settings.alerts[name]);
     }
+  }
+
+  // ---- changing the alert (a token with billing permission) -------------------------------
+
+  function editor(section, name, alert) {
+    if (section.editor) return; // made once: a refresh never overwrites what the reader types
+    const form = el("form", { class: "alert-edit", "data-form": "alert", novalidate: "" });
+    form.innerHTML = `
+      <fieldset><legend>Change the usage alert</legend>
+        <label><input type="checkbox" name="enabled"> Alert on</label>
+        <label>At <input type="number" name="threshold" min="1" step="1" inputmode="numeric" required></label>
+        <label><input type="checkbox" name="early_warnings"> Also at 50% and 80%</label>
+        <p class="note" data-fact="threshold-price" aria-live="polite"></p>
+        <button type="submit">Save</button>
+        <p class="note" data-fact="save-result" role="status"></p>
+      </fieldset>`;
+    const field = (n) => form.querySelector(`[name=${n}]`);
+    field("enabled").checked = alert ? alert.enabled : true;
+    field("threshold").value = alert && alert.threshold != null ? alert.threshold : "";
+    field("early_warnings").checked = alert ? alert.early_warnings : true;
+    const price = form.querySelector("[data-fact=threshold-price]");
+    const result = form.querySelector("[data-fact=save-result]");
+    let quoting = null;
+    const quote = () => {
+      clearTimeout(quoting);
+      quoting = setTimeout(async () => {
+        const level = field("threshold").value;
+        if (!/^[1-9][0-9]{0,15}$/.test(level)) { setText(price, ""); return; }
+        try {
+          const answer = await getJson(api + "/settings/alerts/" + encodeURIComponent(name) + "/cost?threshold=" + level);
+          if (field("threshold").value !== level) return; // typed on since
+          setText(price, answer.cost ? "Reaching " + count.format(Number(level)) + " would cost " + money(answer.cost) + " this period"
+            : "No price is set for this metric");
+        } catch (_) {
+          setText(price, "");
+        }
+      }, 250);
+    };
+    field("threshold").addEventListener("input", quote);
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const level = field("threshold").value;
+      if (!/^[1-9][0-9]{0,15}$/.test(level)) { setText(result, "Enter a whole number of 1 or more."); return; }
+      setText(result, "Saving…");
+      const body = { threshold: Number(level), early_warnings: field("early_warnings").checked, enabled: field("enabled").checked };
+      try {
+        const response = await fetch(api + "/settings/alerts/" + encodeURIComponent(name), {
+          method: "PUT", headers: { "Content-Type": "application/json", Accept: "application/json" }, body: JSON.stringify(body),
+        });
+        setText(result, saveText(response.status, await response.json()));
+      } catch (_) {
+        setText(result, "Not saved: the worker could not be reached. Try again.");
+      }
+      tick();
+    });
+    section.root.querySelector(".facts").append(form);
+    section.editor = form;
+    if (field("threshold").value) quote();
+  }
+
+  function saveText(status, answer) {
+    if (status === 200 && answer.status === "scheduled") {
+      const next = last && answer.effective_from === last.usage.period_end
+        ? dayFormat.format(periodOf(last.daily[Object.keys(last.daily)[0]]).next) + " (next period)"
+        : timeFormat.format(new Date(answer.effective_from));
+      return "Saved. It is below the usage so far, so it applies from " + next + ".";
+    }
+    if (status === 200) return "Saved.";
+    if (status === 202) return "Sent; it will apply in a moment.";
+    return "Not saved: " + (answer.reason || answer.error || "HTTP " + status) + ".";
   }
 
   function periodOf(doc) {
