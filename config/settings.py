@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     # A mail still failing for now (4xx, server unreachable) this long after it was requested is
     # given up: dead-lettered, counted, and recorded as failed in the mail ledger.
     mail_give_up_after: timedelta = timedelta(hours=24)
+    # Billing contacts one workspace may have: a `billing_contacts` command setting more is rejected.
+    max_billing_contacts: int = Field(default=20, ge=1, le=100)
+    # Mails (one per recipient) one workspace's alerts and Fin transitions may ask for in one hour
+    # of UTC; a request that does not fit is held back: dead-lettered `mail_rate_limited`, counted.
+    max_mails_per_workspace_hour: int = Field(default=200, ge=1)
 
     dedupe_window: timedelta = timedelta(hours=24)
     # How long start-up waits for the broker to answer before it reports it unreachable.
@@ -201,6 +206,16 @@ class Settings(BaseSettings):
         if not Path(value).is_file():
             raise ValueError("no such file")
         return value
+
+    @model_validator(mode="after")
+    def _contacts_fit_the_hourly_mails(self) -> Settings:
+        if self.max_mails_per_workspace_hour < self.max_billing_contacts:
+            raise ValueError(
+                f"METERWATCH_MAX_MAILS_PER_WORKSPACE_HOUR ({self.max_mails_per_workspace_hour}) is below "
+                f"METERWATCH_MAX_BILLING_CONTACTS ({self.max_billing_contacts}): a workspace with that many "
+                "contacts could never be mailed"
+            )
+        return self
 
     @model_validator(mode="after")
     def _smtp_password_only_encrypted(self) -> Settings:

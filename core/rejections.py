@@ -22,3 +22,8 @@ class RejectCode:
     INTERNAL_ERROR = "internal_error"
     # A mail still failing for now at METERWATCH_MAIL_GIVE_UP_AFTER.
     MAIL_GIVEN_UP = "mail_given_up"
+    # A mail request held back: its workspace's mails this hour would pass
+    # METERWATCH_MAX_MAILS_PER_WORKSPACE_HOUR.
+    MAIL_RATE_LIMITED = "mail_rate_limited"
+    # A billing_contacts command setting more than METERWATCH_MAX_BILLING_CONTACTS addresses.
+    TOO_MANY_CONTACTS = "too_many_contacts"

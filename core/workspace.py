@@ -14,6 +14,7 @@ from .alerts import AlertState
 from .command_replay import NO_COMMANDS, RecentCommands
 from .contracts import WorkspaceProfile
 from .fin_limit import FinState
+from .mail_cap import MailHour
 from .metering import WorkspaceUsage
 from .periods import BillingPeriod
 
@@ -36,6 +37,8 @@ class WorkspaceState:
     fin: FinState | None = None
     # Signed commands applied lately (core/command_replay.py); empty unless commands are signed.
     recent_commands: RecentCommands = field(default_factory=lambda: NO_COMMANDS)
+    # The mails asked for in the latest hour (core/mail_cap.py); None until one is, or uncapped.
+    mail_hour: MailHour | None = None
 
     def others_usage(self, metric: str, period: BillingPeriod) -> int:
         others = self.contract_others

@@ -10,6 +10,7 @@ unit tests of the steps read it.
 from __future__ import annotations
 
 import base64
+import hashlib
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -68,8 +69,11 @@ class RecordedOutputs:
     def command_result(self, key: str | None, record: dict[str, Any]) -> None:
         self.items.append(Output(Kind.COMMAND_RESULT, key, record))
 
-    def mail_request(self, kind: str, record: dict[str, Any], recipients: list[str]) -> None:
-        self.items.append(Output(Kind.MAIL_REQUEST, mail_id(kind, record), mail_request(kind, record, recipients)))
+    def mail_request(
+        self, kind: str, record: dict[str, Any], recipients: list[str], held_back: str | None = None
+    ) -> None:
+        request = mail_request(kind, record, recipients, held_back)
+        self.items.append(Output(Kind.MAIL_REQUEST, mail_id(kind, record), request))
 
     def contract_message(self, contract_id: str, message: bytes) -> None:
         self.items.append(Output(Kind.CONTRACT_MESSAGE, contract_id, message))
@@ -97,14 +101,26 @@ ALERT = "alert"
 FIN_DISABLED = "fin_disabled"
 
 
-def mail_request(kind: str, record: dict[str, Any], recipients: list[str]) -> bytes:
-    """A mail-requests record: the output to mail, and to whom."""
-    return orjson.dumps({"kind": kind, "record": record, "recipients": recipients})
+def mail_request(kind: str, record: dict[str, Any], recipients: list[str], held_back: str | None = None) -> bytes:
+    """A mail-requests record: the output to mail, and to whom; with ``held_back`` (why), a
+    request not to be mailed but dead-lettered, so that what is held back is never lost silently."""
+    request: dict[str, Any] = {"kind": kind, "record": record, "recipients": recipients}
+    if held_back is not None:
+        request["held_back"] = held_back
+    return orjson.dumps(request)
 
 
 def mail_id(kind: str, record: dict[str, Any]) -> str:
-    """A mail request's key, and the mail's ledger key: the id of the output it reports."""
+    """A mail request's key: the id of the output it reports."""
     return record["alert_id"] if kind == ALERT else record["transition_id"]
+
+
+def recipient_mail_id(request_id: str, recipient: str) -> str:
+    """The ledger key of the mail of request ``request_id`` to ``recipient``: each billing
+    contact's mail is settled on its own. The address enters only as a hash (compared
+    case-insensitively), so ledger keys, logs and dead letters name no address."""
+    digest = hashlib.sha256(recipient.lower().encode()).hexdigest()[:16]
+    return f"{request_id} to {digest}"
 
 
 def dead_letter(

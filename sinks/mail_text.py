@@ -1,8 +1,11 @@
 """The alert and Fin-limit emails (CONTRACT 5.6), composed from topic records; no I/O.
 
-Every record field may carry anything a producer put there, so nothing reaches a header
-unsanitised: control and line-separator characters are replaced, addresses are validated
-and rebuilt as ``Address`` objects, and ids enter the Message-ID only as a hash.
+Each billing contact gets a mail of its own, addressed to that contact only, so no contact
+sees another's address. Every record field may carry anything a producer put there, so
+nothing reaches a header or the body unsanitised (``one_line``): control and line-separator
+characters become spaces, format characters (bidi overrides, zero-width characters) are
+removed, and length is bounded; addresses are validated and rebuilt as ``Address`` objects, and ids and addresses
+enter the Message-ID only as a hash.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import logging
 import re
 import textwrap
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -56,17 +59,27 @@ class RecipientCheck:
     invalid: tuple[str, ...]  # as given: repr them before logging, they may hold control characters
 
 
+# Replaced by a space: control characters (CR, LF, NUL, ESC, NEL…) and line or paragraph separators.
+_BREAKING = frozenset(("Cc", "Zl", "Zp"))
+# Removed: format characters (bidi overrides and isolates, zero-width spaces and joiners, BOM),
+# which could disguise what a subject says; lone surrogates, which cannot be encoded; private-use
+# and unassigned code points, which render as nothing anyone can read.
+_INVISIBLE = frozenset(("Cf", "Cs", "Co", "Cn"))
+
+
 def one_line(value: Any, limit: int = _MAX_FIELD) -> str:
-    """``value`` as text safe for a header: no control, format or line-separator characters."""
+    """``value`` as text safe for a header or a line of the body: one line, at most ``limit``
+    characters (cut with "…"), no control, format, surrogate, private-use, unassigned or
+    line-separator characters, runs of white space as one space."""
     kept = []
     for char in "" if value is None else str(value):
         category = unicodedata.category(char)
-        if category in ("Cc", "Zl", "Zp"):
+        if category in _BREAKING:
             kept.append(" ")
-        elif category != "Cf":  # bidi overrides and zero-width characters could disguise a subject
+        elif category not in _INVISIBLE:
             kept.append(char)
     text = " ".join("".join(kept).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
 
 
 def valid_address(address: Any) -> bool:
@@ -74,6 +87,17 @@ def valid_address(address: Any) -> bool:
         return False
     local, domain = address.split("@")
     return bool(_LOCAL_PART.match(local) and _DOMAIN.match(domain))
+
+
+def mail_recipients(record_id: str, addresses: Any) -> tuple[str, ...]:
+    """The valid addresses among ``addresses``, each once: one mail goes to each. Invalid ones
+    are logged (as repr, one line) and dropped; raises ``NoValidRecipients`` if none is left."""
+    check = check_recipients(addresses)
+    if check.invalid:
+        log.warning("%r: dropped invalid recipients %r", one_line(record_id), check.invalid)
+    if not check.valid:
+        raise NoValidRecipients(one_line(record_id), check.invalid)
+    return check.valid
 
 
 def check_recipients(addresses: Any) -> RecipientCheck:
@@ -100,14 +124,17 @@ def sender_address(sender: str) -> Address:
     return Address(display_name=one_line(name, 80), username=local, domain=domain)
 
 
-def message_id(kind: str, record_id: str, sender: str) -> str:
-    """The same record always gets the same Message-ID, so a resend is recognisably one mail."""
-    digest = hashlib.sha256(f"{kind}\0{record_id}".encode()).hexdigest()[:32]
+def message_id(kind: str, record_id: str, recipient: str, sender: str) -> str:
+    """The same record to the same recipient always gets the same Message-ID, so a resend is
+    recognisably one mail; the mails of one record to different recipients differ. Addresses
+    compare case-insensitively, as ``check_recipients`` does."""
+    text = f"{kind}\0{record_id}\0{recipient.lower()}"
+    digest = hashlib.sha256(text.encode(errors="surrogatepass")).hexdigest()[:32]  # any id, even unencodable
     return f"<{kind}.{digest}@{sender_address(sender).domain}>"
 
 
-def compose_alert_mail(alert: Mapping[str, Any], *, sender: str) -> EmailMessage:
-    """The mail for one ``usage.alerts`` record (CONTRACT 5.1), to its ``recipients``."""
+def compose_alert_mail(alert: Mapping[str, Any], recipient: str, *, sender: str) -> EmailMessage:
+    """The mail for one ``usage.alerts`` record (CONTRACT 5.1) to one of its ``recipients``."""
     alert_id = _required_id(alert, "alert_id")
     metric = metric_title(alert.get("metric"))
     level, threshold = _level(alert.get("level")), _count(alert.get("threshold"))
@@ -131,13 +158,13 @@ def compose_alert_mail(alert: Mapping[str, Any], *, sender: str) -> EmailMessage
     ]
     closing = "Usage alerts only inform you: nothing has been disabled or blocked."
     body = _body(opening, facts, closing, f"Alert id: {one_line(alert_id, _MAX_ID)}")
-    message = _message("alert", alert_id, alert.get("recipients"), sender, subject, body, alert.get("triggered_at"))
+    message = _message("alert", alert_id, recipient, sender, subject, body, alert.get("triggered_at"))
     message["X-Meterwatch-Alert-Id"] = one_line(alert_id, _MAX_ID)
     return message
 
 
-def compose_fin_disabled_mail(transition: Mapping[str, Any], recipients: Iterable[Any], *, sender: str) -> EmailMessage:
-    """The mail for one ``usage.limits`` record (CONTRACT 5.2) that disabled Fin."""
+def compose_fin_disabled_mail(transition: Mapping[str, Any], recipient: str, *, sender: str) -> EmailMessage:
+    """The mail for one ``usage.limits`` record (CONTRACT 5.2) that disabled Fin, to one billing contact."""
     transition_id = _required_id(transition, "transition_id")
     if transition.get("state") != "disabled":
         raise MailCompositionError(f"{one_line(transition_id)}: only a 'disabled' transition is mailed")
@@ -146,7 +173,7 @@ def compose_fin_disabled_mail(transition: Mapping[str, Any], recipients: Iterabl
     subject = f"Fin AI Agent disabled: {metric} limit ({limit}) reached - workspace {workspace}"
     opening = (
         f"Fin AI Agent has been disabled for the workspace {workspace} because "
-        f"{_FIN_REASONS.get(transition.get('reason'), _FIN_OTHER_REASON)}. It is enabled again when the next "
+        f"{_fin_reason(transition.get('reason'))}. It is enabled again when the next "
         "billing period starts, when usage falls below the limit, or when you raise or turn off the limit."
     )
     facts = [
@@ -158,9 +185,13 @@ def compose_fin_disabled_mail(transition: Mapping[str, Any], recipients: Iterabl
     if "estimated_cost" in transition:  # not in the 5.2 record; shown when a caller adds it
         facts.append(("Estimated cost", money_text(transition.get("estimated_cost"))))
     body = _body(opening, facts, "", f"Transition id: {one_line(transition_id, _MAX_ID)}")
-    message = _message("fin-disabled", transition_id, recipients, sender, subject, body, transition.get("at"))
+    message = _message("fin-disabled", transition_id, recipient, sender, subject, body, transition.get("at"))
     message["X-Meterwatch-Transition-Id"] = one_line(transition_id, _MAX_ID)
     return message
+
+
+def _fin_reason(reason: Any) -> str:
+    return _FIN_REASONS.get(reason, _FIN_OTHER_REASON) if isinstance(reason, str) else _FIN_OTHER_REASON
 
 
 def metric_title(metric: Any) -> str:
@@ -229,17 +260,15 @@ def _body(opening: str, facts: list[tuple[str, str]], closing: str, reference: s
     return "\n".join(lines + ["", "You receive this email because you are a billing contact.", reference, ""])
 
 
-def _message(kind: str, record_id: str, recipients: Any, sender: str, subject: str, body: str, at: Any) -> EmailMessage:
-    check = check_recipients(recipients)
-    if check.invalid:
-        log.warning("%s %r: dropped invalid recipients %r", kind, one_line(record_id), check.invalid)
-    if not check.valid:
-        raise NoValidRecipients(one_line(record_id), check.invalid)
+def _message(kind: str, record_id: str, recipient: str, sender: str, subject: str, body: str, at: Any) -> EmailMessage:
+    if not valid_address(recipient):
+        raise NoValidRecipients(one_line(record_id), (str(recipient),))
+    local, domain = recipient.split("@")
     message = EmailMessage(policy=SMTP)
     message["From"] = sender_address(sender)
-    message["To"] = [Address(username=local, domain=domain) for local, domain in (a.split("@") for a in check.valid)]
+    message["To"] = Address(username=local, domain=domain)
     message["Subject"] = one_line(subject, 250)
     message["Date"] = format_datetime(_instant(at, None) or datetime.now(UTC))
-    message["Message-ID"] = message_id(kind, record_id, sender)
+    message["Message-ID"] = message_id(kind, record_id, recipient, sender)
     message.set_content(body)
     return message

@@ -18,6 +18,7 @@ from ..core.command_replay import NO_COMMANDS, RecentCommands
 from ..core.contract_usage import ContractPeriod, ContractUsage
 from ..core.contracts import ContractTerms, Price, WorkspaceProfile
 from ..core.fin_limit import FinState, LimitSetting
+from ..core.mail_cap import MailHour
 from ..core.metering import MetricTally, PeriodTally, WorkspaceUsage
 from ..core.periods import BillingCycle, BillingPeriod
 from ..core.workspace import ContractOthers, WorkspaceState
@@ -44,6 +45,8 @@ def encode_workspace(state: WorkspaceState) -> bytes:
     }
     if state.recent_commands:
         value["recent_commands"] = dict(state.recent_commands)
+    if state.mail_hour is not None:
+        value["mail_hour"] = [state.mail_hour.hour, state.mail_hour.mails]
     return _packed(orjson.dumps(value, option=_NATIVE))
 
 
@@ -61,7 +64,12 @@ def decode_workspace(raw: bytes | None) -> WorkspaceState | None:
         else ContractOthers(_read_period(others["period"]), MappingProxyType(others["usage"])),
         fin=None if data.get("fin") is None else _read_fin(data["fin"]),
         recent_commands=_read_recent(data.get("recent_commands")),
+        mail_hour=_read_mail_hour(data.get("mail_hour")),
     )
+
+
+def _read_mail_hour(data: list[int] | None) -> MailHour | None:
+    return None if not data else MailHour(data[0], data[1])
 
 
 def _read_recent(data: dict[str, int] | None) -> RecentCommands:

@@ -131,6 +131,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.emails_held_back = Counter(
+            "meterwatch_emails_held_back_total",
+            "Mails (one per recipient) held back by METERWATCH_MAX_MAILS_PER_WORKSPACE_HOUR: dead-lettered, not sent.",
+            registry=r,
+        )
         self.email_retries = Counter(
             "meterwatch_email_retries_total", "SMTP attempts that failed transiently and were retried.", registry=r
         )

@@ -14,6 +14,7 @@ from ...models.outputs import command_result
 from ..command_replay import RecentCommands, admit
 from ..contracts import ContractTerms, Price, WorkspaceProfile
 from ..periods import BillingCycle, BillingPeriod
+from ..rejections import RejectCode
 from ..workspace import ContractOthers, WorkspaceState
 
 # Commands from usage.control (CONTRACT 3.2), as opposed to the internal ones workers send.
@@ -33,8 +34,11 @@ def replayed(command: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_to_profile(
-    profile: WorkspaceProfile, workspace_id: str, command: dict[str, Any]
+    profile: WorkspaceProfile, workspace_id: str, command: dict[str, Any], max_contacts: int | None = None
 ) -> tuple[WorkspaceProfile, dict[str, Any] | None]:
+    """``profile`` with ``command`` applied, and the command's answer (None for an internal one).
+    A ``billing_contacts`` command with more than ``max_contacts`` addresses (each counted once)
+    is rejected and changes nothing."""
     kind = command["type"]
     if kind == CONTRACT_TERMS:
         return WorkspaceProfile(contract=contract_terms(command), billing_contacts=profile.billing_contacts), None
@@ -45,6 +49,12 @@ def apply_to_profile(
     if kind == "billing_contacts":
         # Each address once, in the order given.
         contacts = tuple(dict.fromkeys(command["emails"]))
+        if max_contacts is not None and len(contacts) > max_contacts:
+            return profile, command_result(
+                command["command_id"],
+                "rejected",
+                reason=f"{RejectCode.TOO_MANY_CONTACTS}: {len(contacts)} billing contacts, at most {max_contacts}",
+            )
         return WorkspaceProfile(contract=profile.contract, billing_contacts=contacts), command_result(
             command["command_id"], "applied"
         )

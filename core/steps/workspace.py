@@ -52,6 +52,7 @@ from ..alerts import levels_of
 from ..contract_usage import WorkspaceReport
 from ..dedupe import FirstSeen, is_repeat
 from ..fin_limit import Transition
+from ..mail_cap import hour_start, take_mails
 from ..metering import (
     MetricTally,
     PeriodTally,
@@ -101,6 +102,9 @@ class StepConfig:
     mail_enabled: bool
     # METERWATCH_COMMAND_MAX_AGE when commands are signed (each then applied once), else None
     command_max_age_ms: int | None = None
+    # METERWATCH_MAX_BILLING_CONTACTS and METERWATCH_MAX_MAILS_PER_WORKSPACE_HOUR; None: no cap
+    max_billing_contacts: int | None = None
+    max_mails_per_hour: int | None = None
 
 
 @dataclass(slots=True)
@@ -443,7 +447,7 @@ class _Step:
             record = alert_record(self.state, self.workspace_id, metric, reached, event_id, at)
             self.result.alerts[str(reached.level)] += 1
             self.result.outputs.alert(self.workspace_id, record)
-            self._request_mail(ALERT, record, record["recipients"])
+            self._request_mail(ALERT, record, record["recipients"], at)
 
     def _dead_letter(self, row: list[Any], origin: list[Any], code: str) -> None:
         self.result.rejected[code] += 1
@@ -485,7 +489,9 @@ class _Step:
             self.state = take_contract_others(self.state, command)
             return
         before = self.state.profile
-        profile, answer = commands.apply_to_profile(self.state.profile, self.workspace_id, command)
+        profile, answer = commands.apply_to_profile(
+            self.state.profile, self.workspace_id, command, self.config.max_billing_contacts
+        )
         self.state = replace(self.state, profile=profile)
         if profile.contract is not None and profile.contract != before.contract:
             # A new contract learns what this workspace has used so far, and whom to tell.
@@ -528,13 +534,24 @@ class _Step:
         notification = notification_record(self.workspace_id, transition)
         if notification is not None:
             outputs.notification(self.workspace_id, notification)
-            self._request_mail(FIN_DISABLED, record, list(self.state.profile.billing_contacts))
+            self._request_mail(FIN_DISABLED, record, list(self.state.profile.billing_contacts), transition.at)
 
-    def _request_mail(self, kind: str, record: dict[str, Any], recipients: list[str]) -> None:
+    def _request_mail(self, kind: str, record: dict[str, Any], recipients: list[str], at: datetime) -> None:
         # No SMTP server configured, or nobody to tell: the record on its topic is all there is.
         if not self.config.mail_enabled or not recipients:
             return
-        self.result.outputs.mail_request(kind, record, recipients)
+        cap = self.config.max_mails_per_hour
+        window, fits = take_mails(self.state.mail_hour, len(recipients), at, cap)
+        if fits:
+            self.state = replace(self.state, mail_hour=window)
+            self.result.outputs.mail_request(kind, record, recipients)
+            return
+        # Held back, never dropped: the mailing stage dead-letters the request and counts it.
+        reason = (
+            f"{RejectCode.MAIL_RATE_LIMITED}: {len(recipients)} mail(s) would pass the cap of {cap} mails "
+            f"per workspace in the hour from {hour_start(at):%Y-%m-%dT%H:00Z}"
+        )
+        self.result.outputs.mail_request(kind, record, recipients, held_back=reason)
 
     def _report_to_contract(self) -> None:
         contract = self.state.profile.contract
@@ -570,7 +587,9 @@ class _Step:
 def _with_usage(state: WorkspaceState, usage: WorkspaceUsage) -> WorkspaceState:
     """``replace(state, usage=usage)`` without ``replace``'s walk over the fields: every
     workspace of every batch makes one."""
-    return WorkspaceState(usage, state.profile, state.alerts, state.contract_others, state.fin, state.recent_commands)
+    return WorkspaceState(
+        usage, state.profile, state.alerts, state.contract_others, state.fin, state.recent_commands, state.mail_hour
+    )
 
 
 def _quiet_below(state: WorkspaceState, metric: str, period: BillingPeriod) -> int | None:

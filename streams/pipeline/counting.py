@@ -96,6 +96,8 @@ async def count_batch(mw: Meterwatch, events: list[EventT], decoded: DecodedValu
             window_ms=int(mw.settings.dedupe_window.total_seconds() * 1000),
             mail_enabled=bool(mw.settings.smtp_host),
             command_max_age_ms=mw.settings.signed_command_max_age_ms,
+            max_billing_contacts=mw.settings.max_billing_contacts,
+            max_mails_per_hour=mw.settings.max_mails_per_workspace_hour,
         )
         judged = []
         for partition, part in source_parts(events):

@@ -1,15 +1,18 @@
 """Email to billing contacts, in its own agent, decoupled from counting (CONTRACT 4, 5.6).
 
 Counting publishes a mail request (the alert or transition record plus its recipients) to an
-internal topic; this agent hands each one to an outbox that sends every mail in a task of its
-own, retrying SMTP failures with backoff and jitter, so a mail that keeps failing holds up no
-other. A mail still failing ``METERWATCH_MAIL_GIVE_UP_AFTER`` after it was requested is given
-up: dead-lettered (``mail_given_up``) and counted. A ledger table keyed by the alert or
-transition id remembers what was settled (sent, failed or given up), so after a restart or a
-rebalance a settled mail is not sent again and an unsettled one is.
+internal topic; this agent makes one mail of it for each recipient, addressed to that recipient
+only, and hands each to an outbox that sends every mail in a task of its own, retrying SMTP
+failures with backoff and jitter, so a mail that keeps failing (or a recipient whose server
+defers it) holds up no other. A mail still failing ``METERWATCH_MAIL_GIVE_UP_AFTER`` after it
+was requested is given up: dead-lettered (``mail_given_up``) and counted. A ledger table keyed
+by the alert or transition id and the recipient (``recipient_mail_id``) remembers which mails
+were settled (sent, failed or given up), so after a restart or a rebalance a settled mail is
+not sent again and an unsettled one is. A ledger entry under the bare alert or transition id
+settles every recipient of that request: a failed composition is recorded so.
 
-A request's offset is acknowledged only once its mail is settled and its ledger entry written,
-so the committed position never passes a mail still being sent. Every rebalance stops every
+A request's offset is acknowledged only once the mails to all its recipients are settled and
+their ledger entries written, so the committed position never passes a mail still being sent. Every rebalance stops every
 send on this worker before the partitions are given up, and forgets them: the requests are
 delivered again from the committed offsets, to whichever worker owns them next.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +31,7 @@ from faust.types import EventT
 
 from ...core.mail_retry import RetryPolicy
 from ...core.rejections import RejectCode
-from ...models.outputs import ALERT, Kind, Output, dead_letter, mail_id
+from ...models.outputs import ALERT, Kind, Output, dead_letter, mail_id, recipient_mail_id
 from ...sinks.email import (
     EVERY_RECIPIENT_REFUSED,
     SMTP_TRANSACTION_SECONDS,
@@ -35,8 +39,14 @@ from ...sinks.email import (
     SmtpMailer,
     smtp_tls_context,
 )
-from ...sinks.mail_text import MailCompositionError, compose_alert_mail, compose_fin_disabled_mail
-from ...sinks.outputs import compose
+from ...sinks.mail_text import (
+    MailCompositionError,
+    compose_alert_mail,
+    compose_fin_disabled_mail,
+    mail_recipients,
+    one_line,
+)
+from ...sinks.outputs import Sinks, compose
 from ..runtime.batches import by_source_partition, finish
 from ..runtime.commit_gate import acknowledge
 from ..runtime.consumer import before_handover
@@ -120,9 +130,10 @@ class Mailing:
             may_send=self._may_send,
         )
         metrics.mail_backlog.set_function(self.outbox.backlog)
-        # mail id -> the requests for it (more than one when it was requested again meanwhile),
-        # acknowledged together once the mail is settled.
-        self._requests: dict[str, list[EventT]] = {}
+        # ledger key of one recipient's mail -> the requests waiting for it (more than one when
+        # it was requested again meanwhile); a request is acknowledged once every one of its
+        # mails is settled.
+        self._requests: dict[str, list[_Request]] = {}
 
     def _may_send(self) -> bool:
         """No send starts while a rebalance (with its table recovery) runs or after transactions
@@ -164,30 +175,35 @@ class Mailing:
                             _keep_unacknowledged(event)
                             continue
                         try:
-                            await self._take_one(event)
+                            await self._take_one(event, sinks)
                         except Exception as error:
                             await dead_letter_failure(mw, sinks, "mail_billing_contacts", event, error)
                             acknowledge(mw.app, [event])
                 await finish(mw, sinks)
 
-    async def _take_one(self, event: EventT) -> None:
+    async def _take_one(self, event: EventT, sinks: Sinks) -> None:
         ledger = self.mw.tables.mails_sent
         request = orjson.loads(event.message.value)
-        key = mail_id(request["kind"], request["record"])
-        if ledger.get(key) is not None:  # settled before a restart or rebalance
+        request_id = mail_id(request["kind"], request["record"])
+        # Settled as a whole: a failed composition, or one mail to all its recipients recorded
+        # under the bare id.
+        if ledger.get(request_id) is not None:
             acknowledge(self.mw.app, [event])
             return
-        waiting = self._requests.get(key)
-        if waiting is not None:  # requested again while being sent: settled with the first
-            event.message.incref()
-            waiting.append(event)
+        if request.get("held_back") is not None:
+            await self._hold_back(event, sinks, request_id, request)
             return
         try:
-            message = self._compose(request)
+            mails = self._compose(request_id, request)
         except MailCompositionError as error:
             self.mw.metrics.emails_failed.labels("composition").inc()
             log.warning("mail not sent: %s", error)
-            await ledger.write(key, b"failed: composition")
+            await ledger.write(request_id, b"failed: composition")
+            acknowledge(self.mw.app, [event])
+            return
+        # Each recipient's mail settled before a restart or rebalance is not sent again.
+        unsettled = {key: mail for key, mail in mails.items() if ledger.get(key) is None}
+        if not unsettled:
             acknowledge(self.mw.app, [event])
             return
         await self.outbox.wait_for_room()
@@ -195,16 +211,40 @@ class Mailing:
             _keep_unacknowledged(event)
             return
         # One more reference: take_events' own acknowledgement of the batch is then not the
-        # last, and the offset stays uncommitted until the mail is settled.
+        # last, and the offset stays uncommitted until every one of its mails is settled.
         event.message.incref()
-        self._requests[key] = [event]
-        self.outbox.put(key, message, requested_at(event))
+        waiting = _Request(event, set(unsettled))
+        for key, message in unsettled.items():
+            requests = self._requests.get(key)
+            if requests is not None:  # requested again while being sent: settled with the first
+                requests.append(waiting)
+                continue
+            self._requests[key] = [waiting]
+            self.outbox.put(key, message, requested_at(event))
 
-    def _compose(self, request: dict[str, Any]) -> EmailMessage:
-        sender = self.mw.settings.smtp_from
+    async def _hold_back(self, event: EventT, sinks: Sinks, request_id: str, request: dict[str, Any]) -> None:
+        """A request over its workspace's hourly cap (core/mail_cap.py): none of its mails is
+        sent; it is dead-lettered (``mail_rate_limited``), counted, logged and recorded settled."""
+        mails = len(request.get("recipients") or ())
+        self.mw.metrics.emails_held_back.inc(mails)
+        reason = one_line(request["held_back"], 300)
+        log.warning("mail %r held back (%d mail(s)): %s", one_line(request_id), mails, reason)
+        record = _mail_dead_letter(event, RejectCode.MAIL_RATE_LIMITED, f"mail {request_id} held back: {reason}")
+        await sinks.publish((Output(Kind.DEAD_LETTER, _record_key(event), record),))
+        await self.mw.tables.mails_sent.write(request_id, b"failed: held back")
+        acknowledge(self.mw.app, [event])
+
+    def _compose(self, request_id: str, request: dict[str, Any]) -> dict[str, EmailMessage]:
+        """Ledger key -> the mail to one recipient only, for each valid recipient."""
+        sender, record = self.mw.settings.smtp_from, request["record"]
         if request["kind"] == ALERT:
-            return compose_alert_mail(request["record"], sender=sender)
-        return compose_fin_disabled_mail(request["record"], request["recipients"], sender=sender)
+            recipients, compose = record.get("recipients"), compose_alert_mail
+        else:
+            recipients, compose = request["recipients"], compose_fin_disabled_mail
+        return {
+            recipient_mail_id(request_id, recipient): compose(record, recipient, sender=sender)
+            for recipient in mail_recipients(request_id, recipients)
+        }
 
     async def _sent(self, key: str) -> None:
         self.mw.metrics.emails_sent.inc()
@@ -227,24 +267,37 @@ class Mailing:
         """Record the outcome in the ledger (and dead-letter a mail given up), then acknowledge
         its requests: never the other way round, so a crash in between sends it again rather
         than forgetting it."""
-        events = self._requests.get(key)
-        if not events:
+        requests = self._requests.get(key)
+        if not requests:
             return  # stopped by a rebalance meanwhile
         mw = self.mw
         async with mw.commit_gate.outside_batches() as admitted:
             if not admitted:
                 return  # transactions lost: delivered again after the rebalance
-            first = events[0]
+            first = requests[0].event
             with acting_for(first):
                 sinks = compose(mw.channels)
                 if given_up is not None:
-                    record = _given_up_record(first, key, given_up)
+                    record = _mail_dead_letter(first, RejectCode.MAIL_GIVEN_UP, f"mail {key} given up: {given_up}")
                     await sinks.publish((Output(Kind.DEAD_LETTER, _record_key(first), record),))
                 await mw.tables.mails_sent.write(key, outcome)
                 await sinks.flush()
-            if self._requests.get(key) is events:
+            if self._requests.get(key) is requests:
                 del self._requests[key]
-                acknowledge(mw.app, events)
+                acknowledge(mw.app, [request.event for request in requests if request.settled(key)])
+
+
+@dataclass
+class _Request:
+    """A mail request being served: its event and the ledger keys of its mails not yet settled."""
+
+    event: EventT
+    unsettled: set[str] = field(default_factory=set)
+
+    def settled(self, key: str) -> bool:
+        """Note that the mail under ``key`` is settled; True once all of this request's are."""
+        self.unsettled.discard(key)
+        return not self.unsettled
 
 
 def _keep_unacknowledged(event: EventT) -> None:
@@ -263,7 +316,7 @@ def _record_key(event: EventT) -> str | None:
         return None
 
 
-def _given_up_record(event: EventT, key: str, reason: str) -> dict[str, Any]:
+def _mail_dead_letter(event: EventT, code: str, text: str) -> dict[str, Any]:
     message = event.message
     return dead_letter(
         source_topic=message.topic,
@@ -271,7 +324,7 @@ def _given_up_record(event: EventT, key: str, reason: str) -> dict[str, Any]:
         offset=message.offset,
         key=message.key,
         value=message.value,  # the request (record and recipients); never the mail's body
-        code=RejectCode.MAIL_GIVEN_UP,
-        message=f"mail {key} given up: {reason}",
+        code=code,
+        message=text,
         at=datetime.now(UTC),
     )

@@ -11,11 +11,11 @@ What the test sent decides what must come out (never what the workers produced):
 
 - usage of every workspace and metric equals the sum of its distinct events;
 - every crossing of 50/80/100% of a threshold has exactly one record on ``usage.alerts`` (one per
-  ``alert_id`` and one per workspace, metric, level and period) and exactly one mail, and no
-  other alert or mail exists;
+  ``alert_id`` and one per workspace, metric, level and period) and exactly one mail to each
+  billing contact, addressed to that contact alone, and no other alert or mail exists;
 - every workspace's Fin transitions on ``usage.limits`` are exactly the ones its resolutions
   imply, in order, each once, alternating, the last one the state ``GET /usage`` shows; each
-  ``disabled`` one is mailed once;
+  ``disabled`` one is mailed once to each billing contact;
 - the one exception SMTP forces: a worker SIGKILLed right after the server took a mail, before
   the commit recording it, sends that mail again, as the same message (same ``Message-ID``,
   which mail clients show once). Such a copy is accepted only when a kill fell within
@@ -65,6 +65,7 @@ from tests.support.kill_verdicts import (
     alert_problems,
     counted_usage,
     diagnose_counts,
+    expected_mails,
     expected_usage,
     fin_problems,
     gap_summary,
@@ -314,10 +315,9 @@ async def observe_outcome(
     count_report = None if caught_up_after is not None else await diagnose_counts(pool, plans, deployment)
     crossings = set().union(*(p.crossings() for p in plans))
     fin_steps = [step for p in plans for step in p.fin_steps]
-    disabled_steps = [step for step in fin_steps if step[0] == "disabled"]
     alerts = await settled_records(bootstrap, prefix + "usage.alerts", len(crossings), timeout=90)
     transitions = await settled_records(bootstrap, prefix + "usage.limits", len(fin_steps), timeout=60)
-    mails = await settled_mails(smtp, len(crossings) + len(disabled_steps), timeout=120)
+    mails = await settled_mails(smtp, expected_mails(plans), timeout=120)
     dead_letters = await read_all(bootstrap, prefix + "usage.dead-letter", timeout=5)
     return Outcome(
         load_seconds,
@@ -342,7 +342,7 @@ def figures(outcome: Outcome, waves: list[Wave], pool: WorkerPool) -> str:
     distinct_events = sum(wave.distinct_events for wave in waves)
     crossings = set().union(*(p.crossings() for p in plans))
     fin_steps = [step for p in plans for step in p.fin_steps]
-    mails_expected = len(crossings) + sum(1 for step in fin_steps if step[0] == "disabled")
+    mails_expected = expected_mails(plans)
     caught_up = "NEVER" if outcome.caught_up_after is None else f"{outcome.caught_up_after:.0f}s after the load"
     return (
         f"figures: events sent {distinct_events} distinct in {sum(len(w.messages) for w in waves)} messages; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from email.utils import getaddresses
 
 from tests.support.kafka_io import apply_commands, produce, read_all
 from tests.support.messages import command, event
@@ -12,12 +13,13 @@ from tests.support.smtp import SmtpServer
 from tests.support.worker import WorkerProcess, eventually, http_get
 
 
-async def test_each_alert_and_fin_disable_mails_the_contacts_once(
+async def test_each_alert_and_fin_disable_mails_each_contact_once_in_a_mail_of_its_own(
     mailing_worker: WorkerProcess, smtp_server: SmtpServer, deployment: dict[str, str]
 ) -> None:
     bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
     prefix = deployment["METERWATCH_TOPIC_PREFIX"]
     ws = "ws_mail"
+    contacts = ["ana@example.com", "bo@example.com"]
     await apply_commands(
         deployment,
         [
@@ -32,21 +34,29 @@ async def test_each_alert_and_fin_disable_mails_the_contacts_once(
         bootstrap, prefix + "usage.events", [(ws.encode(), event(ws, "fin_resolutions", 1, f"c{i}")) for i in range(2)]
     )
 
-    mails = await eventually(lambda: smtp_server.mails if len(smtp_server.mails) >= 4 else None, timeout=30)
+    # 3 alerts (50, 80, 100%) and 1 Fin transition, each to 2 contacts: 8 mails.
+    mails = await eventually(lambda: smtp_server.mails if len(smtp_server.mails) >= 8 else None, timeout=30)
     time.sleep(2)  # anything extra would arrive now
     mails = smtp_server.mails
-    assert len(mails) == 4
+    assert len(mails) == 8
     alerts = await read_all(bootstrap, prefix + "usage.alerts", expect=3)
-    alert_ids = {a["alert_id"] for a in alerts}
-    mailed_alert_ids = {m.message["X-Meterwatch-Alert-Id"] for m in mails if m.message["X-Meterwatch-Alert-Id"]}
-    assert mailed_alert_ids == alert_ids
+    [transition] = await read_all(bootstrap, prefix + "usage.limits", expect=1)
+
+    # Every contact gets its own mail, addressed to it alone: no contact sees another's address.
     for mail in mails:
-        assert sorted(mail.recipients) == ["ana@example.com", "bo@example.com"]
+        [to] = mail.recipients
+        assert [address for _, address in getaddresses(mail.message.get_all("To", []))] == [to]
+        assert mail.message["Cc"] is None and mail.message["Bcc"] is None
+        others = [c for c in contacts if c != to]
+        assert not any(other in mail.message.as_string() for other in others)
+    record_of = [m.message["X-Meterwatch-Alert-Id"] or m.message["X-Meterwatch-Transition-Id"] for m in mails]
+    ids = [a["alert_id"] for a in alerts] + [transition["transition_id"]]
+    expected = [(record_id, contact) for record_id in ids for contact in contacts]
+    assert sorted(zip(record_of, (m.recipients[0] for m in mails), strict=True)) == sorted(expected)
+    assert len({m.message["Message-ID"] for m in mails}) == 8  # one per record and contact
+
     subjects = sorted(m.message["Subject"] for m in mails)
     assert any("80%" in s for s in subjects) and any("SMS" in s for s in subjects)
-    [fin_mail] = [m for m in mails if m.message["X-Meterwatch-Transition-Id"]]
-    [transition] = await read_all(bootstrap, prefix + "usage.limits", expect=1)
-    assert fin_mail.message["X-Meterwatch-Transition-Id"] == transition["transition_id"]
     body = next(m for m in mails if m.message["X-Meterwatch-Alert-Id"]).message.get_content()
     assert "100" in body
 

@@ -93,6 +93,8 @@ def mailer_for(
 
 
 def alert_mail(recipients: list[str], alert_id: str = "al_1") -> Any:
+    """An alert mail addressed to ``recipients``. The mailing stage gives each billing contact a
+    mail of its own; the transport also takes a mail to several, and answers for each of them."""
     record = {
         "alert_id": alert_id,
         "scope": "workspace",
@@ -106,7 +108,10 @@ def alert_mail(recipients: list[str], alert_id: str = "al_1") -> Any:
         "estimated_cost": {"amount": "12.40", "currency": "USD"},
         "recipients": recipients,
     }
-    return compose_alert_mail(record, sender=SENDER)
+    message = compose_alert_mail(record, recipients[0], sender=SENDER)
+    del message["To"]
+    message["To"] = ", ".join(recipients)
+    return message
 
 
 class Outcomes:

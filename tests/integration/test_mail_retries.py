@@ -1,8 +1,9 @@
 """Mail that keeps failing for now, through real worker processes, a real broker and a real SMTP
 server (aiosmtpd) that answers 4xx to chosen recipients (CONTRACT 4, 5.4, 5.6).
 
-A mail deferred for ever holds up no other; it is given up at ``METERWATCH_MAIL_GIVE_UP_AFTER``
-with a ``mail_given_up`` dead letter and a count, and never tried again, also after a restart;
+A mail deferred for ever holds up no other, not even the mail of the same alert to another
+billing contact; it is given up at ``METERWATCH_MAIL_GIVE_UP_AFTER`` with a ``mail_given_up``
+dead letter and a count, and never tried again, also after a restart;
 a rebalance while mails are being retried, or while a slow server has not yet answered a mail
 it took, sends none of them twice. SMTP credentials without TLS or STARTTLS stop the worker
 before it starts.
@@ -16,6 +17,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from email.utils import getaddresses
 from pathlib import Path
 
 import pytest
@@ -59,11 +61,16 @@ def give_up_quickly_worker(
 
 async def alert_to(deployment: dict[str, str], workspace: str, contact: str) -> None:
     """Set ``contact`` as the workspace's billing contact and cross its 10-message threshold."""
+    await alert_with_contacts(deployment, workspace, [contact])
+
+
+async def alert_with_contacts(deployment: dict[str, str], workspace: str, contacts: list[str]) -> None:
+    """Set ``contacts`` as the workspace's billing contacts and cross its 10-message threshold."""
     bootstrap, prefix = deployment["METERWATCH_KAFKA_BOOTSTRAP"], deployment["METERWATCH_TOPIC_PREFIX"]
     await apply_commands(
         deployment,
         [
-            command("billing_contacts", workspace, emails=[contact]),
+            command("billing_contacts", workspace, emails=contacts),
             command("alert_settings", workspace, metric="sms", threshold=10, early_warnings=False, enabled=True),
         ],
     )
@@ -138,6 +145,48 @@ async def test_a_mail_deferred_past_its_age_is_dead_lettered_counted_and_never_t
     assert smtp_recorder.attempts_for("stuck@example.com") == tried
     assert len(await read_all(bootstrap, prefix + "usage.dead-letter", timeout=2)) == 1
     assert smtp_server.mails == []
+
+
+async def test_a_contact_deferred_for_ever_holds_up_no_other_contact_and_is_given_up_alone(
+    give_up_quickly_worker: WorkerProcess,
+    smtp_server: SmtpServer,
+    smtp_recorder: DeferringRecorder,
+    deployment: dict[str, str],
+) -> None:
+    bootstrap, prefix = deployment["METERWATCH_KAFKA_BOOTSTRAP"], deployment["METERWATCH_TOPIC_PREFIX"]
+    worker = give_up_quickly_worker
+    smtp_recorder.deferred.add("stuck@example.com")
+    await alert_with_contacts(deployment, "ws-two", ["ana@example.com", "stuck@example.com"])
+    [alert] = await read_all(bootstrap, prefix + "usage.alerts", expect=1)
+
+    # Ana's mail arrives while the other contact's is still being retried, addressed to her alone.
+    [mail] = await eventually(lambda: smtp_server.mails or None, timeout=30)
+    assert mail.recipients == ["ana@example.com"]
+    assert [address for _, address in getaddresses(mail.message.get_all("To", []))] == ["ana@example.com"]
+    assert "stuck@example.com" not in mail.message.as_string()
+    assert mail.message["X-Meterwatch-Alert-Id"] == alert["alert_id"]
+    assert smtp_recorder.attempts_for("ana@example.com") == 1
+
+    # The deferred contact's mail alone is given up: one dead letter, one count.
+    [letter] = await read_all(bootstrap, prefix + "usage.dead-letter", expect=1, timeout=30)
+    assert letter["error"]["code"] == "mail_given_up"
+    assert alert["alert_id"] in letter["error"]["message"] and "451 4.3.0" in letter["error"]["message"]
+    assert "stuck@example.com" not in letter["error"]["message"] and BODY_MARKER not in letter["value"]
+    await eventually(lambda: metric(worker, "meterwatch_emails_failed_total", reason="given_up") == 1, timeout=10)
+    assert metric(worker, "meterwatch_emails_sent_total") == 1
+    assert metric(worker, "meterwatch_mail_backlog") == 0
+
+    # Both settled: after a restart the request is not mailed again to either contact.
+    tried = smtp_recorder.attempts_for("stuck@example.com")
+    worker.stop()
+    smtp_recorder.deferred.clear()
+    worker.start()
+    worker.wait_healthy()
+    await asyncio.sleep(3)
+    assert smtp_recorder.attempts_for("stuck@example.com") == tried
+    assert smtp_recorder.attempts_for("ana@example.com") == 1
+    assert len(smtp_server.mails) == 1
+    assert len(await read_all(bootstrap, prefix + "usage.dead-letter", timeout=2)) == 1
 
 
 async def test_a_rebalance_while_mail_is_retried_sends_each_mail_once(

@@ -8,6 +8,7 @@ import itertools
 import re
 import time
 from collections import Counter, defaultdict
+from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
 
@@ -323,6 +324,14 @@ def fin_problems(transitions: list[dict], plans: list[WorkspacePlan], workers: l
     return problems
 
 
+def expected_mails(plans: list[WorkspacePlan]) -> int:
+    """One mail per alert and Fin ``disabled`` transition to each billing contact."""
+    return sum(
+        len(set(p.contacts)) * (len(p.crossings()) + sum(1 for step in p.fin_steps if step[0] == "disabled"))
+        for p in plans
+    )
+
+
 def mail_problems(
     mails: list[ReceivedMail],
     alerts: list[dict],
@@ -330,40 +339,48 @@ def mail_problems(
     plans: list[WorkspacePlan],
     kill_times: list[float],
 ) -> list[str]:
+    """Each alert and Fin ``disabled`` transition mailed once to each of its workspace's billing
+    contacts, in a mail addressed to that contact alone; a copy counts twice unless a SIGKILL
+    explains it (the same Message-ID again: each contact's mail of a record has its own)."""
     contacts = {p.workspace: sorted(p.contacts) for p in plans}
-    first_copies, _ = split_resends_after_kills(mails, kill_times)
-    mailed_alerts = Counter(
-        m.message["X-Meterwatch-Alert-Id"] for m in first_copies if m.message["X-Meterwatch-Alert-Id"]
-    )
-    mailed_transitions = Counter(
-        m.message["X-Meterwatch-Transition-Id"] for m in first_copies if m.message["X-Meterwatch-Transition-Id"]
-    )
-    alert_ids = {a["alert_id"] for a in alerts}
-    disabled_ids = {t["transition_id"] for t in transitions if t["state"] == "disabled"}
-    problems = []
-    for kind, mailed, ids in (
-        ("alert", mailed_alerts, alert_ids),
-        ("Fin transition", mailed_transitions, disabled_ids),
-    ):
-        if missing := ids - mailed.keys():
-            problems.append(f"{len(missing)} {kind}s never mailed: {sorted(missing)[:10]}")
-        if doubles := doubled(mailed):
-            copies = {
-                i: [(m.message["Message-ID"], f"{m.received_at:.1f}") for m in mails if i in m.message.values()]
-                for i in doubles
-            }
-            problems.append(
-                f"{kind}s mailed more than once, no SIGKILL explaining it (Message-IDs, received at): {copies}; "
-                f"kills at {[f'{k:.1f}' for k in kill_times]}"
-            )
-        if unexpected := mailed.keys() - ids:
-            problems.append(f"mails for no published {kind}: {sorted(unexpected)[:10]}")
     workspace_of = {a["alert_id"]: a["workspace_id"] for a in alerts} | {
         t["transition_id"]: t["workspace_id"] for t in transitions
     }
+    first_copies, _ = split_resends_after_kills(mails, kill_times)
+    problems = []
+    for kind, header, ids in (
+        ("alert", "X-Meterwatch-Alert-Id", {a["alert_id"] for a in alerts}),
+        (
+            "Fin transition",
+            "X-Meterwatch-Transition-Id",
+            {t["transition_id"] for t in transitions if t["state"] == "disabled"},
+        ),
+    ):
+        mailed = Counter((m.message[header], tuple(m.recipients)) for m in first_copies if m.message[header])
+        expected = {(i, (contact,)) for i in ids for contact in contacts.get(workspace_of[i], [])}
+        if missing := expected - mailed.keys():
+            problems.append(f"{len(missing)} {kind} mails never sent (id, recipient): {sorted(missing)[:10]}")
+        if doubles := doubled(mailed):
+            copies = {
+                i: [
+                    (m.message["Message-ID"], f"{m.received_at:.1f}")
+                    for m in mails
+                    if i[0] in m.message.values() and tuple(m.recipients) == i[1]
+                ]
+                for i in doubles
+            }
+            problems.append(
+                f"{kind}s mailed more than once to a contact, no SIGKILL explaining it (Message-IDs, received at): "
+                f"{copies}; kills at {[f'{k:.1f}' for k in kill_times]}"
+            )
+        if unexpected := mailed.keys() - expected:
+            problems.append(f"{kind} mails for no published {kind} or to no contact of it: {sorted(unexpected)[:10]}")
     for mail in mails:
         record_id = mail.message["X-Meterwatch-Alert-Id"] or mail.message["X-Meterwatch-Transition-Id"]
-        workspace = workspace_of.get(record_id)
-        if workspace is not None and sorted(mail.recipients) != contacts.get(workspace):
-            problems.append(f"mail {record_id} went to {mail.recipients}, not {workspace}'s contacts")
+        to = [address for _, address in getaddresses(mail.message.get_all("To", []))]
+        if len(mail.recipients) != 1 or to != mail.recipients:
+            problems.append(f"mail {record_id} addressed To {to}, sent to {mail.recipients}: not one contact alone")
+    message_ids = Counter((m.message["Message-ID"], tuple(m.recipients)) for m in first_copies)
+    if len({message_id for message_id, _ in message_ids}) != len(message_ids):
+        problems.append("one Message-ID used for mails to different contacts")
     return problems

@@ -59,8 +59,9 @@ def header_lines(raw: bytes) -> list[bytes]:
     return head.split(b"\r\n")
 
 
-def mail_problems(mail: RawMail, recipients: tuple[str, ...], id_header: str, sender: str) -> list[str]:
-    """What is wrong with one received mail; empty when it is what the billing contacts should get."""
+def mail_problems(mail: RawMail, contacts: tuple[str, ...], id_header: str, sender: str) -> list[str]:
+    """What is wrong with one received mail; empty when it is what one of the billing contacts
+    ``contacts`` should get: a mail addressed to that contact alone."""
     problems = []
     lines = header_lines(mail.raw)
     if any(b"\r" in line or b"\n" in line for line in lines):
@@ -78,9 +79,9 @@ def mail_problems(mail: RawMail, recipients: tuple[str, ...], id_header: str, se
             problems.append(f"{name} holds a line break: {str(value)!r}")
     if parseaddr(str(message["From"]))[1] != sender or mail.envelope_from != sender:
         problems.append(f"sender {message['From']!r} / {mail.envelope_from!r}")
-    to = sorted(address for _, address in getaddresses([str(value) for value in message.get_all("To", [])]))
-    if to != sorted(recipients) or sorted(mail.envelope_to) != sorted(recipients):
-        problems.append(f"recipients To={to} envelope={sorted(mail.envelope_to)}, expected {sorted(recipients)}")
+    to = [address for _, address in getaddresses([str(value) for value in message.get_all("To", [])])]
+    if len(to) != 1 or list(mail.envelope_to) != to or to[0] not in contacts:
+        problems.append(f"recipients To={to} envelope={list(mail.envelope_to)}, expected one of {sorted(contacts)}")
     if any(unicodedata.category(char) in UNPRINTABLE for char in str(message["Subject"])):
         problems.append(f"subject {str(message['Subject'])!r}")
     return problems

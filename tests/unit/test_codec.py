@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from meterwatch.core.alerts import AlertSetting, AlertState, ContractAlertState, ScheduledSetting
 from meterwatch.core.contract_usage import ContractPeriod, ContractUsage
 from meterwatch.core.fin_limit import FinState, LimitSetting
+from meterwatch.core.mail_cap import MailHour
 from meterwatch.core.metering import MetricTally, PeriodTally, WorkspaceUsage
 from meterwatch.core.periods import BillingPeriod
 from meterwatch.core.workspace import ContractOthers, WorkspaceState
@@ -70,7 +71,10 @@ def workspace_states(draw: st.DrawFn) -> WorkspaceState:
     )
     fin = draw(st.none() | st.builds(lambda p: FinState("ws", "disabled", p, 3, LimitSetting(3, True), 1), periods()))
     recent = draw(st.dictionaries(st.text(min_size=1, max_size=12), st.integers(0, 2**45), max_size=3))
-    return WorkspaceState(usage=usage, contract_others=others, fin=fin, recent_commands=MappingProxyType(recent))
+    mail_hour = draw(st.none() | st.builds(MailHour, st.integers(0, 2**31), st.integers(0, 10**6)))
+    return WorkspaceState(
+        usage=usage, contract_others=others, fin=fin, recent_commands=MappingProxyType(recent), mail_hour=mail_hour
+    )
 
 
 def _times_as_text(value: Any) -> Any:
@@ -136,6 +140,21 @@ def test_values_without_signed_commands_store_no_trace_of_them() -> None:
     assert "recent_commands" not in orjson.loads(encode_workspace(WorkspaceState()))
     assert "recent_commands" not in orjson.loads(encode_contract_usage(ContractUsage()))
     assert decode_workspace(encode_workspace(WorkspaceState())) == WorkspaceState()
+
+
+def test_a_workspace_with_no_mail_asked_for_stores_no_mail_hour_and_older_values_read_back() -> None:
+    assert "mail_hour" not in orjson.loads(encode_workspace(WorkspaceState()))
+    # A value written before the hourly mail cap existed: no "mail_hour" key at all.
+    older = orjson.dumps(
+        {"usage": {"tallies": {}, "applied_through": 41}, "profile": {"billing_contacts": ["a@example.com"],
+         "contract": None}, "alerts": {}, "contract_others": None, "fin": None}
+    )  # fmt: skip
+    state = decode_workspace(older)
+    assert state is not None and state.mail_hour is None and state.usage.applied_through == 41
+    assert state.profile.billing_contacts == ("a@example.com",)
+    counted = WorkspaceState(mail_hour=MailHour(494_000, 7))
+    assert orjson.loads(encode_workspace(counted))["mail_hour"] == [494_000, 7]
+    assert decode_workspace(encode_workspace(counted)) == counted
 
 
 def test_who_made_a_setting_and_when_is_kept() -> None:

@@ -35,7 +35,8 @@ from meterwatch.models.internal import RowPacker
 from meterwatch.models.outputs import Kind
 
 WORKSPACE = "ws_1"
-CONFIG = StepConfig(window_ms=24 * 3600 * 1000, mail_enabled=True)
+# Small caps, so the random streams also reach them: contacts rejected, mail held back.
+CONFIG = StepConfig(window_ms=24 * 3600 * 1000, mail_enabled=True, max_billing_contacts=3, max_mails_per_hour=5)
 ADDITIVE = ["messages_sent", "phone", "sms", "whatsapp", "email"]
 # Near a month's end in UTC and in Dublin, and near the 15th (the contract's anchor).
 BASES = [datetime(2026, 11, 30, 22, tzinfo=UTC), datetime(2026, 12, 14, 23, 30, tzinfo=UTC)]
@@ -101,7 +102,8 @@ def commands(draw: st.DrawFn) -> dict[str, Any]:
             "enabled": draw(st.booleans()),
         }
     if kind == "billing_contacts":
-        return {"type": kind, "command_id": command_id, "emails": ["billing@example.com"]}
+        emails = [f"billing{i}@example.com" for i in range(draw(st.integers(0, 4)))]
+        return {"type": kind, "command_id": command_id, "emails": emails}
     if kind == "tick":
         return {"type": "period_tick"}
     return {
