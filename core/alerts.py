@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Literal
 
-from .periods import BillingPeriod
+from .periods import BillingCycle, BillingPeriod
 
 __all__ = [
     "CONTRACT_LEVELS",
@@ -196,6 +196,19 @@ def roll_to(state: AlertState, period: BillingPeriod) -> AlertState:
     if scheduled is not None and scheduled.effective_from <= period.start:
         setting, scheduled = scheduled.setting, None
     return AlertState(period=period, setting=setting, scheduled=scheduled, alerted=frozenset())
+
+
+def onto_cycle(state: AlertState, cycle: BillingCycle) -> AlertState:
+    """The state re-based on ``cycle`` when the workspace's billing cycle changes (it joins or
+    leaves a contract): its period becomes the new cycle's period containing the old one's start.
+
+    Without this, a period of the new cycle that starts before the old period would be judged
+    "earlier" and its usage never alerted. The setting, a scheduled setting and the levels already
+    alerted are kept: nobody is told twice about a level in the same stretch of time.
+    """
+    if state.period is None or cycle.has_period(state.period):
+        return state
+    return replace(state, period=cycle.period_containing(state.period.start))
 
 
 def judge_usage(

@@ -48,7 +48,7 @@ from ...models.internal import (
     row_as_json,
 )
 from ...models.outputs import ALERT, FIN_DISABLED, RecordedOutputs, dead_letter, limit_record, notification_record
-from ..alerts import levels_of
+from ..alerts import levels_of, onto_cycle
 from ..contract_usage import WorkspaceReport
 from ..dedupe import FirstSeen, is_repeat
 from ..fin_limit import Transition
@@ -493,6 +493,9 @@ class _Step:
             self.state.profile, self.workspace_id, command, self.config.max_billing_contacts
         )
         self.state = replace(self.state, profile=profile)
+        if profile.cycle != before.cycle:
+            alerts = {metric: onto_cycle(alert, profile.cycle) for metric, alert in self.state.alerts.items()}
+            self.state = replace(self.state, alerts=MappingProxyType(alerts))
         if profile.contract is not None and profile.contract != before.contract:
             # A new contract learns what this workspace has used so far, and whom to tell.
             for metric, tally in self.state.usage.tallies.items():

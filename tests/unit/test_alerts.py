@@ -27,6 +27,7 @@ from meterwatch.core.alerts import (
     judge_contract_usage,
     judge_usage,
     levels_of,
+    onto_cycle,
     reaches_level,
     roll_contract_to,
     roll_to,
@@ -682,3 +683,25 @@ def test_contract_levels_alert_at_most_once_in_increasing_order(included: int, s
         usage = after
     assert levels == sorted(set(levels))
     assert set(levels) <= {80, 100}
+
+
+CYCLES = [BillingCycle(1, "UTC"), BillingCycle(15, "Europe/Dublin"), BillingCycle(31, "America/St_Johns")]
+
+
+@given(
+    at=st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2030, 1, 1), timezones=st.just(UTC)),
+    old=st.sampled_from(CYCLES),
+    new=st.sampled_from(CYCLES),
+    used=st.integers(1, 2000),
+)
+@settings(max_examples=200, deadline=None)
+def test_a_new_billing_cycle_moves_the_alert_onto_its_own_period_and_usage_there_still_alerts(
+    at: datetime, old: BillingCycle, new: BillingCycle, used: int
+) -> None:
+    period = old.period_containing(at)
+    state = AlertState(period=period, setting=AlertSetting(100, early_warnings=True, enabled=True))
+    moved = onto_cycle(state, new)
+    assert new.has_period(moved.period) and moved.period.contains(period.start)
+    assert (moved.setting, moved.scheduled, moved.alerted) == (state.setting, state.scheduled, state.alerted)
+    _, reached = judge_usage(moved, 0, used, moved.period)
+    assert (reached is not None) == (used >= 50)

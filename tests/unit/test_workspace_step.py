@@ -434,3 +434,36 @@ def test_ids_no_copy_of_which_could_be_fresh_are_forgotten() -> None:
     assert set(state.recent_commands) == {"cmd-new"}
     state, _ = apply_commands(state, [alert_command("cmd-newer", 300, NOON + timedelta(minutes=5))], SIGNED)
     assert set(state.recent_commands) == {"cmd-new", "cmd-newer"}
+
+
+def test_an_alert_set_before_the_workspace_joins_a_contract_alerts_in_the_contracts_period() -> None:
+    """Set in the calendar month that began on 1 December, then moved onto a contract whose period
+    began on 15 November: usage of the contract's period still reaches the alert's levels."""
+    terms = {
+        "type": "contract_terms",
+        "contract_id": "c_1",
+        "command_id": "sub-1",
+        "workspace_ids": [WORKSPACE],
+        "billing_anchor": "2026-01-15",
+        "timezone": "Europe/Dublin",
+        "currency": "EUR",
+        "prices": {},
+    }
+    state, _ = apply_commands(WorkspaceState(), [alert_command("a-1", 10), terms], CONFIG)
+    assert state.alerts["sms"].period.start == datetime(2026, 11, 15, tzinfo=UTC)
+    rows = [
+        {
+            "event_id": f"late-{i}",
+            "metric": "sms",
+            "quantity": 3,
+            "occurred_at": _iso(datetime(2026, 11, 20 + i, 10, tzinfo=UTC)),
+            "conversation_id": None,
+            "received_ms": _ms(NOON),
+        }
+        for i in range(4)
+    ]
+    out = BatchOutputs()
+    step(WORKSPACE, state, _messages([("rows", rows)], state.usage.applied_through + 1), {}, CONFIG, out)
+    assert [(a["level"], a["usage"], a["period_start"]) for a in out.outputs.of(Kind.ALERT)] == [
+        (100, 12, "2026-11-15T00:00:00Z")
+    ]
