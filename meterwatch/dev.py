@@ -22,11 +22,13 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from .brokers.embedded import EmbeddedBroker
 from .brokers.probe import wait_for_broker
 from .config import Settings
-from .demo import CONTRACT_WORKSPACES, WORKSPACES, setup_commands, usage_events
+from .demo import CONTRACT_ID, CONTRACT_WORKSPACES, WORKSPACES, LiveUsage, backfill, cycle_of, setup_commands
+from .dev_mailbox import LocalMailbox
 from .models.signing import signature_header
 from .processes import signal_when_parent_dies
 from .streams.topics import (
@@ -102,7 +104,13 @@ def run_dev(settings: Settings, *, events_per_second: float, duration: float | N
 def _run_dev(settings: Settings, scratch: str, stop: _StopSignals, rate: float, duration: float | None) -> int:
     broker: EmbeddedBroker | None = None
     worker: subprocess.Popen[bytes] | None = None
+    account = _Account()
     try:
+        if settings.smtp_host is None:
+            # Kept after we stop, unlike the scratch directory: the mails are the demo's to show.
+            path = os.path.join(tempfile.gettempdir(), f"meterwatch-dev-mail-{os.getpid()}.mbox")
+            account.mailbox = LocalMailbox(path, _on_mail).start()
+            _say(f"no SMTP server configured: mails go to a local one on port {account.mailbox.port}, kept in {path}")
         bootstrap = settings.kafka_bootstrap
         if bootstrap is None:
             broker = EmbeddedBroker(log_path=os.path.join(scratch, "broker.log")).start()
@@ -111,8 +119,8 @@ def _run_dev(settings: Settings, scratch: str, stop: _StopSignals, rate: float, 
         else:
             _say(f"using the Kafka cluster at {bootstrap}")
         keys = _dev_keys(settings)
-        worker = _start_worker(settings, bootstrap, scratch, keys)
-        return asyncio.run(_run(settings, bootstrap, worker, rate, duration, stop, keys))
+        worker = _start_worker(settings, bootstrap, scratch, keys, account.mailbox)
+        return asyncio.run(_run(settings, bootstrap, worker, rate, duration, stop, keys, account))
     except (KeyboardInterrupt, asyncio.CancelledError):
         if stop.received is None:
             raise
@@ -125,6 +133,8 @@ def _run_dev(settings: Settings, scratch: str, stop: _StopSignals, rate: float, 
             _stop_process(worker, timeout=_worker_shutdown_timeout(settings).total_seconds() + 1)
         if broker is not None:
             broker.stop()
+        if account.mailbox is not None:
+            account.mailbox.stop()
         if worker is not None or broker is not None:
             _say("stopped the worker" + (" and the broker" if broker else "") + "; bye")
 
@@ -141,12 +151,16 @@ def _dev_keys(settings: Settings) -> Keys | None:
     return Keys.load(secret or secrets.token_urlsafe(32), settings.auth_jwks)
 
 
-def _start_worker(settings: Settings, bootstrap: str, scratch: str, keys: Keys | None) -> subprocess.Popen[bytes]:
+def _start_worker(
+    settings: Settings, bootstrap: str, scratch: str, keys: Keys | None, mailbox: LocalMailbox | None
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "METERWATCH_KAFKA_BOOTSTRAP": bootstrap,
         "METERWATCH_SHUTDOWN_TIMEOUT": str(_worker_shutdown_timeout(settings).total_seconds()),
     }
+    if mailbox is not None:
+        env |= {"METERWATCH_SMTP_HOST": "127.0.0.1", "METERWATCH_SMTP_PORT": str(mailbox.port)}
     if keys is not None and keys.secret is not None:
         env["METERWATCH_AUTH_SECRET"] = keys.secret.decode()
     if settings.kafka_bootstrap is None:
@@ -191,24 +205,31 @@ async def _run(
     duration: float | None,
     stop: _StopSignals,
     keys: Keys | None,
+    account: _Account,
 ) -> int:
     current = asyncio.current_task()
     assert current is not None
     stop.attach(current)
     base = f"http://127.0.0.1:{settings.web_port}"
+    valid_for = timedelta(seconds=duration) if duration else _LINKS_VALID_FOR
+    service = keys.mint(datetime.now(UTC), valid_for, service=True, subject="meterwatch-dev") if keys else None
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     tasks: list[asyncio.Task[Any]] = []
+    consuming = False
     try:
         await wait_for_broker(bootstrap, timeout=30)
         await producer.start()
         await _wait_until_healthy(base, worker)
+        consuming = True
+        outputs = await _output_reader(settings, bootstrap)
         _say("meterwatch is consuming. Look at:")
-        for line in _links(base, keys, timedelta(seconds=duration) if duration else _LINKS_VALID_FOR):
+        for line in _links(base, keys, valid_for):
             _say(line)
         _say("Ctrl-C stops everything.")
+        usage = _Usage(base, service)
         tasks = [
-            asyncio.create_task(_send_demo_usage(settings, producer, rate)),
-            asyncio.create_task(_report_outputs(settings, bootstrap)),
+            asyncio.create_task(_report_outputs(settings, outputs, account)),
+            asyncio.create_task(_play_demo(settings, producer, rate, account, usage)),
             asyncio.create_task(_watch_worker(worker)),
         ]
         if duration is not None:
@@ -224,12 +245,128 @@ async def _run(
             task.cancel()
         # Bounded: the stop budget must hold even if the broker no longer answers.
         closing = [*tasks, asyncio.create_task(producer.stop())]
+        if consuming:
+            closing.append(asyncio.create_task(_summarise(account, base, service, settings)))
         await asyncio.wait(closing, timeout=_TRAFFIC_STOP_SECONDS)
         for task in closing:
             if not task.done():
                 task.cancel()
             elif not task.cancelled():
                 task.exception()  # retrieved: an error while stopping is expected, not news
+
+
+class _Account:
+    """What the demo did and what came of it, for the summary when it stops."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.alerts = 0
+        self.fin_changes = 0
+        self.dead_letters = 0
+        self.mailbox: LocalMailbox | None = None
+        self.results: dict[str, dict[str, Any]] = {}
+
+    def note(self, topic: str, record: dict[str, Any]) -> None:
+        if topic == USAGE_ALERTS:
+            self.alerts += 1
+        elif topic == USAGE_LIMITS:
+            self.fin_changes += 1
+        elif topic == USAGE_DEAD_LETTER:
+            self.dead_letters += 1
+        else:
+            self.results[record["command_id"]] = record
+
+    async def answered(self, command_ids: set[str], timeout: float) -> dict[str, dict[str, Any]]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not command_ids <= self.results.keys():
+            if asyncio.get_running_loop().time() > deadline:
+                missing = ", ".join(sorted(command_ids - self.results.keys()))
+                raise SystemExit(f"meterwatch dev: no answer to the demo's commands {missing} in {timeout:.0f}s")
+            await asyncio.sleep(0.2)
+        return {command_id: self.results[command_id] for command_id in command_ids}
+
+
+class _Usage:
+    """The worker's usage API, as the demo reads it."""
+
+    def __init__(self, base: str, token: str | None) -> None:
+        self.base, self.token = base, token
+
+    async def period_start(self, workspace_id: str) -> datetime | None:
+        status, body = await _http_get(f"{self.base}/usage/{workspace_id}", self.token)
+        return datetime.fromisoformat(orjson.loads(body)["period_start"]) if status == 200 else None
+
+    async def metrics(self) -> dict[str, float]:
+        status, body = await _http_get(f"{self.base}/metrics", self.token)
+        if status != 200:
+            return {}
+        totals: dict[str, float] = {}
+        for family in text_string_to_metric_families(body.decode()):
+            for sample in family.samples:
+                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+        return totals
+
+
+async def _play_demo(
+    settings: Settings, producer: AIOKafkaProducer, rate: float, account: _Account, usage: _Usage
+) -> None:
+    """Settings first, then the period so far, then usage as it happens."""
+    # The contract first, as a product onboards a customer: its workspaces' settings, and the usage
+    # that follows, then belong to the contract's billing periods.
+    subscription, *settings_commands = setup_commands(datetime.now(UTC))
+    await _send_commands(settings, producer, account, [subscription])
+    for workspace in CONTRACT_WORKSPACES:
+        expected = cycle_of(workspace).period_containing(datetime.now(UTC)).start
+        deadline = asyncio.get_running_loop().time() + 60
+        while await usage.period_start(workspace) != expected:
+            if asyncio.get_running_loop().time() > deadline:
+                raise SystemExit(f"meterwatch dev: {workspace} did not join contract {CONTRACT_ID} within 60s")
+            await asyncio.sleep(0.3)
+    await _send_commands(settings, producer, account, settings_commands)
+    rng = random.Random()
+    filled = backfill(datetime.now(UTC), rng)
+    topic = settings.topic(USAGE_EVENTS)
+    sending = [await producer.send(topic, orjson.dumps(e), key=e["workspace_id"].encode()) for e in filled.events]
+    await asyncio.gather(*sending)
+    account.sent += len(filled.events)
+    _say(f"DEMO   backfilled {len(filled.events)} events, the billing period so far: " + "; ".join(filled.notes))
+    live = LiveUsage(filled, rng)
+    while True:
+        event, note = live.next(datetime.now(UTC))
+        await producer.send(topic, orjson.dumps(event), key=event["workspace_id"].encode())
+        account.sent += 1
+        if note is not None:
+            _say(f"DEMO   {note}")
+        await asyncio.sleep(rng.expovariate(rate))
+
+
+async def _send_commands(
+    settings: Settings, producer: AIOKafkaProducer, account: _Account, commands: list[tuple[str, dict[str, Any]]]
+) -> None:
+    signing = settings.command_signing_keys
+    key_id, secret = next(iter(signing.items())) if signing else (None, b"")
+    for key, command in commands:
+        value = orjson.dumps(command)
+        # With METERWATCH_COMMAND_KEYS set, the demo signs as the product's settings service would.
+        headers = [signature_header(value, key_id, secret)] if key_id is not None else None
+        await producer.send_and_wait(settings.topic(USAGE_CONTROL), value, key=key.encode(), headers=headers)
+    results = await account.answered({command["command_id"] for _, command in commands}, timeout=60)
+    if any(result["status"] != "applied" for result in results.values()):
+        _say("some of the demo's settings were not applied (see above); the demo goes on all the same")
+
+
+async def _summarise(account: _Account, base: str, token: str | None, settings: Settings) -> None:
+    metrics = await _Usage(base, token).metrics()
+    counted = int(metrics.get("meterwatch_events_counted_total", 0))
+    repeats = int(metrics.get("meterwatch_events_repeated_total", 0))
+    if account.mailbox is not None:
+        mails = f"mails: {account.mailbox.received} (in {account.mailbox.path})"
+    else:
+        mails = f"mails: {int(metrics.get('meterwatch_emails_sent_total', 0))} (to {settings.smtp_host})"
+    _say(
+        f"SUMMARY events sent: {account.sent}, counted: {counted}, repeats skipped: {repeats}, "
+        f"dead letters: {account.dead_letters}, alerts: {account.alerts}, Fin changes: {account.fin_changes}, {mails}"
+    )
 
 
 _LINKS_VALID_FOR = timedelta(hours=24)
@@ -265,58 +402,66 @@ async def _wait_until_healthy(base: str, worker: subprocess.Popen[bytes]) -> Non
     while True:
         if worker.poll() is not None:
             raise SystemExit(f"meterwatch dev: the worker exited with code {worker.returncode}; see its log above")
-        if await _http_status(f"{base}/health") == 200:
+        status, _ = await _http_get(f"{base}/health")
+        if status == 200:
             return
         await asyncio.sleep(0.5)
 
 
-async def _http_status(url: str) -> int | None:
+async def _http_get(url: str, token: str | None = None) -> tuple[int | None, bytes]:
+    """(status, body) of a GET over HTTP/1.0, or (None, b"") if the server does not answer."""
     host_port, _, path = url.removeprefix("http://").partition("/")
     host, _, port = host_port.partition(":")
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 2)
     except (TimeoutError, OSError):
-        return None
+        return None, b""
+    authorization = f"Authorization: Bearer {token}\r\n" if token else ""
     try:
-        writer.write(f"GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        writer.write(f"GET /{path} HTTP/1.0\r\nHost: {host}\r\n{authorization}\r\n".encode())
         await writer.drain()
-        status_line = await asyncio.wait_for(reader.readline(), 5)
-        return int(status_line.split()[1])
+        response = await asyncio.wait_for(reader.read(), 5)
+        head, _, body = response.partition(b"\r\n\r\n")
+        return int(head.split(maxsplit=2)[1]), body
     except (TimeoutError, OSError, IndexError, ValueError):
-        return None
+        return None, b""
     finally:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
 
 
-async def _send_demo_usage(settings: Settings, producer: AIOKafkaProducer, rate: float) -> None:
-    from datetime import datetime
-
-    signing = settings.command_signing_keys
-    key_id, secret = next(iter(signing.items())) if signing else (None, b"")
-    for key, command in setup_commands(datetime.now(UTC)):
-        value = orjson.dumps(command)
-        # With METERWATCH_COMMAND_KEYS set, the demo signs as the product's settings service would.
-        headers = [signature_header(value, key_id, secret)] if key_id is not None else None
-        await producer.send_and_wait(settings.topic(USAGE_CONTROL), value, key=key.encode(), headers=headers)
-    rng = random.Random()
-    for event in usage_events(rng):
-        await producer.send(settings.topic(USAGE_EVENTS), orjson.dumps(event), key=event["workspace_id"].encode())
-        await asyncio.sleep(rng.expovariate(rate))
+_REPORTED = (USAGE_ALERTS, USAGE_LIMITS, USAGE_COMMAND_RESULTS, USAGE_DEAD_LETTER)
 
 
-async def _report_outputs(settings: Settings, bootstrap: str) -> None:
-    topics = {
-        settings.topic(name): name for name in (USAGE_ALERTS, USAGE_LIMITS, USAGE_COMMAND_RESULTS, USAGE_DEAD_LETTER)
-    }
+async def _output_reader(settings: Settings, bootstrap: str) -> AIOKafkaConsumer:
+    """A reader of what meterwatch publishes, placed at the end of each topic before the demo sends anything."""
+    topics = [settings.topic(name) for name in _REPORTED]
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="latest", group_id=None)
     await consumer.start()
+    # Without a group every partition of the topics is assigned, once their metadata has arrived.
+    while {partition.topic for partition in consumer.assignment()} != set(topics):
+        await asyncio.sleep(0.1)
+    partitions = list(consumer.assignment())
+    await consumer.seek_to_end(*partitions)
+    for partition in partitions:
+        await consumer.position(partition)
+    return consumer
+
+
+async def _report_outputs(settings: Settings, consumer: AIOKafkaConsumer, account: _Account) -> None:
+    topics = {settings.topic(name): name for name in _REPORTED}
     try:
         async for message in consumer:
-            _say(_describe(topics[message.topic], orjson.loads(message.value)))
+            topic, record = topics[message.topic], orjson.loads(message.value)
+            account.note(topic, record)
+            _say(_describe(topic, record))
     finally:
         await consumer.stop()
+
+
+def _on_mail(recipients: list[str], subject: str) -> None:
+    _say(f"MAIL   to {', '.join(recipients)}: {subject}")
 
 
 def _describe(topic: str, record: dict[str, Any]) -> str:

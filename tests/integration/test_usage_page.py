@@ -7,7 +7,6 @@ them. Screenshots land in ``tests/artifacts/``.
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -16,20 +15,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from tests.support.browser import ARTIFACTS, chromium_available, full_page_screenshot, start_browser
 from tests.support.kafka_io import produce, read_all
 from tests.support.messages import bare_command, command, event
 from tests.support.worker import WorkerProcess, eventually, http_get, token_for
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-
-webdriver = pytest.importorskip("selenium.webdriver")
-if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+if not chromium_available():
     pytest.skip("needs Debian's chromium and chromium-driver packages", allow_module_level=True)
 
-from selenium.webdriver.chrome.options import Options  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
@@ -40,36 +33,11 @@ CONTRACT = "c_page"
 OTHER = "ws_page_other"  # a workspace the page's token does not name
 ZONE = "America/New_York"
 ANCHOR_DAY = 15
-CHROMIUM_FLAGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-]
 
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[WebDriver]:
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
-    options.add_argument("--window-size=1280,900")
-    options.add_argument("--lang=en-US")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # Both paths given explicitly: Selenium Manager is never asked to find or download anything.
-    service = Service(executable_path=str(CHROMEDRIVER), log_output=str(tmp_path / "chromedriver.log"))
-    driver = webdriver.Chrome(options=options, service=service)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    yield from start_browser(tmp_path)
 
 
 # ---- what the test sends -------------------------------------------------------------------
@@ -140,16 +108,6 @@ def assert_charts_are_named(driver: WebDriver) -> None:
             continue
         assert svg.get_attribute("role") == "img", svg.get_attribute("outerHTML")[:200]
         assert svg.accessible_name, svg.get_attribute("outerHTML")[:200]
-
-
-def full_page_screenshot(driver: WebDriver, path: Path) -> None:
-    time.sleep(0.5)  # the charts redraw for a new width
-    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
-    clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
-    shot = driver.execute_cdp_cmd(
-        "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
-    )
-    path.write_bytes(base64.b64decode(shot["data"]))
 
 
 async def test_the_usage_page_shows_the_period_charts_and_costs_and_follows_usage(

@@ -1,0 +1,194 @@
+"""``meterwatch dev`` as a new user runs it: the billing period so far is backfilled, then a story
+plays live. Checked from outside, through the usage API and the topics of the broker dev starts.
+
+The usage page after the backfill and the live story is photographed into
+``tests/artifacts/usage-page-demo.png`` (and its first screen, ``…-first-screen.png``) when Debian's
+chromium and chromium-driver are installed (CI installs them).
+"""
+
+from __future__ import annotations
+
+import mailbox
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from datetime import UTC, date, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from tests.support.browser import ARTIFACTS, chromium_available, full_page_screenshot, start_browser
+from tests.support.kafka_io import read_all
+from tests.support.worker import TEST_AUTH_SECRET, eventually, free_port, http_get, token_for
+
+ZONES = {"ws_acme_eu": "Europe/Dublin", "ws_acme_us": "Europe/Dublin", "ws_globex": "UTC"}
+ADDITIVE = ("messages_sent", "email", "sms", "whatsapp", "phone")
+LINE = "[meterwatch dev] "
+
+
+class Dev:
+    def __init__(self, tmp_path: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("METERWATCH_")}
+        (tmp_path / "tmp").mkdir()
+        self.port = free_port()
+        env |= {"TMPDIR": str(tmp_path / "tmp"), "METERWATCH_WEB_PORT": str(self.port)}
+        env["METERWATCH_AUTH_SECRET"] = TEST_AUTH_SECRET
+        self.output_path = tmp_path / "dev.out"
+        with open(self.output_path, "wb") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "meterwatch", "dev", "--events-per-second", "40", "--duration", "300"],
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def lines(self) -> list[str]:
+        return [line.removeprefix(LINE) for line in self.output_path.read_text(errors="replace").splitlines()]
+
+    async def said(self, pattern: str, timeout: float) -> re.Match[str]:
+        def found() -> re.Match[str] | None:
+            assert self.process.poll() is None, "\n".join(self.lines())
+            return next((m for line in self.lines() if (m := re.search(pattern, line))), None)
+
+        try:
+            return await eventually(found, timeout=timeout, interval=0.5)
+        except AssertionError:
+            raise AssertionError(f"dev never said {pattern!r}:\n" + "\n".join(self.lines())) from None
+
+    def get(self, path: str) -> dict:
+        status, body = http_get(self.base + path, token=token_for(*ZONES))
+        assert status == 200, (path, status, body)
+        return body
+
+
+async def test_the_demo_shows_a_lived_in_period_then_crosses_levels_and_fin_limits_live(tmp_path: Path) -> None:
+    dev = Dev(tmp_path)
+    try:
+        bootstrap = (await dev.said(r"embedded Kafka-compatible broker \(Tansu\) on (\S+)", 90))[1]
+        started = datetime.now(UTC)
+        await dev.said(r"DEMO   backfilled \d+ events", 120)
+        await dev.said(r"FIN    ws_acme_eu: Fin enabled \(usage_dropped", 150)
+        if chromium_available():
+            photograph_the_page(dev, tmp_path)
+
+        events = await read_all(bootstrap, "usage.events", timeout=5, isolation="read_uncommitted")
+        await the_period_so_far_is_counted_day_by_day_exactly(dev, events, started)
+        the_curve_has_a_working_week(dev)
+        seats_changed_in_the_period(dev)
+        await the_levels_were_crossed_and_fin_turned_off_and_on(bootstrap)
+
+        dev.process.send_signal(signal.SIGTERM)
+        assert dev.process.wait(timeout=15) == 0, "\n".join(dev.lines())
+        the_summary_adds_up(dev)
+    finally:
+        if dev.process.poll() is None:
+            dev.process.kill()
+            dev.process.wait()
+
+
+async def the_period_so_far_is_counted_day_by_day_exactly(dev: Dev, events: list[dict], started: datetime) -> None:
+    """Every day before today holds only backfilled (and late) usage: /daily must equal the topic's
+    events of that day, each event_id once, the correction included."""
+    seen: set[str] = set()
+    per_day: dict[tuple[str, str], Counter[date]] = defaultdict(Counter)
+    repeated = []
+    for event in events:
+        if event["event_id"] in seen:
+            repeated.append(event)
+            continue
+        seen.add(event["event_id"])
+        if event["metric"] in ADDITIVE:
+            day = datetime.fromisoformat(event["occurred_at"]).astimezone(ZoneInfo(ZONES[event["workspace_id"]])).date()
+            per_day[event["workspace_id"], event["metric"]][day] += event["quantity"]
+    assert len(repeated) == 1 and repeated[0]["workspace_id"] == "ws_acme_us", repeated
+    assert any(e["quantity"] < 0 and e["metric"] == "email" for e in events), "no correction was sent"
+
+    def differences() -> list[tuple[str, str, date, int, int]]:
+        found = []
+        for workspace, zone in ZONES.items():
+            today = started.astimezone(ZoneInfo(zone)).date()
+            for metric in ADDITIVE:
+                running = 0
+                for point in dev.get(f"/usage/{workspace}/daily?metric={metric}")["days"]:
+                    day = date.fromisoformat(point["date"])
+                    if day >= today:
+                        break
+                    running += per_day[workspace, metric][day]
+                    if point["usage"] != running:
+                        found.append((workspace, metric, day, point["usage"], running))
+        return found
+
+    try:
+        await eventually(lambda: not differences(), timeout=30, interval=1)
+    except AssertionError:
+        differ = differences()
+        raise AssertionError(
+            f"/daily and usage.events differ (workspace, metric, day, /daily, events): {differ}"
+        ) from None
+    days_compared = sum(
+        1
+        for workspace, zone in ZONES.items()
+        for day in per_day[workspace, "messages_sent"]
+        if day < started.astimezone(ZoneInfo(zone)).date()
+    )
+    assert days_compared > 0, "the periods started today: no earlier day to compare"
+
+
+def the_curve_has_a_working_week(dev: Dev) -> None:
+    days = dev.get("/usage/ws_acme_eu/daily?metric=messages_sent")["days"]
+    growth = [(date.fromisoformat(b["date"]), b["usage"] - a["usage"]) for a, b in zip(days, days[1:], strict=False)]
+    weekdays = [n for day, n in growth[:-1] if day.weekday() < 5]
+    weekends = [n for day, n in growth[:-1] if day.weekday() >= 5]
+    assert sum(1 for _, n in growth if n > 0) >= min(3, len(growth)), growth
+    if weekdays and weekends:
+        assert sum(weekdays) / len(weekdays) > 2 * sum(weekends) / len(weekends), growth
+
+
+def seats_changed_in_the_period(dev: Dev) -> None:
+    counts = [point["usage"] for point in dev.get("/usage/ws_acme_eu/daily?metric=seats")["days"]]
+    if len(counts) >= 2:
+        assert counts[0] == 8 and counts[-1] == 11, counts
+
+
+async def the_levels_were_crossed_and_fin_turned_off_and_on(bootstrap: str) -> None:
+    expected = {("ws_acme_us", "sms", 50), ("ws_acme_us", "sms", 80), ("c_acme", "messages_sent", 80)}
+
+    async def all_reached() -> bool:
+        alerts = await read_all(bootstrap, "usage.alerts", timeout=3, isolation="read_uncommitted")
+        return expected <= {(a.get("workspace_id") or a["contract_id"], a["metric"], a["level"]) for a in alerts}
+
+    await eventually(all_reached, timeout=30)
+    limits = await read_all(bootstrap, "usage.limits", timeout=3, isolation="read_uncommitted")
+    fin = [(record["state"], record["reason"]) for record in limits if record["workspace_id"] == "ws_acme_eu"]
+    assert ("disabled", "limit_reached") in fin and fin[-1] == ("enabled", "usage_dropped"), fin
+
+
+def the_summary_adds_up(dev: Dev) -> None:
+    line = next(line for line in dev.lines() if line.startswith("SUMMARY "))
+    figures = {name: int(n) for name, n in re.findall(r"([a-zA-Z ]+): (\d+)", line.removeprefix("SUMMARY "))}
+    figures = {name.strip(): n for name, n in figures.items()}
+    assert figures["repeats skipped"] == 1, line
+    assert figures["dead letters"] == 0, line
+    assert figures["alerts"] >= 3 and figures["Fin changes"] >= 2, line
+    in_flight = figures["events sent"] - figures["repeats skipped"] - figures["counted"]
+    assert figures["counted"] > 0 and 0 <= in_flight <= 50, line
+    path = re.search(r"\(in (\S+\.mbox)\)", line)
+    assert path is not None, line
+    assert len(mailbox.mbox(path[1])) == figures["mails"] > 0, line
+
+
+def photograph_the_page(dev: Dev, tmp_path: Path) -> None:
+    browser_session = start_browser(tmp_path)
+    driver = next(browser_session)
+    try:
+        driver.get(f"{dev.base}/ui/usage/ws_acme_eu?token={token_for(*ZONES, billing=True)}")
+        driver.implicitly_wait(10)
+        driver.find_element("css selector", "svg path")  # a chart has been drawn
+        full_page_screenshot(driver, ARTIFACTS / "usage-page-demo.png")
+        driver.set_window_size(1280, 1400)
+        driver.save_screenshot(str(ARTIFACTS / "usage-page-demo-first-screen.png"))
+    finally:
+        browser_session.close()
