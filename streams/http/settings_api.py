@@ -22,9 +22,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.web import Request, Response, View
 
-from ...core.contract_usage import ContractPeriod
 from ...core.metric_kinds import SEATS
-from ...core.workspace import WorkspaceState
 from ...models.commands import CommandRejected, parse_command
 from ...models.common import MAX_AMOUNT, METRIC_NAMES
 from ...models.signing import signature_header
@@ -32,7 +30,7 @@ from ...tokens import Grant
 from ..pipeline.ingest_kafka import close_quietly
 from ..runtime.kafka_client import client_options
 from .access import grant_of
-from .usage_api import contract_usage_of, workspace_state
+from .usage_api import contract_period_of, workspace_state
 from .usage_view import settings_document, threshold_cost
 
 if TYPE_CHECKING:
@@ -62,8 +60,8 @@ def register(mw: Meterwatch) -> None:
             if found is None:
                 return self.json({"error": "unknown_workspace", "workspace_id": workspace_id}, status=404)
             now = datetime.now(UTC)
-            summed = await _contract_period(mw, found, now)
-            document = settings_document(workspace_id, found, now, summed)
+            contract_usage = await contract_period_of(mw, found, now)
+            document = settings_document(workspace_id, found, now, contract_usage)
             grant = grant_of(request)
             if grant is not None:
                 for part in ("alerts", "limits"):
@@ -89,8 +87,8 @@ def register(mw: Meterwatch) -> None:
             if found is None:
                 return self.json({"error": "unknown_workspace", "workspace_id": workspace_id}, status=404)
             now = datetime.now(UTC)
-            summed = await _contract_period(mw, found, now)
-            cost = threshold_cost(workspace_id, found, now, summed, metric, threshold)
+            contract_usage = await contract_period_of(mw, found, now)
+            cost = threshold_cost(workspace_id, found, now, contract_usage, metric, threshold)
             return self.json({"metric": metric, "threshold": threshold, "cost": cost})
 
     @app.page("/usage/{workspace_id}/settings/alerts/{metric}")
@@ -115,14 +113,6 @@ def register(mw: Meterwatch) -> None:
 
 def _may_change(grant: Grant | None) -> bool:
     return grant is None or grant.billing or grant.service
-
-
-async def _contract_period(mw: Meterwatch, state: WorkspaceState, now: datetime) -> ContractPeriod | None:
-    contract = state.profile.contract
-    if contract is None:
-        return None
-    summed = await contract_usage_of(mw, contract.contract_id)
-    return summed.for_period(state.profile.cycle.period_containing(now))
 
 
 async def _change(

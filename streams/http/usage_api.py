@@ -9,7 +9,7 @@ from urllib.parse import quote
 from faust.web import Request, Response, View
 from yarl import URL
 
-from ...core.contract_usage import ContractUsage
+from ...core.contract_usage import ContractPeriod, ContractUsage
 from ...core.workspace import WorkspaceState
 from ...models.common import METRIC_NAMES
 from ..codec import decode_contract_usage, decode_workspace
@@ -43,11 +43,7 @@ def register(mw: Meterwatch) -> None:
             if found is None:
                 return self.json({"error": "unknown_workspace", "workspace_id": workspace_id}, status=404)
             now = datetime.now(UTC)
-            contract_usage = None
-            contract = found.profile.contract
-            if contract is not None:
-                summed = await contract_usage_of(mw, contract.contract_id)
-                contract_usage = summed.for_period(found.profile.cycle.period_containing(now))
+            contract_usage = await contract_period_of(mw, found, now)
             document = usage_document(workspace_id, found, now, contract_usage)
             grant = grant_of(request)
             if grant is not None:
@@ -85,6 +81,15 @@ async def contract_usage_of(mw: Meterwatch, contract_id: str) -> ContractUsage:
     async with mw.app.http_client.get(url, headers=_service_headers(mw)) as response:
         response.raise_for_status()
         return decode_contract_usage(await response.read())
+
+
+async def contract_period_of(mw: Meterwatch, state: WorkspaceState, now: datetime) -> ContractPeriod | None:
+    """The usage of the workspace's contract in the period containing ``now``; None without a contract."""
+    contract = state.profile.contract
+    if contract is None:
+        return None
+    summed = await contract_usage_of(mw, contract.contract_id)
+    return summed.for_period(state.profile.cycle.period_containing(now))
 
 
 # Workers sign what they ask each other for with a short-lived service token of their own.
