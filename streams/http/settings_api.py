@@ -28,7 +28,7 @@ from ...models.common import MAX_AMOUNT, METRIC_NAMES
 from ...models.signing import signature_header
 from ...tokens import Grant
 from ..pipeline.ingest_kafka import close_quietly
-from ..runtime.kafka_client import client_options
+from ..runtime.kafka_client import client_options, start_plain_producer
 from .access import grant_of
 from .usage_api import contract_period_of, workspace_state
 from .usage_view import settings_document, threshold_cost
@@ -201,11 +201,8 @@ class CommandDesk:
     async def _started(self) -> AIOKafkaProducer:
         async with self._starting:
             if self._producer is None:
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self._mw.bootstrap, acks="all", **client_options(self._mw.settings)
-                )
+                producer = await start_plain_producer(self._mw.bootstrap, self._mw.settings)
                 try:
-                    await producer.start()
                     await self._follow_results(producer)
                 except Exception:
                     await producer.stop()

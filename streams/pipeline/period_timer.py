@@ -15,7 +15,7 @@ from ...core.steps.fin import period_tick_due
 from ...core.workspace import WorkspaceState
 from ...models.internal import period_tick
 from ..codec import decode_workspace
-from ..runtime.kafka_client import client_options
+from ..runtime.kafka_client import start_plain_producer
 
 if TYPE_CHECKING:
     from ..app import Meterwatch
@@ -73,15 +73,7 @@ class TickSender:
 
     async def send(self, workspace_id: str, tick: bytes) -> None:
         if self._producer is None:
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self._mw.bootstrap, acks="all", **client_options(self._mw.settings)
-            )
-            try:
-                await producer.start()
-            except Exception:
-                await producer.stop()
-                raise
-            self._producer = producer
+            self._producer = await start_plain_producer(self._mw.bootstrap, self._mw.settings)
         topic = self._mw.channels.workspace_inbox.get_topic_name()
         key = workspace_id.encode()
         # The same partition Faust's own sends pick for this key: the one that owns the workspace.

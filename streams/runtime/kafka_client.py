@@ -1,10 +1,11 @@
 """How every Kafka client meterwatch opens connects (security protocol, TLS, SASL), built once.
 
 ``client_options`` gives aiokafka's keyword arguments: the ingest service, the admin client,
-the start-up probes and the period-tick producer use them as they are. ``faust_credentials``
-gives Faust the same thing in its own terms; Faust turns it back into aiokafka's arguments
-(``credentials_to_aiokafka_auth``), and ``tests/unit/test_kafka_client.py`` checks that both
-ways end in the same options for every protocol and mechanism.
+the start-up probes and the command-results reader use them as they are, and
+``start_plain_producer`` starts the period-tick and command producers with them.
+``faust_credentials`` gives Faust the same thing in its own terms; Faust turns it back into
+aiokafka's arguments (``credentials_to_aiokafka_auth``), and ``tests/unit/test_kafka_client.py``
+checks that both ways end in the same options for every protocol and mechanism.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import ssl
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaProducer
 
 from ...config import Settings
 
@@ -29,6 +31,17 @@ def client_options(settings: Settings) -> dict[str, Any]:
         options["sasl_plain_username"] = settings.kafka_sasl_username
         options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
     return options
+
+
+async def start_plain_producer(bootstrap: str, settings: Settings) -> AIOKafkaProducer:
+    """A started producer that waits for all in-sync replicas; neither idempotent nor transactional."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **client_options(settings))
+    try:
+        await producer.start()
+    except Exception:
+        await producer.stop()
+        raise
+    return producer
 
 
 def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
