@@ -27,8 +27,7 @@ from ...models.commands import CommandRejected, parse_command
 from ...models.common import MAX_AMOUNT, METRIC_NAMES
 from ...models.signing import signature_header
 from ...tokens import Grant
-from ..pipeline.ingest_kafka import close_quietly
-from ..runtime.kafka_client import client_options, start_plain_producer
+from ..runtime.kafka_client import client_options, close_quietly, start_plain_producer
 from .access import grant_of
 from .usage_api import contract_period_of, workspace_state
 from .usage_view import settings_document, threshold_cost
@@ -260,6 +259,6 @@ class CommandDesk:
         consumer, self._consumer = self._consumer, None
         producer, self._producer = self._producer, None
         if consumer is not None:
-            await close_quietly("command results reader", consumer.stop(), CLOSE_SECONDS)
+            await close_quietly("settings API's command-results reader", consumer.stop(), CLOSE_SECONDS)
         if producer is not None:
-            await close_quietly("command producer", producer.stop(), CLOSE_SECONDS)
+            await close_quietly("settings API's command producer", producer.stop(), CLOSE_SECONDS)

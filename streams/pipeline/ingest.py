@@ -30,11 +30,11 @@ from mode import Service
 from ...config import ProcessingGuarantee
 from ...logs import FAUST_SERVICES_LOG
 from ...sinks.kafka import retrieve_exception
+from ..runtime.kafka_client import close_quietly
 from ..runtime.rebalance_log import log_ingest_assigned, log_ingest_revoked
 from .ingest_batch import BatchBuilder, InboxPartitioner, IngestBatch
 from .ingest_kafka import (
     CLOSE_SECONDS,
-    close_quietly,
     ingest_group,
     new_consumer,
     new_producer,
@@ -174,9 +174,9 @@ class IngestService(Service):
         consumer, self._consumer = self._consumer, None
         producer, self._producer = self._producer, None
         if consumer is not None:
-            await close_quietly("consumer", consumer.stop(), CLOSE_SECONDS)
+            await close_quietly("ingest consumer", consumer.stop(), CLOSE_SECONDS)
         if producer is not None:
-            await close_quietly("producer", producer.stop(), CLOSE_SECONDS)
+            await close_quietly("ingest producer", producer.stop(), CLOSE_SECONDS)
 
     async def _ingest(self) -> None:
         """One batch is delivered (sent, acknowledged, committed) while the next one is decoded:
@@ -308,7 +308,7 @@ class IngestService(Service):
         except Exception as error:
             log.warning("ingest: could not abort the transaction (%s); starting a new producer", type(error).__name__)
         self._producer = None
-        await close_quietly("producer", producer.stop(), CLOSE_SECONDS)
+        await close_quietly("ingest producer", producer.stop(), CLOSE_SECONDS)
         self._producer = await new_producer(self._mw, transactional=True)
 
     def _read_again(self, batches: list[IngestBatch]) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -13,7 +12,7 @@ from aiokafka.errors import KafkaError
 
 from ...config import Settings
 from ..runtime.consumer import FETCH_MAX_WAIT_MS
-from ..runtime.kafka_client import client_options
+from ..runtime.kafka_client import client_options, close_quietly
 
 if TYPE_CHECKING:
     from ..app import Meterwatch
@@ -94,19 +93,9 @@ async def _started(producer: AIOKafkaProducer) -> AIOKafkaProducer:
     try:
         await producer.start()
     except BaseException:
-        await close_quietly("producer", producer.stop(), CLOSE_SECONDS)
+        await close_quietly("ingest producer", producer.stop(), CLOSE_SECONDS)
         raise
     return producer
-
-
-async def close_quietly(what: str, closing: Awaitable[Any], seconds: float) -> None:
-    """Close a client within ``seconds``: a worker must exit promptly even when the broker is gone."""
-    try:
-        await asyncio.wait_for(closing, seconds)
-    except TimeoutError:
-        log.warning("ingest: the %s did not close within %.0fs; leaving it", what, seconds)
-    except Exception as error:
-        log.warning("ingest: closing the %s failed (%s: %s)", what, type(error).__name__, error)
 
 
 async def start_positions(
@@ -169,5 +158,5 @@ async def _group_offsets(mw: Meterwatch, group: str, partitions: list[TopicParti
             last_error = error
             await asyncio.sleep(0.5 * 2**attempt)
         finally:
-            await close_quietly("admin client", admin.close(), CLOSE_SECONDS)
+            await close_quietly("ingest admin client", admin.close(), CLOSE_SECONDS)
     raise RuntimeError(f"could not read the offsets group {group} committed: {last_error!r}")

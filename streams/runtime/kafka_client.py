@@ -6,17 +6,23 @@ the start-up probes and the command-results reader use them as they are, and
 ``faust_credentials`` gives Faust the same thing in its own terms; Faust turns it back into
 aiokafka's arguments (``credentials_to_aiokafka_auth``), and ``tests/unit/test_kafka_client.py``
 checks that both ways end in the same options for every protocol and mechanism.
+``close_quietly`` closes any of these clients within a time limit.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import ssl
+from collections.abc import Awaitable
 from typing import Any
 
 import faust
 from aiokafka import AIOKafkaProducer
 
 from ...config import Settings
+
+log = logging.getLogger(__name__)
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
@@ -42,6 +48,18 @@ async def start_plain_producer(bootstrap: str, settings: Settings) -> AIOKafkaPr
         await producer.stop()
         raise
     return producer
+
+
+async def close_quietly(what: str, closing: Awaitable[Any], seconds: float) -> None:
+    """Close a client within ``seconds``: a worker must exit promptly even when the broker is gone.
+
+    ``what`` names the client and whose it is (``ingest consumer``, ``settings API's command producer``)."""
+    try:
+        await asyncio.wait_for(closing, seconds)
+    except TimeoutError:
+        log.warning("the %s did not close within %.0fs; leaving it", what, seconds)
+    except Exception as error:
+        log.warning("closing the %s failed (%s: %s)", what, type(error).__name__, error)
 
 
 def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
