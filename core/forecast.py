@@ -68,14 +68,22 @@ def forecast(
     left = _days(period.end - now)
     growth = max(Decimal(0), per_day * left).to_integral_value(ROUND_FLOOR)
     levels = tuple(
-        _level(percent, alert.threshold, used, per_day, cycle, period, now) for percent in levels_of(alert)
+        _level(percent, alert.threshold, used, per_day, left, cycle, period, now) for percent in levels_of(alert)
     ) if alert is not None else ()  # fmt: skip
     return Forecast(used + int(growth), per_day, len(complete), levels)
 
 
 def _level(
-    percent: int, threshold: int, used: int, per_day: Decimal, cycle: BillingCycle, period: BillingPeriod, now: datetime
+    percent: int,
+    threshold: int,
+    used: int,
+    per_day: Decimal,
+    left: Decimal,
+    cycle: BillingCycle,
+    period: BillingPeriod,
+    now: datetime,
 ) -> LevelForecast:
+    """``left`` is the days from ``now`` to the period's end."""
     # The least whole usage with usage * 100 >= percent * threshold, as alerts judge it.
     target = -((-percent * threshold) // 100)
     if used >= target:
@@ -83,7 +91,7 @@ def _level(
     if per_day <= 0:
         return LevelForecast(percent, target, False, None)
     needed = Decimal(target - used) / per_day  # days from now
-    if needed >= _days(period.end - now):
+    if needed >= left:
         return LevelForecast(percent, target, False, None)
     at = now + timedelta(microseconds=int((needed * _MICROSECONDS_PER_DAY).to_integral_value(ROUND_CEILING)))
     return LevelForecast(percent, target, False, cycle.local_date(at) if at < period.end else None)
