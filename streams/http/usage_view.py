@@ -41,12 +41,13 @@ def usage_document(
         period_tally = tally.for_period(period) if tally else None
         used = usage_in(tally, period)
         others = _others_usage(contract_usage, name, workspace_id)
-        alert = roll_to(alert_state, period).setting if alert_state is not None else None
+        rolled = roll_to(alert_state, period) if alert_state is not None else None
+        alert = rolled.setting if rolled is not None else None
         projected = forecast(name, period_tally, used, cycle, period, now, alert)
         entry: dict[str, Any] = {
             "usage": used,
             "last_updated": iso(period_tally.last_updated) if period_tally and period_tally.last_updated else None,
-            **_alert_settings(alert_state, period),
+            **_alert_settings(rolled),
             "estimated_cost": _cost(name, used, usage, profile, period, others),
             "forecast": None
             if projected is None
@@ -97,10 +98,10 @@ def _fin_state_now(state: WorkspaceState, period: BillingPeriod) -> str:
     return fin.state
 
 
-def _alert_settings(alert_state: AlertState | None, period: BillingPeriod) -> dict[str, Any]:
-    if alert_state is None:
+def _alert_settings(rolled: AlertState | None) -> dict[str, Any]:
+    """The alert setting and the scheduled one of ``rolled``, an alert state rolled to the period shown."""
+    if rolled is None:
         return {"alert": None, "scheduled_alert": None}
-    rolled = roll_to(alert_state, period)
     setting, scheduled = rolled.setting, rolled.scheduled
     return {
         "alert": None
@@ -188,7 +189,8 @@ def settings_document(
     period = profile.cycle.period_containing(now)
     alerts: dict[str, Any] = {}
     for name, alert_state in state.alerts.items():
-        shown = _alert_settings(alert_state, period)
+        rolled = roll_to(alert_state, period)
+        shown = _alert_settings(rolled)
         setting, scheduled = shown["alert"], shown["scheduled_alert"]
         if setting is None and scheduled is None:
             continue
@@ -198,8 +200,8 @@ def settings_document(
             **(setting or unset),
             "scheduled": scheduled,
             "threshold_cost": None
-            if setting is None
-            else _cost(name, setting["threshold"], usage, profile, period, others),
+            if rolled.setting is None
+            else _cost(name, rolled.setting.threshold, usage, profile, period, others),
         }
     limits: dict[str, Any] = {}
     fin_setting = state.fin.setting if state.fin is not None else None
