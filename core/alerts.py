@@ -1,4 +1,5 @@
-"""Usage alerts (CONTRACT 3.2 `alert_settings`, 3.3 "Usage alerts" and "Contracted usage", 5.1).
+"""Usage alerts (CONTRACT 3.2 `alert_settings` and `contract_alert_settings`, 3.3 "Usage alerts"
+and "Contracted usage", 5.1).
 
 Pure and synchronous: periods, usage and times are arguments, never read from a clock or a
 table. The caller keeps one `AlertState` per workspace and metric (one `ContractAlertState` per
@@ -24,25 +25,31 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Literal
 
+from .metric_kinds import SEATS
 from .periods import BillingCycle, BillingPeriod
 
 __all__ = [
     "CONTRACT_LEVELS",
+    "CONTRACT_LEVEL_CHOICES",
     "CONTRACT_SCOPE",
     "EARLY_WARNING_LEVELS",
     "FULL_LEVEL",
     "WORKSPACE_SCOPE",
     "AlertSetting",
     "AlertState",
+    "ContractAlertSetting",
     "ContractAlertState",
     "LevelReached",
     "ScheduledSetting",
     "SettingOutcome",
     "alert_id",
+    "apply_contract_setting",
     "apply_setting",
+    "contract_levels_of",
     "judge_contract_usage",
     "judge_usage",
     "levels_of",
+    "onto_cycle",
     "reaches_level",
     "roll_contract_to",
     "roll_to",
@@ -50,7 +57,8 @@ __all__ = [
 
 FULL_LEVEL = 100
 EARLY_WARNING_LEVELS = (50, 80)
-CONTRACT_LEVELS = (80, FULL_LEVEL)
+CONTRACT_LEVELS = (80, FULL_LEVEL)  # a contract's levels until a setting chooses others
+CONTRACT_LEVEL_CHOICES = (*EARLY_WARNING_LEVELS, FULL_LEVEL)
 
 WORKSPACE_SCOPE = "workspace"
 CONTRACT_SCOPE = "contract"
@@ -133,11 +141,31 @@ class AlertState:
 
 
 @dataclass(frozen=True, slots=True)
+class ContractAlertSetting:
+    """One `contract_alert_settings` command's content: the levels, in percent of the included
+    quantity and lowest first, that alert; `enabled=False` turns the metric's alerts off."""
+
+    levels: tuple[int, ...]
+    enabled: bool
+    # Who set it and when (the command's actor and receipt); not part of what the setting is.
+    changed_by: str | None = field(default=None, compare=False)
+    changed_at: datetime | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        for level in self.levels:
+            _require_count(level, "level", minimum=1)
+        if not self.levels or self.levels != tuple(sorted(set(self.levels) & set(CONTRACT_LEVEL_CHOICES))):
+            raise ValueError(f"levels must be distinct values of {CONTRACT_LEVEL_CHOICES}, lowest first: {self.levels}")
+
+
+@dataclass(frozen=True, slots=True)
 class ContractAlertState:
-    """One contract's alerts for one metric; `alerted` holds (included, level) pairs."""
+    """One contract's alerts for one metric; `alerted` holds (included, level) pairs and
+    `setting` is the contract's `contract_alert_settings` for it (None: never set)."""
 
     period: BillingPeriod | None = None
     alerted: frozenset[ThresholdLevel] = frozenset()
+    setting: ContractAlertSetting | None = None
 
 
 def reaches_level(usage: int, level: int, threshold: int) -> bool:
@@ -278,17 +306,28 @@ def roll_contract_to(state: ContractAlertState, period: BillingPeriod) -> Contra
     """The contract state as of `period`: a later period starts every level afresh."""
     if not _is_later(period, state.period):
         return state
-    return ContractAlertState(period=period, alerted=frozenset())
+    return replace(state, period=period, alerted=frozenset())
+
+
+def contract_levels_of(metric: str, setting: ContractAlertSetting | None) -> tuple[int, ...]:
+    """The levels a contract alerts at for `metric`, lowest first: none on seats (usage alerts
+    are not available on seats), `CONTRACT_LEVELS` until a setting chooses, none when off."""
+    if metric == SEATS:
+        return ()
+    if setting is None:
+        return CONTRACT_LEVELS
+    return setting.levels if setting.enabled else ()
 
 
 def judge_contract_usage(
     state: ContractAlertState,
+    metric: str,
     before: int,
     after: int,
     included: int | None,
     period: BillingPeriod,
 ) -> tuple[ContractAlertState, LevelReached | None]:
-    """Judge one change of a contract's usage of a metric against its included quantity.
+    """Judge one change of a contract's usage of `metric` against its included quantity.
 
     `included` of None (pay-as-you-go) or 0 means no contract alert. When the included quantity
     changes within a period, its levels are judged afresh on the next rise: a contract already
@@ -301,10 +340,43 @@ def judge_contract_usage(
     state = roll_contract_to(state, period)
     if not included:
         return state, None
-    alerted, level = _judge_levels(CONTRACT_LEVELS, included, state.alerted, before, after)
+    levels = contract_levels_of(metric, state.setting)
+    alerted, level = _judge_levels(levels, included, state.alerted, before, after)
     if level is None:
         return state, None
     return replace(state, alerted=alerted), LevelReached(level, included, after, period)
+
+
+def apply_contract_setting(
+    state: ContractAlertState,
+    metric: str,
+    setting: ContractAlertSetting,
+    usage_now: int,
+    included: int | None,
+    period: BillingPeriod | None,
+) -> ContractAlertState:
+    """Apply a `contract_alert_settings` command given the contract's usage of `metric` in
+    `period`, its current period (None while the contract has no terms, and then no usage).
+
+    A setting always takes effect at once: its levels are shares of the included quantity, which
+    the contract's subscription fixes and the setting leaves as it is, so no choice of levels
+    moves a threshold below usage. As with a workspace's setting, levels `usage_now` has already
+    reached never alert for this included quantity in this period, and pairs alerted earlier
+    stay, so re-applying or re-enabling re-arms nothing. A `period` earlier than the state's is
+    a caller's mistake and raises ValueError.
+    """
+    _require_count(usage_now, "usage_now", minimum=0)
+    if included is not None:
+        _require_count(included, "included", minimum=0)
+    if period is None:
+        return replace(state, setting=setting)
+    if _is_earlier(period, state.period):
+        raise ValueError(f"the alert state is already at {state.period}, later than {period}")
+    state = roll_contract_to(state, period)
+    if not included:
+        return replace(state, setting=setting)
+    alerted = state.alerted | _reached_pairs(contract_levels_of(metric, setting), included, usage_now)
+    return replace(state, alerted=alerted, setting=setting)
 
 
 def alert_id(scope: str, owner_id: str, metric: str, period_start: datetime, threshold: int, level: int) -> str:

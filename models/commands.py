@@ -20,6 +20,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from ..core.alerts import CONTRACT_LEVEL_CHOICES, CONTRACT_LEVELS
 from ..core.periods import BillingCycle
 from ..sinks.mail_text import valid_address
 from .common import MAX_AMOUNT, Identifier, Metric, Timestamp
@@ -52,6 +53,12 @@ class _Command(BaseModel):
 
     command_id: Identifier
     issued_at: Timestamp
+
+
+class ContractCommand(_Command):
+    """A command about a contract: keyed by ``contract_id`` and applied by the contract's owner."""
+
+    contract_id: Identifier
 
 
 class _WorkspaceCommand(_Command):
@@ -104,9 +111,8 @@ class PriceTerm(BaseModel):
     included: StrictInt | None = Field(default=None, ge=0, le=MAX_AMOUNT)
 
 
-class Subscription(_Command):
+class Subscription(ContractCommand):
     type: Literal["subscription"]
-    contract_id: Identifier
     workspace_ids: list[Identifier] = Field(min_length=1, max_length=10_000)
     billing_anchor: date
     timezone: str
@@ -121,7 +127,26 @@ class Subscription(_Command):
         return value
 
 
-Command = Annotated[AlertSettings | LimitSettings | BillingContacts | Subscription, Field(discriminator="type")]
+class ContractAlertSettings(ContractCommand):
+    type: Literal["contract_alert_settings"]
+    actor: Actor
+    metric: Metric
+    levels: list[StrictInt] = Field(default_factory=lambda: list(CONTRACT_LEVELS), min_length=1, max_length=10)
+    enabled: StrictBool = True
+
+    @field_validator("levels")
+    @classmethod
+    def _known_levels(cls, levels: list[int]) -> list[int]:
+        """The levels as a set, lowest first; each one of 50, 80 and 100."""
+        if not set(levels) <= set(CONTRACT_LEVEL_CHOICES):
+            raise ValueError(f"levels must be chosen from {', '.join(map(str, CONTRACT_LEVEL_CHOICES))}")
+        return sorted(set(levels))
+
+
+Command = Annotated[
+    AlertSettings | LimitSettings | BillingContacts | Subscription | ContractAlertSettings,
+    Field(discriminator="type"),
+]
 _command_adapter: TypeAdapter[Command] = TypeAdapter(Command)
 
 
@@ -147,9 +172,9 @@ def parse_command(raw: bytes | None) -> Command:
         first = error.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "command"
         raise CommandRejected(f"invalid_command: {where}: {first['msg']}", command_id) from None
-    if isinstance(command, _WorkspaceCommand) and not command.actor.billing_permission:
+    if isinstance(command, _WorkspaceCommand | ContractAlertSettings) and not command.actor.billing_permission:
         raise CommandRejected("no_billing_permission: the actor lacks billing permission", command.command_id)
-    if isinstance(command, AlertSettings) and command.metric is Metric.SEATS:
+    if isinstance(command, AlertSettings | ContractAlertSettings) and command.metric is Metric.SEATS:
         raise CommandRejected(
             "alerts_not_available_on_seats: usage alerts are not available on seats", command.command_id
         )

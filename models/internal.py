@@ -21,8 +21,9 @@ usage events and commands to the worker that owns their workspaces. Its messages
 A record holds at most ``EVENTS_PER_MESSAGE`` rows and about ``MAX_RECORD_BYTES``, well below the
 broker's 1 MB default. An event's *position* is ``offset * POSITION_STRIDE + row index``.
 
-The contract inbox carries, keyed by contract, subscriptions, each member's usage reports and
-billing contacts to the partition that owns the contract.
+The contract inbox carries, keyed by contract, the ``usage.control`` commands about a contract
+(``subscription``, ``contract_alert_settings``), each member's usage reports and billing contacts
+to the partition that owns the contract.
 """
 
 from __future__ import annotations
@@ -244,7 +245,9 @@ def contract_others_command(contract_id: str, period: BillingPeriod, usage: dict
 # ---------------------------------------------------------------------------------------------
 # The contract inbox
 
+# A command about a contract travels as a message whose kind is the command's type.
 SUBSCRIPTION = "subscription"
+CONTRACT_ALERT_SETTINGS = "contract_alert_settings"
 REPORT = "report"
 CONTACTS = "contacts"
 
@@ -252,6 +255,11 @@ CONTACTS = "contacts"
 class SubscriptionMessage(TypedDict):
     kind: Literal["subscription"]
     command: dict[str, Any]  # the validated ``subscription`` command
+
+
+class ContractAlertSettingsMessage(TypedDict):
+    kind: Literal["contract_alert_settings"]
+    command: dict[str, Any]  # the validated ``contract_alert_settings`` command
 
 
 class ReportMessage(TypedDict):
@@ -270,7 +278,7 @@ class ContactsMessage(TypedDict):
     emails: list[str]
 
 
-ContractMessage = SubscriptionMessage | ReportMessage | ContactsMessage
+ContractMessage = SubscriptionMessage | ContractAlertSettingsMessage | ReportMessage | ContactsMessage
 
 
 def contacts_message(workspace_id: str, emails: tuple[str, ...]) -> bytes:
@@ -278,9 +286,9 @@ def contacts_message(workspace_id: str, emails: tuple[str, ...]) -> bytes:
     return orjson.dumps(message)
 
 
-def subscription_message(command: dict[str, Any]) -> bytes:
-    message: SubscriptionMessage = {"kind": SUBSCRIPTION, "command": command}
-    return orjson.dumps(message)
+def contract_command_message(command: dict[str, Any]) -> bytes:
+    """A validated command about a contract (``subscription``, ``contract_alert_settings``)."""
+    return orjson.dumps({"kind": command["type"], "command": command})
 
 
 def report_message(report: WorkspaceReport) -> bytes:

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from ..core.alerts import AlertSetting, AlertState, ContractAlertState, ScheduledSetting
+from ..core.alerts import AlertSetting, AlertState, ContractAlertSetting, ContractAlertState, ScheduledSetting
 from ..core.command_replay import NO_COMMANDS, RecentCommands
 from ..core.contract_usage import ContractPeriod, ContractUsage
 from ..core.contracts import ContractTerms, Price, WorkspaceProfile
@@ -118,7 +118,7 @@ def _read_setting(data: list[Any] | None) -> AlertSetting | None:
     return None if data is None else AlertSetting(data[0], data[1], data[2], *_read_changed(data[3:]))
 
 
-def _changed(setting: AlertSetting | LimitSetting) -> list[Any]:
+def _changed(setting: AlertSetting | LimitSetting | ContractAlertSetting) -> list[Any]:
     """Who set a setting and when, after its fields; nothing for a setting of unknown origin."""
     if setting.changed_by is None and setting.changed_at is None:
         return []
@@ -238,6 +238,23 @@ def _read_terms(contract: dict[str, Any] | None) -> ContractTerms | None:
     )
 
 
+def _contract_alert_state(state: ContractAlertState) -> dict[str, Any]:
+    value = {"period": _period(state.period), "alerted": sorted(list(pair) for pair in state.alerted)}
+    setting = state.setting
+    if setting is not None:
+        value["setting"] = [list(setting.levels), setting.enabled, *_changed(setting)]
+    return value
+
+
+def _read_contract_alert_state(data: dict[str, Any]) -> ContractAlertState:
+    setting = data.get("setting")  # absent: the contract never chose its levels
+    return ContractAlertState(
+        _read_period(data["period"]),
+        frozenset((p[0], p[1]) for p in data["alerted"]),
+        None if setting is None else ContractAlertSetting(tuple(setting[0]), setting[1], *_read_changed(setting[2:])),
+    )
+
+
 def encode_contract_usage(state: ContractUsage) -> bytes:
     return _packed(
         orjson.dumps(
@@ -245,10 +262,7 @@ def encode_contract_usage(state: ContractUsage) -> bytes:
                 "workspace_ids": list(state.workspace_ids),
                 "terms": _terms(state.terms),
                 "contacts": {ws: list(c) for ws, c in state.contacts.items()},
-                "alerts": {
-                    metric: {"period": _period(a.period), "alerted": sorted(list(pair) for pair in a.alerted)}
-                    for metric, a in state.alerts.items()
-                },
+                "alerts": {metric: _contract_alert_state(a) for metric, a in state.alerts.items()},
                 "periods": [
                     {
                         "start": p.period.start,
@@ -274,12 +288,7 @@ def decode_contract_usage(raw: bytes | None) -> ContractUsage:
         workspace_ids=tuple(data.get("workspace_ids", ())),
         terms=_read_terms(data.get("terms")),
         contacts=MappingProxyType({ws: tuple(c) for ws, c in data.get("contacts", {}).items()}),
-        alerts=MappingProxyType(
-            {
-                metric: ContractAlertState(_read_period(a["period"]), frozenset((p[0], p[1]) for p in a["alerted"]))
-                for metric, a in data.get("alerts", {}).items()
-            }
-        ),
+        alerts=MappingProxyType({m: _read_contract_alert_state(a) for m, a in data.get("alerts", {}).items()}),
         periods=tuple(
             ContractPeriod(
                 period=BillingPeriod(datetime.fromisoformat(p["start"]), datetime.fromisoformat(p["end"])),

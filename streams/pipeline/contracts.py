@@ -69,7 +69,5 @@ async def _sum_contract(mw: Meterwatch, contract_id: str, events: list[EventT], 
     metrics = mw.metrics
     for level, n in step.alerts.items():
         metrics.alerts.labels("contract", level).inc(n)
-    if step.subscriptions:
-        metrics.commands.labels("subscription", "applied").inc(step.subscriptions)
-    if step.replays:
-        metrics.commands.labels("subscription", "rejected").inc(step.replays)
+    for (kind, status), n in step.results.items():
+        metrics.commands.labels(kind, status).inc(n)

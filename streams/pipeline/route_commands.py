@@ -1,6 +1,7 @@
 """Stage one for ``usage.control``: check each command, answer the ones that fail, and forward
-the rest to the inbox of every workspace they concern (a subscription reaches all of its
-workspaces), so that settings and usage of a workspace are applied in one order.
+the rest to the inbox of what they are about: a workspace's commands to the workspace inbox, so
+that settings and usage of a workspace are applied in one order, and a contract's
+(``subscription``, ``contract_alert_settings``) to the contract inbox.
 
 With ``METERWATCH_COMMAND_KEYS`` set, a command is routed only if it is signed by one of them
 (``models/signing.py``), keyed by what it is about, and fresh (``_routed_at``); the
@@ -16,8 +17,8 @@ import orjson
 from faust.types import EventT
 
 from ...core.rejections import RejectCode
-from ...models.commands import Command, CommandRejected, Subscription, parse_command
-from ...models.internal import command_message, subscription_message
+from ...models.commands import Command, CommandRejected, ContractCommand, parse_command
+from ...models.internal import command_message, contract_command_message
 from ...models.outputs import RecordedOutputs, command_result
 from ...models.signing import SignatureRejected, check_signature
 from ...sinks.outputs import Sinks, compose
@@ -71,9 +72,10 @@ def _route_command(mw: Meterwatch, event: EventT, outputs: RecordedOutputs) -> N
         outputs.command_result(key, command_result(rejected.command_id, "rejected", reason=rejected.reason))
         return
     document = command.model_dump(mode="json")
-    if isinstance(command, Subscription):
-        # The contract's owner knows who was a member before, so it tells who joined and left.
-        outputs.contract_message(command.contract_id, subscription_message(document))
+    if isinstance(command, ContractCommand):
+        # The contract's owner knows who was a member before, so it tells who joined and left;
+        # it also holds the contract's usage its alert settings are judged against.
+        outputs.contract_message(command.contract_id, contract_command_message(document))
     else:
         outputs.workspace_message(command.workspace_id, command_message(received_ms, document))
 
@@ -101,9 +103,10 @@ def _routed_at(message: Any) -> datetime:
 
 def _check_signed_command(command: Command, key: str | None, max_age: timedelta, now: datetime) -> None:
     """A signed command is keyed by what it is about and fresh; raises CommandRejected."""
-    subject = command.contract_id if isinstance(command, Subscription) else command.workspace_id
+    about_contract = isinstance(command, ContractCommand)
+    subject = command.contract_id if about_contract else command.workspace_id
     if key != subject:
-        field = "contract_id" if isinstance(command, Subscription) else "workspace_id"
+        field = "contract_id" if about_contract else "workspace_id"
         raise CommandRejected(f"key_mismatch: a signed command's record key must be its {field}", command.command_id)
     if abs(now - command.issued_at) > max_age:
         raise CommandRejected(
@@ -123,7 +126,7 @@ def _command_id(raw: bytes | None) -> str | None:
 
 def _command_type(raw: bytes | None) -> str:
     """The command's type when it names a known one, for the metric label (never free text)."""
-    known = {"alert_settings", "limit_settings", "billing_contacts", "subscription"}
+    known = {"alert_settings", "limit_settings", "billing_contacts", "subscription", "contract_alert_settings"}
     try:
         kind = orjson.loads(raw or b"").get("type")
     except (orjson.JSONDecodeError, AttributeError):

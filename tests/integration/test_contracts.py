@@ -1,5 +1,6 @@
 """Contracts: periods from the contract's anchor and time zone, usage summed over its workspaces,
-estimated costs counting the included quantity once (CONTRACT 1, 3.2, 3.3, 6)."""
+estimated costs counting the included quantity once, alerts at the levels the contract chose and
+never on seats (CONTRACT 1, 3.2, 3.3, 5.1, 6)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import uuid
 from datetime import UTC, date, datetime, time
 from zoneinfo import ZoneInfo
 
+from meterwatch.core.alerts import alert_id
+
 from tests.support.kafka_io import produce, read_all
-from tests.support.messages import event
+from tests.support.messages import ADMIN, bare_command, event
 from tests.support.worker import WorkerProcess, eventually, http_get
 
 ZONE = "America/New_York"
@@ -57,6 +60,13 @@ def subscription(contract: str, workspaces: list[str]) -> dict:
 
 def parse(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def contract_usage_seen_by(worker: WorkerProcess, workspace: str, metric: str = "sms") -> int | None:
+    """The contract's usage of ``metric`` as the workspace's usage page shows it."""
+    status, body = http_get(f"{worker.base_url}/usage/{workspace}")
+    entry = body["metrics"].get(metric) if status == 200 else None
+    return (entry.get("contract") or {}).get("usage") if entry else None
 
 
 async def test_contract_on_the_31st_in_new_york(running_worker: WorkerProcess, deployment: dict[str, str]) -> None:
@@ -120,15 +130,10 @@ async def test_a_workspace_that_leaves_the_contract_stops_counting_towards_it(
         [(b"ws_m1", event("ws_m1", "sms", 30)), (b"ws_m2", event("ws_m2", "sms", 40))],
     )
 
-    def contract_usage_seen_by(workspace: str) -> int | None:
-        status, body = http_get(f"{running_worker.base_url}/usage/{workspace}")
-        sms = body["metrics"].get("sms") if status == 200 else None
-        return (sms.get("contract") or {}).get("usage") if sms else None
-
-    await eventually(lambda: contract_usage_seen_by("ws_m1") == 70)
+    await eventually(lambda: contract_usage_seen_by(running_worker, "ws_m1") == 70)
     # ws_m2 leaves the contract: the contract no longer counts it, and it is pay-as-you-go again.
     await produce(bootstrap, prefix + "usage.control", [(b"c_move", subscription("c_move", ["ws_m1"]))])
-    await eventually(lambda: contract_usage_seen_by("ws_m1") == 30)
+    await eventually(lambda: contract_usage_seen_by(running_worker, "ws_m1") == 30)
     await eventually(lambda: http_get(f"{running_worker.base_url}/usage/ws_m2")[1]["contract_id"] is None)
 
 
@@ -187,30 +192,91 @@ async def test_usage_counted_before_a_workspace_joined_does_not_alert_the_contra
 ) -> None:
     """A workspace counts in calendar months until it hears of its contract; what it counted
     then is not one of the contract's periods, so it must not start a second "current" period
-    (in `meterwatch dev` that raced the demo's subscription and gave two 100% seats alerts)."""
+    whose levels would alert a second time."""
     bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
     prefix = deployment["METERWATCH_TOPIC_PREFIX"]
-    await produce(bootstrap, prefix + "usage.events", [(b"ws_early", event("ws_early", "seats", 10))])
+    await produce(bootstrap, prefix + "usage.events", [(b"ws_early", event("ws_early", "whatsapp", 10))])
 
-    def seats_of(workspace: str) -> int | None:
+    def whatsapp_of(workspace: str) -> int | None:
         status, body = http_get(f"{running_worker.base_url}/usage/{workspace}")
-        return (body["metrics"].get("seats") or {}).get("usage") if status == 200 else None
+        return (body["metrics"].get("whatsapp") or {}).get("usage") if status == 200 else None
 
-    await eventually(lambda: seats_of("ws_early") == 10)
+    await eventually(lambda: whatsapp_of("ws_early") == 10)
     command = subscription("c_late", ["ws_early", "ws_joiner"])
-    command["prices"]["seats"] = {"unit_price": "39.00", "included": 10}
+    command["prices"]["whatsapp"] = {"unit_price": "0.01", "included": 10}
     await produce(bootstrap, prefix + "usage.control", [(b"c_late", command)])
     await eventually(lambda: http_get(f"{running_worker.base_url}/usage/ws_early")[1]["contract_id"] == "c_late")
     await eventually(lambda: http_get(f"{running_worker.base_url}/usage/ws_joiner")[1]["contract_id"] == "c_late")
-    await produce(bootstrap, prefix + "usage.events", [(b"ws_joiner", event("ws_joiner", "seats", 12))])
+    await produce(bootstrap, prefix + "usage.events", [(b"ws_joiner", event("ws_joiner", "whatsapp", 12))])
 
     async def contract_alerts() -> list[dict] | None:
-        records = [r for r in await read_all(bootstrap, prefix + "usage.alerts", timeout=2) if r["scope"] == "contract"]
-        return records or None
+        records = await read_all(bootstrap, prefix + "usage.alerts", timeout=2)
+        return [r for r in records if r["scope"] == "contract" and r["contract_id"] == "c_late"] or None
 
     await eventually(contract_alerts, timeout=30)
     await asyncio.sleep(3)  # a second alert, were there one, would have come by now
     alerts = await contract_alerts()
     start, end = expected_period(datetime.now(UTC), 31, ZONE)
-    assert [(a["level"], a["threshold"], a["usage"]) for a in alerts] == [(100, 10, 12)]
+    assert [(a["level"], a["threshold"]) for a in alerts] == [(100, 10)]
     assert (parse(alerts[0]["period_start"]), parse(alerts[0]["period_end"])) == (start, end)
+
+
+async def test_a_contract_alerts_at_the_levels_it_chose_and_never_on_seats(
+    running_worker: WorkerProcess, deployment: dict[str, str]
+) -> None:
+    bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
+    prefix = deployment["METERWATCH_TOPIC_PREFIX"]
+    command = subscription("c_lv", ["ws_lv_1", "ws_lv_2"])
+    command["prices"]["seats"] = {"unit_price": "39.00", "included": 5}
+    await produce(bootstrap, prefix + "usage.control", [(b"c_lv", command)])
+    await eventually(
+        lambda: (http_get(f"{running_worker.base_url}/usage/ws_lv_2")[1] or {}).get("contract_id") == "c_lv"
+    )
+
+    def contract_alert_settings(metric: str, levels: list[int]) -> dict:
+        fields = {"contract_id": "c_lv", "actor": ADMIN, "metric": metric, "levels": levels, "enabled": True}
+        return bare_command("contract_alert_settings", **fields)
+
+    only_50 = contract_alert_settings("sms", [50])
+    on_seats = contract_alert_settings("seats", [100])
+    await produce(bootstrap, prefix + "usage.control", [(b"c_lv", only_50), (b"c_lv", on_seats)])
+    wanted = {only_50["command_id"], on_seats["command_id"]}
+
+    async def answers() -> dict[str, dict] | None:
+        results = await read_all(bootstrap, prefix + "usage.command-results", timeout=2)
+        mine = {r["command_id"]: r for r in results if r["command_id"] in wanted}
+        return mine if len(mine) == len(wanted) else None
+
+    results = await eventually(answers, timeout=30)
+    assert results[only_50["command_id"]] == {"command_id": only_50["command_id"], "status": "applied"}
+    assert results[on_seats["command_id"]]["status"] == "rejected"
+    assert results[on_seats["command_id"]]["reason"].startswith("alerts_not_available_on_seats: ")
+
+    # 100 sms included: 30, 55, 85, 105 pass 50 % once, and 80 % and 100 % unchosen.
+    for workspace, quantity, total in [
+        ("ws_lv_1", 30, 30),
+        ("ws_lv_2", 25, 55),
+        ("ws_lv_1", 30, 85),
+        ("ws_lv_2", 20, 105),
+    ]:
+        await produce(bootstrap, prefix + "usage.events", [(workspace.encode(), event(workspace, "sms", quantity))])
+        await eventually(lambda total=total: contract_usage_seen_by(running_worker, "ws_lv_1") == total)
+    # 5 seats included: 4 and 3 make 7, past 80 % and 100 %.
+    await produce(
+        bootstrap,
+        prefix + "usage.events",
+        [(b"ws_lv_1", event("ws_lv_1", "seats", 4)), (b"ws_lv_2", event("ws_lv_2", "seats", 3))],
+    )
+    await eventually(lambda: contract_usage_seen_by(running_worker, "ws_lv_1", "seats") == 7)
+
+    async def contract_alerts() -> list[dict] | None:
+        records = await read_all(bootstrap, prefix + "usage.alerts", timeout=2)
+        return [r for r in records if r["scope"] == "contract" and r["contract_id"] == "c_lv"] or None
+
+    await eventually(contract_alerts, timeout=30)
+    await asyncio.sleep(3)  # any other alert would have come by now
+    alerts = await contract_alerts()
+    assert [(a["metric"], a["level"], a["threshold"], a["usage"]) for a in alerts] == [("sms", 50, 100, 55)]
+    start = parse(alerts[0]["period_start"])
+    assert start == expected_period(datetime.now(UTC), 31, ZONE)[0]
+    assert alerts[0]["alert_id"] == alert_id("contract", "c_lv", "sms", start, 100, 50)

@@ -1,4 +1,5 @@
-"""Usage alerts (CONTRACT 3.2 `alert_settings`, 3.3 "Usage alerts" and "Contracted usage", 5.1).
+"""Usage alerts (CONTRACT 3.2 `alert_settings` and `contract_alert_settings`, 3.3 "Usage alerts"
+and "Contracted usage", 5.1).
 
 Most rules are checked as scenarios: a list of steps (a setting command, or the period's usage
 moving to a new value) run through the pure functions, compared with the transcript a person
@@ -16,14 +17,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from meterwatch.core.alerts import (
+    CONTRACT_LEVEL_CHOICES,
+    CONTRACT_LEVELS,
     AlertSetting,
     AlertState,
+    ContractAlertSetting,
     ContractAlertState,
     LevelReached,
     ScheduledSetting,
     SettingOutcome,
     alert_id,
+    apply_contract_setting,
     apply_setting,
+    contract_levels_of,
     judge_contract_usage,
     judge_usage,
     levels_of,
@@ -464,14 +470,34 @@ class ContractUse:
     period: BillingPeriod = P1
 
 
-def run_contract(steps: list[ContractUse]) -> list[tuple[int, int, int, str]]:
+@dataclass(frozen=True)
+class ContractSet:
+    """A `contract_alert_settings` command, applied in `period` (None: before any subscription)
+    against the contract's usage of that period so far."""
+
+    levels: tuple[int, ...] = CONTRACT_LEVELS
+    enabled: bool = True
+    included: int | None = 1000
+    period: BillingPeriod | None = P1
+
+
+def ContractOff(period: BillingPeriod = P1) -> ContractSet:
+    return ContractSet(enabled=False, period=period)
+
+
+def run_contract(steps: list[ContractUse | ContractSet], metric: str = "sms") -> list[tuple[int, int, int, str]]:
     state = ContractAlertState()
     usage: dict[BillingPeriod, int] = {}
     alerts = []
     for step in steps:
+        if isinstance(step, ContractSet):
+            setting = ContractAlertSetting(step.levels, step.enabled)
+            usage_now = usage.get(step.period, 0) if step.period else 0
+            state = apply_contract_setting(state, metric, setting, usage_now, step.included, step.period)
+            continue
         before = usage.get(step.period, 0)
         usage[step.period] = step.usage
-        state, reached = judge_contract_usage(state, before, step.usage, step.included, step.period)
+        state, reached = judge_contract_usage(state, metric, before, step.usage, step.included, step.period)
         if reached is not None:
             alerts.append((reached.level, reached.threshold, reached.usage, NAMES[reached.period]))
     return alerts
@@ -518,6 +544,56 @@ CONTRACT_SCENARIOS = [
         [alert(80, 1000, 850), alert(80, 1000, 800, P2)],
         id="late-change-for-previous-period-is-judged-against-nothing",
     ),
+    pytest.param(
+        [ContractSet((50,)), ContractUse(499), ContractUse(500), ContractUse(800), ContractUse(1000)],
+        [alert(50, 1000, 500)],
+        id="only-the-chosen-level-alerts",
+    ),
+    pytest.param(
+        [ContractSet((50, 80, 100)), ContractUse(500), ContractUse(850), ContractUse(900), ContractUse(1000)],
+        [alert(50, 1000, 500), alert(80, 1000, 850), alert(100, 1000, 1000)],
+        id="all-three-levels-once-each",
+    ),
+    pytest.param(
+        [ContractSet((80,)), ContractUse(1200), ContractUse(1300)],
+        [alert(80, 1000, 1200)],
+        id="a-jump-past-every-chosen-level-alerts-the-highest-chosen",
+    ),
+    pytest.param(
+        [ContractOff(), ContractUse(900), ContractUse(1200), ContractUse(1500, period=P2)],
+        [],
+        id="turned-off-no-alerts-in-any-period",
+    ),
+    pytest.param(
+        [ContractOff(), ContractUse(850), ContractSet(), ContractUse(900), ContractUse(1000)],
+        [alert(100, 1000, 1000)],
+        id="re-enabled-levels-already-reached-do-not-alert",
+    ),
+    pytest.param(
+        [ContractUse(600), ContractSet((50, 80, 100)), ContractUse(700), ContractUse(800)],
+        [alert(80, 1000, 800)],
+        id="an-added-level-usage-has-passed-does-not-alert",
+    ),
+    pytest.param(
+        [ContractUse(850), ContractSet((80, 100)), ContractUse(900), ContractSet((80,)), ContractUse(1000)],
+        [alert(80, 1000, 850)],
+        id="re-applying-re-arms-nothing-and-a-dropped-level-stays-silent",
+    ),
+    pytest.param(
+        [ContractSet((50,)), ContractUse(500), ContractUse(100, period=P2), ContractUse(500, period=P2)],
+        [alert(50, 1000, 500), alert(50, 1000, 500, P2)],
+        id="the-setting-stays-for-later-periods",
+    ),
+    pytest.param(
+        [ContractSet((50,), included=None, period=None), ContractUse(600)],
+        [alert(50, 1000, 600)],
+        id="a-setting-before-the-subscription-applies-once-it-comes",
+    ),
+    pytest.param(
+        [ContractUse(900), ContractSet((80, 100), period=P2), ContractUse(800, period=P2)],
+        [alert(80, 1000, 900), alert(80, 1000, 800, P2)],
+        id="a-setting-in-a-new-period-starts-it-afresh",
+    ),
 ]
 
 
@@ -526,17 +602,62 @@ def test_contract_alert_scenarios(steps: list[ContractUse], expected: list[objec
     assert run_contract(steps) == expected
 
 
-def test_contract_roll_clears_and_never_goes_back() -> None:
-    state, _ = judge_contract_usage(ContractAlertState(), 0, 900, 1000, P1)
+@pytest.mark.parametrize(
+    "steps",
+    [
+        [ContractUse(800), ContractUse(1000), ContractUse(5000)],
+        [ContractSet((50, 80, 100)), ContractUse(500), ContractUse(1000)],
+        [ContractUse(2000, included=1), ContractUse(900, period=P2)],
+    ],
+)
+def test_seats_never_raise_a_contract_alert(steps: list[ContractUse | ContractSet]) -> None:
+    assert run_contract(steps, metric="seats") == []
+
+
+@pytest.mark.parametrize(
+    ("metric", "setting", "expected"),
+    [
+        ("sms", None, (80, 100)),
+        ("sms", ContractAlertSetting((50,), True), (50,)),
+        ("sms", ContractAlertSetting((50, 80, 100), True), (50, 80, 100)),
+        ("sms", ContractAlertSetting((50, 80), False), ()),
+        ("fin_resolutions", ContractAlertSetting((100,), True), (100,)),
+        ("seats", None, ()),
+        ("seats", ContractAlertSetting((50, 80, 100), True), ()),
+    ],
+)
+def test_the_levels_a_contract_alerts_at(metric: str, setting: ContractAlertSetting | None, expected: tuple) -> None:
+    assert contract_levels_of(metric, setting) == expected
+
+
+@pytest.mark.parametrize("levels", [(), (80, 50), (80, 80), (60,), (True,), (50, 80, 100, 120), [80]])
+def test_contract_levels_are_distinct_choices_lowest_first(levels: tuple) -> None:
+    with pytest.raises((TypeError, ValueError)):
+        ContractAlertSetting(levels, True)
+
+
+def test_contract_roll_clears_what_was_alerted_keeps_the_setting_and_never_goes_back() -> None:
+    setting = ContractAlertSetting((80,), True, changed_by="admin")
+    state = apply_contract_setting(ContractAlertState(), "sms", setting, 0, 1000, P1)
+    state, _ = judge_contract_usage(state, "sms", 0, 900, 1000, P1)
     assert state.alerted == {(1000, 80)}
     rolled = roll_contract_to(state, P2)
-    assert rolled == ContractAlertState(P2, frozenset())
+    assert rolled == ContractAlertState(P2, frozenset(), setting)
+    assert rolled.setting is not None and rolled.setting.changed_by == "admin"
     assert roll_contract_to(rolled, P1) is rolled
 
 
 def test_a_negative_included_quantity_is_refused() -> None:
     with pytest.raises(ValueError):
-        judge_contract_usage(ContractAlertState(), 0, 10, -1, P1)
+        judge_contract_usage(ContractAlertState(), "sms", 0, 10, -1, P1)
+    with pytest.raises(ValueError):
+        apply_contract_setting(ContractAlertState(), "sms", ContractAlertSetting((80,), True), 0, -1, P1)
+
+
+def test_a_contract_setting_for_a_period_older_than_the_state_is_a_callers_mistake() -> None:
+    state = roll_contract_to(ContractAlertState(), P2)
+    with pytest.raises(ValueError):
+        apply_contract_setting(state, "sms", ContractAlertSetting((80,), True), 0, 1000, P1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -676,13 +797,46 @@ def test_contract_levels_alert_at_most_once_in_increasing_order(included: int, s
     state, usage, levels = ContractAlertState(), 0, []
     for step in steps:
         after = max(0, usage + step)
-        state, reached = judge_contract_usage(state, usage, after, included, P1)
+        state, reached = judge_contract_usage(state, "sms", usage, after, included, P1)
         if reached is not None:
             assert reaches_level(after, reached.level, included)
             levels.append(reached.level)
         usage = after
     assert levels == sorted(set(levels))
     assert set(levels) <= {80, 100}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    metric=st.sampled_from(["sms", "email", "fin_resolutions", "seats"]),
+    chosen=st.sets(st.sampled_from(CONTRACT_LEVEL_CHOICES), min_size=1),
+    enabled=st.booleans(),
+    included=st.integers(min_value=1, max_value=2_000),
+    start=st.integers(min_value=0, max_value=2_500),
+    steps=st.lists(st.integers(min_value=-2_000, max_value=2_000), max_size=40),
+)
+def test_a_contract_alerts_only_at_chosen_levels_newly_reached_once_each(
+    metric: str, chosen: set[int], enabled: bool, included: int, start: int, steps: list[int]
+) -> None:
+    setting = ContractAlertSetting(tuple(sorted(chosen)), enabled)
+    state = apply_contract_setting(ContractAlertState(), metric, setting, start, included, P1)
+    usage, levels, highest = start, [], start
+    for step in steps:
+        after = max(0, usage + step)
+        state, reached = judge_contract_usage(state, metric, usage, after, included, P1)
+        if reached is not None:
+            assert reaches_level(after, reached.level, included) and reached.threshold == included
+            levels.append(reached.level)
+        usage, highest = after, max(highest, after)
+    assert levels == sorted(set(levels))
+    if metric == "seats" or not enabled:
+        assert levels == []
+        return
+    assert set(levels) <= chosen
+    newly_reached = [
+        lv for lv in chosen if reaches_level(highest, lv, included) and not reaches_level(start, lv, included)
+    ]
+    assert (max(levels) if levels else None) == (max(newly_reached) if newly_reached else None)
 
 
 CYCLES = [BillingCycle(1, "UTC"), BillingCycle(15, "Europe/Dublin"), BillingCycle(31, "America/St_Johns")]

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from meterwatch.core.alerts import AlertSetting, AlertState, ContractAlertState, ScheduledSetting
+from meterwatch.core.alerts import AlertSetting, AlertState, ContractAlertSetting, ContractAlertState, ScheduledSetting
 from meterwatch.core.contract_usage import ContractPeriod, ContractUsage
 from meterwatch.core.fin_limit import FinState, LimitSetting
 from meterwatch.core.mail_cap import MailHour
@@ -115,24 +115,42 @@ def test_times_and_days_are_stored_as_their_isoformat_text(tallies: list[PeriodT
     ]
 
 
+contract_alert_settings = st.none() | st.builds(
+    ContractAlertSetting,
+    st.sets(st.sampled_from([50, 80, 100]), min_size=1).map(lambda levels: tuple(sorted(levels))),
+    st.booleans(),
+    st.none() | st.text(min_size=1, max_size=8),
+    st.none() | instants,
+)
+
+
 @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
-@given(st.lists(periods(), min_size=1, max_size=3), st.none() | periods())
+@given(st.lists(periods(), min_size=1, max_size=3), st.none() | periods(), contract_alert_settings)
 def test_a_contract_value_reads_back_equal(
-    contract_periods: list[BillingPeriod], alerted: BillingPeriod | None
+    contract_periods: list[BillingPeriod], alerted: BillingPeriod | None, setting: ContractAlertSetting | None
 ) -> None:
     state = ContractUsage(
         periods=tuple(
             ContractPeriod(p, MappingProxyType({"sms": MappingProxyType({"ws_1": (5, 7)})})) for p in contract_periods
         ),
         workspace_ids=("ws_1",),
-        alerts=MappingProxyType({"sms": ContractAlertState(alerted, frozenset({(100, 50)}))}),
+        alerts=MappingProxyType({"sms": ContractAlertState(alerted, frozenset({(100, 50)}), setting)}),
         recent_commands=MappingProxyType({"sub-1": 1_796_000_000_000}),
     )
-    assert decode_contract_usage(encode_contract_usage(state)) == state
+    decoded = decode_contract_usage(encode_contract_usage(state))
+    assert decoded == state
+    read_setting = decoded.alerts["sms"].setting
+    if setting is not None and read_setting is not None:  # who and when are not compared by ==
+        assert (read_setting.changed_by, read_setting.changed_at) == (setting.changed_by, setting.changed_at)
     stored = orjson.loads(encode_contract_usage(state))
     assert [[p["start"], p["end"]] for p in stored["periods"]] == [
         [p.start.isoformat(), p.end.isoformat()] for p in contract_periods
     ]
+
+
+def test_a_contract_value_written_without_alert_settings_reads_back_with_none() -> None:
+    stored = b'{"alerts": {"sms": {"period": null, "alerted": [[1000, 80]]}}}'
+    assert decode_contract_usage(stored).alerts["sms"] == ContractAlertState(None, frozenset({(1000, 80)}), None)
 
 
 def test_values_without_signed_commands_store_no_trace_of_them() -> None:

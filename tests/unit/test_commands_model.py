@@ -15,6 +15,7 @@ from meterwatch.models.commands import (
     AlertSettings,
     BillingContacts,
     CommandRejected,
+    ContractAlertSettings,
     LimitSettings,
     Subscription,
     parse_command,
@@ -63,6 +64,13 @@ def command(type_: str, **fields: Any) -> dict[str, Any]:
                 "seats": {"unit_price": "39.00", "included": 10},
             },
             "messages_included": 500,
+        },
+        "contract_alert_settings": {
+            "contract_id": "c_7",
+            "actor": ADMIN,
+            "metric": "sms",
+            "levels": [50, 100],
+            "enabled": True,
         },
     }
     document = {**common, **bodies.get(type_, {}), **fields}
@@ -155,6 +163,29 @@ def test_a_subscription_is_accepted_without_an_actor() -> None:
     assert isinstance(parsed.prices[Metric.SEATS].unit_price, Decimal)
 
 
+def test_contract_alert_settings_are_accepted() -> None:
+    parsed = parse_command(encode(command("contract_alert_settings")))
+
+    assert isinstance(parsed, ContractAlertSettings)
+    assert (parsed.contract_id, parsed.actor.id, parsed.metric) == ("c_7", "user_1", Metric.SMS)
+    assert (parsed.levels, parsed.enabled) == ([50, 100], True)
+
+
+@pytest.mark.parametrize(
+    ("fields", "levels", "enabled"),
+    [
+        ({"levels": ...}, [80, 100], True),  # a contract's levels unless chosen
+        ({"enabled": ...}, [50, 100], True),
+        ({"levels": [100, 50, 100]}, [50, 100], True),  # a set, lowest first
+        ({"levels": [80], "enabled": False}, [80], False),
+    ],
+)
+def test_contract_alert_settings_defaults_and_levels_as_a_set(fields: dict, levels: list[int], enabled: bool) -> None:
+    parsed = parse_command(encode(command("contract_alert_settings", **fields)))
+
+    assert (parsed.levels, parsed.enabled) == (levels, enabled)
+
+
 def test_a_subscription_without_the_optional_base_fee_is_accepted() -> None:
     parsed = parse_command(encode(command("subscription", messages_included=...)))
 
@@ -177,6 +208,22 @@ def test_unknown_fields_in_a_command_are_ignored() -> None:
         pytest.param(command("limit_settings", actor=TEAMMATE), "no_billing_permission", id="limit-no-permission"),
         pytest.param(command("billing_contacts", actor=TEAMMATE), "no_billing_permission", id="contacts-no-permission"),
         pytest.param(command("alert_settings", metric="seats"), "alerts_not_available_on_seats", id="alert-on-seats"),
+        pytest.param(
+            command("contract_alert_settings", metric="seats"),
+            "alerts_not_available_on_seats",
+            id="contract-alert-on-seats",
+        ),
+        pytest.param(
+            command("contract_alert_settings", actor=TEAMMATE), "no_billing_permission", id="contract-no-permission"
+        ),
+        pytest.param(command("contract_alert_settings", actor=...), "invalid_command", id="contract-missing-actor"),
+        pytest.param(command("contract_alert_settings", contract_id=...), "invalid_command", id="missing-contract"),
+        pytest.param(command("contract_alert_settings", levels=[]), "invalid_command", id="no-levels"),
+        pytest.param(command("contract_alert_settings", levels=[60]), "invalid_command", id="level-not-a-choice"),
+        pytest.param(command("contract_alert_settings", levels=[80.0]), "invalid_command", id="level-float"),
+        pytest.param(command("contract_alert_settings", levels=["80"]), "invalid_command", id="level-string"),
+        pytest.param(command("contract_alert_settings", levels=80), "invalid_command", id="levels-not-list"),
+        pytest.param(command("contract_alert_settings", enabled="no"), "invalid_command", id="contract-enabled-str"),
         pytest.param(command("limit_settings", metric="sms"), "limit_only_for_fin_resolutions", id="limit-on-sms"),
         pytest.param(command("limit_settings", metric="seats"), "limit_only_for_fin_resolutions", id="limit-on-seats"),
         pytest.param(command("alert_settings", threshold=0), "invalid_command", id="threshold-0"),

@@ -102,3 +102,25 @@ def test_freshness_is_judged_at_the_brokers_stamp_when_there_is_one() -> None:
     assert _routed_at(stamped) == datetime.fromtimestamp(1_700_000_000.5, tz=UTC)
     chosen_by_producer = SimpleNamespace(timestamp=1_700_000_000.5, timestamp_type=0)
     assert abs((_routed_at(chosen_by_producer) - datetime.now(UTC)).total_seconds()) < 5
+
+
+@pytest.mark.parametrize(
+    ("document", "subject"),
+    [
+        ({"type": "billing_contacts", "workspace_id": "ws_1", "emails": []}, "workspace_id"),
+        ({"type": "contract_alert_settings", "contract_id": "c_1", "metric": "sms", "levels": [50]}, "contract_id"),
+    ],
+)
+def test_a_signed_command_is_keyed_by_what_it_is_about(document: dict, subject: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    import orjson
+    from meterwatch.models.commands import CommandRejected, parse_command
+    from meterwatch.streams.pipeline.route_commands import _check_signed_command
+
+    now = datetime.now(UTC)
+    actor = {"id": "admin", "billing_permission": True}
+    command = parse_command(orjson.dumps({**document, "command_id": "c", "issued_at": now.isoformat(), "actor": actor}))
+    _check_signed_command(command, document[subject], timedelta(minutes=5), now)
+    with pytest.raises(CommandRejected, match=f"^key_mismatch: .* its {subject}$"):
+        _check_signed_command(command, "someone_else", timedelta(minutes=5), now)
