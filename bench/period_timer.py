@@ -23,7 +23,7 @@ from meterwatch.core.alerts import AlertSetting, AlertState
 from meterwatch.core.fin_limit import FinState, LimitSetting
 from meterwatch.core.metering import MetricTally, Reading, WorkspaceUsage, count_reading
 from meterwatch.core.periods import CALENDAR_MONTH_UTC
-from meterwatch.core.steps.fin import period_tick_due
+from meterwatch.core.steps.ticks import tick_due
 from meterwatch.core.workspace import WorkspaceState
 from meterwatch.streams.codec import decode_workspace, encode_workspace
 from meterwatch.streams.pipeline.period_timer import PeriodTickIndex
@@ -59,7 +59,7 @@ def baseline_pass(values: list[tuple[str, bytes]], now: datetime) -> list[str]:
     due = []
     for workspace_id, raw in values:
         state = decode_workspace(raw)
-        at = None if state is None else period_tick_due(state)
+        at = None if state is None else tick_due(state)
         if at is not None and at <= now:
             due.append(workspace_id)
     return due

@@ -33,6 +33,7 @@ __all__ = [
     "CONTRACT_LEVEL_CHOICES",
     "CONTRACT_SCOPE",
     "EARLY_WARNING_LEVELS",
+    "FORECAST_SCOPE",
     "FULL_LEVEL",
     "WORKSPACE_SCOPE",
     "AlertSetting",
@@ -62,6 +63,9 @@ CONTRACT_LEVEL_CHOICES = (*EARLY_WARNING_LEVELS, FULL_LEVEL)
 
 WORKSPACE_SCOPE = "workspace"
 CONTRACT_SCOPE = "contract"
+# The `alert_id` scope of a workspace alert's forecast warnings (core/forecast.py): a warning
+# and the alert for the same level never share an id.
+FORECAST_SCOPE = "forecast"
 
 # Fixed forever: changing either would give every past crossing a new id, and consumers
 # deduplicate mail and records by it. The namespace is uuid5(NAMESPACE_URL,
@@ -86,7 +90,8 @@ def _require_count(value: object, name: str, *, minimum: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class AlertSetting:
-    """One `alert_settings` command's content; `enabled=False` turns the alert off."""
+    """One `alert_settings` command's content; `enabled=False` turns the alert off and
+    `forecast_warnings` also warns of levels the forecast projects this period."""
 
     threshold: int
     early_warnings: bool
@@ -94,6 +99,7 @@ class AlertSetting:
     # Who set it and when (the command's actor and receipt); not part of what the setting is.
     changed_by: str | None = field(default=None, compare=False)
     changed_at: datetime | None = field(default=None, compare=False)
+    forecast_warnings: bool = False
 
     def __post_init__(self) -> None:
         _require_count(self.threshold, "threshold", minimum=1)
@@ -132,12 +138,18 @@ class AlertState:
     `setting` is the setting in force (None: never set) and `scheduled` the one waiting for the
     next period; both are what the HTTP view shows, after `roll_to` the current period so a
     schedule that fell due before any event of the new period arrived shows as in force.
+
+    `forecast_warned` holds the (threshold, level) pairs a forecast warning may no longer be
+    given for in the period (cleared with `alerted`), and `forecast_judged_at` when the
+    forecasts were last judged, which sets when they are judged next (core/forecast.py).
     """
 
     period: BillingPeriod | None = None
     setting: AlertSetting | None = None
     scheduled: ScheduledSetting | None = None
     alerted: frozenset[ThresholdLevel] = frozenset()
+    forecast_warned: frozenset[ThresholdLevel] = frozenset()
+    forecast_judged_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,14 +228,14 @@ def _judge_levels(
 
 
 def roll_to(state: AlertState, period: BillingPeriod) -> AlertState:
-    """The state as of `period`: a later period clears what was alerted and activates a
+    """The state as of `period`: a later period clears what was alerted and warned and activates a
     scheduled setting that has fallen due. The same or an earlier period changes nothing."""
     if not _is_later(period, state.period):
         return state
     setting, scheduled = state.setting, state.scheduled
     if scheduled is not None and scheduled.effective_from <= period.start:
         setting, scheduled = scheduled.setting, None
-    return AlertState(period=period, setting=setting, scheduled=scheduled, alerted=frozenset())
+    return AlertState(period, setting, scheduled, frozenset(), frozenset(), state.forecast_judged_at)
 
 
 def onto_cycle(state: AlertState, cycle: BillingCycle) -> AlertState:
@@ -284,7 +296,7 @@ def apply_setting(
         # Levels this setting's usage has already reached never alert for this threshold in
         # this period; pairs alerted earlier stay, so re-applying or re-enabling re-arms nothing.
         alerted = state.alerted | _reached_pairs(levels_of(setting), setting.threshold, usage_now)
-        applied = AlertState(period=state.period, setting=setting, scheduled=None, alerted=alerted)
+        applied = replace(state, setting=setting, scheduled=None, alerted=alerted)
         return applied, SettingOutcome("applied")
     effective_from = next_period_start.astimezone(UTC)
     scheduled = replace(state, scheduled=ScheduledSetting(setting, effective_from))

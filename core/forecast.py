@@ -8,6 +8,12 @@ is the usage so far plus that rate times the time left, the rest of today includ
 to a whole count. A level's date is the local day on which usage growing at that rate from now
 first reaches it; none if it is reached already or not before the period ends.
 
+Forecast warnings (``judge_forecast``): an alert with ``forecast_warnings`` on warns of the
+highest of its levels, not reached yet, that usage is projected to reach before the period ends;
+each (threshold, level) warns at most once a period, lower levels projected with it are used up
+with it, and a level already reached (or alerted) never warns. They are judged after each local
+midnight and after a setting, never per event: the rate only changes when a day completes.
+
 There is no forecast on a period's first local day (no complete day to take a rate from), and
 none for seats, whose usage is a daily maximum rather than a sum. A falling trend (corrections
 outweighing usage) projects no change: usage is never projected below what it is.
@@ -16,11 +22,11 @@ Rates are ``Decimal`` (28 significant digits), counts integers, never floats; no
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
-from .alerts import AlertSetting, levels_of
+from .alerts import AlertSetting, AlertState, levels_of, roll_to
 from .metering import PeriodTally
 from .metric_kinds import METRIC_KINDS, Counting
 from .periods import BillingCycle, BillingPeriod
@@ -44,6 +50,19 @@ class Forecast:
     per_day: Decimal  # the rate it assumes
     basis_days: int  # how many complete days the rate is the mean of
     levels: tuple[LevelForecast, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ForecastWarning:
+    """A level of an alert the forecast projects usage to reach this period: a warning to publish."""
+
+    level: int
+    threshold: int
+    usage: int  # when judged
+    projected_usage: int  # at the period's end
+    projected_date: date  # the local day the level is projected to be reached
+    period: BillingPeriod
+    method: str = METHOD
 
 
 def forecast(
@@ -100,3 +119,33 @@ def _level(
 def _days(span: timedelta) -> Decimal:
     micros = (span.days * 86_400 + span.seconds) * 1_000_000 + span.microseconds
     return Decimal(micros) / _MICROSECONDS_PER_DAY
+
+
+def judge_forecast(
+    state: AlertState, projected: Forecast | None, used: int, period: BillingPeriod, now: datetime
+) -> tuple[AlertState, ForecastWarning | None]:
+    """Judge ``projected``, the forecast of ``period`` at ``now`` with the levels of the setting in
+    force in ``state`` rolled to ``period`` (``used``: the usage so far), for a forecast warning.
+
+    The state remembers ``now`` as its last judgement even when nothing warns; an earlier
+    period than the state's is judged against nothing and leaves it as it is.
+    """
+    if state.period is not None and period.start < state.period.start:
+        return state, None
+    state = replace(roll_to(state, period), forecast_judged_at=now)
+    setting = state.setting
+    if projected is None or setting is None or not setting.enabled or not setting.forecast_warnings:
+        return state, None
+    threshold = setting.threshold
+    spent = state.alerted | state.forecast_warned
+    ahead = [
+        (level.percent, level.on)
+        for level in projected.levels
+        if not level.reached and level.on is not None and (threshold, level.percent) not in spent
+    ]
+    if not ahead:
+        return state, None
+    percent, on = max(ahead)
+    warned = state.forecast_warned | {(threshold, level) for level, _ in ahead}
+    warning = ForecastWarning(percent, threshold, used, projected.usage, on, period)
+    return replace(state, forecast_warned=warned), warning

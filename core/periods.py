@@ -145,6 +145,10 @@ class BillingCycle:
                 days.append(day)
         return days
 
+    def next_day_start(self, at: datetime) -> datetime:
+        """The first instant of the local day after the one ``at`` falls on, in UTC."""
+        return self._first_instant_of(self.local_date(at) + timedelta(days=1))
+
     def _period(self, index: int) -> BillingPeriod:
         return BillingPeriod(self._start_of(index), self._start_of(index + 1))
 

@@ -72,6 +72,7 @@ class AlertSettings(_WorkspaceCommand):
     threshold: StrictInt = Field(gt=0, le=MAX_AMOUNT)
     early_warnings: StrictBool = False
     enabled: StrictBool = True
+    forecast_warnings: StrictBool = False
 
 
 class LimitSettings(_WorkspaceCommand):

@@ -19,8 +19,9 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from ..core.alerts import LevelReached, alert_id
+from ..core.alerts import FORECAST_SCOPE, WORKSPACE_SCOPE, LevelReached, alert_id
 from ..core.fin_limit import Transition, should_notify
+from ..core.forecast import ForecastWarning
 from ..core.metric_kinds import FIN_RESOLUTIONS
 from .common import iso
 
@@ -212,6 +213,25 @@ def alert_record(
         "triggered_at": iso(triggered_at),
         "cause_event_id": cause_event_id,
     }
+
+
+def forecast_record(workspace_id: str, metric: str, warning: ForecastWarning, **addressed: Any) -> dict[str, Any]:
+    """A ``usage.alerts`` record of ``kind`` "forecast" (CONTRACT 5.1, *Addition: forecast
+    warnings*): the fields of the workspace's alert for the level (``addressed``: its
+    ``contract_id``, ``estimated_cost``, ``recipients`` and ``triggered_at``), with an id of its
+    own, no cause event, and where and when the forecast sees usage going."""
+    reached = LevelReached(warning.level, warning.threshold, warning.usage, warning.period)
+    record = alert_record(
+        WORKSPACE_SCOPE, workspace_id, metric, reached, workspace_id=workspace_id, cause_event_id=None, **addressed
+    )
+    record["alert_id"] = alert_id(
+        FORECAST_SCOPE, workspace_id, metric, warning.period.start, warning.threshold, warning.level
+    )
+    record["kind"] = "forecast"
+    record["projected_usage"] = warning.projected_usage
+    record["projected_date"] = warning.projected_date.isoformat()
+    record["method"] = warning.method
+    return record
 
 
 def limit_record(workspace_id: str, transition: Transition) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import textwrap
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -135,7 +135,8 @@ def message_id(kind: str, record_id: str, recipient: str, sender: str) -> str:
 
 def compose_alert_mail(alert: Mapping[str, Any], recipient: str, *, sender: str) -> EmailMessage:
     """The mail for one ``usage.alerts`` record (CONTRACT 5.1) to one of its ``recipients``."""
-    alert_id = _required_id(alert, "alert_id")
+    if alert.get("kind") == "forecast":
+        return _compose_forecast_mail(alert, recipient, sender=sender)
     metric = metric_title(alert.get("metric"))
     level, threshold = _level(alert.get("level")), _count(alert.get("threshold"))
     if alert.get("scope") == "contract":
@@ -157,10 +158,57 @@ def compose_alert_mail(alert: Mapping[str, Any], recipient: str, *, sender: str)
         ("Estimated cost", money_text(alert.get("estimated_cost"))),
     ]
     closing = "Usage alerts only inform you: nothing has been disabled or blocked."
-    body = _body(opening, facts, closing, f"Alert id: {one_line(alert_id, _MAX_ID)}")
-    message = _message("alert", alert_id, recipient, sender, subject, body, alert.get("triggered_at"))
+    return _alert_message("alert", alert, recipient, sender, subject, (opening, facts, closing))
+
+
+def _compose_forecast_mail(warning: Mapping[str, Any], recipient: str, *, sender: str) -> EmailMessage:
+    """The mail for a forecast warning: the workspace's usage is projected to reach a level."""
+    metric = metric_title(warning.get("metric"))
+    level, threshold = _level(warning.get("level")), _count(warning.get("threshold"))
+    workspace = one_line(warning.get("workspace_id"))
+    on = _day(warning.get("projected_date"))
+    subject = f"{metric} usage projected to reach {level}% of your alert ({threshold}) by {on} - workspace {workspace}"
+    opening = (
+        f"At its recent pace, the workspace {workspace} is projected to reach {level}% of the {metric} "
+        f"usage alert you set by {on}, before this billing period ends."
+    )
+    facts = [
+        ("Metric", metric),
+        ("Usage this period", _count(warning.get("usage"))),
+        ("Usage alert", threshold),
+        ("Level projected", f"{level}%"),
+        ("Projected by", on),
+        ("Projected at period end", _count(warning.get("projected_usage"))),
+        ("Billing period", _period(warning)),
+        ("Estimated cost", money_text(warning.get("estimated_cost"))),
+    ]
+    closing = "This is a forecast from the daily usage so far; nothing has been disabled or blocked."
+    return _alert_message("forecast", warning, recipient, sender, subject, (opening, facts, closing))
+
+
+def _alert_message(
+    kind: str,
+    alert: Mapping[str, Any],
+    recipient: str,
+    sender: str,
+    subject: str,
+    text: tuple[str, list[tuple[str, str]], str],
+) -> EmailMessage:
+    """The mail of a ``usage.alerts`` record; ``text``: the opening, facts and closing of its body."""
+    alert_id = _required_id(alert, "alert_id")
+    body = _body(*text, f"Alert id: {one_line(alert_id, _MAX_ID)}")
+    message = _message(kind, alert_id, recipient, sender, subject, body, alert.get("triggered_at"))
     message["X-Meterwatch-Alert-Id"] = one_line(alert_id, _MAX_ID)
     return message
+
+
+def _day(value: Any) -> str:
+    """An ISO date as "Dec 12"; anything else as sanitised text."""
+    try:
+        day = date.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        day = None
+    return f"{day:%b} {day.day}" if day is not None else (one_line(value, 20) or "?")
 
 
 def compose_fin_disabled_mail(transition: Mapping[str, Any], recipient: str, *, sender: str) -> EmailMessage:

@@ -111,11 +111,16 @@ def _read_period(data: list[str] | None) -> BillingPeriod | None:
 def _setting(setting: AlertSetting | None) -> list[Any] | None:
     if setting is None:
         return None
-    return [setting.threshold, setting.early_warnings, setting.enabled, *_changed(setting)]
+    fields = [setting.threshold, setting.early_warnings, setting.enabled]
+    if setting.forecast_warnings:  # only when on, after who and when: a value without it reads as off
+        return [*fields, setting.changed_by, setting.changed_at, True]
+    return [*fields, *_changed(setting)]
 
 
 def _read_setting(data: list[Any] | None) -> AlertSetting | None:
-    return None if data is None else AlertSetting(data[0], data[1], data[2], *_read_changed(data[3:]))
+    if data is None:
+        return None
+    return AlertSetting(data[0], data[1], data[2], *_read_changed(data[3:5]), len(data) > 5 and data[5])
 
 
 def _changed(setting: AlertSetting | LimitSetting | ContractAlertSetting) -> list[Any]:
@@ -140,11 +145,14 @@ def _alert_state(state: AlertState) -> dict[str, Any]:
         if scheduled is None
         else {"setting": _setting(scheduled.setting), "effective_from": scheduled.effective_from.isoformat()},
         "alerted": sorted(list(pair) for pair in state.alerted),
+        # Forecast warnings (absent from a value without them: they read back as never judged)
+        **({"forecast_warned": sorted(list(pair) for pair in state.forecast_warned)} if state.forecast_warned else {}),
+        **({"forecast_judged_at": state.forecast_judged_at} if state.forecast_judged_at is not None else {}),
     }
 
 
 def _read_alert_state(data: dict[str, Any]) -> AlertState:
-    scheduled = data["scheduled"]
+    scheduled, judged = data["scheduled"], data.get("forecast_judged_at")
     return AlertState(
         period=_read_period(data["period"]),
         setting=_read_setting(data["setting"]),
@@ -155,6 +163,8 @@ def _read_alert_state(data: dict[str, Any]) -> AlertState:
             datetime.fromisoformat(scheduled["effective_from"]),
         ),
         alerted=frozenset((pair[0], pair[1]) for pair in data["alerted"]),
+        forecast_warned=frozenset((pair[0], pair[1]) for pair in data.get("forecast_warned", ())),
+        forecast_judged_at=None if judged is None else datetime.fromisoformat(judged),
     )
 
 

@@ -66,7 +66,7 @@ from ..periods import LATE_EVENT_GRACE, MAX_FUTURE_SKEW, BillingCycle, BillingPe
 from ..rejections import RejectCode
 from ..workspace import WorkspaceState
 from . import commands, fin
-from .alerting import alert_record, apply_alert_settings, judge_change
+from .alerting import alert_record, apply_alert_settings, judge_change, judge_forecasts
 from .commands import take_contract_others
 
 log = logging.getLogger(__name__)
@@ -449,6 +449,13 @@ class _Step:
             self.result.outputs.alert(self.workspace_id, record)
             self._request_mail(ALERT, record, record["recipients"], at)
 
+    def _warn(self, at: datetime, metrics: tuple[str, ...] | None = None) -> None:
+        """Publish the forecast warnings of ``metrics`` (None: every metric) judged at ``at``."""
+        self.state, records = judge_forecasts(self.state, self.workspace_id, at, metrics)
+        for record in records:
+            self.result.outputs.alert(self.workspace_id, record)
+            self._request_mail(ALERT, record, record["recipients"], at)
+
     def _dead_letter(self, row: list[Any], origin: list[Any], code: str) -> None:
         self.result.rejected[code] += 1
         key = origin[O_KEY]
@@ -475,6 +482,7 @@ class _Step:
         if kind == "alert_settings":
             self.state, answer = apply_alert_settings(self.state, command, received)
             self._answer(command, answer)
+            self._warn(received, (command["metric"],))
             return
         if kind == "limit_settings":
             self.state, transition, answer = fin.on_limit_settings(self.state, self.workspace_id, command, received)
@@ -482,8 +490,12 @@ class _Step:
             self._publish_transition(transition)
             return
         if kind == PERIOD_TICK:
-            self.state, transition = fin.on_period_tick(self.state, self.workspace_id, received)
-            self._publish_transition(transition)
+            # A tick also comes after local midnights for forecast warnings; Fin takes only its own.
+            fin_due = fin.period_tick_due(self.state)
+            if fin_due is not None and fin_due <= received:
+                self.state, transition = fin.on_period_tick(self.state, self.workspace_id, received)
+                self._publish_transition(transition)
+            self._warn(received)
             return
         if kind == CONTRACT_OTHERS:
             self.state = take_contract_others(self.state, command)

@@ -41,7 +41,7 @@ RESULT_WAIT_SECONDS = 5.0
 CLOSE_SECONDS = 5.0
 # The fields each PUT takes, as the matching command names them.
 FIELDS = {
-    "alert_settings": frozenset({"threshold", "early_warnings", "enabled"}),
+    "alert_settings": frozenset({"threshold", "early_warnings", "enabled", "forecast_warnings"}),
     "limit_settings": frozenset({"limit", "enabled"}),
     "billing_contacts": frozenset({"emails"}),
 }

@@ -110,6 +110,7 @@ def _alert_settings(rolled: AlertState | None) -> dict[str, Any]:
             "threshold": setting.threshold,
             "early_warnings": setting.early_warnings,
             "enabled": setting.enabled,
+            "forecast_warnings": setting.forecast_warnings,
             **changed_by(setting),
         },
         "scheduled_alert": None
@@ -118,6 +119,7 @@ def _alert_settings(rolled: AlertState | None) -> dict[str, Any]:
             "threshold": scheduled.setting.threshold,
             "early_warnings": scheduled.setting.early_warnings,
             "enabled": scheduled.setting.enabled,
+            "forecast_warnings": scheduled.setting.forecast_warnings,
             "effective_from": iso(scheduled.effective_from),
             **changed_by(scheduled.setting),
         },
@@ -195,7 +197,14 @@ def settings_document(
         if setting is None and scheduled is None:
             continue
         others = _others_usage(contract_usage, name, workspace_id)
-        unset = {"threshold": None, "early_warnings": False, "enabled": False, "changed_by": None, "changed_at": None}
+        unset = {
+            "threshold": None,
+            "early_warnings": False,
+            "enabled": False,
+            "forecast_warnings": False,
+            "changed_by": None,
+            "changed_at": None,
+        }
         alerts[name] = {
             **(setting or unset),
             "scheduled": scheduled,

@@ -1,5 +1,6 @@
 """Work that time, not an event, starts: a new billing period re-enables Fin for every
-workspace that was disabled, even if no event arrives for it."""
+workspace that was disabled, and a local midnight judges the forecasts of every workspace with
+forecast warnings on (``core/steps/ticks.py``), even if no event arrives for it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer
 
-from ...core.steps.fin import period_tick_due
+from ...core.steps.ticks import tick_due
 from ...core.workspace import WorkspaceState
 from ...models.internal import period_tick
 from ..codec import decode_workspace
@@ -37,7 +38,7 @@ class PeriodTickIndex:
 
     def note(self, workspace_id: str, raw: bytes, state: WorkspaceState) -> None:
         """What counting has just written for ``workspace_id``: the next pass need not decode it."""
-        self._seen[workspace_id] = (raw, period_tick_due(state))
+        self._seen[workspace_id] = (raw, tick_due(state))
 
     def due(self, values: Iterable[tuple[str, bytes]], now: datetime) -> list[str]:
         seen: dict[str, tuple[bytes, datetime | None]] = {}
@@ -48,7 +49,7 @@ class PeriodTickIndex:
                 at = known[1]
             else:
                 state = self._decode(raw)
-                at = None if state is None else period_tick_due(state)
+                at = None if state is None else tick_due(state)
             # Workspaces no longer held (given up in a rebalance) drop out with the old dict.
             seen[workspace_id] = (raw, at)
             if at is not None and at <= now:
@@ -63,7 +64,8 @@ class TickSender:
     A tick answers no input, so under exactly_once there is no source offset whose commit would
     make it visible: sent through Faust it would wait in an open transaction until unrelated
     traffic on the same partition committed it, and a quiet workspace would never see it.
-    A tick is safe to repeat (the Fin state machine ignores a period it already started), so a
+    A tick is safe to repeat (the Fin state machine ignores a period it already started, and a
+    forecast warning is given once per level and period), so a
     plain producer is enough; not an idempotent one, which the embedded broker cannot give.
     """
 

@@ -399,9 +399,13 @@ async def test_a_billing_person_changes_the_alert_on_the_page_and_sees_what_it_w
     threshold.clear()
     threshold.send_keys("2000")
     shows(browser, "sms", "threshold-price", "Reaching 2,000 would cost $12.50 this period")
+    forecast_warnings = form.find_element(By.NAME, "forecast_warnings")
+    assert not forecast_warnings.is_selected()
+    forecast_warnings.click()
     form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     shows(browser, "sms", "save-result", "Saved.")
     shows(browser, "sms", "alert", "At 2,000")
+    assert http_get(f"{base}/usage/{WS}/settings")[1]["alerts"]["sms"]["forecast_warnings"] is True
 
     # Lowered below the 803 used: saved, and it says it applies from the next period.
     threshold.clear()

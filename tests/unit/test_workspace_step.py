@@ -93,6 +93,7 @@ def commands(draw: st.DrawFn) -> dict[str, Any]:
             "threshold": draw(st.integers(1, 40)),
             "early_warnings": draw(st.booleans()),
             "enabled": draw(st.booleans()),
+            "forecast_warnings": draw(st.booleans()),
         }
     if kind == "limit_settings":
         return {

@@ -92,6 +92,7 @@
         <label><input type="checkbox" name="enabled"> Alert on</label>
         <label>At <input type="number" name="threshold" min="1" step="1" inputmode="numeric" required></label>
         <label><input type="checkbox" name="early_warnings"> Also at 50% and 80%</label>
+        <label><input type="checkbox" name="forecast_warnings"> Warn when the forecast reaches a level</label>
         <p class="note" data-fact="threshold-price" aria-live="polite"></p>
         <button type="submit">Save</button>
         <p class="note" data-fact="save-result" role="status"></p>
@@ -100,6 +101,7 @@
     field("enabled").checked = alert ? alert.enabled : true;
     field("threshold").value = alert && alert.threshold != null ? alert.threshold : "";
     field("early_warnings").checked = alert ? alert.early_warnings : true;
+    field("forecast_warnings").checked = alert ? Boolean(alert.forecast_warnings) : false;
     const price = form.querySelector("[data-fact=threshold-price]");
     const result = form.querySelector("[data-fact=save-result]");
     let quoting = null;
@@ -124,7 +126,8 @@
       const level = field("threshold").value;
       if (!/^[1-9][0-9]{0,15}$/.test(level)) { setText(result, "Enter a whole number of 1 or more."); return; }
       setText(result, "Saving…");
-      const body = { threshold: Number(level), early_warnings: field("early_warnings").checked, enabled: field("enabled").checked };
+      const body = { threshold: Number(level), early_warnings: field("early_warnings").checked, enabled: field("enabled").checked,
+                     forecast_warnings: field("forecast_warnings").checked };
       try {
         const response = await fetch(api + "/settings/alerts/" + encodeURIComponent(name), {
           method: "PUT", headers: { "Content-Type": "application/json", Accept: "application/json" }, body: JSON.stringify(body),
