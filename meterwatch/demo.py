@@ -9,6 +9,10 @@ refund of email usage) and one event delivered twice. It leaves each story close
 ``ws_acme_us``'s SMS just under 80% of its alert threshold, the contract's messages under 80% of
 their included amount, ``ws_acme_eu``'s Fin resolutions a few below its limit.
 
+Once the backfill is counted, ``ws_acme_us`` turns on forecast warnings for its SMS alert
+(:func:`forecast_warning_command`): at the pace of the last days, its SMS will pass the alert's
+levels before the period ends, and it is told so.
+
 :class:`LiveUsage` then streams usage as it happens, and within its first few hundred events (at
 20 a second, about a minute) crosses those levels, resolves Fin conversations until Fin is
 disabled, retracts one so that it is enabled again, and reports one late event.
@@ -136,6 +140,26 @@ def setup_commands(now: datetime) -> list[tuple[str, dict[str, Any]]]:
         )
     )
     return commands
+
+
+def forecast_warning_command(now: datetime) -> tuple[str, dict[str, Any]]:
+    """``ws_acme_us``'s SMS alert again, now also warning when the forecast reaches a level: as a
+    billing person would after looking at the page, once the period so far has been counted."""
+    return (
+        SMS_WORKSPACE,
+        {
+            "type": "alert_settings",
+            "command_id": "demo-forecast-sms",
+            "issued_at": now.isoformat(),
+            "workspace_id": SMS_WORKSPACE,
+            "actor": ADMIN,
+            "metric": "sms",
+            "threshold": SMS_THRESHOLD,
+            "early_warnings": True,
+            "enabled": True,
+            "forecast_warnings": True,
+        },
+    )
 
 
 @dataclass

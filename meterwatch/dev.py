@@ -27,7 +27,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from .brokers.embedded import EmbeddedBroker
 from .brokers.probe import wait_for_broker
 from .config import Settings
-from .demo import CONTRACT_ID, CONTRACT_WORKSPACES, WORKSPACES, LiveUsage, backfill, cycle_of, setup_commands
+from .demo import (
+    CONTRACT_ID,
+    CONTRACT_WORKSPACES,
+    SMS_WORKSPACE,
+    WORKSPACES,
+    LiveUsage,
+    backfill,
+    cycle_of,
+    forecast_warning_command,
+    setup_commands,
+)
 from .dev_mailbox import LocalMailbox
 from .models.signing import signature_header
 from .processes import signal_when_parent_dies
@@ -296,6 +306,19 @@ class _Usage:
         status, body = await _http_get(f"{self.base}/usage/{workspace_id}", self.token)
         return datetime.fromisoformat(orjson.loads(body)["period_start"]) if status == 200 else None
 
+    async def wait_for_usage(self, workspace_id: str, metric: str, at_least: int, timeout: float) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            status, body = await _http_get(f"{self.base}/usage/{workspace_id}", self.token)
+            entry = orjson.loads(body)["metrics"].get(metric) if status == 200 else None
+            if entry is not None and entry["usage"] >= at_least:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise SystemExit(
+                    f"meterwatch dev: {workspace_id}'s {metric} did not reach {at_least} in {timeout:.0f}s"
+                )
+            await asyncio.sleep(0.3)
+
     async def metrics(self) -> dict[str, float]:
         status, body = await _http_get(f"{self.base}/metrics", self.token)
         if status != 200:
@@ -330,6 +353,9 @@ async def _play_demo(
     await asyncio.gather(*sending)
     account.sent += len(filled.events)
     _say(f"DEMO   backfilled {len(filled.events)} events, the billing period so far: " + "; ".join(filled.notes))
+    await usage.wait_for_usage(SMS_WORKSPACE, "sms", filled.totals[SMS_WORKSPACE, "sms"], timeout=60)
+    _say(f"DEMO   {SMS_WORKSPACE} turns on forecast warnings for its SMS alert")
+    await _send_commands(settings, producer, account, [forecast_warning_command(datetime.now(UTC))])
     live = LiveUsage(filled, rng)
     while True:
         event, note = live.next(datetime.now(UTC))
@@ -467,6 +493,11 @@ def _on_mail(recipients: list[str], subject: str) -> None:
 def _describe(topic: str, record: dict[str, Any]) -> str:
     if topic == USAGE_ALERTS:
         owner = record.get("workspace_id") or f"contract {record.get('contract_id')}"
+        if record.get("kind") == "forecast":
+            return (
+                f"FORECAST {owner}: {record['metric']} projected to reach {record['level']}% of {record['threshold']} "
+                f"by {record['projected_date']} (usage {record['usage']}, {record['projected_usage']} by the period's end)"
+            )
         return (
             f"ALERT  {owner}: {record['metric']} reached {record['level']}% of {record['threshold']} "
             f"(usage {record['usage']}) [{record['alert_id'][:8]}]"
