@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +26,15 @@ _TOPIC_CHARS = re.compile(r"^[A-Za-z0-9._\-]*$")
 # "24h", "90m", "3600" (seconds); ISO 8601 durations ("PT24H") are also accepted by pydantic.
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)?$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# The settings that are durations: each takes a unit and must be positive.
+_DURATIONS = (
+    "dedupe_window",
+    "startup_timeout",
+    "shutdown_timeout",
+    "mail_give_up_after",
+    "webhook_give_up_after",
+    "command_max_age",
+)
 
 
 class ConfigError(ValueError):
@@ -80,6 +90,16 @@ class Settings(BaseSettings):
     # Mails (one per recipient) one workspace's alerts and Fin transitions may ask for in one hour
     # of UTC; a request that does not fit is held back: dead-lettered `mail_rate_limited`, counted.
     max_mails_per_workspace_hour: int = Field(default=200, ge=1)
+
+    # Webhooks (streams/pipeline/webhooks.py): HTTPS endpoints that receive every alert, Fin
+    # transition and notification, signed with the secret; unset, nothing is posted.
+    webhook_urls: str | None = None
+    webhook_secret: SecretStr | None = None
+    # PEM certificates of the CAs that sign the endpoints' certificates; unset: the system's CAs.
+    webhook_ca_file: str | None = None
+    # A delivery still failing for now (5xx, 429, timeout, endpoint unreachable) this long after
+    # it was requested is given up: dead-lettered `webhook_given_up`, counted, recorded as failed.
+    webhook_give_up_after: timedelta = timedelta(hours=24)
 
     dedupe_window: timedelta = timedelta(hours=24)
     # How long start-up waits for the broker to answer before it reports it unreachable.
@@ -178,7 +198,21 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("auth_secret")
+    @field_validator("webhook_urls")
+    @classmethod
+    def _webhook_urls_https(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        urls = [part.strip() for part in value.split(",") if part.strip()]
+        for number, url in enumerate(urls, 1):
+            problem = webhook_url_problem(url)
+            if problem is not None:
+                raise ValueError(f"endpoint {number}: {problem}")
+        if len(set(urls)) != len(urls):
+            raise ValueError("an endpoint is listed twice")
+        return ",".join(urls)
+
+    @field_validator("auth_secret", "webhook_secret")
     @classmethod
     def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or value.get_secret_value() == "":
@@ -198,7 +232,16 @@ class Settings(BaseSettings):
         parse_keys(value.get_secret_value())  # raises ValueError naming what is wrong
         return value
 
-    @field_validator("smtp_ca_file", "auth_jwks", "kafka_ssl_cafile")
+    @model_validator(mode="after")
+    def _webhooks_signed(self) -> Settings:
+        if self.webhook_urls is not None and self.webhook_secret is None:
+            raise ValueError(
+                "METERWATCH_WEBHOOK_URLS is set but METERWATCH_WEBHOOK_SECRET is not: every webhook is signed "
+                "(for example: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        return self
+
+    @field_validator("smtp_ca_file", "auth_jwks", "kafka_ssl_cafile", "webhook_ca_file")
     @classmethod
     def _ca_file_exists(cls, value: str | None) -> str | None:
         if value is None or value.strip() == "":
@@ -233,9 +276,7 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator(
-        "dedupe_window", "startup_timeout", "shutdown_timeout", "mail_give_up_after", "command_max_age", mode="before"
-    )
+    @field_validator(*_DURATIONS, mode="before")
     @classmethod
     def _duration_with_unit(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -243,7 +284,7 @@ class Settings(BaseSettings):
             return value if parsed is None else parsed
         return value
 
-    @field_validator("dedupe_window", "startup_timeout", "shutdown_timeout", "mail_give_up_after", "command_max_age")
+    @field_validator(*_DURATIONS)
     @classmethod
     def _window_positive(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):
@@ -265,6 +306,11 @@ class Settings(BaseSettings):
         """How old a signed command may be, in milliseconds; None when commands are not signed."""
         return None if self.command_keys is None else int(self.command_max_age.total_seconds() * 1000)
 
+    @property
+    def webhook_endpoints(self) -> tuple[str, ...]:
+        """The endpoints every alert, Fin transition and notification is posted to; () when off."""
+        return tuple(self.webhook_urls.split(",")) if self.webhook_urls else ()
+
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
 
@@ -274,6 +320,33 @@ class Settings(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """The settings as they may be logged."""
         return {k: ("***" if isinstance(v, SecretStr) else v) for k, v in self.model_dump().items()}
+
+
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a webhook endpoint, or None. HTTPS only; plain ``http://`` only to a
+    loopback host (a receiver on the same machine, where nothing crosses a network)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError:
+        return "not a URL"
+    if not host:
+        return "no host"
+    if parts.username or parts.password:
+        return "credentials in the URL"
+    if parts.scheme == "https":
+        return None
+    if parts.scheme == "http":
+        return (
+            None
+            if host in _LOOPBACK_HOSTS or host.startswith("127.")
+            else "http:// only to a loopback host; use https://"
+        )
+    return "expected an https:// URL"
 
 
 def parse_duration(text: str) -> timedelta | None:
@@ -312,6 +385,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
 
 
 def _shown(value: Any, field: str) -> str:
-    if "password" in field or "secret" in field or "keys" in field:
+    # A webhook URL may carry the receiver's token in its path or query.
+    if "password" in field or "secret" in field or "keys" in field or field == "webhook_urls":
         return "***"
     return repr(value)

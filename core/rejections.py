@@ -25,5 +25,9 @@ class RejectCode:
     # A mail request held back: its workspace's mails this hour would pass
     # METERWATCH_MAX_MAILS_PER_WORKSPACE_HOUR.
     MAIL_RATE_LIMITED = "mail_rate_limited"
+    # A webhook endpoint answered 4xx (other than 408, 425, 429): never tried again.
+    WEBHOOK_REFUSED = "webhook_refused"
+    # A webhook delivery still failing for now at METERWATCH_WEBHOOK_GIVE_UP_AFTER.
+    WEBHOOK_GIVEN_UP = "webhook_given_up"
     # A billing_contacts command setting more than METERWATCH_MAX_BILLING_CONTACTS addresses.
     TOO_MANY_CONTACTS = "too_many_contacts"

@@ -35,6 +35,7 @@ class Kind(StrEnum):
     DEAD_LETTER = "dead_letter"
     COMMAND_RESULT = "command_results"
     MAIL_REQUEST = "mail_requests"
+    WEBHOOK_REQUEST = "webhook_requests"
     # Internal: a workspace's usage report or contacts to its contract's owner, and a command
     # (a contract's terms, the others' usage, a period tick) to a workspace's inbox.
     CONTRACT_MESSAGE = "contract_inbox"

@@ -119,16 +119,19 @@ class SmtpMailer:
 
 
 def smtp_tls_context(settings: Settings) -> ssl.SSLContext | None:
-    """The TLS context trusting the CAs in ``METERWATCH_SMTP_CA_FILE``, or None for the system's.
-    Raises ValueError with one line when the file cannot be read as certificates."""
-    if settings.smtp_ca_file is None:
+    """The TLS context trusting the CAs in ``METERWATCH_SMTP_CA_FILE``, or None for the system's."""
+    return ca_file_context("METERWATCH_SMTP_CA_FILE", settings.smtp_ca_file)
+
+
+def ca_file_context(variable: str, ca_file: str | None) -> ssl.SSLContext | None:
+    """The TLS context trusting only the CAs in ``ca_file`` (the setting ``variable``), or None
+    for the system's. Raises ValueError with one line when the file cannot be read as certificates."""
+    if ca_file is None:
         return None
     try:
-        return ssl.create_default_context(cafile=settings.smtp_ca_file)
+        return ssl.create_default_context(cafile=ca_file)
     except (OSError, ssl.SSLError) as error:
-        raise ValueError(
-            f"METERWATCH_SMTP_CA_FILE: cannot load {settings.smtp_ca_file!r}: {one_line(error, 200)}"
-        ) from None
+        raise ValueError(f"{variable}: cannot load {ca_file!r}: {one_line(error, 200)}") from None
 
 
 def _reply(code: int, message: str) -> str:
@@ -174,6 +177,9 @@ class MailOutbox:
     when it was still failing for now at the policy's age; ``on_retry(key, attempts, why)``
     after each attempt that will be tried again. Callbacks may be async.
 
+    Webhooks use it too (``sinks/webhook.py``): their sender answers with the same ``SendResult``,
+    one "recipient" (the endpoint) per delivery.
+
     The outbox forgets a key once it is settled: remembering what was sent is the caller's
     (the mail ledger's). A send stops without settling when the outbox is stopped or closed, or
     when ``may_send()`` says no before an attempt.
@@ -195,6 +201,7 @@ class MailOutbox:
         may_send: Callable[[], bool] = lambda: True,
         rng: Callable[[], float] = random.random,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        what: str = "mail",
     ) -> None:
         policy = policy or RetryPolicy(give_up_after=timedelta(hours=24))
         self._policy = replace(policy, backoff=backoff) if backoff is not None else policy
@@ -207,6 +214,7 @@ class MailOutbox:
         self._room.set()
         self._pending: dict[str, _Send] = {}
         self._closed = False
+        self._what = what  # what its log lines call one item: "mail", "webhook"
 
     def put(self, key: str, message: EmailMessage, requested_at: datetime | None = None) -> bool:
         """Start sending ``message`` under ``key``; False if that key is being sent already.
@@ -216,7 +224,9 @@ class MailOutbox:
         if key in self._pending:
             return False
         send = _Send(requested_at or self._clock())
-        send.task = asyncio.get_running_loop().create_task(self._deliver(key, message, send), name=f"mail {key!r}")
+        send.task = asyncio.get_running_loop().create_task(
+            self._deliver(key, message, send), name=f"{self._what} {key!r}"
+        )
         self._pending[key] = send
         if len(self._pending) >= self._max_pending:
             self._room.clear()
@@ -276,7 +286,7 @@ class MailOutbox:
         settled = await asyncio.gather(*pending.values(), return_exceptions=True)
         unsent = [key for key, done in zip(pending, settled, strict=True) if done is not True]
         if unsent:
-            log.warning("mail outbox closed with %d unsent mail(s): %r", len(unsent), unsent)
+            log.warning("%s outbox closed with %d unsent: %r", self._what, len(unsent), unsent)
         return unsent
 
     def _sending_stopped(self, send: _Send) -> bool:
@@ -317,21 +327,23 @@ class MailOutbox:
                         await _call(self._on_refused, key, refused)
                     had_it = f"{len(accepted)} recipient(s) had it; " if accepted else ""
                     reason = f"not delivered in {_age(verdict.age)} ({attempts} attempts; {had_it}last: {why})"
-                    log.error("mail %r: given up: %s", key, reason)
+                    log.error("%s %r: given up: %s", self._what, key, reason)
                     await _call(self._on_given_up, key, reason)
                     return True
                 if attempts in (1, 10) or attempts % 100 == 0:
-                    log.warning("mail %r: attempt %d failed (%s); next in %.2fs", key, attempts, why, verdict.seconds)
+                    log.warning(
+                        "%s %r: attempt %d failed (%s); next in %.2fs", self._what, key, attempts, why, verdict.seconds
+                    )
                 await _call(self._on_retry, key, attempts, why)
                 await asyncio.sleep(verdict.seconds)
             if refused:
                 await _call(self._on_refused, key, refused)
             if accepted:
-                log.info("mail %r: sent to %d recipient(s) in %d attempt(s)", key, len(accepted), attempts)
+                log.info("%s %r: sent (%d accepted) in %d attempt(s)", self._what, key, len(accepted), attempts)
                 await _call(self._on_sent, key)
             else:
                 reason = result.permanent_error or f"{EVERY_RECIPIENT_REFUSED}: {refused}"
-                log.error("mail %r: not sent: %s", key, reason)
+                log.error("%s %r: not sent: %s", self._what, key, reason)
                 await _call(self._on_failed, key, reason)
             return True
         finally:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from ..models.outputs import Output
 from .kafka import KafkaSink
+from .webhook import WebhookRequestSink
 
 
 class Sink(Protocol):
@@ -36,6 +37,9 @@ class Sinks:
             await sink.flush()
 
 
-def compose(channels: Any) -> Sinks:
-    """The sinks of one batch; ``channels`` is the app's ``Channels``."""
-    return Sinks([KafkaSink(channels)])
+def compose(channels: Any, *, webhooks: bool = False) -> Sinks:
+    """The sinks of one batch; ``channels`` is the app's ``Channels``. With ``webhooks`` (some
+    ``METERWATCH_WEBHOOK_URLS``), each alert, Fin transition and notification is also requested
+    to be posted to them."""
+    kafka = KafkaSink(channels)
+    return Sinks([kafka, WebhookRequestSink(kafka)] if webhooks else [kafka])

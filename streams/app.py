@@ -27,6 +27,7 @@ class Channels:
     workspace_inbox: faust.TopicT
     contract_inbox: faust.TopicT
     mail_requests: faust.TopicT
+    webhook_requests: faust.TopicT
     alerts: faust.TopicT
     limits: faust.TopicT
     notifications: faust.TopicT
@@ -113,7 +114,7 @@ def create_app(
 
     # Imported here so that each module registers its own agents or views on this app only.
     from .http import access, metrics_endpoint, settings_api, usage_api, usage_page
-    from .pipeline import contracts, counting, ingest, mailing, period_timer, route_commands
+    from .pipeline import contracts, counting, ingest, mailing, period_timer, route_commands, webhooks
 
     # Counting tells the period timer what it writes, so the timer need not decode it again.
     ticks = period_timer.PeriodTickIndex()
@@ -129,6 +130,7 @@ def create_app(
     runtime.register(built)
     period_timer.register(built, ticks)
     mailing.register(built)
+    webhooks.register(built)
     return built
 
 

@@ -142,6 +142,21 @@ class Metrics:
         self.mail_backlog = Gauge(
             "meterwatch_mail_backlog", "Mails being sent or waiting for the SMTP server on this worker.", registry=r
         )
+        self.webhooks_sent = Counter(
+            "meterwatch_webhooks_sent_total", "Webhook deliveries an endpoint answered 2xx.", registry=r
+        )
+        self.webhooks_failed = Counter(
+            "meterwatch_webhooks_failed_total",
+            "Webhook deliveries given up and dead-lettered, by reason (refused, given_up).",
+            ["reason"],
+            registry=r,
+        )
+        self.webhook_retries = Counter(
+            "meterwatch_webhook_retries_total", "Webhook attempts that failed for now and were retried.", registry=r
+        )
+        self.webhook_backlog = Gauge(
+            "meterwatch_webhook_backlog", "Webhook deliveries being sent or retried on this worker.", registry=r
+        )
         self.rebalances = Counter(
             "meterwatch_rebalances_total", "Consumer group rebalances seen by this worker.", registry=r
         )

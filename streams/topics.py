@@ -53,6 +53,8 @@ TOPICS = (
     Topic("contract_inbox", "contract-inbox", internal=True, lag_watched=True),
     # Alerts and Fin transitions to mail, with their recipients, keyed by their id.
     Topic("mail_requests", "mail-requests", internal=True, lag_watched=True),
+    # Alerts, Fin transitions and notifications to post to the webhook endpoints, keyed by their id.
+    Topic("webhook_requests", "webhook-requests", internal=True, lag_watched=True),
     Topic("alerts", USAGE_ALERTS),
     # The latest transition per workspace is its current state, so keep it forever.
     Topic("limits", USAGE_LIMITS, compacted=True),
@@ -87,6 +89,7 @@ class TopicNames:
     workspace_inbox: str
     contract_inbox: str
     mail_requests: str
+    webhook_requests: str
     alerts: str
     limits: str
     notifications: str
@@ -131,7 +134,7 @@ class AclBinding:
 def acl_bindings(settings: Settings) -> list[AclBinding]:
     """Everything meterwatch's principal needs on a cluster with an authorizer, and nothing more:
     read and write its contract topics as ``TOPICS`` says, own its internal topics (inboxes,
-    mail requests, changelogs, all named ``{group id}-...``), its consumer groups and its
+    mail and webhook requests, changelogs, all named ``{group id}-...``), its consumer groups and its
     transactional ids; Create on its topics only so that it may create the missing ones."""
     group = settings.group_id
     bindings = [

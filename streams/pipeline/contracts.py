@@ -30,7 +30,7 @@ def register(mw: Meterwatch) -> None:
 
 
 async def sum_batch(mw: Meterwatch, events: list[EventT]) -> None:
-    sinks = compose(mw.channels)
+    sinks = compose(mw.channels, webhooks=bool(mw.settings.webhook_urls))
     for _, part in by_source_partition(events):
         by_contract: dict[str, list[EventT]] = defaultdict(list)
         for event in part:

@@ -91,7 +91,7 @@ async def count_batch(mw: Meterwatch, events: list[EventT], decoded: DecodedValu
     trips to the broker a batch, however many partitions it holds."""
     with mw.metrics.batch_seconds.labels("count").time(), collector.paused():
         mw.metrics.batch_size.labels("count").observe(len(events))
-        sinks = compose(mw.channels)
+        sinks = compose(mw.channels, webhooks=bool(mw.settings.webhook_urls))
         config = StepConfig(
             window_ms=int(mw.settings.dedupe_window.total_seconds() * 1000),
             mail_enabled=bool(mw.settings.smtp_host),

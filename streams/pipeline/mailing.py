@@ -12,30 +12,26 @@ not sent again and an unsettled one is. A ledger entry under the bare alert or t
 settles every recipient of that request: a failed composition is recorded so.
 
 A request's offset is acknowledged only once the mails to all its recipients are settled and
-their ledger entries written, so the committed position never passes a mail still being sent. Every rebalance stops every
-send on this worker before the partitions are given up, and forgets them: the requests are
-delivered again from the committed offsets, to whichever worker owns them next.
+their ledger entries written, so the committed position never passes a mail still being sent.
+Every rebalance stops every send on this worker before the partitions are given up, and forgets
+them: the requests are delivered again from the committed offsets, to whichever worker owns them
+next. The agent, ledger and rebalance handling are those of every delivery (``deliveries.py``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import faust
 import orjson
 from faust.types import EventT
 
-from ...core.mail_retry import RetryPolicy
 from ...core.rejections import RejectCode
-from ...models.outputs import ALERT, Kind, Output, dead_letter, mail_id, recipient_mail_id
+from ...models.outputs import ALERT, mail_id, recipient_mail_id
 from ...sinks.email import (
     EVERY_RECIPIENT_REFUSED,
     SMTP_TRANSACTION_SECONDS,
-    MailOutbox,
     SmtpMailer,
     smtp_tls_context,
 )
@@ -46,12 +42,9 @@ from ...sinks.mail_text import (
     mail_recipients,
     one_line,
 )
-from ...sinks.outputs import Sinks, compose
-from ..runtime.batches import by_source_partition, finish
+from ...sinks.outputs import Sinks
 from ..runtime.commit_gate import acknowledge
-from ..runtime.consumer import before_handover
-from ..runtime.partition_context import acting_for
-from .dead_letters import dead_letter_failure
+from .deliveries import Deliveries, decoded, owner_key, publish_dead_letter, register_agent
 
 if TYPE_CHECKING:
     from email.message import EmailMessage
@@ -68,12 +61,6 @@ MAX_PENDING_MAILS = 1000
 HANDOVER_MAIL_SECONDS = SMTP_TRANSACTION_SECONDS + 1.0
 
 
-def requested_at(event: EventT) -> datetime:
-    """When the mail was requested: its request's Kafka timestamp, the same for every worker."""
-    timestamp = event.message.timestamp
-    return datetime.fromtimestamp(timestamp, UTC) if timestamp and timestamp > 0 else datetime.now(UTC)
-
-
 def register(mw: Meterwatch) -> None:
     from ...worker import StartupError
 
@@ -84,105 +71,29 @@ def register(mw: Meterwatch) -> None:
         mailer = SmtpMailer(settings, tls_context=smtp_tls_context(settings))
     except ValueError as error:
         raise StartupError(str(error)) from None
-    mailing = Mailing(mw, mailer)
-    mw.app.sensors.add(StopMailAtRebalance(mailing))
-    before_handover(mw.app, mailing.settle_before_handover)
-
-    @mw.app.on_partitions_revoked.connect
-    async def stop_mail_of_revoked_partitions(app: Any, revoked: Any, **kwargs: Any) -> None:
-        await mailing.stop()
-
-    @mw.app.agent(mw.channels.mail_requests, name=f"{settings.group_id}.mail_billing_contacts")
-    async def mail_billing_contacts(stream):  # type: ignore[no-untyped-def]
-        async for events in stream.take_events(50, within=0.1):
-            await mailing.take(events)
+    register_agent(mw, Mailing(mw, mailer), mw.channels.mail_requests, "mail_billing_contacts")
 
 
-class StopMailAtRebalance(faust.Sensor):
-    """Faust calls ``on_rebalance_start`` before it commits and gives up any partition: from then
-    on no SMTP transaction starts; those under way end, and settle, before the commit that
-    precedes the hand-over (``Mailing.settle_before_handover``)."""
-
-    def __init__(self, mailing: Mailing) -> None:
-        super().__init__()
-        self._mailing = mailing
-
-    def on_rebalance_start(self, app: faust.App) -> dict:
-        self._mailing.stop_now()
-        return {}
-
-
-class Mailing:
+class Mailing(Deliveries):
     """The mail agent's state on this worker: the outbox and the requests whose mail it sends."""
 
+    what = "mail"
+    stage = "mail_billing_contacts"
+
     def __init__(self, mw: Meterwatch, mailer: SmtpMailer) -> None:
-        self.mw = mw
-        metrics = mw.metrics
-        self.outbox = MailOutbox(
+        super().__init__(
+            mw,
+            mw.tables.mails_sent,
             mailer,
-            on_sent=self._sent,
-            on_failed=self._failed,
-            on_refused=self._refused,
-            on_given_up=self._given_up,
-            on_retry=lambda key, attempts, why: metrics.email_retries.inc(),
-            policy=RetryPolicy(give_up_after=mw.settings.mail_give_up_after),
+            give_up_after=mw.settings.mail_give_up_after,
+            retries=mw.metrics.email_retries,
+            backlog=mw.metrics.mail_backlog,
+            handover_seconds=HANDOVER_MAIL_SECONDS,
             max_pending=MAX_PENDING_MAILS,
-            may_send=self._may_send,
         )
-        metrics.mail_backlog.set_function(self.outbox.backlog)
-        # ledger key of one recipient's mail -> the requests waiting for it (more than one when
-        # it was requested again meanwhile); a request is acknowledged once every one of its
-        # mails is settled.
-        self._requests: dict[str, list[_Request]] = {}
 
-    def _may_send(self) -> bool:
-        """No send starts while a rebalance (with its table recovery) runs or after transactions
-        were lost: the partitions may be another worker's by now."""
-        return not self.mw.commit_gate.shut and not self.mw.app.rebalancing
-
-    def _owns(self, event: EventT) -> bool:
-        return self._may_send() and event.message.tp in self.mw.app.consumer.assignment()
-
-    def stop_now(self) -> None:
-        self.outbox.hold()
-
-    async def settle_before_handover(self) -> None:
-        """Let the SMTP transactions under way end and record what they sent, so that the commit
-        before the hand-over covers them; whatever has not settled by then is left to the next
-        owner (unacknowledged, it is read again from the committed offset)."""
-        unsettled = await self.outbox.drain(HANDOVER_MAIL_SECONDS)
-        self._requests.clear()
-        if unsettled:
-            log.info("rebalance: %d mail(s) not settled; they are sent by the partitions' next owner", len(unsettled))
-
-    async def stop(self) -> None:
-        stopped = await self.outbox.stopped()
-        self._requests.clear()
-        if stopped:
-            log.info(
-                "rebalance: %d mail(s) being sent stopped; they are sent by the partitions' next owner", len(stopped)
-            )
-
-    async def take(self, events: list[EventT]) -> None:
-        mw = self.mw
-        async with mw.commit_gate.outside_batches() as admitted:
-            if admitted:
-                sinks = compose(mw.channels)
-                for _, part in by_source_partition(events):
-                    for event in part:
-                        if not self._owns(event):
-                            # Delivered again after the rebalance, to this worker or another.
-                            _keep_unacknowledged(event)
-                            continue
-                        try:
-                            await self._take_one(event, sinks)
-                        except Exception as error:
-                            await dead_letter_failure(mw, sinks, "mail_billing_contacts", event, error)
-                            acknowledge(mw.app, [event])
-                await finish(mw, sinks)
-
-    async def _take_one(self, event: EventT, sinks: Sinks) -> None:
-        ledger = self.mw.tables.mails_sent
+    async def take_one(self, event: EventT, sinks: Sinks) -> None:
+        ledger = self.ledger
         request = orjson.loads(event.message.value)
         request_id = mail_id(request["kind"], request["record"])
         # Settled as a whole: a failed composition, or one mail to all its recipients recorded
@@ -202,25 +113,7 @@ class Mailing:
             acknowledge(self.mw.app, [event])
             return
         # Each recipient's mail settled before a restart or rebalance is not sent again.
-        unsettled = {key: mail for key, mail in mails.items() if ledger.get(key) is None}
-        if not unsettled:
-            acknowledge(self.mw.app, [event])
-            return
-        await self.outbox.wait_for_room()
-        if not self._owns(event):
-            _keep_unacknowledged(event)
-            return
-        # One more reference: take_events' own acknowledgement of the batch is then not the
-        # last, and the offset stays uncommitted until every one of its mails is settled.
-        event.message.incref()
-        waiting = _Request(event, set(unsettled))
-        for key, message in unsettled.items():
-            requests = self._requests.get(key)
-            if requests is not None:  # requested again while being sent: settled with the first
-                requests.append(waiting)
-                continue
-            self._requests[key] = [waiting]
-            self.outbox.put(key, message, requested_at(event))
+        await self.start(event, mails)
 
     async def _hold_back(self, event: EventT, sinks: Sinks, request_id: str, request: dict[str, Any]) -> None:
         """A request over its workspace's hourly cap (core/mail_cap.py): none of its mails is
@@ -229,9 +122,9 @@ class Mailing:
         self.mw.metrics.emails_held_back.inc(mails)
         reason = one_line(request["held_back"], 300)
         log.warning("mail %r held back (%d mail(s)): %s", one_line(request_id), mails, reason)
-        record = _mail_dead_letter(event, RejectCode.MAIL_RATE_LIMITED, f"mail {request_id} held back: {reason}")
-        await sinks.publish((Output(Kind.DEAD_LETTER, _record_key(event), record),))
-        await self.mw.tables.mails_sent.write(request_id, b"failed: held back")
+        text = f"mail {request_id} held back: {reason}"
+        await publish_dead_letter(sinks, event, RejectCode.MAIL_RATE_LIMITED, text, self.dead_letter_key(event))
+        await self.ledger.write(request_id, b"failed: held back")
         acknowledge(self.mw.app, [event])
 
     def _compose(self, request_id: str, request: dict[str, Any]) -> dict[str, EmailMessage]:
@@ -248,12 +141,12 @@ class Mailing:
 
     async def _sent(self, key: str) -> None:
         self.mw.metrics.emails_sent.inc()
-        await self._settle(key, b"sent")
+        await self.settle(key, b"sent")
 
     async def _failed(self, key: str, reason: str) -> None:
         if not reason.startswith(EVERY_RECIPIENT_REFUSED):  # those are counted as `refused`
             self.mw.metrics.emails_failed.labels("permanent").inc()
-        await self._settle(key, b"failed: permanent")
+        await self.settle(key, b"failed: permanent")
 
     def _refused(self, key: str, refused: Mapping[str, str]) -> None:
         self.mw.metrics.emails_failed.labels("refused").inc(len(refused))
@@ -261,70 +154,7 @@ class Mailing:
 
     async def _given_up(self, key: str, reason: str) -> None:
         self.mw.metrics.emails_failed.labels("given_up").inc()
-        await self._settle(key, b"failed: given up", given_up=reason)
+        await self.settle(key, b"failed: given up", (RejectCode.MAIL_GIVEN_UP, f"mail {key} given up: {reason}"))
 
-    async def _settle(self, key: str, outcome: bytes, given_up: str | None = None) -> None:
-        """Record the outcome in the ledger (and dead-letter a mail given up), then acknowledge
-        its requests: never the other way round, so a crash in between sends it again rather
-        than forgetting it."""
-        requests = self._requests.get(key)
-        if not requests:
-            return  # stopped by a rebalance meanwhile
-        mw = self.mw
-        async with mw.commit_gate.outside_batches() as admitted:
-            if not admitted:
-                return  # transactions lost: delivered again after the rebalance
-            first = requests[0].event
-            with acting_for(first):
-                sinks = compose(mw.channels)
-                if given_up is not None:
-                    record = _mail_dead_letter(first, RejectCode.MAIL_GIVEN_UP, f"mail {key} given up: {given_up}")
-                    await sinks.publish((Output(Kind.DEAD_LETTER, _record_key(first), record),))
-                await mw.tables.mails_sent.write(key, outcome)
-                await sinks.flush()
-            if self._requests.get(key) is requests:
-                del self._requests[key]
-                acknowledge(mw.app, [request.event for request in requests if request.settled(key)])
-
-
-@dataclass
-class _Request:
-    """A mail request being served: its event and the ledger keys of its mails not yet settled."""
-
-    event: EventT
-    unsettled: set[str] = field(default_factory=set)
-
-    def settled(self, key: str) -> bool:
-        """Note that the mail under ``key`` is settled; True once all of this request's are."""
-        self.unsettled.discard(key)
-        return not self.unsettled
-
-
-def _keep_unacknowledged(event: EventT) -> None:
-    """Hold ``event``'s offset back from the commit: ``take_events`` acknowledges every event of
-    its batch when the batch ends, and an offset committed past a mail that was never sent would
-    lose it. The rebalance under way reads it again from the committed offset."""
-    event.message.incref()
-
-
-def _record_key(event: EventT) -> str | None:
-    """The dead letter's key, as for every output: the workspace (or, contract scope, the contract)."""
-    try:
-        record = orjson.loads(event.message.value)["record"]
-        return record.get("workspace_id") or record.get("contract_id")
-    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-        return None
-
-
-def _mail_dead_letter(event: EventT, code: str, text: str) -> dict[str, Any]:
-    message = event.message
-    return dead_letter(
-        source_topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        key=message.key,
-        value=message.value,  # the request (record and recipients); never the mail's body
-        code=code,
-        message=text,
-        at=datetime.now(UTC),
-    )
+    def dead_letter_key(self, event: EventT) -> str | None:
+        return owner_key(decoded(event.message.value, "record"))

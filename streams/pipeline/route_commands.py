@@ -37,7 +37,7 @@ def register(mw: Meterwatch) -> None:
 
 
 async def forward_commands(mw: Meterwatch, events: list[EventT]) -> None:
-    sinks = compose(mw.channels)
+    sinks = compose(mw.channels, webhooks=bool(mw.settings.webhook_urls))
     for _, part in by_source_partition(events):
         await _forward_part(mw, part, sinks)
     await finish(mw, sinks)

@@ -33,9 +33,11 @@ class Tables:
     seen_event_ids: SeenEventIdsTable
     # alert_id / transition_id -> "sent" or "failed: reason": what the mail agent has done
     mails_sent: faust.Table
+    # id and endpoint hash (core.webhooks.delivery_key) -> "sent" or "failed: reason"
+    webhooks_sent: faust.Table
 
     def all(self) -> tuple[DurableTable, ...]:
-        return (self.workspaces, self.contract_usage, self.seen_event_ids, self.mails_sent)  # type: ignore[return-value]
+        return (self.workspaces, self.contract_usage, self.seen_event_ids, self.mails_sent, self.webhooks_sent)  # type: ignore[return-value]
 
 
 def declare_tables(app: faust.App, settings: Settings) -> Tables:
@@ -61,6 +63,7 @@ def declare_tables(app: faust.App, settings: Settings) -> Tables:
         workspaces=table("workspaces"),
         contract_usage=table("contract-usage"),
         mails_sent=table("mails-sent"),
+        webhooks_sent=table("webhooks-sent"),
         seen_event_ids=table(
             "seen-event-ids",
             SeenEventIdsTable,

@@ -113,6 +113,7 @@ def test_every_declared_topic_has_its_name_channel_and_spec() -> None:
         "eu.billing-workspace-inbox",
         "eu.billing-contract-inbox",
         "eu.billing-mail-requests",
+        "eu.billing-webhook-requests",
     }
 
 
