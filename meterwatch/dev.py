@@ -38,7 +38,7 @@ from .demo import (
     forecast_warning_command,
     setup_commands,
 )
-from .dev_mailbox import LocalMailbox
+from .dev_receivers import LocalMailbox, LocalWebhookReceiver
 from .models.signing import signature_header
 from .processes import signal_when_parent_dies
 from .streams.topics import (
@@ -121,6 +121,9 @@ def _run_dev(settings: Settings, scratch: str, stop: _StopSignals, rate: float, 
             path = os.path.join(tempfile.gettempdir(), f"meterwatch-dev-mail-{os.getpid()}.mbox")
             account.mailbox = LocalMailbox(path, _on_mail).start()
             _say(f"no SMTP server configured: mails go to a local one on port {account.mailbox.port}, kept in {path}")
+        if not settings.webhook_endpoints:
+            account.webhooks = LocalWebhookReceiver(_on_webhook)
+            _say(f"no webhook endpoint configured: deliveries go to a local receiver at {account.webhooks.url}")
         bootstrap = settings.kafka_bootstrap
         if bootstrap is None:
             broker = EmbeddedBroker(log_path=os.path.join(scratch, "broker.log")).start()
@@ -129,7 +132,7 @@ def _run_dev(settings: Settings, scratch: str, stop: _StopSignals, rate: float, 
         else:
             _say(f"using the Kafka cluster at {bootstrap}")
         keys = _dev_keys(settings)
-        worker = _start_worker(settings, bootstrap, scratch, keys, account.mailbox)
+        worker = _start_worker(settings, bootstrap, scratch, keys, account)
         return asyncio.run(_run(settings, bootstrap, worker, rate, duration, stop, keys, account))
     except (KeyboardInterrupt, asyncio.CancelledError):
         if stop.received is None:
@@ -162,15 +165,17 @@ def _dev_keys(settings: Settings) -> Keys | None:
 
 
 def _start_worker(
-    settings: Settings, bootstrap: str, scratch: str, keys: Keys | None, mailbox: LocalMailbox | None
+    settings: Settings, bootstrap: str, scratch: str, keys: Keys | None, account: _Account
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "METERWATCH_KAFKA_BOOTSTRAP": bootstrap,
         "METERWATCH_SHUTDOWN_TIMEOUT": str(_worker_shutdown_timeout(settings).total_seconds()),
     }
-    if mailbox is not None:
-        env |= {"METERWATCH_SMTP_HOST": "127.0.0.1", "METERWATCH_SMTP_PORT": str(mailbox.port)}
+    if account.mailbox is not None:
+        env |= {"METERWATCH_SMTP_HOST": "127.0.0.1", "METERWATCH_SMTP_PORT": str(account.mailbox.port)}
+    if account.webhooks is not None:
+        env |= {"METERWATCH_WEBHOOK_URLS": account.webhooks.url, "METERWATCH_WEBHOOK_SECRET": account.webhooks.secret}
     if keys is not None and keys.secret is not None:
         env["METERWATCH_AUTH_SECRET"] = keys.secret.decode()
     if settings.kafka_bootstrap is None:
@@ -227,6 +232,8 @@ async def _run(
     tasks: list[asyncio.Task[Any]] = []
     consuming = False
     try:
+        if account.webhooks is not None:
+            await account.webhooks.start()
         await wait_for_broker(bootstrap, timeout=30)
         await producer.start()
         await _wait_until_healthy(base, worker)
@@ -257,6 +264,8 @@ async def _run(
         closing = [*tasks, asyncio.create_task(producer.stop())]
         if consuming:
             closing.append(asyncio.create_task(_summarise(account, base, service, settings)))
+        if account.webhooks is not None:
+            closing.append(asyncio.create_task(account.webhooks.stop()))
         await asyncio.wait(closing, timeout=_TRAFFIC_STOP_SECONDS)
         for task in closing:
             if not task.done():
@@ -274,6 +283,7 @@ class _Account:
         self.fin_changes = 0
         self.dead_letters = 0
         self.mailbox: LocalMailbox | None = None
+        self.webhooks: LocalWebhookReceiver | None = None
         self.results: dict[str, dict[str, Any]] = {}
 
     def note(self, topic: str, record: dict[str, Any]) -> None:
@@ -389,6 +399,10 @@ async def _summarise(account: _Account, base: str, token: str | None, settings: 
         mails = f"mails: {account.mailbox.received} (in {account.mailbox.path})"
     else:
         mails = f"mails: {int(metrics.get('meterwatch_emails_sent_total', 0))} (to {settings.smtp_host})"
+    if account.webhooks is not None:
+        mails += f", webhooks: {account.webhooks.received} (to {account.webhooks.url})"
+    else:
+        mails += f", webhooks: {int(metrics.get('meterwatch_webhooks_sent_total', 0))}"
     _say(
         f"SUMMARY events sent: {account.sent}, counted: {counted}, repeats skipped: {repeats}, "
         f"dead letters: {account.dead_letters}, alerts: {account.alerts}, Fin changes: {account.fin_changes}, {mails}"
@@ -488,6 +502,10 @@ async def _report_outputs(settings: Settings, consumer: AIOKafkaConsumer, accoun
 
 def _on_mail(recipients: list[str], subject: str) -> None:
     _say(f"MAIL   to {', '.join(recipients)}: {subject}")
+
+
+def _on_webhook(event: str, record_id: str, verified: bool) -> None:
+    _say(f"WEBHOOK {event} {record_id[:8]}: " + ("signature verified" if verified else "BAD SIGNATURE, refused"))
 
 
 def _describe(topic: str, record: dict[str, Any]) -> str:

@@ -186,6 +186,10 @@ def the_summary_adds_up(dev: Dev) -> None:
     assert figures["alerts"] >= 3 and figures["Fin changes"] >= 2, line
     in_flight = figures["events sent"] - figures["repeats skipped"] - figures["counted"]
     assert figures["counted"] > 0 and 0 <= in_flight <= 50, line
+    assert figures["webhooks"] > 0, line
+    deliveries = [line for line in dev.lines() if line.startswith("WEBHOOK ")]
+    assert any(" alert " in d for d in deliveries) and any(" limit " in d for d in deliveries), deliveries
+    assert all(d.endswith("signature verified") for d in deliveries), deliveries
     path = re.search(r"\(in (\S+\.mbox)\)", line)
     assert path is not None, line
     assert len(mailbox.mbox(path[1])) == figures["mails"] > 0, line
