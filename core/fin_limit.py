@@ -1,10 +1,10 @@
-"""The Fin AI-agent hard limit: one workspace's state machine, as a single pure function.
+"""The hard limit: one workspace's state machine for one metric, as a single pure function.
 
-With an enabled limit, Fin is disabled while the current period's `fin_resolutions` usage is
-at or above the limit, and enabled otherwise (CONTRACT 3.3 "Hard limit"). The caller stores
-one `FinState` per workspace, feeds every change of usage, setting or period to
-`next_fin_state`, replaces the stored state with the one returned, and publishes the
-`Transition`, if any, to `usage.limits` (CONTRACT 5.2).
+With an enabled limit, Fin (or the limited metric) is disabled while the current period's
+usage of the metric is at or above the limit, and enabled otherwise (CONTRACT 3.3 "Hard
+limit"). The caller stores one `FinState` per workspace and limited metric, feeds every change
+of usage, setting or period to `next_fin_state`, replaces the stored state with the one
+returned, and publishes the `Transition`, if any, to `usage.limits` (CONTRACT 5.2).
 
 Nothing here reads a clock or does I/O: times arrive inside the inputs, and transition ids
 are derived from the state, so replaying the same inputs yields the same transitions.
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal, TypeAlias
 
+from .metric_kinds import FIN_RESOLUTIONS
 from .periods import BillingPeriod, _require_aware
 
 __all__ = [
@@ -103,11 +104,12 @@ def fin_state_by_rule(setting: LimitSetting | None, usage: int) -> FinAgentState
 
 @dataclass(frozen=True, slots=True)
 class FinState:
-    """What the caller stores per workspace, replaced as a whole on every change.
+    """What the caller stores per workspace and limited metric, replaced as a whole on every
+    change.
 
     `period` is None until the first input names one. `transitions_in_period` counts the
     transitions already emitted in `period`; it numbers the next one, so its id is the same
-    on every replay.
+    on every replay. `metric` is the limited metric, `fin_resolutions` for Fin.
     """
 
     workspace_id: str
@@ -116,6 +118,7 @@ class FinState:
     usage: int
     setting: LimitSetting | None
     transitions_in_period: int = 0
+    metric: str = FIN_RESOLUTIONS
 
     def __post_init__(self) -> None:
         _require_workspace_id(self.workspace_id)
@@ -127,6 +130,7 @@ class FinState:
         if self.setting is not None and not isinstance(self.setting, LimitSetting):
             raise TypeError(f"setting must be a LimitSetting, got {type(self.setting).__name__}")
         _require_count(self.transitions_in_period, "transitions_in_period")
+        _require_metric(self.metric)
         # A stored state that contradicts its own usage and setting would make the next
         # transition's reason (and whether there is one) meaningless, so it cannot exist.
         expected = fin_state_by_rule(self.setting, self.usage)
@@ -137,9 +141,9 @@ class FinState:
             )
 
     @classmethod
-    def initial(cls, workspace_id: str) -> FinState:
-        """A workspace never seen before: no limit, no usage, Fin enabled."""
-        return cls(workspace_id, ENABLED, None, 0, None, 0)
+    def initial(cls, workspace_id: str, metric: str = FIN_RESOLUTIONS) -> FinState:
+        """A workspace never seen before: no limit, no usage, enabled."""
+        return cls(workspace_id, ENABLED, None, 0, None, 0, metric)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,14 +219,23 @@ def _require_workspace_id(workspace_id: object) -> str:
     return workspace_id
 
 
-def transition_id(workspace_id: str, period_start: datetime, sequence: int) -> str:
-    """The id of the `sequence`-th (1-based) transition of a workspace in the period that
-    starts at `period_start`. Equal instants in different zones give the same id."""
+def _require_metric(metric: object) -> str:
+    if not isinstance(metric, str) or not metric or _ID_FIELD_SEPARATOR in metric:
+        raise ValueError(f"metric must be a non-empty string without \\x1f, got {metric!r}")
+    return metric
+
+
+def transition_id(workspace_id: str, period_start: datetime, sequence: int, metric: str = FIN_RESOLUTIONS) -> str:
+    """The id of the `sequence`-th (1-based) transition of a workspace's limit on `metric` in
+    the period that starts at `period_start`. Equal instants in different zones give the same
+    id. Fin's ids name no metric; every other metric's name it, so no two metrics share an id."""
     _require_workspace_id(workspace_id)
     start_utc = _require_aware(period_start, "period_start").astimezone(UTC)
     _require_count(sequence, "sequence")
-    name = _ID_FIELD_SEPARATOR.join((workspace_id, start_utc.isoformat(), str(sequence)))
-    return str(uuid.uuid5(_TRANSITION_ID_NAMESPACE, name))
+    parts = (workspace_id, start_utc.isoformat(), str(sequence))
+    if _require_metric(metric) != FIN_RESOLUTIONS:
+        parts = (*parts, metric)
+    return str(uuid.uuid5(_TRANSITION_ID_NAMESPACE, _ID_FIELD_SEPARATOR.join(parts)))
 
 
 def should_notify(transition: Transition) -> bool:
@@ -285,7 +298,7 @@ def next_fin_state(current: FinState, event: FinLimitInput) -> tuple[FinState, T
     state = fin_state_by_rule(setting, usage)
 
     if state == current.state:
-        unchanged = FinState(current.workspace_id, state, period, usage, setting, transitions_in_period)
+        unchanged = FinState(current.workspace_id, state, period, usage, setting, transitions_in_period, current.metric)
         return unchanged, None
 
     # Only a disabled state or a setting change makes a change of state possible, and both
@@ -298,7 +311,7 @@ def next_fin_state(current: FinState, event: FinLimitInput) -> tuple[FinState, T
         rolled=rolled,
     )
     sequence = transitions_in_period + 1
-    new_state = FinState(current.workspace_id, state, period, usage, setting, sequence)
+    new_state = FinState(current.workspace_id, state, period, usage, setting, sequence, current.metric)
     transition = Transition(
         state=state,
         reason=reason,
@@ -306,7 +319,7 @@ def next_fin_state(current: FinState, event: FinLimitInput) -> tuple[FinState, T
         usage=usage,
         period=period,
         at=event.at,
-        transition_id=transition_id(current.workspace_id, period.start, sequence),
+        transition_id=transition_id(current.workspace_id, period.start, sequence, current.metric),
     )
     return new_state, transition
 

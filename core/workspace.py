@@ -35,6 +35,8 @@ class WorkspaceState:
     alerts: Mapping[str, AlertState] = field(default_factory=lambda: MappingProxyType({}))
     contract_others: ContractOthers | None = None
     fin: FinState | None = None
+    # The hard limits on metrics other than Fin's, by metric: only metrics a limit was ever set on.
+    limits: Mapping[str, FinState] = field(default_factory=lambda: MappingProxyType({}))
     # Signed commands applied lately (core/command_replay.py); empty unless commands are signed.
     recent_commands: RecentCommands = field(default_factory=lambda: NO_COMMANDS)
     # The mails asked for in the latest hour (core/mail_cap.py); None until one is, or uncapped.

@@ -179,8 +179,8 @@ def parse_command(raw: bytes | None) -> Command:
         raise CommandRejected(
             "alerts_not_available_on_seats: usage alerts are not available on seats", command.command_id
         )
-    if isinstance(command, LimitSettings) and command.metric is not Metric.FIN_RESOLUTIONS:
+    if isinstance(command, LimitSettings) and command.metric is Metric.SEATS:
         raise CommandRejected(
-            "limit_only_for_fin_resolutions: hard limits apply to fin_resolutions only", command.command_id
+            "limits_not_available_on_seats: hard limits are not available on seats", command.command_id
         )
     return command

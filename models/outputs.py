@@ -22,7 +22,7 @@ import orjson
 from ..core.alerts import FORECAST_SCOPE, WORKSPACE_SCOPE, LevelReached, alert_id
 from ..core.fin_limit import Transition, should_notify
 from ..core.forecast import ForecastWarning
-from ..core.metric_kinds import FIN_RESOLUTIONS
+from ..core.metric_kinds import FIN_RESOLUTIONS, METRIC_KINDS
 from .common import iso
 
 
@@ -59,8 +59,9 @@ class RecordedOutputs:
     def alert(self, key: str, record: dict[str, Any]) -> None:
         self.items.append(Output(Kind.ALERT, key, record))
 
-    def fin_transition(self, workspace_id: str, record: dict[str, Any]) -> None:
-        self.items.append(Output(Kind.FIN_TRANSITION, workspace_id, record))
+    def fin_transition(self, key: str, record: dict[str, Any]) -> None:
+        """A ``usage.limits`` record, keyed by ``limit_key``."""
+        self.items.append(Output(Kind.FIN_TRANSITION, key, record))
 
     def notification(self, workspace_id: str, record: dict[str, Any]) -> None:
         self.items.append(Output(Kind.NOTIFICATION, workspace_id, record))
@@ -235,12 +236,25 @@ def forecast_record(workspace_id: str, metric: str, warning: ForecastWarning, **
     return record
 
 
-def limit_record(workspace_id: str, transition: Transition) -> dict[str, Any]:
+# Between the workspace and the metric in a usage.limits key. Workspace ids may hold any
+# printable character (a colon too) but no control character, so no other metric's key can
+# equal a workspace id, which is Fin's key.
+LIMIT_KEY_SEPARATOR = "\x1f"
+
+
+def limit_key(workspace_id: str, metric: str = FIN_RESOLUTIONS) -> str:
+    """The Kafka key of a ``usage.limits`` record (CONTRACT 5.2): the workspace for Fin, and
+    ``<workspace_id>\\x1f<metric>`` for any other metric, so that compaction keeps the latest
+    record of every limited metric, Fin's included."""
+    return workspace_id if metric == FIN_RESOLUTIONS else f"{workspace_id}{LIMIT_KEY_SEPARATOR}{metric}"
+
+
+def limit_record(workspace_id: str, transition: Transition, metric: str = FIN_RESOLUTIONS) -> dict[str, Any]:
     """A ``usage.limits`` record (CONTRACT 5.2)."""
     return {
         "transition_id": transition.transition_id,
         "workspace_id": workspace_id,
-        "metric": FIN_RESOLUTIONS,
+        "metric": metric,
         "state": transition.state,
         "reason": transition.reason,
         "limit": transition.limit,
@@ -251,10 +265,14 @@ def limit_record(workspace_id: str, transition: Transition) -> dict[str, Any]:
     }
 
 
-def notification_record(workspace_id: str, transition: Transition) -> dict[str, Any] | None:
+def notification_record(
+    workspace_id: str, transition: Transition, metric: str = FIN_RESOLUTIONS
+) -> dict[str, Any] | None:
     """The ``usage.notifications`` record (CONTRACT 5.3) of a transition that tells the customer, else None."""
     if not should_notify(transition):
         return None
+    if metric != FIN_RESOLUTIONS:
+        return _limit_notification(workspace_id, transition, metric)
     return {
         "notification_id": str(uuid.uuid5(_NOTIFICATION_NAMESPACE, transition.transition_id)),
         "workspace_id": workspace_id,
@@ -271,3 +289,23 @@ def notification_record(workspace_id: str, transition: Transition) -> dict[str, 
 
 
 _NOTIFICATION_NAMESPACE = uuid.UUID("6f1c2a57-3f0e-5d0b-9a51-4f3a9c2b7e10")
+
+
+def _limit_notification(workspace_id: str, transition: Transition, metric: str) -> dict[str, Any]:
+    """The in-app notice that a limit on a metric other than Fin's was reached."""
+    kind = METRIC_KINDS.get(metric)
+    title = kind.title if kind is not None else metric
+    return {
+        "notification_id": str(uuid.uuid5(_NOTIFICATION_NAMESPACE, transition.transition_id)),
+        "workspace_id": workspace_id,
+        "kind": "usage_limit_reached",
+        "metric": metric,
+        "title": f"{title} has been paused",
+        "body": (
+            f"Your workspace reached its limit of {transition.limit} {title} for this billing period "
+            f"({transition.usage} so far). {title} stays paused until the limit is raised or turned off, "
+            "usage falls below it, or the next billing period starts."
+        ),
+        "transition_id": transition.transition_id,
+        "at": iso(transition.at),
+    }

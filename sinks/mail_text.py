@@ -35,6 +35,7 @@ _FIN_REASONS = {
     "limit_lowered": "the limit was lowered to or below the resolutions already used this period",
 }
 _FIN_OTHER_REASON = "its resolutions this billing period are at or above the limit you set"
+_FIN = "fin_resolutions"
 # Addresses are rebuilt from these parts, so a comma, quote or bracket can never add a recipient.
 _LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
 _DOMAIN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
@@ -212,18 +213,29 @@ def _day(value: Any) -> str:
 
 
 def compose_fin_disabled_mail(transition: Mapping[str, Any], recipient: str, *, sender: str) -> EmailMessage:
-    """The mail for one ``usage.limits`` record (CONTRACT 5.2) that disabled Fin, to one billing contact."""
+    """The mail for one ``usage.limits`` record (CONTRACT 5.2) that disabled Fin, or a metric
+    with a hard limit, to one billing contact."""
     transition_id = _required_id(transition, "transition_id")
     if transition.get("state") != "disabled":
         raise MailCompositionError(f"{one_line(transition_id)}: only a 'disabled' transition is mailed")
     workspace, limit = one_line(transition.get("workspace_id")), _count(transition.get("limit"))
-    metric = metric_title("fin_resolutions")
-    subject = f"Fin AI Agent disabled: {metric} limit ({limit}) reached - workspace {workspace}"
-    opening = (
-        f"Fin AI Agent has been disabled for the workspace {workspace} because "
-        f"{_fin_reason(transition.get('reason'))}. It is enabled again when the next "
-        "billing period starts, when usage falls below the limit, or when you raise or turn off the limit."
-    )
+    limited = transition.get("metric", _FIN)
+    metric = metric_title(limited)
+    again = "billing period starts, when usage falls below the limit, or when you raise or turn off the limit."
+    if limited == _FIN:
+        kind = "fin-disabled"
+        subject = f"Fin AI Agent disabled: {metric} limit ({limit}) reached - workspace {workspace}"
+        opening = (
+            f"Fin AI Agent has been disabled for the workspace {workspace} because "
+            f"{_fin_reason(transition.get('reason'))}. It is enabled again when the next {again}"
+        )
+    else:
+        kind = "limit-disabled"
+        subject = f"{metric} disabled: {metric} limit ({limit}) reached - workspace {workspace}"
+        opening = (
+            f"{metric} has been disabled for the workspace {workspace} because its usage this billing "
+            f"period is at or above the hard limit you set. It is enabled again when the next {again}"
+        )
     facts = [
         ("Metric", metric),
         ("Usage this period", _count(transition.get("usage"))),
@@ -233,7 +245,7 @@ def compose_fin_disabled_mail(transition: Mapping[str, Any], recipient: str, *, 
     if "estimated_cost" in transition:  # not in the 5.2 record; shown when a caller adds it
         facts.append(("Estimated cost", money_text(transition.get("estimated_cost"))))
     body = _body(opening, facts, "", f"Transition id: {one_line(transition_id, _MAX_ID)}")
-    message = _message("fin-disabled", transition_id, recipient, sender, subject, body, transition.get("at"))
+    message = _message(kind, transition_id, recipient, sender, subject, body, transition.get("at"))
     message["X-Meterwatch-Transition-Id"] = one_line(transition_id, _MAX_ID)
     return message
 

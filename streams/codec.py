@@ -20,6 +20,7 @@ from ..core.contracts import ContractTerms, Price, WorkspaceProfile
 from ..core.fin_limit import FinState, LimitSetting
 from ..core.mail_cap import MailHour
 from ..core.metering import MetricTally, PeriodTally, WorkspaceUsage
+from ..core.metric_kinds import FIN_RESOLUTIONS
 from ..core.periods import BillingCycle, BillingPeriod
 from ..core.workspace import ContractOthers, WorkspaceState
 
@@ -43,6 +44,8 @@ def encode_workspace(state: WorkspaceState) -> bytes:
         "contract_others": None if others is None else {"period": _period(others.period), "usage": dict(others.usage)},
         "fin": None if state.fin is None else _fin(state.fin),
     }
+    if state.limits:
+        value["limits"] = {metric: _fin(limit) for metric, limit in state.limits.items()}
     if state.recent_commands:
         value["recent_commands"] = dict(state.recent_commands)
     if state.mail_hour is not None:
@@ -63,6 +66,7 @@ def decode_workspace(raw: bytes | None) -> WorkspaceState | None:
         if others is None
         else ContractOthers(_read_period(others["period"]), MappingProxyType(others["usage"])),
         fin=None if data.get("fin") is None else _read_fin(data["fin"]),
+        limits=MappingProxyType({m: _read_fin(limit, m) for m, limit in data.get("limits", {}).items()}),
         recent_commands=_read_recent(data.get("recent_commands")),
         mail_hour=_read_mail_hour(data.get("mail_hour")),
     )
@@ -88,9 +92,10 @@ def _fin(fin: FinState) -> dict[str, Any]:
     }
 
 
-def _read_fin(data: dict[str, Any]) -> FinState:
+def _read_fin(data: dict[str, Any], metric: str = FIN_RESOLUTIONS) -> FinState:
     setting = data["setting"]
     return FinState(
+        metric=metric,
         workspace_id=data["workspace_id"],
         state=data["state"],
         period=_read_period(data["period"]),

@@ -1,5 +1,5 @@
 """When a workspace needs a period tick even without events (streams/pipeline/period_timer.py):
-Fin re-enabled by a new period, and the forecast warnings judged after each local midnight."""
+Fin and other limited metrics re-enabled by a new period, and the forecast warnings judged after each local midnight."""
 
 from __future__ import annotations
 

@@ -8,11 +8,14 @@ sinks.
 
 Counting runs per batch where nothing can happen and per event where something can. An
 additive event (messages, phone, SMS, WhatsApp, email) of the newest period (or the first of
-its metric, which opens its period) whose usage stays below the next alert level and the
-2**53 − 1 bound is summed straight into a *run*: the period's usage, its day and
-``last_updated``, with no judgement, since judging it could only answer "nothing". Every other event (seats, Fin, another period or day bucket that cannot be
-resolved cheaply, a level within reach, a time to reject) and every command first folds the
-open runs back into the state and then goes through the per-event path, ``_count_one``. The
+its metric, which opens its period) whose usage stays below the next alert level, within the
+quiet bounds of the metric's hard limit (below an enabled limit, or at or above a reached one:
+``fin.limit_bounds``) and below the 2**53 − 1 bound is summed straight into a *run*: the
+period's usage, its day and ``last_updated``, with no judgement, since judging it could only
+answer "nothing"; folding the run back tells the limit its usage, which changes no state. Every
+other event (seats, Fin, another period or day bucket that cannot be resolved cheaply, a level
+or limit within reach, a time to reject) and every command first folds the open runs back into
+the state and then goes through the per-event path, ``_count_one``. The
 property-based tests run random streams through both and require identical results.
 """
 
@@ -47,7 +50,15 @@ from ...models.internal import (
     report_message,
     row_as_json,
 )
-from ...models.outputs import ALERT, FIN_DISABLED, RecordedOutputs, dead_letter, limit_record, notification_record
+from ...models.outputs import (
+    ALERT,
+    FIN_DISABLED,
+    RecordedOutputs,
+    dead_letter,
+    limit_key,
+    limit_record,
+    notification_record,
+)
 from ..alerts import levels_of, onto_cycle
 from ..contract_usage import WorkspaceReport
 from ..dedupe import FirstSeen, is_repeat
@@ -204,12 +215,19 @@ class _Run:
         "keep_until_ms",
         "cycle",
         "summed",
+        "floor",
         "day_bucket",
         "day",
     )
 
     def __init__(
-        self, tally: MetricTally, bounds: tuple[int, int], bound: int, keep_until_ms: int, cycle: BillingCycle
+        self,
+        tally: MetricTally,
+        bounds: tuple[int, int],
+        bound: int,
+        keep_until_ms: int,
+        cycle: BillingCycle,
+        floor: int = 0,
     ) -> None:
         latest = tally.periods[-1]
         self.tally = tally
@@ -221,6 +239,8 @@ class _Run:
         self.daily: dict[date, int] | None = None
         self.last_updated_ms = -1
         self.bound = min(bound, MAX_AMOUNT + 1)  # the largest usage summed is MAX_AMOUNT
+        # The usage below which a fall needs judging: a disabled limit's, else 0 (never below).
+        self.floor = floor
         self.keep_until_ms = keep_until_ms
         self.cycle = cycle
         self.summed = 0  # events summed into the run
@@ -318,14 +338,16 @@ class _Step:
             if bounds is None:
                 return None
         bound = _quiet_below(self.state, metric, period)
-        if bound is None:
+        quiet_limit = fin.limit_bounds(self.state, metric, period)
+        if bound is None or quiet_limit is None:
             return None
         # Counting prunes periods past their grace at the time of each event; the run holds
         # only while no period it keeps would be pruned.
         keep_until_ms = bounds[1] + _GRACE_MS
         for older in tally.periods[:-1]:
             keep_until_ms = min(keep_until_ms, _ms(older.period.end) + _GRACE_MS)
-        return _Run(tally, bounds, bound, keep_until_ms, cycle)
+        floor, ceiling = quiet_limit
+        return _Run(tally, bounds, min(bound, ceiling), keep_until_ms, cycle, floor)
 
     def _count_fast(self, run: _Run, row: list[Any], origin: list[Any], position: int, key: str) -> bool:
         """Sum one additive event into ``run``; False if it needs the per-event path."""
@@ -341,7 +363,7 @@ class _Step:
             return False
         quantity = row[QUANTITY]
         after = run.usage + quantity
-        if after < 0 or after >= run.bound:  # the bound is at most MAX_AMOUNT + 1
+        if after < run.floor or after >= run.bound:  # the bound is at most MAX_AMOUNT + 1
             return False
         bucket = occurred_ms // _DAY_BUCKET_MS
         if bucket != run.day_bucket:
@@ -394,6 +416,12 @@ class _Step:
                 tallies = dict(usage.tallies)
             tallies[metric] = MetricTally(metric, (*run.tally.periods[:-1], updated))
             self.changed[(metric, run.period)] = run.usage
+            if fin.is_limited(self.state, metric):
+                # The run stayed within the limit's quiet bounds: the state only learns the usage.
+                self.state, transition = fin.on_usage(
+                    self.state, self.workspace_id, run.usage, run.period, updated.last_updated, metric
+                )
+                self._publish_transition(metric, transition)
         self.runs = {}
         if tallies is not None or applied_through is not None:
             self.state = _with_usage(
@@ -430,11 +458,11 @@ class _Step:
         if change.after != change.before:
             self.changed[(metric, change.period)] = change.after
             self._judge(row[EVENT_ID], metric, change, received)
-            if metric == FIN_RESOLUTIONS:
+            if fin.is_limited(self.state, metric):
                 self.state, transition = fin.on_usage(
-                    self.state, self.workspace_id, change.after, change.period, received
+                    self.state, self.workspace_id, change.after, change.period, received, metric
                 )
-                self._publish_transition(transition)
+                self._publish_transition(metric, transition)
         result = self.result
         result.counted[metric] += 1
         result.occurred.append(_ms(occurred_at))
@@ -487,14 +515,15 @@ class _Step:
         if kind == "limit_settings":
             self.state, transition, answer = fin.on_limit_settings(self.state, self.workspace_id, command, received)
             self._answer(command, answer)
-            self._publish_transition(transition)
+            self._publish_transition(command.get("metric", FIN_RESOLUTIONS), transition)
             return
         if kind == PERIOD_TICK:
-            # A tick also comes after local midnights for forecast warnings; Fin takes only its own.
-            fin_due = fin.period_tick_due(self.state)
-            if fin_due is not None and fin_due <= received:
-                self.state, transition = fin.on_period_tick(self.state, self.workspace_id, received)
-                self._publish_transition(transition)
+            # A tick also comes after local midnights for forecast warnings; limits take only their own.
+            limits_due = fin.period_tick_due(self.state)
+            if limits_due is not None and limits_due <= received:
+                self.state, transitions = fin.on_period_tick(self.state, self.workspace_id, received)
+                for metric, transition in transitions:
+                    self._publish_transition(metric, transition)
             self._warn(received)
             return
         if kind == CONTRACT_OTHERS:
@@ -539,14 +568,14 @@ class _Step:
     # ---------------------------------------------------------------------------------------
     # outputs
 
-    def _publish_transition(self, transition: Transition | None) -> None:
+    def _publish_transition(self, metric: str, transition: Transition | None) -> None:
         if transition is None:
             return
         self.result.transitions[transition.reason] += 1
         outputs = self.result.outputs
-        record = limit_record(self.workspace_id, transition)
-        outputs.fin_transition(self.workspace_id, record)
-        notification = notification_record(self.workspace_id, transition)
+        record = limit_record(self.workspace_id, transition, metric)
+        outputs.fin_transition(limit_key(self.workspace_id, metric), record)
+        notification = notification_record(self.workspace_id, transition, metric)
         if notification is not None:
             outputs.notification(self.workspace_id, notification)
             self._request_mail(FIN_DISABLED, record, list(self.state.profile.billing_contacts), transition.at)
@@ -603,7 +632,14 @@ def _with_usage(state: WorkspaceState, usage: WorkspaceUsage) -> WorkspaceState:
     """``replace(state, usage=usage)`` without ``replace``'s walk over the fields: every
     workspace of every batch makes one."""
     return WorkspaceState(
-        usage, state.profile, state.alerts, state.contract_others, state.fin, state.recent_commands, state.mail_hour
+        usage,
+        state.profile,
+        state.alerts,
+        state.contract_others,
+        state.fin,
+        state.limits,
+        state.recent_commands,
+        state.mail_hour,
     )
 
 

@@ -1,7 +1,8 @@
 """Who may call what over HTTP: a bearer token on every request but ``GET /health``.
 
-- ``/usage/{id}…`` and ``/ui/usage/{id}``: a token naming the workspace (or a service token);
-  a token limited to some metrics reads only those (``usage_api.py`` leaves the others out);
+- ``/usage/{id}…``, ``/limits/{id}`` and ``/ui/usage/{id}``: a token naming the workspace (or a
+  service token); a token limited to some metrics reads only those (``usage_api.py`` leaves the
+  others out);
 - ``/metrics`` and ``/internal/…`` (what workers ask each other): a service token only;
 - anything else (the page's assets): any valid token.
 

@@ -29,7 +29,7 @@ from ...models.signing import signature_header
 from ...tokens import Grant
 from ..runtime.kafka_client import client_options, close_quietly, start_plain_producer
 from .access import grant_of
-from .usage_api import contract_period_of, workspace_state
+from .usage_api import contract_period_of, granted_metrics, unknown_workspace, workspace_state
 from .usage_view import settings_document, threshold_cost
 
 if TYPE_CHECKING:
@@ -57,15 +57,13 @@ def register(mw: Meterwatch) -> None:
         async def get(self, request: Request, workspace_id: str) -> Response:
             found = workspace_state(mw, workspace_id)
             if found is None:
-                return self.json({"error": "unknown_workspace", "workspace_id": workspace_id}, status=404)
+                return unknown_workspace(self, workspace_id)
             now = datetime.now(UTC)
             contract_usage = await contract_period_of(mw, found, now)
             document = settings_document(workspace_id, found, now, contract_usage)
-            grant = grant_of(request)
-            if grant is not None:
-                for part in ("alerts", "limits"):
-                    document[part] = {m: v for m, v in document[part].items() if grant.may_read_metric(m)}
-            document["may_change"] = _may_change(grant)
+            for part in ("alerts", "limits"):
+                document[part] = granted_metrics(request, document[part])
+            document["may_change"] = _may_change(grant_of(request))
             return self.json(document)
 
     @app.page("/usage/{workspace_id}/settings/alerts/{metric}/cost")
@@ -84,7 +82,7 @@ def register(mw: Meterwatch) -> None:
                 )
             found = workspace_state(mw, workspace_id)
             if found is None:
-                return self.json({"error": "unknown_workspace", "workspace_id": workspace_id}, status=404)
+                return unknown_workspace(self, workspace_id)
             now = datetime.now(UTC)
             contract_usage = await contract_period_of(mw, found, now)
             cost = threshold_cost(workspace_id, found, now, contract_usage, metric, threshold)

@@ -1,4 +1,5 @@
-"""HTTP: health, the usage API (answered by the worker that owns the workspace's partition)."""
+"""HTTP: health, the usage and limits API (answered by the worker that owns the workspace's
+partition)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from ...core.workspace import WorkspaceState
 from ...models.common import METRIC_NAMES
 from ..codec import decode_contract_usage, decode_workspace
 from .access import grant_of
-from .usage_view import daily_document, usage_document
+from .usage_view import daily_document, limits_document, usage_document
 
 if TYPE_CHECKING:
     from ..app import Meterwatch
@@ -41,14 +42,23 @@ def register(mw: Meterwatch) -> None:
         async def get(self, request: Request, workspace_id: str) -> Response:
             found = workspace_state(mw, workspace_id)
             if found is None:
-                return self.json({"error": "unknown_workspace", "workspace_id": workspace_id}, status=404)
+                return unknown_workspace(self, workspace_id)
             now = datetime.now(UTC)
             contract_usage = await contract_period_of(mw, found, now)
             document = usage_document(workspace_id, found, now, contract_usage)
-            grant = grant_of(request)
-            if grant is not None:
-                document["metrics"] = {m: e for m, e in document["metrics"].items() if grant.may_read_metric(m)}
+            document["metrics"] = granted_metrics(request, document["metrics"])
             return self.json(document)
+
+    @app.page("/limits/{workspace_id}")
+    class Limits(View):
+        @app.table_route(table=usage_table, match_info="workspace_id")
+        async def get(self, request: Request, workspace_id: str) -> Response:
+            # The workspace's own state only: no contract, cost or forecast to work out.
+            found = workspace_state(mw, workspace_id)
+            limits = None if found is None else limits_document(workspace_id, found, datetime.now(UTC))
+            if limits is None:
+                return unknown_workspace(self, workspace_id)
+            return self.json({**limits, "limits": granted_metrics(request, limits["limits"])})
 
     @app.page("/usage/{workspace_id}/daily")
     class Daily(View):
@@ -59,7 +69,7 @@ def register(mw: Meterwatch) -> None:
                 return self.json({"error": "unknown_metric", "metric": metric}, status=400)
             found = workspace_state(mw, workspace_id)
             if found is None:
-                return self.json({"error": "unknown_workspace", "workspace_id": workspace_id}, status=404)
+                return unknown_workspace(self, workspace_id)
             return self.json(daily_document(workspace_id, metric, found, datetime.now(UTC)))
 
     @app.page("/internal/contract-usage/{contract_id}")
@@ -101,6 +111,18 @@ def _service_headers(mw: Meterwatch) -> dict[str, str]:
         return {}
     token = mw.keys.mint(datetime.now(UTC), SERVICE_TOKEN_TTL, service=True, subject="meterwatch-worker")
     return {"Authorization": f"Bearer {token}"}
+
+
+def unknown_workspace(view: View, workspace_id: str) -> Response:
+    return view.json({"error": "unknown_workspace", "workspace_id": workspace_id}, status=404)
+
+
+def granted_metrics(request: Request, by_metric: dict[str, Any]) -> dict[str, Any]:
+    """``by_metric`` without the metrics the request's token does not grant."""
+    grant = grant_of(request)
+    if grant is None:
+        return by_metric
+    return {metric: entry for metric, entry in by_metric.items() if grant.may_read_metric(metric)}
 
 
 def workspace_state(mw: Meterwatch, workspace_id: str) -> WorkspaceState | None:

@@ -10,10 +10,10 @@ from ...core.alerts import AlertSetting, AlertState, roll_to
 from ...core.contract_usage import ContractPeriod
 from ...core.contracts import WorkspaceProfile
 from ...core.costs import estimated_cost, money, prorated_seat_cost
-from ...core.fin_limit import LimitSetting, fin_state_by_rule
+from ...core.fin_limit import FinState, LimitSetting, fin_state_by_rule
 from ...core.forecast import METHOD, Forecast, forecast
 from ...core.metering import WorkspaceUsage, daily_usage, usage_in
-from ...core.metric_kinds import SEATS
+from ...core.metric_kinds import FIN_RESOLUTIONS, SEATS
 from ...core.periods import BillingPeriod
 from ...core.workspace import WorkspaceState
 from ...models.common import Metric, iso
@@ -89,13 +89,39 @@ def _forecast(projected: Forecast, cost: dict[str, str] | None) -> dict[str, Any
 
 
 def _fin_state_now(state: WorkspaceState, period: BillingPeriod) -> str:
-    fin = state.fin
-    if fin is None:
+    return _limit_state_now(state.fin, period)
+
+
+def _limit_state_now(limit: FinState | None, period: BillingPeriod) -> str:
+    if limit is None:
         return "enabled"
-    # A period that has ended re-enables Fin; the timer publishes it, the page need not wait.
-    if fin.period is not None and fin.period.start < period.start:
-        return fin_state_by_rule(fin.setting, 0)
-    return fin.state
+    # A period that has ended re-enables it; the timer publishes it, the page need not wait.
+    if limit.period is not None and limit.period.start < period.start:
+        return fin_state_by_rule(limit.setting, 0)
+    return limit.state
+
+
+def _set_limits(state: WorkspaceState) -> list[tuple[str, FinState, LimitSetting]]:
+    """Every limit set on the workspace, Fin's first: (metric, its state, its setting)."""
+    found = [(FIN_RESOLUTIONS, state.fin), *sorted(state.limits.items())]
+    return [(metric, limit, limit.setting) for metric, limit in found if limit is not None and limit.setting]
+
+
+def limits_document(workspace_id: str, state: WorkspaceState, now: datetime) -> dict[str, Any]:
+    """``GET /limits/{id}``: the state of every metric with a limit set, and its usage now."""
+    period = state.profile.cycle.period_containing(now)
+    return {
+        "workspace_id": workspace_id,
+        "limits": {
+            metric: {
+                "state": _limit_state_now(limit, period),
+                "limit": setting.limit,
+                "enabled": setting.enabled,
+                "usage": usage_in(state.usage.tallies.get(metric), period),
+            }
+            for metric, limit, setting in _set_limits(state)
+        },
+    }
 
 
 def _alert_settings(rolled: AlertState | None) -> dict[str, Any]:
@@ -212,15 +238,15 @@ def settings_document(
             if rolled.setting is None
             else _cost(name, rolled.setting.threshold, usage, profile, period, others),
         }
-    limits: dict[str, Any] = {}
-    fin_setting = state.fin.setting if state.fin is not None else None
-    if fin_setting is not None:
-        limits[Metric.FIN_RESOLUTIONS.value] = {
-            "limit": fin_setting.limit,
-            "enabled": fin_setting.enabled,
-            "state": _fin_state_now(state, period),
-            **changed_by(fin_setting),
+    limits = {
+        metric: {
+            "limit": setting.limit,
+            "enabled": setting.enabled,
+            "state": _limit_state_now(limit, period),
+            **changed_by(setting),
         }
+        for metric, limit, setting in _set_limits(state)
+    }
     return {
         "workspace_id": workspace_id,
         "alerts": alerts,

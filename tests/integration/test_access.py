@@ -55,6 +55,7 @@ async def test_every_route_but_health_needs_a_token_and_a_token_reads_only_what_
     routes = [
         f"/usage/{member}",
         f"/usage/{member}/daily?metric=sms",
+        f"/limits/{member}",
         f"/ui/usage/{member}",
         "/ui/static/usage.css",
         "/metrics",
@@ -81,7 +82,8 @@ async def test_every_route_but_health_needs_a_token_and_a_token_reads_only_what_
             assert set(body["metrics"]) == {"sms", "email"}
             assert http_get(f"{worker.base_url}/usage/{workspace}/daily?metric=sms", token=token)[0] == 200
             other = MEMBERS[(index + 1) % len(MEMBERS)]
-            for route in (f"/usage/{other}", f"/usage/{other}/daily?metric=sms", f"/ui/usage/{other}",
+            assert http_get(f"{worker.base_url}/limits/{workspace}", token=token)[0] == 200
+            for route in (f"/usage/{other}", f"/usage/{other}/daily?metric=sms", f"/ui/usage/{other}", f"/limits/{other}",
                           f"/usage/{OUTSIDER}", "/metrics", f"/internal/contract-usage/{CONTRACT}"):  # fmt: skip
                 status, body = http_get(f"{worker.base_url}{route}", token=token)
                 assert status == 403, (worker.base_url, route, status, body)

@@ -106,7 +106,7 @@ async def test_a_change_needs_billing_permission_for_that_workspace_and_a_valid_
     billing = token_for(WS, billing=True)
     for path, body, reason in [
         ("alerts/seats", alert, "alerts_not_available_on_seats"),
-        ("limits/sms", {"limit": 5}, "limit_only_for_fin_resolutions"),
+        ("limits/seats", {"limit": 5}, "limits_not_available_on_seats"),
         ("alerts/sms", {"threshold": -1}, "invalid_command: alert_settings.threshold"),
         ("alerts/tweets", alert, "invalid_command: alert_settings.metric"),
         ("alerts/sms", {"threshold": 5, "colour": "red"}, "unknown field 'colour'"),

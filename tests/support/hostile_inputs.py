@@ -814,11 +814,8 @@ class CommandFactory:
         return self.message("alert_on_seats", fields, reason="alerts_not_available_on_seats")
 
     def limit_on_other_metric(self) -> CommandMessage:
-        fields = {
-            **self.valid("limit_settings", self.rng.choice(ANY_WORKSPACE)),
-            "metric": self.rng.choice(ADDITIVE_METRICS + ("seats",)),
-        }
-        return self.message("limit_on_other_metric", fields, reason="limit_only_for_fin_resolutions")
+        fields = {**self.valid("limit_settings", self.rng.choice(ANY_WORKSPACE)), "metric": "seats"}
+        return self.message("limit_on_other_metric", fields, reason="limits_not_available_on_seats")
 
     def address_injection(self) -> CommandMessage:
         workspace = self.rng.choice(MAIL_WORKSPACES + (FIN_WORKSPACE, CONTRACT_WORKSPACE))

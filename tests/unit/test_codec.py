@@ -70,10 +70,22 @@ def workspace_states(draw: st.DrawFn) -> WorkspaceState:
         | st.builds(lambda p, n: ContractOthers(p, MappingProxyType({"sms": n})), periods(), st.integers(0, 99))
     )
     fin = draw(st.none() | st.builds(lambda p: FinState("ws", "disabled", p, 3, LimitSetting(3, True), 1), periods()))
+    limited = draw(st.lists(st.sampled_from(["sms", "whatsapp", "email"]), unique=True, max_size=2))
+    limits = {
+        metric: draw(
+            st.builds(lambda p, m=metric: FinState("ws", "enabled", p, 2, LimitSetting(9, True), 0, m), periods())
+        )
+        for metric in limited
+    }
     recent = draw(st.dictionaries(st.text(min_size=1, max_size=12), st.integers(0, 2**45), max_size=3))
     mail_hour = draw(st.none() | st.builds(MailHour, st.integers(0, 2**31), st.integers(0, 10**6)))
     return WorkspaceState(
-        usage=usage, contract_others=others, fin=fin, recent_commands=MappingProxyType(recent), mail_hour=mail_hour
+        usage=usage,
+        contract_others=others,
+        fin=fin,
+        limits=MappingProxyType(limits),
+        recent_commands=MappingProxyType(recent),
+        mail_hour=mail_hour,
     )
 
 

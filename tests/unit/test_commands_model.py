@@ -127,6 +127,14 @@ def test_limit_settings_are_accepted() -> None:
     )
 
 
+@pytest.mark.parametrize("metric", ["messages_sent", "phone", "sms", "whatsapp", "email", "fin_resolutions"])
+def test_a_limit_is_accepted_on_every_counted_metric_but_seats(metric: str) -> None:
+    parsed = parse_command(encode(command("limit_settings", metric=metric, limit=7)))
+
+    assert isinstance(parsed, LimitSettings)
+    assert (parsed.metric.value, parsed.limit) == (metric, 7)
+
+
 @pytest.mark.parametrize("limit, enabled", [(0, True), (500, False), (10**9, True)])
 def test_a_limit_of_zero_or_a_disabled_limit_is_accepted(limit: int, enabled: bool) -> None:
     parsed = parse_command(encode(command("limit_settings", limit=limit, enabled=enabled)))
@@ -224,8 +232,7 @@ def test_unknown_fields_in_a_command_are_ignored() -> None:
         pytest.param(command("contract_alert_settings", levels=["80"]), "invalid_command", id="level-string"),
         pytest.param(command("contract_alert_settings", levels=80), "invalid_command", id="levels-not-list"),
         pytest.param(command("contract_alert_settings", enabled="no"), "invalid_command", id="contract-enabled-str"),
-        pytest.param(command("limit_settings", metric="sms"), "limit_only_for_fin_resolutions", id="limit-on-sms"),
-        pytest.param(command("limit_settings", metric="seats"), "limit_only_for_fin_resolutions", id="limit-on-seats"),
+        pytest.param(command("limit_settings", metric="seats"), "limits_not_available_on_seats", id="limit-on-seats"),
         pytest.param(command("alert_settings", threshold=0), "invalid_command", id="threshold-0"),
         pytest.param(command("alert_settings", threshold=-10), "invalid_command", id="threshold-negative"),
         pytest.param(command("alert_settings", threshold=12.5), "invalid_command", id="threshold-fraction"),

@@ -134,6 +134,16 @@ def test_a_fin_disabled_transition_mails_the_given_contacts() -> None:
     assert "reached the limit you set" in body
 
 
+def test_a_limit_on_another_metric_names_the_metric_and_keeps_its_own_message_ids() -> None:
+    sms = on_the_wire(compose_fin_disabled_mail(transition(metric="sms", limit=100), TO, sender=SENDER))
+
+    assert sms["Subject"] == "SMS disabled: SMS limit (100) reached - workspace ws_42"
+    assert sms["X-Meterwatch-Transition-Id"] == "tr_77"
+    assert sms["Message-ID"].startswith("<limit-disabled.")
+    body = " ".join(sms.get_content().split())
+    assert "Metric: SMS" in body and "Fin AI Agent" not in body
+
+
 def test_a_lowered_limit_is_explained_and_an_enabled_transition_is_not_mailed() -> None:
     lowered = compose_fin_disabled_mail(transition(reason="limit_lowered", limit=400), "ops@example.com", sender=SENDER)
     assert "because the limit was lowered" in " ".join(lowered.get_content().split())

@@ -1,4 +1,5 @@
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -20,6 +21,8 @@ from meterwatch.core.fin_limit import (
     transition_id,
 )
 from meterwatch.core.periods import CALENDAR_MONTH_UTC
+from meterwatch.core.steps.fin import limit_bounds
+from meterwatch.core.workspace import WorkspaceState
 
 WS = "ws_42"
 JAN = CALENDAR_MONTH_UTC.period_containing(datetime(2026, 1, 10, tzinfo=UTC))
@@ -363,3 +366,56 @@ def test_any_sequence_alternates_states_and_ends_where_the_rule_says(events):
     # The latest published message is the real state (or nothing was ever published and
     # Fin was never disabled).
     assert (transitions[-1].state if transitions else ENABLED) == state.state
+
+
+# --- limits on other metrics -------------------------------------------------------------------
+
+
+def test_fins_transition_ids_name_no_metric():
+    name = "\x1f".join((WS, JAN.start.isoformat(), "1"))
+    expected = str(uuid.uuid5(uuid.uuid5(uuid.NAMESPACE_URL, "meterwatch:fin-limit-transition"), name))
+    assert transition_id(WS, JAN.start, 1) == transition_id(WS, JAN.start, 1, "fin_resolutions") == expected
+
+
+def test_transition_ids_differ_across_metrics():
+    ids = {transition_id(WS, JAN.start, 1, metric) for metric in ("fin_resolutions", "sms", "whatsapp", "email")}
+    assert len(ids) == 4
+
+
+@given(st.lists(inputs, max_size=40), st.sampled_from(["sms", "whatsapp", "messages_sent"]))
+def test_a_limit_on_another_metric_makes_the_same_decisions_as_fins_with_ids_of_its_own(events, metric):
+    fin, other = FinState.initial(WS), FinState.initial(WS, metric)
+    for event in events:
+        fin, fin_transition = next_fin_state(fin, event)
+        other, other_transition = next_fin_state(other, event)
+        assert other.metric == metric
+        assert (other.state, other.usage, other.period) == (fin.state, fin.usage, fin.period)
+        assert (fin_transition is None) == (other_transition is None)
+        if fin_transition is not None:
+            assert (other_transition.state, other_transition.reason) == (fin_transition.state, fin_transition.reason)
+            assert other_transition.transition_id == transition_id(
+                WS, other.period.start, other.transitions_in_period, metric
+            )
+            assert other_transition.transition_id != fin_transition.transition_id
+
+
+@pytest.mark.parametrize(
+    "limits, period, bounds",
+    [
+        pytest.param({}, JAN, (0, 2**63), id="no-limit"),
+        pytest.param({"sms": stored(3, None)}, JAN, (0, 2**63), id="no-setting"),
+        pytest.param({"sms": stored(3, off(5))}, JAN, (0, 2**63), id="turned-off"),
+        pytest.param({"sms": stored(3, on(5))}, JAN, (0, 5), id="enabled-below"),
+        pytest.param({"sms": stored(7, on(5))}, JAN, (5, 2**63), id="disabled-above"),
+        pytest.param({"sms": stored(7, on(5), FEB)}, JAN, (0, 2**63), id="earlier-period"),
+        pytest.param({"sms": stored(3, on(5))}, FEB, (0, 5), id="enabled-rolls-over"),
+        pytest.param({"sms": stored(7, on(5))}, FEB, None, id="disabled-rolls-over"),
+    ],
+)
+def test_the_quiet_bounds_of_a_limit_on_another_metric(limits, period, bounds):
+    limits = {metric: replace(limit, metric=metric) for metric, limit in limits.items()}
+    assert limit_bounds(WorkspaceState(limits=limits), "sms", period) == bounds
+
+
+def test_fin_is_always_judged_event_by_event():
+    assert limit_bounds(WorkspaceState(), "fin_resolutions", JAN) is None

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from meterwatch.core.dedupe import FirstSeen
 from meterwatch.core.metering import MetricTally, WorkspaceUsage
+from meterwatch.core.steps.fin import period_tick_due
 from meterwatch.core.steps.workspace import (
     BatchOutputs,
     CommandMessage,
@@ -82,7 +83,17 @@ def usage_rows(draw: st.DrawFn, base: datetime) -> dict[str, Any]:
 @st.composite
 def commands(draw: st.DrawFn) -> dict[str, Any]:
     kind = draw(
-        st.sampled_from(["alert_settings", "alert_settings", "limit_settings", "billing_contacts", "tick", "terms"])
+        st.sampled_from(
+            [
+                "alert_settings",
+                "alert_settings",
+                "limit_settings",
+                "limit_settings",
+                "billing_contacts",
+                "tick",
+                "terms",
+            ]
+        )
     )
     command_id = f"cmd-{draw(st.integers(0, 10**6))}"
     if kind == "alert_settings":
@@ -96,12 +107,7 @@ def commands(draw: st.DrawFn) -> dict[str, Any]:
             "forecast_warnings": draw(st.booleans()),
         }
     if kind == "limit_settings":
-        return {
-            "type": kind,
-            "command_id": command_id,
-            "limit": draw(st.integers(0, 6)),
-            "enabled": draw(st.booleans()),
-        }
+        return draw(limit_commands(st.sampled_from(["fin_resolutions", "sms", "whatsapp", "email"])))
     if kind == "billing_contacts":
         emails = [f"billing{i}@example.com" for i in range(draw(st.integers(0, 4)))]
         return {"type": kind, "command_id": command_id, "emails": emails}
@@ -119,6 +125,19 @@ def commands(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
+def limit_commands(draw: st.DrawFn, metrics: st.SearchStrategy[str]) -> dict[str, Any]:
+    """Fin's and the additive metrics' limits, low enough for the random usage to cross them."""
+    metric = draw(metrics)
+    return {
+        "type": "limit_settings",
+        "command_id": f"cmd-{draw(st.integers(0, 10**6))}",
+        "metric": metric,
+        "limit": draw(st.integers(0, 6) if metric == "fin_resolutions" else st.integers(0, 12)),
+        "enabled": draw(st.booleans()),
+    }
+
+
+@st.composite
 def streams(draw: st.DrawFn) -> list[list[tuple[str, Any]]]:
     """Batches of messages: ("rows", [row, ...]) or ("command", (command, received_ms))."""
     base = draw(st.sampled_from(BASES))
@@ -132,6 +151,9 @@ def streams(draw: st.DrawFn) -> list[list[tuple[str, Any]]]:
             else:
                 batch.append(("rows", draw(st.lists(usage_rows(base), min_size=1, max_size=25))))
         batches.append(batch)
+    # Often a limit on an additive metric from the start, so that runs meet its bounds.
+    for _ in range(draw(st.integers(0, 2))):
+        batches[0].insert(0, ("command", (draw(limit_commands(st.sampled_from(ADDITIVE))), _ms(base))))
     return batches
 
 
@@ -189,12 +211,19 @@ def _comparable(step_result: Result) -> dict[str, Any]:
 
 
 SUMMED: list[int] = []
+# The metrics of the usage.limits records the random streams made, for the guard below.
+LIMITED: list[str] = []
 
 
-def _run_both(batches: list[list[tuple[str, Any]]], replay_first: bool) -> list[Result]:
-    state = WorkspaceState()
+def _run_both(
+    batches: list[list[tuple[str, Any]]],
+    replay_first: bool,
+    state: WorkspaceState | None = None,
+    first_offset: int = 0,
+) -> list[Result]:
+    state = state or WorkspaceState()
     seen: dict[str, FirstSeen] = {}
-    offset = 0
+    offset = first_offset
     results = []
     previous: list[Any] = []
     for batch in batches:
@@ -207,6 +236,7 @@ def _run_both(batches: list[list[tuple[str, Any]]], replay_first: bool) -> list[
         assert _comparable(batched) == _comparable(single)
         results.append(batched)
         SUMMED.append(batched.out.summed)
+        LIMITED.extend(record["metric"] for record in batched.out.outputs.of(Kind.FIN_TRANSITION))
         state = batched.state
         seen.update(batched.out.first_seen)
         previous = messages
@@ -221,10 +251,14 @@ def test_batched_counting_equals_judging_every_event(batches: list[list[tuple[st
 
 
 def test_the_random_streams_do_take_the_batched_path() -> None:
-    """Guards the property above against streams that never leave the per-event path."""
+    """Guards the property above against streams that never leave the per-event path, and
+    that never move a limit on a metric other than Fin's."""
     SUMMED.clear()
+    LIMITED.clear()
     test_batched_counting_equals_judging_every_event()
     assert sum(1 for n in SUMMED if n > 0) > len(SUMMED) // 10
+    assert {"sms", "whatsapp", "email"} & set(LIMITED)
+    assert "fin_resolutions" in LIMITED
 
 
 def test_a_quiet_run_is_summed_and_a_crossing_still_alerts_once_with_its_event() -> None:
@@ -468,3 +502,63 @@ def test_an_alert_set_before_the_workspace_joins_a_contract_alerts_in_the_contra
     assert [(a["level"], a["usage"], a["period_start"]) for a in out.outputs.of(Kind.ALERT)] == [
         (100, 12, "2026-11-15T00:00:00Z")
     ]
+
+
+def _sms_rows(quantities: list[int], start: int = 0) -> list[dict[str, Any]]:
+    at = datetime(2026, 11, 10, 12, tzinfo=UTC)
+    return [
+        {
+            "event_id": f"s{start + i}",
+            "metric": "sms",
+            "quantity": quantity,
+            "occurred_at": _iso(at + timedelta(minutes=start + i)),
+            "conversation_id": None,
+            "received_ms": _ms(at + timedelta(minutes=start + i, seconds=1)),
+        }
+        for i, quantity in enumerate(quantities)
+    ]
+
+
+def _sms_limit(limit: int, command_id: str = "l1") -> tuple[str, Any]:
+    at = datetime(2026, 11, 10, 11, tzinfo=UTC)
+    command = {"type": "limit_settings", "command_id": command_id, "metric": "sms", "limit": limit, "enabled": True}
+    return ("command", (command, _ms(at)))
+
+
+def test_a_limit_on_sms_is_reached_by_the_event_that_crosses_it_within_a_run() -> None:
+    (_, second) = _run_both([[_sms_limit(10)], [("rows", _sms_rows([3, 3, 3, 3, 3]))]], replay_first=False)
+    (record,) = second.out.outputs.of(Kind.FIN_TRANSITION)
+    assert (record["metric"], record["state"], record["reason"], record["usage"], record["limit"]) == (
+        "sms",
+        "disabled",
+        "limit_reached",
+        12,
+        10,
+    )
+    (key,) = [o.key for o in second.out.outputs if o.kind is Kind.FIN_TRANSITION]
+    assert key == f"{WORKSPACE}\x1fsms"
+    (notification,) = second.out.outputs.of(Kind.NOTIFICATION)
+    assert (notification["kind"], notification["metric"]) == ("usage_limit_reached", "sms")
+    # The events before the crossing and the one after it were summed; the crossing was judged.
+    assert second.out.summed == 4
+    assert second.state.limits["sms"].usage == 15
+    assert second.state.fin is None
+
+
+def test_a_correction_below_a_reached_sms_limit_enables_it_again() -> None:
+    batches = [[_sms_limit(10)], [("rows", _sms_rows([6, 6]))], [("rows", _sms_rows([1, -5, 1], start=2))]]
+    *_, last = _run_both(batches, replay_first=False)
+    (record,) = last.out.outputs.of(Kind.FIN_TRANSITION)
+    assert (record["state"], record["reason"], record["usage"]) == ("enabled", "usage_dropped", 8)
+    assert last.state.limits["sms"].state == "enabled"
+
+
+def test_a_new_period_enables_a_reached_sms_limit_and_its_timer_is_due_at_the_periods_end() -> None:
+    (_, reached) = _run_both([[_sms_limit(2)], [("rows", _sms_rows([3]))]], replay_first=False)
+    due = period_tick_due(reached.state)
+    assert due == reached.state.limits["sms"].period.end
+    tick = ("command", ({"type": "period_tick"}, _ms(due + timedelta(seconds=1))))
+    (ticked,) = _run_both([[tick]], replay_first=False, state=reached.state, first_offset=5)
+    (record,) = ticked.out.outputs.of(Kind.FIN_TRANSITION)
+    assert (record["metric"], record["state"], record["reason"], record["usage"]) == ("sms", "enabled", "new_period", 0)
+    assert period_tick_due(ticked.state) is None
