@@ -813,9 +813,9 @@ class CommandFactory:
         fields = {**self.valid("alert_settings", self.rng.choice(ANY_WORKSPACE)), "metric": "seats"}
         return self.message("alert_on_seats", fields, reason="alerts_not_available_on_seats")
 
-    def limit_on_other_metric(self) -> CommandMessage:
+    def limit_on_seats(self) -> CommandMessage:
         fields = {**self.valid("limit_settings", self.rng.choice(ANY_WORKSPACE)), "metric": "seats"}
-        return self.message("limit_on_other_metric", fields, reason="limits_not_available_on_seats")
+        return self.message("limit_on_seats", fields, reason="limits_not_available_on_seats")
 
     def address_injection(self) -> CommandMessage:
         workspace = self.rng.choice(MAIL_WORKSPACES + (FIN_WORKSPACE, CONTRACT_WORKSPACE))
@@ -913,7 +913,7 @@ class CommandFactory:
             "wrong_type": (12, self.wrong_type),
             "without_permission": (4, self.without_permission),
             "alert_on_seats": (2, self.alert_on_seats),
-            "limit_on_other_metric": (2, self.limit_on_other_metric),
+            "limit_on_seats": (2, self.limit_on_seats),
             "address_injection": (10, self.address_injection),
             "id_injection": (6, self.id_injection),
             "command_id_injection": (3, self.command_id_injection),
