@@ -35,7 +35,8 @@ def usage_document(
         tally = usage.tallies.get(name)
         price = contract.prices.get(name) if contract else None
         alert_state = state.alerts.get(name)
-        has_limit = name == Metric.FIN_RESOLUTIONS.value and state.fin is not None
+        other_limit = state.limits.get(name)
+        has_limit = (name == Metric.FIN_RESOLUTIONS.value and state.fin is not None) or other_limit is not None
         if tally is None and price is None and alert_state is None and not has_limit:
             continue
         period_tally = tally.for_period(period) if tally else None
@@ -58,10 +59,11 @@ def usage_document(
             entry["contract"] = {"usage": used + others, "included": contract.included(name)}
         if name == Metric.FIN_RESOLUTIONS.value:
             setting = state.fin.setting if state.fin else None
-            entry["limit"] = (
-                None if setting is None else {"limit": setting.limit, "enabled": setting.enabled, **changed_by(setting)}
-            )
+            entry["limit"] = None if setting is None else _limit_setting(setting)
             entry["fin_state"] = _fin_state_now(state, period)
+        elif other_limit is not None and other_limit.setting is not None:
+            entry["limit"] = _limit_setting(other_limit.setting)
+            entry["limit_state"] = _limit_state_now(other_limit, period)
         metrics[name] = entry
     return {
         "workspace_id": workspace_id,
@@ -86,6 +88,10 @@ def _forecast(projected: Forecast, cost: dict[str, str] | None) -> dict[str, Any
             for level in projected.levels
         ],
     }  # fmt: skip
+
+
+def _limit_setting(setting: LimitSetting) -> dict[str, Any]:
+    return {"limit": setting.limit, "enabled": setting.enabled, **changed_by(setting)}
 
 
 def _fin_state_now(state: WorkspaceState, period: BillingPeriod) -> str:
@@ -239,12 +245,7 @@ def settings_document(
             else _cost(name, rolled.setting.threshold, usage, profile, period, others),
         }
     limits = {
-        metric: {
-            "limit": setting.limit,
-            "enabled": setting.enabled,
-            "state": _limit_state_now(limit, period),
-            **changed_by(setting),
-        }
+        metric: {**_limit_setting(setting), "state": _limit_state_now(limit, period)}
         for metric, limit, setting in _set_limits(state)
     }
     return {

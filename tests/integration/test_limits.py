@@ -99,6 +99,12 @@ async def test_an_sms_limit_disables_at_the_limit_beside_fins_record(
     status, body = http_get(f"{base}/limits/{WS}", token=token_for(OTHER))
     assert (status, body["error"]) == (403, "forbidden")
     assert http_get(f"{base}/limits/{WS}", token=None)[0] == 401
+    sms_usage = http_get(f"{base}/usage/{WS}", token=token_for(WS))[1]["metrics"]["sms"]
+    assert (sms_usage["limit"]["limit"], sms_usage["limit"]["changed_by"], sms_usage["limit_state"]) == (
+        10,
+        "meterwatch",
+        "enabled",
+    )
     status, settings = http_get(f"{base}/usage/{WS}/settings", token=billing)
     assert {m: (s["limit"], s["state"]) for m, s in settings["limits"].items()} == {
         "fin_resolutions": (0, "disabled"),

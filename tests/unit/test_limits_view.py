@@ -11,7 +11,7 @@ from meterwatch.core.fin_limit import FinState, LimitSetting, fin_state_by_rule
 from meterwatch.core.metering import MetricTally, PeriodTally, WorkspaceUsage
 from meterwatch.core.periods import CALENDAR_MONTH_UTC
 from meterwatch.core.workspace import WorkspaceState
-from meterwatch.streams.http.usage_view import limits_document, settings_document
+from meterwatch.streams.http.usage_view import limits_document, settings_document, usage_document
 
 WS = "ws_42"
 NOW = datetime(2026, 11, 10, 12, tzinfo=UTC)
@@ -81,3 +81,18 @@ def test_the_settings_list_every_metrics_limit_with_who_set_it() -> None:
         "changed_at": NOW.isoformat().replace("+00:00", "Z"),
     }
     assert list(limits) == ["fin_resolutions", "sms"]
+
+
+def test_the_usage_document_shows_another_metrics_limit_beside_fins() -> None:
+    workspace = state(
+        fin_resolutions=limited("fin_resolutions", 1, LimitSetting(5, True)),
+        sms=limited("sms", 12, LimitSetting(10, True)),
+        email=limited("email", 2, None),
+    )
+    metrics = usage_document(WS, workspace, NOW)["metrics"]
+    assert (metrics["sms"]["limit"], metrics["sms"]["limit_state"]) == (
+        {"limit": 10, "enabled": True, "changed_by": None, "changed_at": None},
+        "disabled",
+    )
+    assert (metrics["fin_resolutions"]["fin_state"], "limit_state" in metrics["fin_resolutions"]) == ("enabled", False)
+    assert "limit" not in metrics["email"]
