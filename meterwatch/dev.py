@@ -280,7 +280,7 @@ class _Account:
     def __init__(self) -> None:
         self.sent = 0
         self.alerts = 0
-        self.fin_changes = 0
+        self.limit_changes = 0
         self.dead_letters = 0
         self.mailbox: LocalMailbox | None = None
         self.webhooks: LocalWebhookReceiver | None = None
@@ -290,7 +290,7 @@ class _Account:
         if topic == USAGE_ALERTS:
             self.alerts += 1
         elif topic == USAGE_LIMITS:
-            self.fin_changes += 1
+            self.limit_changes += 1
         elif topic == USAGE_DEAD_LETTER:
             self.dead_letters += 1
         else:
@@ -405,7 +405,7 @@ async def _summarise(account: _Account, base: str, token: str | None, settings: 
         mails += f", webhooks: {int(metrics.get('meterwatch_webhooks_sent_total', 0))}"
     _say(
         f"SUMMARY events sent: {account.sent}, counted: {counted}, repeats skipped: {repeats}, "
-        f"dead letters: {account.dead_letters}, alerts: {account.alerts}, Fin changes: {account.fin_changes}, {mails}"
+        f"dead letters: {account.dead_letters}, alerts: {account.alerts}, limit changes: {account.limit_changes}, {mails}"
     )
 
 
@@ -521,7 +521,12 @@ def _describe(topic: str, record: dict[str, Any]) -> str:
             f"(usage {record['usage']}) [{record['alert_id'][:8]}]"
         )
     if topic == USAGE_LIMITS:
-        return f"FIN    {record['workspace_id']}: Fin {record['state']} ({record['reason']}, usage {record['usage']} / limit {record['limit']})"
+        fin = record["metric"] == "fin_resolutions"
+        label, what = ("FIN   ", "Fin") if fin else ("LIMIT ", record["metric"])
+        return (
+            f"{label} {record['workspace_id']}: {what} {record['state']} "
+            f"({record['reason']}, usage {record['usage']} / limit {record['limit']})"
+        )
     if topic == USAGE_DEAD_LETTER:
         return f"DEAD   {record['error']['code']}: {record['error']['message']}"
     detail = record.get("reason") or record.get("effective_from") or ""

@@ -183,7 +183,7 @@ def the_summary_adds_up(dev: Dev) -> None:
     figures = {name.strip(): n for name, n in figures.items()}
     assert figures["repeats skipped"] == 1, line
     assert figures["dead letters"] == 0, line
-    assert figures["alerts"] >= 3 and figures["Fin changes"] >= 2, line
+    assert figures["alerts"] >= 3 and figures["limit changes"] >= 2, line
     in_flight = figures["events sent"] - figures["repeats skipped"] - figures["counted"]
     assert figures["counted"] > 0 and 0 <= in_flight <= 50, line
     assert figures["webhooks"] > 0, line
