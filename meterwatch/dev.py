@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
@@ -539,7 +540,13 @@ async def _watch_worker(worker: subprocess.Popen[bytes]) -> None:
     raise SystemExit(f"meterwatch dev: the worker stopped unexpectedly (exit code {worker.returncode})")
 
 
+_SAYING = threading.Lock()
+
+
 def _say(line: str) -> None:
-    # The terminal may be gone (a closed pipe); stopping what we started must not depend on it.
-    with contextlib.suppress(OSError):
-        print(f"[meterwatch dev] {line}", flush=True)
+    # One write per line, under a lock: the local SMTP server reports from a thread of its own,
+    # and print() writes a line and its newline separately. The terminal may be gone (a closed
+    # pipe); stopping what we started must not depend on it.
+    with _SAYING, contextlib.suppress(OSError):
+        sys.stdout.write(f"[meterwatch dev] {line}\n")
+        sys.stdout.flush()
