@@ -297,7 +297,6 @@ async def test_the_usage_page_shows_the_period_charts_and_costs_and_follows_usag
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == [], errors
 
-    ARTIFACTS.mkdir(exist_ok=True)
     browser.set_window_size(1280, 900)
     full_page_screenshot(browser, ARTIFACTS / "usage-page.png")
 
@@ -425,7 +424,6 @@ async def test_a_billing_person_changes_the_alert_on_the_page_and_sees_what_it_w
     scheduled = http_get(f"{base}/usage/{WS}")[1]["metrics"]["sms"]["scheduled_alert"]
     assert (scheduled["threshold"], scheduled["changed_by"]) == (500, "ana@example.com")
 
-    ARTIFACTS.mkdir(exist_ok=True)
     browser.set_window_size(1280, 900)
     full_page_screenshot(browser, ARTIFACTS / "usage-page-settings.png")
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]

@@ -56,6 +56,7 @@ def start_browser(tmp_path: Path) -> Iterator[WebDriver]:
 
 
 def full_page_screenshot(driver: WebDriver, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     time.sleep(0.5)  # the charts redraw for a new width
     size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
     clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
