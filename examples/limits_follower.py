@@ -22,7 +22,7 @@ import json
 import sys
 from collections.abc import Callable
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 FIN_RESOLUTIONS = "fin_resolutions"
 KEY_SEPARATOR = "\x1f"
@@ -61,13 +61,21 @@ class LimitsFollower:
         """Read ``topic`` from the beginning, set ``caught_up`` once every partition has been read
         to where it ended at the start, and go on following until ``stop`` is set."""
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
         )
         await consumer.start()
         try:
-            await consumer.topics()  # fetches the metadata partitions_for_topic answers from
-            partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-            consumer.assign(partitions)
+            # Without a group every partition of the topic is assigned, once its metadata has arrived.
+            while not consumer.assignment():
+                if stop is not None and stop.is_set():
+                    return
+                await asyncio.sleep(0.05)
+            partitions = sorted(consumer.assignment())
             await consumer.seek_to_beginning(*partitions)
             ends = await consumer.end_offsets(partitions)
             while stop is None or not stop.is_set():
