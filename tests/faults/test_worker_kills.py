@@ -184,7 +184,7 @@ def three_workers(
     if not kafka_broker.transactions:
         # One alert record per crossing is the exactly_once promise; under at_least_once, the
         # only guarantee a broker without transactions allows, a kill may repeat an alert with
-        # its id (CONTRACT 4). Kills on the embedded broker are also not reliable yet (README).
+        # its id (CONTRACT 4).
         pytest.skip("needs transactions, which the embedded broker (Tansu) lacks; runs on Apache Kafka")
     workers = []
     for index in range(WORKER_COUNT):
