@@ -138,6 +138,7 @@ async def test_the_usage_page_shows_the_period_charts_and_costs_and_follows_usag
         command("alert_settings", WS, metric="sms", threshold=1500, early_warnings=True, enabled=True),
         command("alert_settings", WS, metric="email", threshold=2000, early_warnings=False, enabled=True),
         command("limit_settings", WS, metric="fin_resolutions", limit=3, enabled=True),
+        command("limit_settings", WS, metric="email", limit=5000, enabled=True),
     )
     assert {r["status"] for r in results.values()} == {"applied"}, results
     # Emails: most of them sent yesterday, so the page has a pace to project from (on the
@@ -217,10 +218,16 @@ async def test_the_usage_page_shows_the_period_charts_and_costs_and_follows_usag
     assert fact(browser, "sms", "alert-note") == "Also alerts at 50% and 80%"
     assert fact(browser, "email", "scheduled").startswith("At 1,000 from ")
     assert fact(browser, "email", "scheduled").endswith("(next period)")
-    assert (fact(browser, "fin_resolutions", "limit"), fact(browser, "fin_resolutions", "fin")) == (
+    assert (fact(browser, "fin_resolutions", "limit"), fact(browser, "fin_resolutions", "limit-state")) == (
         "3 resolutions",
         "On",
     )
+    # A hard limit on another metric is shown the same way, under its own names.
+    email_limit = section(browser, "email").find_element(By.CSS_SELECTOR, "[data-row=limit]")
+    assert email_limit.text.splitlines() == ["Hard limit", "5,000"]
+    email_state = section(browser, "email").find_element(By.CSS_SELECTOR, "[data-row=limit-state]")
+    assert email_state.text.splitlines() == ["Emails", "On"]
+    assert not section(browser, "sms").find_element(By.CSS_SELECTOR, "[data-row=limit]").is_displayed()
 
     # The SMS chart: the contracted amount as a blue line, the alert threshold above it, usage below both.
     sms_chart = section(browser, "sms").find_element(By.CSS_SELECTOR, ".plot svg")
@@ -266,7 +273,7 @@ async def test_the_usage_page_shows_the_period_charts_and_costs_and_follows_usag
     email_lines = {
         line.get_attribute("class") for line in section(browser, "email").find_elements(By.CSS_SELECTOR, "line.ref")
     }
-    assert email_lines == {"ref alert", "ref scheduled"}  # no contracted line: pay-as-you-go
+    assert email_lines == {"ref alert", "ref scheduled", "ref limit"}  # no contracted line: pay-as-you-go
     fin_lines = {
         line.get_attribute("class")
         for line in section(browser, "fin_resolutions").find_elements(By.CSS_SELECTOR, "line.ref")
@@ -311,7 +318,7 @@ async def test_the_usage_page_shows_the_period_charts_and_costs_and_follows_usag
     in_api = time.monotonic()
     shows(browser, "sms", "usage", "1,203", timeout=10)
     shows(browser, "sms", "alert-level", "80% reached", timeout=10)  # 1,203 ≥ 80% of 1,500
-    shows(browser, "fin_resolutions", "fin", "Off: limit reached", timeout=10)
+    shows(browser, "fin_resolutions", "limit-state", "Off: limit reached", timeout=10)
     followed = time.monotonic() - in_api
     assert browser.execute_script("return window.__sameDocument") is True  # not reloaded
     assert browser.execute_script("return window.scrollY") == scrolled

@@ -182,8 +182,8 @@
           <div data-row="alert"><dt>Usage alert</dt><dd><span data-fact="alert"></span>
             <span class="badge" data-fact="alert-level"></span><span class="note" data-fact="alert-note"></span></dd></div>
           <div data-row="scheduled"><dt>Scheduled alert</dt><dd data-fact="scheduled"></dd></div>
-          <div data-row="limit"><dt>Fin limit</dt><dd data-fact="limit"></dd></div>
-          <div data-row="fin"><dt>Fin AI Agent</dt><dd data-fact="fin"></dd></div>
+          <div data-row="limit"><dt>Limit</dt><dd data-fact="limit"></dd></div>
+          <div data-row="limit-state"><dt>State</dt><dd data-fact="limit-state"></dd></div>
           <div data-row="updated"><dt>Last updated</dt><dd data-fact="updated"><time></time></dd></div>
         </dl></div>
         <figure class="chart"><div class="plot"></div><ul class="legend"></ul>
@@ -198,6 +198,9 @@
     section.querySelector("[data-row=usage] dt").textContent = seats ? "Seats in use" : "Used so far";
     section.querySelector("caption").textContent = label + (seats ? ": seats in use each day" : ": usage so far, by day");
     section.querySelector("thead th:last-child").textContent = seats ? "Seats" : "Cumulative usage";
+    const fin = name === "fin_resolutions";
+    section.querySelector("[data-row=limit] dt").textContent = fin ? "Fin limit" : "Hard limit";
+    section.querySelector("[data-row=limit-state] dt").textContent = fin ? "Fin AI Agent" : label;
     // Keep the API's order of metrics, whatever order they first appear in.
     const after = order.slice(order.indexOf(name) + 1).map((m) => sections.get(m)).find(Boolean);
     $("metrics").insertBefore(section, after ? after.root : null);
@@ -231,12 +234,13 @@
     setText(fact("alert-note"), m.alert && m.alert.enabled && m.alert.early_warnings ? "Also alerts at 50% and 80%" : "");
     row("scheduled", Boolean(m.scheduled_alert));
     setText(fact("scheduled"), m.scheduled_alert ? scheduledText(m.scheduled_alert, period, periodEnd) : "");
-    const fin = name === "fin_resolutions";
-    row("limit", fin);
-    row("fin", fin);
-    setText(fact("limit"), fin ? limitText(m) : "");
-    setText(fact("fin"), m.fin_state === "disabled" ? "Off: limit reached" : "On");
-    fact("fin").classList.toggle("badge", m.fin_state === "disabled");
+    const limited = name === "fin_resolutions" || Boolean(m.limit);
+    const off = limitState(name, m) === "disabled";
+    row("limit", limited);
+    row("limit-state", limited);
+    setText(fact("limit"), limited ? limitText(name, m) : "");
+    setText(fact("limit-state"), off ? "Off: limit reached" : "On");
+    fact("limit-state").classList.toggle("badge", off);
     const time = fact("updated").querySelector("time");
     setText(time, m.last_updated ? timeFormat.format(new Date(m.last_updated)) : "No usage yet this period");
     if (m.last_updated) time.dateTime = m.last_updated; else time.removeAttribute("datetime");
@@ -317,8 +321,13 @@
     return pace + ", it reaches " + next.percent + "% of the alert around " + dayFormat.format(Date.parse(next.projected_date + "T00:00:00Z"));
   }
 
-  function limitText(m) {
-    return m.limit && m.limit.enabled ? count.format(m.limit.limit) + " resolutions" : "No limit";
+  function limitState(name, m) {
+    return name === "fin_resolutions" ? m.fin_state : m.limit_state;
+  }
+
+  function limitText(name, m) {
+    if (!m.limit || !m.limit.enabled) return "No limit";
+    return count.format(m.limit.limit) + (name === "fin_resolutions" ? " resolutions" : "");
   }
 
   function summaryText(label, name, m) {
@@ -331,8 +340,9 @@
     }
     if (m.alert && m.alert.enabled) parts.push("alert at " + count.format(m.alert.threshold));
     if (m.scheduled_alert && m.scheduled_alert.enabled) parts.push("alert at " + count.format(m.scheduled_alert.threshold) + " from the next period");
-    if (name === "fin_resolutions" && m.limit && m.limit.enabled) parts.push("limit " + count.format(m.limit.limit));
+    if (m.limit && m.limit.enabled) parts.push("limit " + count.format(m.limit.limit));
     if (name === "fin_resolutions") parts.push("Fin AI Agent " + (m.fin_state === "disabled" ? "off" : "on"));
+    else if (m.limit) parts.push(limitState(name, m) === "disabled" ? "off: limit reached" : "on");
     if (m.estimated_cost) parts.push("estimated cost " + money(m.estimated_cost));
     if (m.forecast && name !== "seats") parts.push("projected " + count.format(m.forecast.usage) + " by the end of the period");
     return parts.join("; ");
@@ -351,7 +361,7 @@
       const when = s.effective_from === periodEnd ? dayFormat.format(period.next) : timeFormat.format(new Date(s.effective_from));
       lines.push({ kind: "scheduled", value: s.threshold, label: "Alert from " + when + ": " + count.format(s.threshold) });
     }
-    if (name === "fin_resolutions" && m.limit && m.limit.enabled) {
+    if (m.limit && m.limit.enabled) {
       lines.push({ kind: "limit", value: m.limit.limit, label: "Limit " + count.format(m.limit.limit) });
     }
     return lines;
