@@ -198,6 +198,7 @@ COMMAND_REQUIRED_FIELDS = {
     "limit_settings": ("issued_at", "workspace_id", "actor", "metric", "limit", "type"),
     "billing_contacts": ("issued_at", "workspace_id", "actor", "emails", "type"),
     "subscription": ("issued_at", "contract_id", "workspace_ids", "billing_anchor", "timezone", "currency", "type"),
+    "contract_alert_settings": ("issued_at", "contract_id", "actor", "metric", "type"),
 }
 WORKSPACE_COMMAND_WRONG_TYPES = (
     ("actor", "admin"),
@@ -277,6 +278,18 @@ COMMAND_WRONG_TYPES = {
         ("prices", {"carrier_pigeons": {"unit_price": "1"}}),
         ("prices", []),
         ("messages_included", -5),
+    ),
+    "contract_alert_settings": (
+        ("levels", []),
+        ("levels", [70]),
+        ("levels", [80.0]),
+        ("levels", "80"),
+        ("levels", [True]),
+        ("levels", [50] * 11),
+        ("enabled", "false"),
+        ("metric", "SMS"),
+        ("contract_id", f"c\r\nBcc: {EVIL}"),
+        ("actor", "admin"),
     ),
 }
 COMMON_COMMAND_WRONG_TYPES = (
@@ -771,6 +784,10 @@ class CommandFactory:
             )
         if kind == "billing_contacts":
             return self.for_workspace(kind, workspace, emails=[f"owner.{self.serial}@example.com"])
+        if kind == "contract_alert_settings":
+            levels = self.rng.sample((50, 80, 100), self.rng.randint(1, 3))
+            metric = self.rng.choice(ADDITIVE_METRICS)
+            return self.fields(kind, contract_id=f"contract-{self.serial}", actor=ADMIN, metric=metric, levels=levels)
         return self.fields(
             kind,
             contract_id=f"contract-{self.serial}",
