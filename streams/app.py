@@ -113,7 +113,7 @@ def create_app(
     )
 
     # Imported here so that each module registers its own agents or views on this app only.
-    from .http import access, metrics_endpoint, settings_api, usage_api, usage_page
+    from .http import access, alert_history_api, metrics_endpoint, settings_api, usage_api, usage_page
     from .pipeline import contracts, counting, ingest, mailing, period_timer, route_commands, webhooks
 
     # Counting tells the period timer what it writes, so the timer need not decode it again.
@@ -125,6 +125,7 @@ def create_app(
     access.register(built)
     usage_api.register(built)
     settings_api.register(built)
+    alert_history_api.register(built)
     usage_page.register(built)
     metrics_endpoint.register(built)
     runtime.register(built)

@@ -19,6 +19,7 @@ import orjson
 from faust.types import EventT
 
 from ... import collector
+from ...core.alert_history import added, decode_history, encode_history, entries_of
 from ...core.dedupe import FirstSeen, decode_first_seen
 from ...core.steps.workspace import BatchOutputs, CommandMessage, Message, StepConfig, rows_by_workspace, step
 from ...core.workspace import WorkspaceState
@@ -155,6 +156,7 @@ async def _write_part(
         ticks.note(workspace_id, raw, state)
     mw.tables.workspaces.put_many(part.partition, writes)
     out = part.out
+    _write_history(mw, part.partition, out)
     await sinks.publish(out.outputs)
     for failure in out.failures:
         await dead_letter_failure(
@@ -167,6 +169,21 @@ async def _write_part(
             value=failure.value,
         )
     _observe(mw, out)
+
+
+def _write_history(mw: Meterwatch, partition: int, out: BatchOutputs) -> None:
+    """Add the part's alerts and limit transitions to their workspaces' histories, in the same
+    partition (and, under exactly_once, the same transaction) as the records themselves."""
+    found = entries_of(out.outputs, webhooks=bool(mw.settings.webhook_urls))
+    if not found:
+        return
+    table = mw.tables.alert_history
+    stored = table.data
+    writes = [
+        (workspace_id, encode_history(added(decode_history(stored.get(workspace_id)), entries)))
+        for workspace_id, entries in found.items()
+    ]
+    table.put_many(partition, writes)
 
 
 _NO_EVENTS = 2**63  # the earliest Kafka time of a part without usage events: later than any

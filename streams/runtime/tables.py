@@ -35,9 +35,19 @@ class Tables:
     mails_sent: faust.Table
     # id and endpoint hash (core.webhooks.delivery_key) -> "sent" or "failed: reason"
     webhooks_sent: faust.Table
+    # workspace_id -> its alerts and limit transitions of the last periods (core.alert_history),
+    # written beside the workspace's state in the same partition
+    alert_history: DurableTable
 
     def all(self) -> tuple[DurableTable, ...]:
-        return (self.workspaces, self.contract_usage, self.seen_event_ids, self.mails_sent, self.webhooks_sent)  # type: ignore[return-value]
+        return (
+            self.workspaces,
+            self.contract_usage,
+            self.seen_event_ids,
+            self.mails_sent,
+            self.webhooks_sent,
+            self.alert_history,
+        )  # type: ignore[return-value]
 
 
 def declare_tables(app: faust.App, settings: Settings) -> Tables:
@@ -64,6 +74,7 @@ def declare_tables(app: faust.App, settings: Settings) -> Tables:
         contract_usage=table("contract-usage"),
         mails_sent=table("mails-sent"),
         webhooks_sent=table("webhooks-sent"),
+        alert_history=table("alert-history"),
         seen_event_ids=table(
             "seen-event-ids",
             SeenEventIdsTable,

@@ -1,0 +1,124 @@
+"""HTTP: a workspace's alert history with the delivery state of each record
+(``GET /usage/{workspace_id}/alerts``), answered by the worker that owns the workspace.
+
+The history lives in the workspace's partition; the mail and webhook ledgers are keyed by each
+record's id, so their entries live in the partitions of those ids, which may be other workers'.
+Each ledger entry is read where it lives: here, or from its owner's ``/internal/ledgers``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, Any
+
+import faust
+from faust.web import Request, Response, View
+from yarl import URL
+
+from ...core.alert_history import (
+    ALERT,
+    decode_history,
+    delivery_document,
+    in_period,
+    mail_keys,
+    webhook_keys,
+)
+from .access import grant_of
+from .usage_api import _service_headers, unknown_workspace, workspace_state
+
+if TYPE_CHECKING:
+    from ..app import Meterwatch
+
+MAILS = "mails-sent"
+WEBHOOKS = "webhooks-sent"
+
+
+def register(mw: Meterwatch) -> None:
+    app = mw.app
+
+    @app.page("/usage/{workspace_id}/alerts")
+    class AlertHistory(View):
+        @app.table_route(table=mw.tables.workspaces, match_info="workspace_id")
+        async def get(self, request: Request, workspace_id: str) -> Response:
+            found = workspace_state(mw, workspace_id)
+            if found is None:
+                return unknown_workspace(self, workspace_id)
+            cycle = found.profile.cycle
+            period = request.query.get("period", "current")
+            if period == "current":
+                day = cycle.local_date(datetime.now(UTC))
+            else:
+                try:
+                    day = date.fromisoformat(period)
+                except ValueError:
+                    return self.json({"error": "invalid_period", "period": period[:40]}, status=400)
+            grant = grant_of(request)
+            entries = [
+                entry
+                for entry in in_period(decode_history(mw.tables.alert_history.get(workspace_id)), day, cycle.local_date)
+                if grant is None or grant.may_read_metric(str(entry.record.get("metric")))
+            ]
+            endpoints = list(mw.settings.webhook_endpoints)
+            wanted = {
+                MAILS: [key for entry in entries for key in mail_keys(entry)],
+                WEBHOOKS: [key for entry in entries for key in webhook_keys(entry, endpoints)],
+            }
+            try:
+                ledgers = await ledger_entries(mw, wanted)
+            except Exception:
+                return self.json({"error": "unavailable", "reason": "a delivery ledger could not be read"}, status=503)
+            alerts, transitions = [], []
+            for entry in entries:
+                shown = {
+                    **entry.record,
+                    "delivery": delivery_document(entry, ledgers[MAILS], ledgers[WEBHOOKS], endpoints),
+                }
+                (alerts if entry.kind == ALERT else transitions).append(shown)
+            return self.json({"workspace_id": workspace_id, "alerts": alerts, "transitions": transitions})
+
+    @app.page("/internal/ledgers")
+    class Ledgers(View):
+        async def post(self, request: Request) -> Response:
+            wanted = await request.json()
+            return self.json(
+                {name: local_entries(_ledger(mw, name), wanted.get(name) or ()) for name in (MAILS, WEBHOOKS)}
+            )
+
+
+def _ledger(mw: Meterwatch, name: str) -> faust.Table:
+    return mw.tables.mails_sent if name == MAILS else mw.tables.webhooks_sent
+
+
+def local_entries(table: faust.Table, keys: Iterable[str]) -> dict[str, str | None]:
+    found = {}
+    for key in keys:
+        value = table.get(key)
+        found[key] = None if value is None else bytes(value).decode("utf-8", "replace")
+    return found
+
+
+async def ledger_entries(mw: Meterwatch, wanted: dict[str, list[str]]) -> dict[str, dict[str, bytes | None]]:
+    """Ledger name -> key -> its entry, for every key of ``wanted``: read here for the keys whose
+    partition this worker owns, and from each other owner in one request."""
+    here = mw.app.conf.canonical_url
+    remote: dict[str, dict[str, list[str]]] = {}
+    found: dict[str, dict[str, bytes | None]] = {name: {} for name in wanted}
+    for name, keys in wanted.items():
+        table = _ledger(mw, name)
+        for key in keys:
+            owner = mw.app.router.key_store(table.name, key)
+            if (owner.host, owner.port) == (here.host, here.port):
+                value = table.get(key)
+                found[name][key] = None if value is None else bytes(value)
+            else:
+                remote.setdefault(str(owner).rstrip("/"), {}).setdefault(name, []).append(key)
+    for owner, asked in remote.items():
+        url = URL(f"{owner}/internal/ledgers")
+        async with mw.app.http_client.post(url, json=asked, headers=_service_headers(mw)) as response:
+            response.raise_for_status()
+            answer: dict[str, Any] = await response.json()
+        for name, entries in answer.items():
+            for key, value in entries.items():
+                found.setdefault(name, {})[key] = None if value is None else value.encode()
+    return found
