@@ -280,6 +280,18 @@ async def test_the_usage_page_shows_the_period_charts_and_costs_and_follows_usag
     }
     assert fin_lines == {"ref limit"}
 
+    # The period's alert history: the SMS alert at 50%, with neither mail nor webhooks configured.
+    [sms_alert] = http_get(f"{base}/usage/{WS}/alerts")[1]["alerts"]
+    assert (sms_alert["metric"], sms_alert["level"]) == ("sms", 50)
+
+    def history_rows(d: WebDriver) -> list[list[str]]:
+        rows = d.find_elements(By.CSS_SELECTOR, "#history tbody tr")
+        return [[cell.text for cell in row.find_elements(By.TAG_NAME, "td")][1:] for row in rows]
+
+    WebDriverWait(browser, 20, poll_frequency=0.2).until(lambda d: history_rows(d), message="no alert history shown")
+    assert history_rows(browser) == [["SMS", "50% of 1,500", "—", "—"]]
+    assert not browser.find_element(By.ID, "history-empty").is_displayed()
+
     # When the data was last updated: the time the API gives, shown to the reader.
     for metric in ("sms", "email", "fin_resolutions"):
         when = section(browser, metric).find_element(By.CSS_SELECTOR, "[data-fact=updated] time")

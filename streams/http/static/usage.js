@@ -1,4 +1,4 @@
-// The usage page: reads /usage/{id} and /usage/{id}/daily?metric=… (relative URLs, so they reach
+// The usage page: reads /usage/{id}, /usage/{id}/daily?metric=… and /usage/{id}/alerts (relative URLs, so they reach
 // the worker that served the page, which routes them to the workspace's owner) and draws one
 // small SVG chart per metric. It refreshes itself, changing only what changed.
 "use strict";
@@ -40,8 +40,12 @@
     const names = Object.keys(usage.metrics);
     // With no metric yet, one daily document still gives the period's local dates.
     const wanted = names.length ? names : ["sms"];
-    const dailies = await Promise.all(wanted.map((m) => getJson(api + "/daily?metric=" + encodeURIComponent(m))));
-    return { usage, settings, names, daily: Object.fromEntries(wanted.map((m, i) => [m, dailies[i]])) };
+    const [dailies, history] = await Promise.all([
+      Promise.all(wanted.map((m) => getJson(api + "/daily?metric=" + encodeURIComponent(m)))),
+      // The history is shown when it can be read; the figures are shown either way.
+      getJson(api + "/alerts?period=current").catch(() => null),
+    ]);
+    return { usage, settings, names, history, daily: Object.fromEntries(wanted.map((m, i) => [m, dailies[i]])) };
   }
 
   async function tick() {
@@ -68,7 +72,8 @@
 
   // ---- the page ---------------------------------------------------------------------------
 
-  function render({ usage, settings, names, daily }) {
+  function render({ usage, settings, names, daily, history }) {
+    if (history) renderHistory(history);
     const period = periodOf(daily[Object.keys(daily)[0]]);
     setText($("period"), period.text);
     setText($("period-day"), period.day);
@@ -80,6 +85,58 @@
       fill(section, name, usage.metrics[name], daily[name], period, usage.period_end);
       if (settings.may_change && name !== "seats") editor(section, name, settings.alerts[name]);
     }
+  }
+
+  // ---- the alert history of the period --------------------------------------------------
+
+  const STATE_TEXT = { sent: "Sent", retrying: "Sending", refused: "Refused", given_up: "Given up",
+                       held_back: "Held back", failed: "Failed", none: "—" };
+  let historyShown = "";
+
+  function renderHistory(history) {
+    const shown = JSON.stringify(history);
+    if (shown === historyShown) return; // unchanged: leave the rows as they are
+    historyShown = shown;
+    const rows = history.alerts.map((a) => ({ at: a.triggered_at, metric: a.metric, what: levelText(a), delivery: a.delivery }))
+      .concat(history.transitions.map((t) => ({ at: t.at, metric: t.metric, what: "Limit " + (t.state === "disabled" ? "reached" : "lifted"), delivery: t.delivery })))
+      .sort((x, y) => (x.at < y.at ? 1 : x.at > y.at ? -1 : 0));
+    const body = $("history").querySelector("tbody");
+    body.replaceChildren(...rows.map((r) => {
+      const tr = el("tr", { "data-row": "alert" });
+      tr.append(el("td", {}, timeFormat.format(new Date(r.at))), el("td", {}, (METRICS[r.metric] || [r.metric])[0]),
+                el("td", {}, r.what), stateCell(mailText(r.delivery), r.delivery.email), stateCell(hooksText(r.delivery.webhooks), hooksState(r.delivery.webhooks)));
+      return tr;
+    }));
+    $("history").hidden = rows.length === 0;
+    $("history-empty").hidden = rows.length > 0;
+  }
+
+  function levelText(a) {
+    return a.level + "% of " + count.format(a.threshold) + (a.kind === "forecast" ? " (forecast)" : "");
+  }
+
+  function mailText(d) {
+    const sent = d.email_recipients.filter((r) => r.state === "sent").length;
+    const text = STATE_TEXT[d.email] || d.email;
+    return d.email_recipients.length > 1 && d.email !== "sent" ? text + " (" + sent + " of " + d.email_recipients.length + " sent)" : text;
+  }
+
+  function hooksState(hooks) {
+    const states = new Set(hooks.map((h) => h.state));
+    return states.size === 0 ? "none" : states.size === 1 ? [...states][0] : "mixed";
+  }
+
+  function hooksText(hooks) {
+    if (hooks.length === 0) return "—";
+    const state = hooksState(hooks);
+    if (state !== "mixed") return STATE_TEXT[state] || state;
+    const counts = new Map();
+    for (const h of hooks) counts.set(h.state, (counts.get(h.state) || 0) + 1);
+    return [...counts].map(([s, n]) => n + " " + (STATE_TEXT[s] || s).toLowerCase()).join(", ");
+  }
+
+  function stateCell(text, state) {
+    return el("td", { "data-state": state, class: state === "sent" || state === "none" ? "" : "bad" }, text);
   }
 
   // ---- changing the alert (a token with billing permission) -------------------------------
