@@ -1,9 +1,10 @@
 """HTTP: a workspace's alert history with the delivery state of each record
 (``GET /usage/{workspace_id}/alerts``), answered by the worker that owns the workspace.
 
-The history lives in the workspace's partition; the mail and webhook ledgers are keyed by each
-record's id, so their entries live in the partitions of those ids, which may be other workers'.
-Each ledger entry is read where it lives: here, or from its owner's ``/internal/ledgers``.
+The history lives in the workspace's partition. The mail and webhook ledgers are not
+co-partitioned with it: each entry lives in the partition of the request it settles, and requests
+are keyed by the record's id, so a workspace's entries are spread over every partition and may be
+other workers'. Each is read where it lives: here, or from its owner's ``/internal/ledgers``.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ def register(mw: Meterwatch) -> None:
             ]
             endpoints = list(mw.settings.webhook_endpoints)
             wanted = {
-                MAILS: [key for entry in entries for key in mail_keys(entry)],
-                WEBHOOKS: [key for entry in entries for key in webhook_keys(entry, endpoints)],
+                MAILS: [(entry.record_id, key) for entry in entries for key in mail_keys(entry)],
+                WEBHOOKS: [(entry.record_id, key) for entry in entries for key in webhook_keys(entry, endpoints)],
             }
             try:
                 ledgers = await ledger_entries(mw, wanted)
@@ -98,16 +99,20 @@ def local_entries(table: faust.Table, keys: Iterable[str]) -> dict[str, str | No
     return found
 
 
-async def ledger_entries(mw: Meterwatch, wanted: dict[str, list[str]]) -> dict[str, dict[str, bytes | None]]:
-    """Ledger name -> key -> its entry, for every key of ``wanted``: read here for the keys whose
-    partition this worker owns, and from each other owner in one request."""
+async def ledger_entries(
+    mw: Meterwatch, wanted: dict[str, list[tuple[str, str]]]
+) -> dict[str, dict[str, bytes | None]]:
+    """Ledger name -> key -> its entry, for every ``(record id, key)`` of ``wanted``. An agent
+    writes a ledger entry in the partition of the request it serves, which is keyed by the
+    record's id: the entry is read here when this worker owns that partition, else from its
+    owner, in one request per owner."""
     here = mw.app.conf.canonical_url
     remote: dict[str, dict[str, list[str]]] = {}
     found: dict[str, dict[str, bytes | None]] = {name: {} for name in wanted}
-    for name, keys in wanted.items():
+    for name, pairs in wanted.items():
         table = _ledger(mw, name)
-        for key in keys:
-            owner = mw.app.router.key_store(table.name, key)
+        for record_id, key in pairs:
+            owner = mw.app.router.key_store(table.name, record_id)
             if (owner.host, owner.port) == (here.host, here.port):
                 value = table.get(key)
                 found[name][key] = None if value is None else bytes(value)
