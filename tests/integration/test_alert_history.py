@@ -5,7 +5,8 @@ receiver with an endpoint that accepts and one that refuses.
 Alerts and a limit transition are raised; the history lists each record as published, with
 every recipient's mail and every endpoint's delivery in the state it settled in; it reads the
 same after the worker is stopped and started again; and it is shown only to a token that may
-read the workspace.
+read the workspace. With two workers, either one shows every workspace's history, whichever
+worker holds the workspace and whichever holds the records of its mails.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tests.integration.test_webhooks import SECRET, Receiver, receiver  # noqa: 
 from tests.support.kafka_io import apply_commands, produce, read_all
 from tests.support.messages import command, event
 from tests.support.smtp import DeferringRecorder, MailRecorder, SmtpServer
-from tests.support.worker import WorkerProcess, eventually, http_get, token_for
+from tests.support.worker import WorkerProcess, eventually, free_port, http_get, token_for
 
 GONE = "gone@example.com"
 WS_ONE = "ws-history-one"  # one billing contact
@@ -164,3 +165,65 @@ async def test_history_lists_each_alert_and_transition_with_how_its_mails_and_we
     assert history(history_worker, WS_ONE) == one
     assert history(history_worker, WS_TWO) == two
     assert history(history_worker, WS_NONE) == none
+
+
+@pytest.fixture
+def two_mailing_workers(
+    deployment: dict[str, str], smtp_server: SmtpServer, tmp_path: Path
+) -> Iterator[list[WorkerProcess]]:
+    """Two workers of one deployment, mailing through ``smtp_server``, both healthy."""
+    workers = []
+    for index in range(2):
+        port = free_port()
+        env = {
+            **deployment,
+            "METERWATCH_WEB_PORT": str(port),
+            "METERWATCH_DATA_DIR": str(tmp_path / f"data{index}"),
+            "METERWATCH_SMTP_HOST": "127.0.0.1",
+            "METERWATCH_SMTP_PORT": str(smtp_server.port),
+            "METERWATCH_SMTP_FROM": "meterwatch@billing.example.com",
+        }
+        workers.append(WorkerProcess(env=env, log_path=tmp_path / f"worker{index}.log", web_port=port).start())
+    try:
+        for worker in workers:
+            worker.wait_healthy()
+        yield workers
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+async def test_either_of_two_workers_shows_every_workspaces_history_with_its_mails(
+    two_mailing_workers: list[WorkerProcess], deployment: dict[str, str]
+) -> None:
+    """A workspace's history is on its owner, and its mails' records on the owners of the
+    records' ids: asked of either worker, every workspace shows its alert as mailed."""
+    bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
+    prefix = deployment["METERWATCH_TOPIC_PREFIX"]
+    workspaces = [f"ws-history-spread-{i}" for i in range(8)]
+    await apply_commands(
+        deployment,
+        [
+            c
+            for ws in workspaces
+            for c in (
+                command("billing_contacts", ws, emails=[f"billing@{ws}.example.com"]),
+                command("alert_settings", ws, metric="sms", threshold=10, early_warnings=False, enabled=True),
+            )
+        ],
+    )
+    await produce(bootstrap, prefix + "usage.events", [(ws.encode(), event(ws, "sms", 10)) for ws in workspaces])
+    published = await read_all(bootstrap, prefix + "usage.alerts", expect=len(workspaces))
+    alert_ids = {alert["workspace_id"]: alert["alert_id"] for alert in published}
+
+    def mailed_everywhere() -> bool:
+        for worker in two_mailing_workers:
+            for ws in workspaces:
+                status, body = http_get(f"{worker.base_url}/usage/{ws}/alerts", token=token_for(ws))
+                if status != 200 or [
+                    (alert["alert_id"], alert["delivery"]["email_recipients"]) for alert in body["alerts"]
+                ] != [(alert_ids[ws], [{"recipient": f"billing@{ws}.example.com", "state": "sent"}])]:
+                    return False
+        return True
+
+    await eventually(mailed_everywhere, timeout=90, interval=0.5)
