@@ -56,10 +56,12 @@ async def test_every_route_but_health_needs_a_token_and_a_token_reads_only_what_
         f"/usage/{member}",
         f"/usage/{member}/daily?metric=sms",
         f"/limits/{member}",
+        f"/usage/{member}/alerts",
         f"/ui/usage/{member}",
         "/ui/static/usage.css",
         "/metrics",
         f"/internal/contract-usage/{CONTRACT}",
+        "/internal/ledgers",
         "/no/such/route",
     ]
     expired = token_for(member, ttl=timedelta(seconds=-120))
@@ -83,8 +85,10 @@ async def test_every_route_but_health_needs_a_token_and_a_token_reads_only_what_
             assert http_get(f"{worker.base_url}/usage/{workspace}/daily?metric=sms", token=token)[0] == 200
             other = MEMBERS[(index + 1) % len(MEMBERS)]
             assert http_get(f"{worker.base_url}/limits/{workspace}", token=token)[0] == 200
+            assert http_get(f"{worker.base_url}/usage/{workspace}/alerts", token=token)[0] == 200
             for route in (f"/usage/{other}", f"/usage/{other}/daily?metric=sms", f"/ui/usage/{other}", f"/limits/{other}",
-                          f"/usage/{OUTSIDER}", "/metrics", f"/internal/contract-usage/{CONTRACT}"):  # fmt: skip
+                          f"/usage/{other}/alerts", f"/usage/{OUTSIDER}", "/metrics",
+                          f"/internal/contract-usage/{CONTRACT}", "/internal/ledgers"):  # fmt: skip
                 status, body = http_get(f"{worker.base_url}{route}", token=token)
                 assert status == 403, (worker.base_url, route, status, body)
                 assert body["error"] == "forbidden" if isinstance(body, dict) else "Not allowed" in body
