@@ -155,6 +155,8 @@ async def test_history_lists_each_alert_and_transition_with_how_its_mails_and_we
     assert status == 403 and body["error"] == "forbidden"
     status, body = http_get(f"{history_worker.base_url}/usage/{WS_ONE}/alerts", token=None)
     assert status == 401 and body["error"] == "unauthenticated"
+    sms_only = history(history_worker, WS_ONE, token=token_for(WS_ONE, metrics=["sms"]))
+    assert (sms_only["alerts"], sms_only["transitions"]) == (one["alerts"], [])  # Fin's transition left out
     status, body = http_get(f"{history_worker.base_url}/usage/{WS_ONE}/alerts?period=last-month")
     assert status == 400 and body["error"] == "invalid_period"
 
