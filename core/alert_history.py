@@ -9,6 +9,7 @@ and are read when the history is shown (``delivery_document``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -110,6 +111,19 @@ def entries_of(outputs: Iterable[Output], webhooks: bool) -> dict[str, list[Hist
             )
         found.setdefault(workspace_id, []).append(entry)
     return found
+
+
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def asked_day(text: str) -> date | None:
+    """The day ``YYYY-MM-DD`` names; None for anything else (other ISO forms included)."""
+    if not _DAY.fullmatch(text):
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 def in_period(entries: Iterable[HistoryEntry], day: date, local_date: Any) -> list[HistoryEntry]:

@@ -10,7 +10,7 @@ other workers'. Each is read where it lives: here, or from its owner's ``/intern
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import faust
@@ -19,6 +19,7 @@ from yarl import URL
 
 from ...core.alert_history import (
     ALERT,
+    asked_day,
     decode_history,
     delivery_document,
     in_period,
@@ -47,13 +48,9 @@ def register(mw: Meterwatch) -> None:
                 return unknown_workspace(self, workspace_id)
             cycle = found.profile.cycle
             period = request.query.get("period", "current")
-            if period == "current":
-                day = cycle.local_date(datetime.now(UTC))
-            else:
-                try:
-                    day = date.fromisoformat(period)
-                except ValueError:
-                    return self.json({"error": "invalid_period", "period": period[:40]}, status=400)
+            day = cycle.local_date(datetime.now(UTC)) if period == "current" else asked_day(period)
+            if day is None:
+                return self.json({"error": "invalid_period", "period": period[:40]}, status=400)
             grant = grant_of(request)
             entries = [
                 entry

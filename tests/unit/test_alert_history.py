@@ -13,6 +13,7 @@ from meterwatch.core.alert_history import (
     MAX_ENTRIES,
     HistoryEntry,
     added,
+    asked_day,
     decode_history,
     delivery_document,
     encode_history,
@@ -272,3 +273,20 @@ def test_the_stored_history_reads_back_as_written() -> None:
     assert decode_history(raw) == history
     assert decode_history(None) == () and decode_history(b"") == ()
     assert orjson.loads(raw)["entries"][0]["recipients"] == ["ana@example.com"]
+
+
+@pytest.mark.parametrize(
+    ("text", "day"),
+    [
+        ("2026-12-04", date(2026, 12, 4)),
+        ("2024-02-29", date(2024, 2, 29)),
+        ("2026-02-29", None),
+        ("2026-13-01", None),
+        ("20261204", None),
+        ("2026-W49-5", None),
+        ("2026-12-04T00:00", None),
+        ("", None),
+    ],
+)
+def test_a_period_is_asked_for_by_a_day_written_yyyy_mm_dd(text: str, day: date | None) -> None:
+    assert asked_day(text) == day
