@@ -27,7 +27,7 @@ from ...core.alert_history import (
     webhook_keys,
 )
 from .access import grant_of
-from .usage_api import _service_headers, unknown_workspace, workspace_state
+from .usage_api import service_headers, unknown_workspace, workspace_state
 
 if TYPE_CHECKING:
     from ..app import Meterwatch
@@ -117,7 +117,7 @@ async def ledger_entries(
                 remote.setdefault(str(owner).rstrip("/"), {}).setdefault(name, []).append(key)
     for owner, asked in remote.items():
         url = URL(f"{owner}/internal/ledgers")
-        async with mw.app.http_client.post(url, json=asked, headers=_service_headers(mw)) as response:
+        async with mw.app.http_client.post(url, json=asked, headers=service_headers(mw)) as response:
             response.raise_for_status()
             answer: dict[str, Any] = await response.json()
         for name, entries in answer.items():

@@ -88,7 +88,7 @@ async def contract_usage_of(mw: Meterwatch, contract_id: str) -> ContractUsage:
         return decode_contract_usage(table.get(contract_id))
     # The id is one path segment whatever it holds (``/``, ``?``, ``#``, ``..``): escaped whole.
     url = URL(f"{str(owner).rstrip('/')}/internal/contract-usage/{quote(contract_id, safe='')}", encoded=True)
-    async with mw.app.http_client.get(url, headers=_service_headers(mw)) as response:
+    async with mw.app.http_client.get(url, headers=service_headers(mw)) as response:
         response.raise_for_status()
         return decode_contract_usage(await response.read())
 
@@ -106,7 +106,7 @@ async def contract_period_of(mw: Meterwatch, state: WorkspaceState, now: datetim
 SERVICE_TOKEN_TTL = timedelta(minutes=5)
 
 
-def _service_headers(mw: Meterwatch) -> dict[str, str]:
+def service_headers(mw: Meterwatch) -> dict[str, str]:
     if mw.keys is None:
         return {}
     token = mw.keys.mint(datetime.now(UTC), SERVICE_TOKEN_TTL, service=True, subject="meterwatch-worker")
