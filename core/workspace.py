@@ -13,6 +13,7 @@ from types import MappingProxyType
 from .alerts import AlertState
 from .command_replay import NO_COMMANDS, RecentCommands
 from .contracts import WorkspaceProfile
+from .cost_alerts import CostAlertState
 from .fin_limit import FinState
 from .mail_cap import MailHour
 from .metering import WorkspaceUsage
@@ -41,6 +42,8 @@ class WorkspaceState:
     recent_commands: RecentCommands = field(default_factory=lambda: NO_COMMANDS)
     # The mails asked for in the latest hour (core/mail_cap.py); None until one is, or uncapped.
     mail_hour: MailHour | None = None
+    # Cost alerts (core/cost_alerts.py), by metric or "total": only those a setting was ever sent for.
+    cost_alerts: Mapping[str, CostAlertState] = field(default_factory=lambda: MappingProxyType({}))
 
     def others_usage(self, metric: str, period: BillingPeriod) -> int:
         others = self.contract_others

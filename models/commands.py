@@ -10,6 +10,7 @@ import orjson
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -82,6 +83,33 @@ class LimitSettings(_WorkspaceCommand):
     enabled: StrictBool = True
 
 
+# A cost threshold: a decimal string above 0, at most this much and with at most 12 decimals.
+MAX_COST_AMOUNT = Decimal(10) ** 15
+
+
+def _amount_text(value: object) -> object:
+    # Money travels as text: a JSON number would reach some producers as a binary float first.
+    if not isinstance(value, str):
+        raise PydanticCustomError("decimal_string", "amount must be a decimal number written as a string")
+    return value
+
+
+class CostAlertSettings(_WorkspaceCommand):
+    """A threshold on the estimated cost of ``metric``, or of all metrics together ("total"),
+    in the contract's currency (CONTRACT 3.2, *Addition: cost alerts*)."""
+
+    type: Literal["cost_alert_settings"]
+    metric: Metric | Literal["total"]
+    amount: Annotated[
+        Decimal,
+        BeforeValidator(_amount_text),
+        Field(gt=0, le=MAX_COST_AMOUNT, allow_inf_nan=False),
+        AfterValidator(_at_most_price_decimals),
+    ]
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] | None = None
+    enabled: StrictBool = True
+
+
 class BillingContacts(_WorkspaceCommand):
     type: Literal["billing_contacts"]
     emails: list[EmailAddress] = Field(max_length=100)
@@ -145,7 +173,7 @@ class ContractAlertSettings(ContractCommand):
 
 
 Command = Annotated[
-    AlertSettings | LimitSettings | BillingContacts | Subscription | ContractAlertSettings,
+    AlertSettings | LimitSettings | BillingContacts | Subscription | ContractAlertSettings | CostAlertSettings,
     Field(discriminator="type"),
 ]
 _command_adapter: TypeAdapter[Command] = TypeAdapter(Command)
@@ -175,7 +203,10 @@ def parse_command(raw: bytes | None) -> Command:
         raise CommandRejected(f"invalid_command: {where}: {first['msg']}", command_id) from None
     if isinstance(command, _WorkspaceCommand | ContractAlertSettings) and not command.actor.billing_permission:
         raise CommandRejected("no_billing_permission: the actor lacks billing permission", command.command_id)
-    if isinstance(command, AlertSettings | ContractAlertSettings) and command.metric is Metric.SEATS:
+    if (
+        isinstance(command, AlertSettings | ContractAlertSettings | CostAlertSettings)
+        and command.metric is Metric.SEATS
+    ):
         raise CommandRejected(
             "alerts_not_available_on_seats: usage alerts are not available on seats", command.command_id
         )

@@ -20,6 +20,8 @@ from typing import Any, NamedTuple
 import orjson
 
 from ..core.alerts import FORECAST_SCOPE, WORKSPACE_SCOPE, LevelReached, alert_id
+from ..core.cost_alerts import CostLevelReached, amount_text, cost_alert_id
+from ..core.costs import money
 from ..core.fin_limit import Transition, should_notify
 from ..core.forecast import ForecastWarning
 from ..core.metric_kinds import FIN_RESOLUTIONS, METRIC_KINDS
@@ -234,6 +236,42 @@ def forecast_record(workspace_id: str, metric: str, warning: ForecastWarning, **
     record["projected_date"] = warning.projected_date.isoformat()
     record["method"] = warning.method
     return record
+
+
+def cost_alert_record(
+    workspace_id: str,
+    metric: str,
+    reached: CostLevelReached,
+    *,
+    currency: str,
+    contract_id: str | None,
+    usage: int | None,
+    recipients: list[str],
+    triggered_at: datetime,
+    cause_event_id: str,
+) -> dict[str, Any]:
+    """A ``usage.alerts`` record of ``kind`` "cost" (CONTRACT 5.1, *Addition: cost alerts*):
+    the workspace's estimated cost of ``metric`` (or "total") reached ``reached.level`` percent
+    of the threshold amount. ``threshold`` is null (no quantity was set); ``cost_threshold`` is
+    the amount set and ``estimated_cost`` the cost the causing event brought, in cents."""
+    return {
+        "alert_id": cost_alert_id(workspace_id, metric, reached.period.start, reached.amount, reached.level),
+        "kind": "cost",
+        "scope": WORKSPACE_SCOPE,
+        "workspace_id": workspace_id,
+        "contract_id": contract_id,
+        "metric": metric,
+        "level": reached.level,
+        "threshold": None,
+        "usage": usage,
+        "cost_threshold": {"amount": amount_text(reached.amount), "currency": currency},
+        "period_start": iso(reached.period.start),
+        "period_end": iso(reached.period.end),
+        "estimated_cost": {"amount": money(reached.cost), "currency": currency},
+        "recipients": recipients,
+        "triggered_at": iso(triggered_at),
+        "cause_event_id": cause_event_id,
+    }
 
 
 # Between the workspace and the metric in a usage.limits key. Workspace ids may hold any

@@ -17,6 +17,7 @@ from ..core.alerts import AlertSetting, AlertState, ContractAlertSetting, Contra
 from ..core.command_replay import NO_COMMANDS, RecentCommands
 from ..core.contract_usage import ContractPeriod, ContractUsage
 from ..core.contracts import ContractTerms, Price, WorkspaceProfile
+from ..core.cost_alerts import CostAlertSetting, CostAlertState, CostScheduled
 from ..core.fin_limit import FinState, LimitSetting
 from ..core.mail_cap import MailHour
 from ..core.metering import MetricTally, PeriodTally, WorkspaceUsage
@@ -50,6 +51,8 @@ def encode_workspace(state: WorkspaceState) -> bytes:
         value["recent_commands"] = dict(state.recent_commands)
     if state.mail_hour is not None:
         value["mail_hour"] = [state.mail_hour.hour, state.mail_hour.mails]
+    if state.cost_alerts:
+        value["cost_alerts"] = {key: _cost_alert_state(a) for key, a in state.cost_alerts.items()}
     return _packed(orjson.dumps(value, option=_NATIVE))
 
 
@@ -69,6 +72,46 @@ def decode_workspace(raw: bytes | None) -> WorkspaceState | None:
         limits=MappingProxyType({m: _read_fin(limit, m) for m, limit in data.get("limits", {}).items()}),
         recent_commands=_read_recent(data.get("recent_commands")),
         mail_hour=_read_mail_hour(data.get("mail_hour")),
+        cost_alerts=MappingProxyType({k: _read_cost_alert_state(a) for k, a in data.get("cost_alerts", {}).items()}),
+    )
+
+
+def _cost_setting(setting: CostAlertSetting | None) -> list[Any] | None:
+    if setting is None:
+        return None
+    return [str(setting.amount), setting.currency, setting.enabled, setting.changed_by, setting.changed_at]
+
+
+def _read_cost_setting(data: list[Any] | None) -> CostAlertSetting | None:
+    if data is None:
+        return None
+    return CostAlertSetting(Decimal(data[0]), data[1], data[2], *_read_changed(data[3:5]))
+
+
+def _cost_alert_state(state: CostAlertState) -> dict[str, Any]:
+    scheduled = state.scheduled
+    return {
+        "period": _period(state.period),
+        "setting": _cost_setting(state.setting),
+        "scheduled": None
+        if scheduled is None
+        else {"setting": _cost_setting(scheduled.setting), "effective_from": scheduled.effective_from.isoformat()},
+        "alerted": sorted([str(amount), level] for amount, level in state.alerted),
+    }
+
+
+def _read_cost_alert_state(data: dict[str, Any]) -> CostAlertState:
+    scheduled = data["scheduled"]
+    return CostAlertState(
+        period=_read_period(data["period"]),
+        setting=_read_cost_setting(data["setting"]),
+        scheduled=None
+        if scheduled is None
+        else CostScheduled(
+            _read_cost_setting(scheduled["setting"]),  # type: ignore[arg-type]
+            datetime.fromisoformat(scheduled["effective_from"]),
+        ),
+        alerted=frozenset((Decimal(pair[0]), pair[1]) for pair in data["alerted"]),
     )
 
 

@@ -18,7 +18,7 @@ from ..rejections import RejectCode
 from ..workspace import ContractOthers, WorkspaceState
 
 # Commands from usage.control (CONTRACT 3.2), as opposed to the internal ones workers send.
-SENT_BY_PEOPLE = frozenset({"alert_settings", "limit_settings", "billing_contacts"})
+SENT_BY_PEOPLE = frozenset({"alert_settings", "limit_settings", "billing_contacts", "cost_alert_settings"})
 
 
 def admit_once(recent: RecentCommands, command: dict[str, Any], max_age_ms: int) -> RecentCommands | None:

@@ -79,6 +79,7 @@ from ..workspace import WorkspaceState
 from . import commands, fin
 from .alerting import alert_record, apply_alert_settings, judge_change, judge_forecasts
 from .commands import take_contract_others
+from .cost_alerting import apply_cost_alert_settings, costs_onto_cycle, judge_costs, needs_judging, record_of
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +322,9 @@ class _Step:
         kind = METRIC_KINDS.get(metric)
         if not self.batched or kind is None or kind.counting is not Counting.ADDITIVE:
             return None
+        if needs_judging(self.state, metric):
+            # A cost alert's levels are judged on every event that changes the cost it watches.
+            return None
         cycle = self.state.profile.cycle
         tally = self.state.usage.tallies.get(metric)
         if tally is None or not tally.periods:
@@ -448,6 +452,7 @@ class _Step:
             self.result.repeated += 1
             return
         reading = Reading(row[EVENT_ID], metric, row[QUANTITY], occurred_at, row[CONVERSATION])
+        prior = self.state
         usage = self.state.usage
         tally, change = count_reading(usage.tally(metric), reading, cycle, received)
         if change.after > MAX_AMOUNT:
@@ -458,6 +463,8 @@ class _Step:
         if change.after != change.before:
             self.changed[(metric, change.period)] = change.after
             self._judge(row[EVENT_ID], metric, change, received)
+            if prior.cost_alerts:
+                self._judge_costs(prior, row[EVENT_ID], metric, change.period, received)
             if fin.is_limited(self.state, metric):
                 self.state, transition = fin.on_usage(
                     self.state, self.workspace_id, change.after, change.period, received, metric
@@ -474,6 +481,16 @@ class _Step:
         if reached is not None:
             record = alert_record(self.state, self.workspace_id, metric, reached, event_id, at)
             self.result.alerts[str(reached.level)] += 1
+            self.result.outputs.alert(self.workspace_id, record)
+            self._request_mail(ALERT, record, record["recipients"], at)
+
+    def _judge_costs(
+        self, prior: WorkspaceState, event_id: str, metric: str, period: BillingPeriod, at: datetime
+    ) -> None:
+        self.state, reached = judge_costs(prior, self.state, metric, period)
+        for key, level in reached:
+            record = record_of(self.state, self.workspace_id, key, level, event_id, at)
+            self.result.alerts[str(level.level)] += 1
             self.result.outputs.alert(self.workspace_id, record)
             self._request_mail(ALERT, record, record["recipients"], at)
 
@@ -512,6 +529,10 @@ class _Step:
             self._answer(command, answer)
             self._warn(received, (command["metric"],))
             return
+        if kind == "cost_alert_settings":
+            self.state, answer = apply_cost_alert_settings(self.state, command, received)
+            self._answer(command, answer)
+            return
         if kind == "limit_settings":
             self.state, transition, answer = fin.on_limit_settings(self.state, self.workspace_id, command, received)
             self._answer(command, answer)
@@ -536,7 +557,7 @@ class _Step:
         self.state = replace(self.state, profile=profile)
         if profile.cycle != before.cycle:
             alerts = {metric: onto_cycle(alert, profile.cycle) for metric, alert in self.state.alerts.items()}
-            self.state = replace(self.state, alerts=MappingProxyType(alerts))
+            self.state = costs_onto_cycle(replace(self.state, alerts=MappingProxyType(alerts)), profile.cycle)
         if profile.contract is not None and profile.contract != before.contract:
             # A new contract learns what this workspace has used so far, and whom to tell.
             for metric, tally in self.state.usage.tallies.items():
@@ -640,6 +661,7 @@ def _with_usage(state: WorkspaceState, usage: WorkspaceUsage) -> WorkspaceState:
         state.limits,
         state.recent_commands,
         state.mail_hour,
+        state.cost_alerts,
     )
 
 

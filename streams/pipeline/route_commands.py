@@ -126,7 +126,14 @@ def _command_id(raw: bytes | None) -> str | None:
 
 def _command_type(raw: bytes | None) -> str:
     """The command's type when it names a known one, for the metric label (never free text)."""
-    known = {"alert_settings", "limit_settings", "billing_contacts", "subscription", "contract_alert_settings"}
+    known = {
+        "alert_settings",
+        "limit_settings",
+        "billing_contacts",
+        "subscription",
+        "contract_alert_settings",
+        "cost_alert_settings",
+    }
     try:
         kind = orjson.loads(raw or b"").get("type")
     except (orjson.JSONDecodeError, AttributeError):

@@ -113,6 +113,12 @@ def commands(draw: st.DrawFn) -> dict[str, Any]:
         return {"type": kind, "command_id": command_id, "emails": emails}
     if kind == "tick":
         return {"type": "period_tick"}
+    return draw(terms_commands())
+
+
+@st.composite
+def terms_commands(draw: st.DrawFn, seats_priced: bool = False) -> dict[str, Any]:
+    seats = {"seats": {"unit_price": "3.1", "included": draw(st.sampled_from([None, 2]))}} if seats_priced else {}
     return {
         "type": "contract_terms",
         "contract_id": "c_1",
@@ -120,7 +126,24 @@ def commands(draw: st.DrawFn) -> dict[str, Any]:
         "billing_anchor": draw(st.sampled_from(["2026-01-15", "2026-01-01"])),
         "timezone": draw(st.sampled_from(["Europe/Dublin", "UTC", "America/St_Johns"])),
         "currency": "EUR",
-        "prices": {"sms": {"unit_price": "0.5", "included": draw(st.sampled_from([None, 10]))}},
+        "prices": {
+            "sms": {"unit_price": "0.5", "included": draw(st.sampled_from([None, 10]))},
+            **seats,
+        },
+    }
+
+
+@st.composite
+def cost_commands(draw: st.DrawFn) -> dict[str, Any]:
+    """Cost alerts low enough for the random usage to cross, sometimes in the wrong currency
+    or on a metric the contract does not price (both rejected)."""
+    return {
+        "type": "cost_alert_settings",
+        "command_id": f"cmd-{draw(st.integers(0, 10**6))}",
+        "metric": draw(st.sampled_from(["sms", "sms", "total", "total", "email"])),
+        "amount": str(draw(st.decimals(min_value="0.01", max_value="12", places=2))),
+        "currency": draw(st.sampled_from([None, None, "EUR", "USD"])),
+        "enabled": draw(st.booleans()),
     }
 
 
@@ -154,6 +177,25 @@ def streams(draw: st.DrawFn) -> list[list[tuple[str, Any]]]:
     # Often a limit on an additive metric from the start, so that runs meet its bounds.
     for _ in range(draw(st.integers(0, 2))):
         batches[0].insert(0, ("command", (draw(limit_commands(st.sampled_from(ADDITIVE))), _ms(base))))
+    return batches
+
+
+@st.composite
+def cost_streams(draw: st.DrawFn) -> list[list[tuple[str, Any]]]:
+    """``streams`` with cost alerts: usually a contract (seats priced too, for the total) and a
+    cost alert from the start, and more cost alerts and contracts among the batches."""
+    batches = draw(streams())
+    base_ms = next((p[1] for batch in batches for kind, p in batch if kind == "command"), None)
+    base_ms = base_ms if base_ms is not None else _ms(BASES[0])
+    for batch in batches:
+        for _ in range(draw(st.integers(0, 2))):
+            command = draw(st.one_of(cost_commands(), terms_commands(seats_priced=True)))
+            batch.insert(draw(st.integers(0, len(batch))), ("command", (command, base_ms)))
+    if draw(st.integers(0, 3)) > 0:
+        batches[0][:0] = [
+            ("command", (draw(terms_commands(seats_priced=draw(st.booleans()))), base_ms)),
+            ("command", (draw(cost_commands()), base_ms)),
+        ]
     return batches
 
 
@@ -213,6 +255,8 @@ def _comparable(step_result: Result) -> dict[str, Any]:
 SUMMED: list[int] = []
 # The metrics of the usage.limits records the random streams made, for the guard below.
 LIMITED: list[str] = []
+# The levels of the cost alerts the random streams made, for the guard below.
+COSTED: list[int] = []
 
 
 def _run_both(
@@ -237,6 +281,7 @@ def _run_both(
         results.append(batched)
         SUMMED.append(batched.out.summed)
         LIMITED.extend(record["metric"] for record in batched.out.outputs.of(Kind.FIN_TRANSITION))
+        COSTED.extend(record["level"] for record in batched.out.outputs.of(Kind.ALERT) if record.get("kind") == "cost")
         state = batched.state
         seen.update(batched.out.first_seen)
         previous = messages
@@ -251,6 +296,28 @@ EQUIVALENCE = {"max_examples": 400, "deadline": None, "suppress_health_check": [
 @given(streams(), st.booleans())
 def test_batched_counting_equals_judging_every_event(batches: list[list[tuple[str, Any]]], replay: bool) -> None:
     _run_both(batches, replay)
+
+
+@settings(**EQUIVALENCE)
+@given(cost_streams(), st.booleans())
+def test_batched_counting_equals_judging_every_event_with_cost_alerts(
+    batches: list[list[tuple[str, Any]]], replay: bool
+) -> None:
+    _run_both(batches, replay)
+
+
+@settings(**EQUIVALENCE, derandomize=True)
+@given(cost_streams(), st.booleans())
+def _the_same_cost_streams_every_time(batches: list[list[tuple[str, Any]]], replay: bool) -> None:
+    _run_both(batches, replay)
+
+
+def test_the_random_cost_streams_reach_every_cost_level() -> None:
+    """Guards the property with cost alerts against streams that never reach a cost level (one
+    fixed, derandomized draw)."""
+    COSTED.clear()
+    _the_same_cost_streams_every_time()
+    assert set(COSTED) == {50, 80, 100}
 
 
 @settings(**EQUIVALENCE, derandomize=True)
