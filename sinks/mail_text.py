@@ -138,6 +138,8 @@ def compose_alert_mail(alert: Mapping[str, Any], recipient: str, *, sender: str)
     """The mail for one ``usage.alerts`` record (CONTRACT 5.1) to one of its ``recipients``."""
     if alert.get("kind") == "forecast":
         return _compose_forecast_mail(alert, recipient, sender=sender)
+    if alert.get("kind") == "cost":
+        return _compose_cost_mail(alert, recipient, sender=sender)
     metric = metric_title(alert.get("metric"))
     level, threshold = _level(alert.get("level")), _count(alert.get("threshold"))
     if alert.get("scope") == "contract":
@@ -159,6 +161,28 @@ def compose_alert_mail(alert: Mapping[str, Any], recipient: str, *, sender: str)
         ("Estimated cost", money_text(alert.get("estimated_cost"))),
     ]
     closing = "Usage alerts only inform you: nothing has been disabled or blocked."
+    return _alert_message("alert", alert, recipient, sender, subject, (opening, facts, closing))
+
+
+def _compose_cost_mail(alert: Mapping[str, Any], recipient: str, *, sender: str) -> EmailMessage:
+    """The mail for a cost alert: the workspace's estimated cost reached a level of an amount."""
+    total = alert.get("metric") == "total"
+    metric = "total" if total else metric_title(alert.get("metric"))
+    level, threshold = _level(alert.get("level")), money_text(alert.get("cost_threshold"))
+    workspace = one_line(alert.get("workspace_id"))
+    what = "total estimated cost" if total else f"estimated {metric} cost"
+    subject = (
+        f"{level}% of your {'total' if total else metric} cost alert ({threshold}) reached - workspace {workspace}"
+    )
+    opening = f"The workspace {workspace} has reached {level}% of the {what} alert you set."
+    facts = [
+        ("Cost of", "all metrics" if total else metric),
+        ("Estimated cost this period", money_text(alert.get("estimated_cost"))),
+        ("Cost alert", threshold),
+        ("Level reached", f"{level}%"),
+        ("Billing period", _period(alert)),
+    ]
+    closing = "Cost alerts only inform you: nothing has been disabled or blocked."
     return _alert_message("alert", alert, recipient, sender, subject, (opening, facts, closing))
 
 

@@ -97,6 +97,27 @@ def test_a_50_percent_alert_names_metric_and_level_and_gives_the_figures() -> No
     assert "nothing has been disabled" in body
 
 
+@pytest.mark.parametrize(
+    ("metric", "subject", "of"),
+    [
+        ("total", "80% of your total cost alert (40 USD) reached - workspace ws_42", "all metrics"),
+        ("sms", "80% of your SMS cost alert (40 USD) reached - workspace ws_42", "SMS"),
+    ],
+)
+def test_a_cost_alert_speaks_of_the_amount_set_and_the_estimated_cost(metric: str, subject: str, of: str) -> None:
+    record = alert(
+        kind="cost", metric=metric, level=80, threshold=None, usage=None,
+        cost_threshold={"amount": "40", "currency": "USD"}, estimated_cost={"amount": "32.10", "currency": "USD"},
+    )  # fmt: skip
+    mail = on_the_wire(compose_alert_mail(record, TO, sender=SENDER))
+    assert mail["Subject"] == subject
+    assert set(mail.keys()) == ALERT_HEADERS
+    body = mail.get_content()
+    for fact in ("Cost of:", of, "32.10 USD", "Cost alert:", "40 USD", "Level reached:", "80%", "al_9f1c"):
+        assert fact in body
+    assert "nothing has been disabled" in body
+
+
 def test_a_contract_scope_alert_speaks_of_the_contract_and_its_included_quantity() -> None:
     record = alert(scope="contract", level=100, threshold=5000, usage=5012, estimated_cost=None, metric="whatsapp")
     mail = on_the_wire(compose_alert_mail(record, TO, sender=SENDER))
