@@ -44,6 +44,7 @@ FIELDS = {
     "alert_settings": frozenset({"threshold", "early_warnings", "enabled", "forecast_warnings"}),
     "limit_settings": frozenset({"limit", "enabled"}),
     "billing_contacts": frozenset({"emails"}),
+    "cost_alert_settings": frozenset({"amount", "currency", "enabled"}),
 }
 
 
@@ -61,7 +62,7 @@ def register(mw: Meterwatch) -> None:
             now = datetime.now(UTC)
             contract_usage = await contract_period_of(mw, found, now)
             document = settings_document(workspace_id, found, now, contract_usage)
-            for part in ("alerts", "limits"):
+            for part in ("alerts", "limits", "cost_alerts"):
                 document[part] = granted_metrics(request, document[part])
             document["may_change"] = _may_change(grant_of(request))
             return self.json(document)
@@ -97,6 +98,11 @@ def register(mw: Meterwatch) -> None:
     class LimitSettingsView(View):
         async def put(self, request: Request, workspace_id: str, metric: str) -> Response:
             return await _change(self, desk, request, "limit_settings", workspace_id, metric)
+
+    @app.page("/usage/{workspace_id}/settings/cost-alerts/{metric}")
+    class CostAlertSettingsView(View):
+        async def put(self, request: Request, workspace_id: str, metric: str) -> Response:
+            return await _change(self, desk, request, "cost_alert_settings", workspace_id, metric)
 
     @app.page("/usage/{workspace_id}/settings/billing-contacts")
     class BillingContactsView(View):

@@ -9,12 +9,14 @@ from typing import Any
 from ...core.alerts import AlertSetting, AlertState, roll_to
 from ...core.contract_usage import ContractPeriod
 from ...core.contracts import WorkspaceProfile
+from ...core.cost_alerts import CostAlertSetting, amount_text, roll_cost_to
 from ...core.costs import estimated_cost, money, prorated_seat_cost
 from ...core.fin_limit import FinState, LimitSetting, fin_state_by_rule
 from ...core.forecast import METHOD, Forecast, forecast
 from ...core.metering import WorkspaceUsage, daily_usage, usage_in
 from ...core.metric_kinds import FIN_RESOLUTIONS, SEATS
 from ...core.periods import BillingPeriod
+from ...core.steps.cost_alerting import cost_of
 from ...core.workspace import WorkspaceState
 from ...models.common import Metric, iso
 
@@ -158,7 +160,7 @@ def _alert_settings(rolled: AlertState | None) -> dict[str, Any]:
     }
 
 
-def changed_by(setting: AlertSetting | LimitSetting) -> dict[str, Any]:
+def changed_by(setting: AlertSetting | LimitSetting | CostAlertSetting) -> dict[str, Any]:
     """Who made a setting and when it was received."""
     at = setting.changed_at
     return {"changed_by": setting.changed_by, "changed_at": None if at is None else iso(at)}
@@ -253,7 +255,43 @@ def settings_document(
         "alerts": alerts,
         "limits": limits,
         "billing_contacts": list(profile.billing_contacts),
+        "cost_alerts": cost_alerts_document(state, period),
     }
+
+
+def _cost_setting(setting: CostAlertSetting) -> dict[str, Any]:
+    return {
+        "amount": amount_text(setting.amount),
+        "currency": setting.currency,
+        "enabled": setting.enabled,
+        **changed_by(setting),
+    }
+
+
+def cost_alerts_document(state: WorkspaceState, period: BillingPeriod) -> dict[str, Any]:
+    """The cost alerts as in force in ``period``, by metric or "total", each with the estimated
+    cost it is judged against now (the other members' usage as the workspace was last told it)."""
+    contract = state.profile.contract
+    shown: dict[str, Any] = {}
+    for key, alert in sorted(state.cost_alerts.items()):
+        rolled = roll_cost_to(alert, period)
+        if rolled.setting is None and rolled.scheduled is None:
+            continue
+        cost = cost_of(state, key, period)
+        shown[key] = {
+            **(
+                _cost_setting(rolled.setting)
+                if rolled.setting is not None
+                else {"amount": None, "currency": None, "enabled": False, "changed_by": None, "changed_at": None}
+            ),
+            "scheduled": None
+            if rolled.scheduled is None
+            else {**_cost_setting(rolled.scheduled.setting), "effective_from": iso(rolled.scheduled.effective_from)},
+            "estimated_cost": None
+            if cost is None or contract is None
+            else {"amount": money(cost), "currency": contract.currency},
+        }
+    return shown
 
 
 def threshold_cost(

@@ -29,6 +29,7 @@ from meterwatch.core.workspace import WorkspaceState
 from meterwatch.models.internal import RowPacker
 from meterwatch.models.outputs import Kind
 from meterwatch.streams.codec import decode_workspace, encode_workspace
+from meterwatch.streams.http.usage_view import settings_document
 
 DEC = BillingPeriod(datetime(2026, 12, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
 JAN = BillingPeriod(datetime(2027, 1, 1, tzinfo=UTC), datetime(2027, 2, 1, tzinfo=UTC))
@@ -294,3 +295,24 @@ def test_cost_alert_state_survives_the_table_codec() -> None:
     decoded = decode_workspace(encode_workspace(state))
     assert decoded == state
     assert decoded is not None and decoded.cost_alerts["phone"].scheduled is not None
+
+
+def test_the_settings_document_shows_each_cost_alert_with_the_cost_it_is_judged_against() -> None:
+    state, _ = _run(STATE, [_rows(0, [("e1", "sms", 100)])])  # 0.75 USD
+    messages = [CommandMessage(1, _command("total", "5"), AT_MS), CommandMessage(2, _command("sms", "0.50"), AT_MS)]
+    state, _ = _run(state, messages)
+    shown = settings_document(WS, state, AT)["cost_alerts"]
+    assert shown["total"] == {
+        "amount": "5",
+        "currency": "USD",
+        "enabled": True,
+        "changed_by": "u_1",
+        "changed_at": "2026-12-04T12:00:00Z",
+        "scheduled": None,
+        "estimated_cost": {"amount": "0.75", "currency": "USD"},
+    }
+    assert shown["sms"]["amount"] is None and shown["sms"]["scheduled"]["amount"] == "0.5"
+    assert shown["sms"]["scheduled"]["effective_from"] == "2027-01-01T00:00:00Z"
+    # From the next period on the scheduled amount is the one in force.
+    january = settings_document(WS, state, datetime(2027, 1, 2, tzinfo=UTC))["cost_alerts"]
+    assert january["sms"]["amount"] == "0.5" and january["sms"]["scheduled"] is None
