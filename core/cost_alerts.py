@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
 
 from .alerts import EARLY_WARNING_LEVELS, FULL_LEVEL, SettingOutcome
+from .costs import money
 from .periods import BillingPeriod
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "CostAlertState",
     "CostLevelReached",
     "CostScheduled",
+    "amount_shown",
     "amount_text",
     "apply_cost_setting",
     "cost_alert_id",
@@ -186,6 +188,14 @@ def apply_cost_setting(
 def amount_text(amount: Decimal) -> str:
     """An amount as plain decimal text without trailing zeros: one amount, one text."""
     return f"{amount.normalize(_EXACT):f}"
+
+
+def amount_shown(amount: Decimal) -> str:
+    """An amount as records and pages show it: in cents ("6.00") unless it has finer digits,
+    then as `amount_text` ("0.005"). Never rounded."""
+    text = amount_text(amount)
+    _, _, decimals = text.partition(".")
+    return money(amount) if len(decimals) <= 2 else text
 
 
 def cost_alert_id(workspace_id: str, metric: str, period_start: datetime, amount: Decimal, level: int) -> str:

@@ -6,15 +6,16 @@ the 15th, Europe/Dublin), ``ws_globex`` pays as it goes (calendar months, UTC).
 :func:`backfill` fills the current period up to now, as product services that report after a delay
 would: hourly usage with a weekday/weekend and working-day rhythm, a seat change, a correction (a
 refund of email usage) and one event delivered twice. It leaves each story close to its turn:
-``ws_acme_us``'s SMS just under 80% of its alert threshold, the contract's messages under 80% of
-their included amount, ``ws_acme_eu``'s Fin resolutions a few below its limit.
+``ws_acme_us``'s SMS just under 80% of its alert threshold, its WhatsApp cost past 50% of its cost
+alert, the contract's messages under 80% of their included amount, ``ws_acme_eu``'s Fin
+resolutions a few below its limit.
 
 Once the backfill is counted, ``ws_acme_us`` turns on forecast warnings for its SMS alert
 (:func:`forecast_warning_command`): at the pace of the last days, its SMS will pass the alert's
 levels before the period ends, and it is told so.
 
 :class:`LiveUsage` then streams usage as it happens, and within its first few hundred events (at
-20 a second, about a minute) crosses those levels, resolves Fin conversations until Fin is
+20 a second, about a minute) crosses those levels, passes the WhatsApp cost alert, resolves Fin conversations until Fin is
 disabled, retracts one so that it is enabled again, and reports one late event.
 
 Both are pure: the time and the random source are given, so a test can replay them.
@@ -48,6 +49,12 @@ FIN_LIMIT = 60  # ws_acme_eu's Fin hard limit
 FIN_WORKSPACE = "ws_acme_eu"
 SMS_WORKSPACE = "ws_acme_us"
 INCLUDED_MESSAGES = 5000  # the contract's included messages_sent
+# ws_acme_us's cost alert: its WhatsApp cost (0.03 USD a message, nothing included) at 6.00 USD,
+# 200 messages. The backfill leaves 150 (4.50 USD, past 50%); the live story passes 100%.
+COST_WORKSPACE = "ws_acme_us"
+COST_METRIC = "whatsapp"
+COST_ALERT_AMOUNT = "6.00"
+COST_ALERT_USAGE = 200  # the usage at which the cost reaches COST_ALERT_AMOUNT
 
 _PRICES = {
     "messages_sent": {"unit_price": "0.01", "included": INCLUDED_MESSAGES},
@@ -124,6 +131,22 @@ def setup_commands(now: datetime) -> list[tuple[str, dict[str, Any]]]:
                 },
             )
         )
+    commands.append(
+        (
+            COST_WORKSPACE,
+            {
+                "type": "cost_alert_settings",
+                "command_id": f"demo-cost-alert-{COST_METRIC}",
+                "issued_at": issued,
+                "workspace_id": COST_WORKSPACE,
+                "actor": ADMIN,
+                "metric": COST_METRIC,
+                "amount": COST_ALERT_AMOUNT,
+                "currency": "USD",
+                "enabled": True,
+            },
+        )
+    )
     commands.append(
         (
             FIN_WORKSPACE,
@@ -280,8 +303,9 @@ class LiveUsage:
 
     At event 100 a late event arrives (yesterday's phone usage); from event 300 ``ws_acme_eu``
     resolves a Fin conversation every 100 events until its limit; 400 events after the limit was
-    reached one resolution is retracted. By event 600 ``ws_acme_us``'s SMS and by event 900 the
-    contract's messages are made to have passed 80%, should random traffic not have done it.
+    reached one resolution is retracted. By event 600 ``ws_acme_us``'s SMS, by event 750 its
+    WhatsApp cost (100% of its cost alert) and by event 900 the contract's messages are made to
+    have passed their levels, should random traffic not have done it.
     """
 
     backfill: Backfill
@@ -297,6 +321,7 @@ class LiveUsage:
     FIN_EVERY = 100
     RETRACT_AFTER = 400
     SMS_BY = 600
+    COST_BY = 750
     MESSAGES_BY = 900
 
     def __post_init__(self) -> None:
@@ -307,7 +332,7 @@ class LiveUsage:
         """The next event to publish and, for a turn of the story, what it is."""
         tick = next(self._ticks)
         at = now.isoformat()
-        for turn in (self._late, self._fin, self._sms_level, self._messages_level):
+        for turn in (self._late, self._fin, self._sms_level, self._cost_level, self._messages_level):
             told = turn(tick, now)
             if told is not None:
                 return told
@@ -343,6 +368,19 @@ class LiveUsage:
 
     def _sms_level(self, tick: int, now: datetime) -> tuple[dict[str, Any], str] | None:
         return self._top_up(tick, self.SMS_BY, (SMS_WORKSPACE,), "sms", SMS_THRESHOLD * 80 // 100, now)
+
+    def _cost_level(self, tick: int, now: datetime) -> tuple[dict[str, Any], str] | None:
+        if tick != self.COST_BY:
+            return None
+        short = COST_ALERT_USAGE - self.totals[COST_WORKSPACE, COST_METRIC]
+        if short <= 0:
+            return None
+        self.totals[COST_WORKSPACE, COST_METRIC] += short
+        note = (
+            f"a burst of {short} {COST_METRIC} for {COST_WORKSPACE}, to pass its {COST_ALERT_AMOUNT} USD "
+            f"{COST_METRIC} cost alert"
+        )
+        return _event(COST_WORKSPACE, COST_METRIC, short, now.isoformat()), note
 
     def _messages_level(self, tick: int, now: datetime) -> tuple[dict[str, Any], str] | None:
         level = INCLUDED_MESSAGES * 80 // 100

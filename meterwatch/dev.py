@@ -517,6 +517,12 @@ def _describe(topic: str, record: dict[str, Any]) -> str:
                 f"FORECAST {owner}: {record['metric']} projected to reach {record['level']}% of {record['threshold']} "
                 f"by {record['projected_date']} (usage {record['usage']}, {record['projected_usage']} by the period's end)"
             )
+        if record.get("kind") == "cost":
+            limit, cost = record["cost_threshold"], record["estimated_cost"]
+            return (
+                f"COST   {owner}: estimated {record['metric']} cost {cost['amount']} {cost['currency']} reached "
+                f"{record['level']}% of {limit['amount']} {limit['currency']} [{record['alert_id'][:8]}]"
+            )
         return (
             f"ALERT  {owner}: {record['metric']} reached {record['level']}% of {record['threshold']} "
             f"(usage {record['usage']}) [{record['alert_id'][:8]}]"

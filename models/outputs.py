@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from ..core.alerts import FORECAST_SCOPE, WORKSPACE_SCOPE, LevelReached, alert_id
-from ..core.cost_alerts import CostLevelReached, amount_text, cost_alert_id
+from ..core.cost_alerts import CostLevelReached, amount_shown, cost_alert_id
 from ..core.costs import money
 from ..core.fin_limit import Transition, should_notify
 from ..core.forecast import ForecastWarning
@@ -264,7 +264,7 @@ def cost_alert_record(
         "level": reached.level,
         "threshold": None,
         "usage": usage,
-        "cost_threshold": {"amount": amount_text(reached.amount), "currency": currency},
+        "cost_threshold": {"amount": amount_shown(reached.amount), "currency": currency},
         "period_start": iso(reached.period.start),
         "period_end": iso(reached.period.end),
         "estimated_cost": {"amount": money(reached.cost), "currency": currency},

@@ -9,7 +9,7 @@ from typing import Any
 from ...core.alerts import AlertSetting, AlertState, roll_to
 from ...core.contract_usage import ContractPeriod
 from ...core.contracts import WorkspaceProfile
-from ...core.cost_alerts import CostAlertSetting, amount_text, roll_cost_to
+from ...core.cost_alerts import CostAlertSetting, amount_shown, roll_cost_to
 from ...core.costs import estimated_cost, money, prorated_seat_cost
 from ...core.fin_limit import FinState, LimitSetting, fin_state_by_rule
 from ...core.forecast import METHOD, Forecast, forecast
@@ -261,7 +261,7 @@ def settings_document(
 
 def _cost_setting(setting: CostAlertSetting) -> dict[str, Any]:
     return {
-        "amount": amount_text(setting.amount),
+        "amount": amount_shown(setting.amount),
         "currency": setting.currency,
         "enabled": setting.enabled,
         **changed_by(setting),

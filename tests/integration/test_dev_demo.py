@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections import Counter, defaultdict
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -80,6 +81,7 @@ async def test_the_demo_shows_a_lived_in_period_then_crosses_levels_and_fin_limi
         the_curve_has_a_working_week(dev)
         seats_changed_in_the_period(dev)
         await the_levels_were_crossed_and_fin_turned_off_and_on(bootstrap)
+        await the_whatsapp_cost_alert_fired(dev, bootstrap)
 
         dev.process.send_signal(signal.SIGTERM)
         assert dev.process.wait(timeout=15) == 0, "\n".join(dev.lines())
@@ -175,6 +177,25 @@ async def the_levels_were_crossed_and_fin_turned_off_and_on(bootstrap: str) -> N
     limits = await read_all(bootstrap, "usage.limits", timeout=3, isolation="read_uncommitted")
     fin = [(record["state"], record["reason"]) for record in limits if record["workspace_id"] == "ws_acme_eu"]
     assert ("disabled", "limit_reached") in fin and fin[-1] == ("enabled", "usage_dropped"), fin
+
+
+async def the_whatsapp_cost_alert_fired(dev: Dev, bootstrap: str) -> None:
+    """ws_acme_us's cost alert on WhatsApp (6.00 USD at 0.03 USD a message): 50% during the
+    backfill, 100% with the live story's burst, each in dev's output and on usage.alerts."""
+    await dev.said(r"COST   ws_acme_us: estimated whatsapp cost [\d.]+ USD reached 50% of 6\.00 USD", 30)
+    await dev.said(r"COST   ws_acme_us: estimated whatsapp cost [\d.]+ USD reached 100% of 6\.00 USD", 30)
+    await dev.said(r"MAIL   to billing@acme-us\.example\.com: 100% of your WhatsApp cost alert \(6\.00 USD\)", 30)
+    alerts = await read_all(bootstrap, "usage.alerts", timeout=3, isolation="read_uncommitted")
+    costs = [a for a in alerts if a.get("kind") == "cost"]
+    assert [(a["workspace_id"], a["metric"], a["level"]) for a in costs] == [
+        ("ws_acme_us", "whatsapp", 50),
+        ("ws_acme_us", "whatsapp", 100),
+    ], costs
+    assert all(a["cost_threshold"] == {"amount": "6.00", "currency": "USD"} for a in costs), costs
+    assert Decimal(costs[-1]["estimated_cost"]["amount"]) >= Decimal(6), costs
+    assert costs[-1]["cause_event_id"] and len({a["alert_id"] for a in costs}) == 2, costs
+    settings = dev.get("/usage/ws_acme_us/settings")["cost_alerts"]
+    assert settings["whatsapp"]["amount"] == "6.00" and settings["whatsapp"]["enabled"], settings
 
 
 def the_summary_adds_up(dev: Dev) -> None:

@@ -16,6 +16,8 @@ from meterwatch.core.cost_alerts import (
     CostAlertSetting,
     CostAlertState,
     CostScheduled,
+    amount_shown,
+    amount_text,
     apply_cost_setting,
     cost_alert_id,
     judge_cost,
@@ -236,7 +238,7 @@ def test_an_sms_cost_alert_fires_each_level_once_with_its_causing_event() -> Non
         assert [(a["level"], a["cause_event_id"]) for a in alerts] == [(50, "e2"), (80, "e4"), (100, "e5")]
         first = alerts[0]
         assert first["kind"] == "cost" and first["metric"] == "sms" and first["threshold"] is None
-        assert first["cost_threshold"] == {"amount": "0.3", "currency": "USD"}
+        assert first["cost_threshold"] == {"amount": "0.30", "currency": "USD"}
         assert first["estimated_cost"] == {"amount": "0.15", "currency": "USD"}
         assert first["usage"] == 20
         assert first["alert_id"] == cost_alert_id(WS, "sms", DEC.start, D("0.30"), 50)
@@ -303,7 +305,7 @@ def test_the_settings_document_shows_each_cost_alert_with_the_cost_it_is_judged_
     state, _ = _run(state, messages)
     shown = settings_document(WS, state, AT)["cost_alerts"]
     assert shown["total"] == {
-        "amount": "5",
+        "amount": "5.00",
         "currency": "USD",
         "enabled": True,
         "changed_by": "u_1",
@@ -311,8 +313,23 @@ def test_the_settings_document_shows_each_cost_alert_with_the_cost_it_is_judged_
         "scheduled": None,
         "estimated_cost": {"amount": "0.75", "currency": "USD"},
     }
-    assert shown["sms"]["amount"] is None and shown["sms"]["scheduled"]["amount"] == "0.5"
+    assert shown["sms"]["amount"] is None and shown["sms"]["scheduled"]["amount"] == "0.50"
     assert shown["sms"]["scheduled"]["effective_from"] == "2027-01-01T00:00:00Z"
     # From the next period on the scheduled amount is the one in force.
     january = settings_document(WS, state, datetime(2027, 1, 2, tzinfo=UTC))["cost_alerts"]
-    assert january["sms"]["amount"] == "0.5" and january["sms"]["scheduled"] is None
+    assert january["sms"]["amount"] == "0.50" and january["sms"]["scheduled"] is None
+
+
+@pytest.mark.parametrize(
+    ("amount", "shown", "text"),
+    [
+        ("6", "6.00", "6"),
+        ("6.00", "6.00", "6"),
+        ("0.3", "0.30", "0.3"),
+        ("0.005", "0.005", "0.005"),
+        ("1E+3", "1000.00", "1000"),
+    ],
+)
+def test_amounts_are_shown_in_cents_unless_finer_and_never_rounded(amount: str, shown: str, text: str) -> None:
+    assert amount_shown(D(amount)) == shown
+    assert amount_text(D(amount)) == text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -14,6 +15,10 @@ from meterwatch.models.usage_event import UsageEvent
 
 from meterwatch.demo import (
     CONTRACT_WORKSPACES,
+    COST_ALERT_AMOUNT,
+    COST_ALERT_USAGE,
+    COST_METRIC,
+    COST_WORKSPACE,
     FIN_LIMIT,
     FIN_WORKSPACE,
     INCLUDED_MESSAGES,
@@ -68,6 +73,8 @@ def test_the_backfill_leaves_each_story_just_short_of_its_turn() -> None:
     contract_messages = sum(filled.totals[w, "messages_sent"] for w in CONTRACT_WORKSPACES)
     assert 0.7 * INCLUDED_MESSAGES <= contract_messages < 0.8 * INCLUDED_MESSAGES
     assert 0.5 * SMS_THRESHOLD <= filled.totals[SMS_WORKSPACE, "sms"] < 0.8 * SMS_THRESHOLD
+    # The WhatsApp cost alert: past 50% of its amount, short of 80%.
+    assert 0.5 * COST_ALERT_USAGE <= filled.totals[COST_WORKSPACE, COST_METRIC] < 0.8 * COST_ALERT_USAGE
     assert FIN_LIMIT - 10 <= len(filled.conversations[FIN_WORKSPACE]) < FIN_LIMIT
     resolutions = [e for e in filled.events if e["workspace_id"] == FIN_WORKSPACE and e["metric"] == "fin_resolutions"]
     assert (
@@ -127,3 +134,14 @@ def test_by_event_900_the_sms_alert_and_the_contract_have_passed_80_percent(seed
     assert totals[SMS_WORKSPACE, "sms"] >= 0.8 * SMS_THRESHOLD
     assert sum(totals[w, "messages_sent"] for w in CONTRACT_WORKSPACES) >= 0.8 * INCLUDED_MESSAGES
     assert all(event["workspace_id"] in WORKSPACES for event in events)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_by_event_750_the_whatsapp_cost_has_passed_its_cost_alert(seed: int) -> None:
+    filled = backfill(NOW, random.Random(seed))
+    live = LiveUsage(filled, random.Random(seed))
+    events = [live.next(NOW)[0] for _ in range(751)]
+    whatsapp = counted([*filled.events, *events])[COST_WORKSPACE, COST_METRIC]
+    # 0.03 USD a WhatsApp message and nothing included (the demo's prices).
+    assert whatsapp * Decimal("0.03") >= Decimal(COST_ALERT_AMOUNT)
+    assert COST_ALERT_USAGE * Decimal("0.03") == Decimal(COST_ALERT_AMOUNT)
