@@ -171,9 +171,7 @@ def _compose_cost_mail(alert: Mapping[str, Any], recipient: str, *, sender: str)
     level, threshold = _level(alert.get("level")), money_text(alert.get("cost_threshold"))
     workspace = one_line(alert.get("workspace_id"))
     what = "total estimated cost" if total else f"estimated {metric} cost"
-    subject = (
-        f"{level}% of your {'total' if total else metric} cost alert ({threshold}) reached - workspace {workspace}"
-    )
+    subject = f"{level}% of your {'total' if total else metric} cost alert ({threshold}) - workspace {workspace}"
     opening = f"The workspace {workspace} has reached {level}% of the {what} alert you set."
     facts = [
         ("Cost of", "all metrics" if total else metric),

@@ -181,19 +181,19 @@ async def the_levels_were_crossed_and_fin_turned_off_and_on(bootstrap: str) -> N
 
 async def the_whatsapp_cost_alert_fired(dev: Dev, bootstrap: str) -> None:
     """ws_acme_us's cost alert on WhatsApp (6.00 USD at 0.03 USD a message): 50% during the
-    backfill, 100% with the live story's burst, each in dev's output and on usage.alerts."""
+    backfill, 100% by the live story's burst at the latest (80% on the way, during the backfill
+    or live), each once, in dev's output and on usage.alerts."""
     await dev.said(r"COST   ws_acme_us: estimated whatsapp cost [\d.]+ USD reached 50% of 6\.00 USD", 30)
     await dev.said(r"COST   ws_acme_us: estimated whatsapp cost [\d.]+ USD reached 100% of 6\.00 USD", 30)
     await dev.said(r"MAIL   to billing@acme-us\.example\.com: 100% of your WhatsApp cost alert \(6\.00 USD\)", 30)
     alerts = await read_all(bootstrap, "usage.alerts", timeout=3, isolation="read_uncommitted")
     costs = [a for a in alerts if a.get("kind") == "cost"]
-    assert [(a["workspace_id"], a["metric"], a["level"]) for a in costs] == [
-        ("ws_acme_us", "whatsapp", 50),
-        ("ws_acme_us", "whatsapp", 100),
-    ], costs
+    assert [(a["workspace_id"], a["metric"]) for a in costs] == [("ws_acme_us", "whatsapp")] * len(costs), costs
+    levels = [a["level"] for a in costs]
+    assert levels[0] == 50 and levels[-1] == 100 and levels == sorted(set(levels)), costs
     assert all(a["cost_threshold"] == {"amount": "6.00", "currency": "USD"} for a in costs), costs
     assert Decimal(costs[-1]["estimated_cost"]["amount"]) >= Decimal(6), costs
-    assert costs[-1]["cause_event_id"] and len({a["alert_id"] for a in costs}) == 2, costs
+    assert all(a["cause_event_id"] for a in costs) and len({a["alert_id"] for a in costs}) == len(costs), costs
     settings = dev.get("/usage/ws_acme_us/settings")["cost_alerts"]
     assert settings["whatsapp"]["amount"] == "6.00" and settings["whatsapp"]["enabled"], settings
 

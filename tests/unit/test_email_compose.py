@@ -100,8 +100,8 @@ def test_a_50_percent_alert_names_metric_and_level_and_gives_the_figures() -> No
 @pytest.mark.parametrize(
     ("metric", "subject", "of"),
     [
-        ("total", "80% of your total cost alert (40 USD) reached - workspace ws_42", "all metrics"),
-        ("sms", "80% of your SMS cost alert (40 USD) reached - workspace ws_42", "SMS"),
+        ("total", "80% of your total cost alert (40 USD) - workspace ws_42", "all metrics"),
+        ("sms", "80% of your SMS cost alert (40 USD) - workspace ws_42", "SMS"),
     ],
 )
 def test_a_cost_alert_speaks_of_the_amount_set_and_the_estimated_cost(metric: str, subject: str, of: str) -> None:
