@@ -431,6 +431,9 @@ def _links(base: str, keys: Keys | None, valid_for: timedelta) -> list[str]:
     lines += [f"              {curl} {base}/usage/{w}" for w in WORKSPACES]
     lines.append(f"              {curl} '{base}/usage/{workspace}/daily?metric=messages_sent'")
     lines.append(
+        f"              {curl} {base}/usage/{CONTRACT_WORKSPACES[1]}/alerts   # alert history, with deliveries"
+    )
+    lines.append(
         f"  metrics     curl -H 'Authorization: Bearer {service}' {base}/metrics"
         if service
         else f"  metrics     {base}/metrics"

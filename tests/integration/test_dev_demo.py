@@ -82,6 +82,7 @@ async def test_the_demo_shows_a_lived_in_period_then_crosses_levels_and_fin_limi
         seats_changed_in_the_period(dev)
         await the_levels_were_crossed_and_fin_turned_off_and_on(bootstrap)
         await the_whatsapp_cost_alert_fired(dev, bootstrap)
+        await the_history_shows_each_alert_with_its_deliveries(dev)
 
         dev.process.send_signal(signal.SIGTERM)
         assert dev.process.wait(timeout=15) == 0, "\n".join(dev.lines())
@@ -196,6 +197,23 @@ async def the_whatsapp_cost_alert_fired(dev: Dev, bootstrap: str) -> None:
     assert all(a["cause_event_id"] for a in costs) and len({a["alert_id"] for a in costs}) == len(costs), costs
     settings = dev.get("/usage/ws_acme_us/settings")["cost_alerts"]
     assert settings["whatsapp"]["amount"] == "6.00" and settings["whatsapp"]["enabled"], settings
+
+
+async def the_history_shows_each_alert_with_its_deliveries(dev: Dev) -> None:
+    """The alert history dev points to: ws_acme_us's SMS and WhatsApp cost alerts, each mailed to
+    its billing contact and posted to dev's webhook receiver."""
+    assert re.search(r"curl .*/usage/ws_acme_us/alerts", "\n".join(dev.lines())), "dev shows no history link"
+
+    async def delivered() -> list[dict] | None:
+        alerts = dev.get("/usage/ws_acme_us/alerts")["alerts"]
+        mine = [a for a in alerts if (a["metric"], a.get("kind")) in {("sms", None), ("whatsapp", "cost")}]
+        settled = all(
+            a["delivery"]["email"] == "sent" and [w["state"] for w in a["delivery"]["webhooks"]] == ["sent"]
+            for a in mine
+        )
+        return mine if mine and settled and {a["metric"] for a in mine} == {"sms", "whatsapp"} else None
+
+    await eventually(delivered, timeout=30)
 
 
 def the_summary_adds_up(dev: Dev) -> None:
