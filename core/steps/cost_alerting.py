@@ -17,9 +17,10 @@ from types import MappingProxyType
 from typing import Any
 
 from ...models.outputs import command_result, cost_alert_record
+from ..contracts import WorkspaceProfile
 from ..cost_alerts import TOTAL, CostAlertSetting, CostAlertState, CostLevelReached, apply_cost_setting, judge_cost
 from ..costs import estimated_cost, prorated_seat_cost
-from ..metering import usage_in
+from ..metering import WorkspaceUsage, usage_in
 from ..metric_kinds import SEATS
 from ..periods import BillingCycle, BillingPeriod
 from ..workspace import WorkspaceState
@@ -30,24 +31,33 @@ CURRENCY_MISMATCH = "currency_mismatch"
 NOT_PRICED = "metric_not_priced"
 
 
-def metric_cost(state: WorkspaceState, metric: str, period: BillingPeriod) -> Decimal | None:
-    """``metric``'s estimated cost in ``period``; None when the contract does not price it."""
-    contract = state.profile.contract
+def metric_cost(
+    profile: WorkspaceProfile, usage: WorkspaceUsage, metric: str, quantity: int, period: BillingPeriod, others: int
+) -> Decimal | None:
+    """What ``quantity`` of ``metric`` costs in ``period``, the other members of a shared
+    included quantity using ``others``; None when the contract does not price it. Seats cost
+    what their days in ``usage`` cost (``prorated_seat_cost``), whatever ``quantity`` says."""
+    contract = profile.contract
     price = contract.prices.get(metric) if contract else None
     if contract is None or price is None:
         return None
     included = contract.included(metric)
-    others = state.others_usage(metric, period)
-    tally = state.usage.tallies.get(metric)
     if metric == SEATS:
+        tally = usage.tallies.get(metric)
         period_tally = tally.for_period(period) if tally else None
         seats_by_day = dict(period_tally.daily) if period_tally else {}
         carried = period_tally.seats_carried_in if period_tally else usage_in(tally, period)
-        days = state.profile.cycle.days_in(period)
+        days = profile.cycle.days_in(period)
         return prorated_seat_cost(
             seats_by_day, days, price.unit_price, carried_in=carried, included=included, others_seats=others
         )
-    return estimated_cost(usage_in(tally, period), price.unit_price, included, others)
+    return estimated_cost(quantity, price.unit_price, included, others)
+
+
+def _cost_now(state: WorkspaceState, metric: str, period: BillingPeriod) -> Decimal | None:
+    """``metric``'s estimated cost in ``period`` from the workspace's own usage."""
+    used = usage_in(state.usage.tallies.get(metric), period)
+    return metric_cost(state.profile, state.usage, metric, used, period, state.others_usage(metric, period))
 
 
 def cost_of(state: WorkspaceState, metric: str, period: BillingPeriod) -> Decimal | None:
@@ -56,10 +66,10 @@ def cost_of(state: WorkspaceState, metric: str, period: BillingPeriod) -> Decima
     if contract is None:
         return None
     if metric != TOTAL:
-        return metric_cost(state, metric, period)
+        return _cost_now(state, metric, period)
     total = Decimal(0)
     for name in contract.prices:
-        cost = metric_cost(state, name, period)
+        cost = _cost_now(state, name, period)
         if cost is not None:
             total += cost
     return total

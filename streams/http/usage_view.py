@@ -10,13 +10,13 @@ from ...core.alerts import AlertSetting, AlertState, roll_to
 from ...core.contract_usage import ContractPeriod
 from ...core.contracts import WorkspaceProfile
 from ...core.cost_alerts import CostAlertSetting, amount_shown, roll_cost_to
-from ...core.costs import estimated_cost, money, prorated_seat_cost
+from ...core.costs import money
 from ...core.fin_limit import FinState, LimitSetting, fin_state_by_rule
 from ...core.forecast import METHOD, Forecast, forecast
 from ...core.metering import WorkspaceUsage, daily_usage, usage_in
 from ...core.metric_kinds import FIN_RESOLUTIONS, SEATS
 from ...core.periods import BillingPeriod
-from ...core.steps.cost_alerting import cost_of
+from ...core.steps.cost_alerting import cost_of, metric_cost
 from ...core.workspace import WorkspaceState
 from ...models.common import Metric, iso
 
@@ -176,22 +176,9 @@ def _others_usage(contract_usage: ContractPeriod | None, metric: str, workspace_
 def _cost(
     metric: str, used: int, usage: WorkspaceUsage, profile: WorkspaceProfile, period: BillingPeriod, others: int
 ) -> dict[str, str] | None:
+    amount = metric_cost(profile, usage, metric, used, period, others)
     contract = profile.contract
-    price = contract.prices.get(metric) if contract else None
-    if contract is None or price is None:
-        return None
-    included = contract.included(metric)
-    if metric == SEATS:
-        tally = usage.tally(SEATS).for_period(period)
-        days = profile.cycle.days_in(period)
-        seats_by_day = dict(tally.daily) if tally else {}
-        carried = tally.seats_carried_in if tally else usage_in(usage.tally(SEATS), period)
-        amount = prorated_seat_cost(
-            seats_by_day, days, price.unit_price, carried_in=carried, included=included, others_seats=others
-        )
-    else:
-        amount = estimated_cost(used, price.unit_price, included, others)
-    return {"amount": money(amount), "currency": contract.currency}
+    return None if amount is None or contract is None else {"amount": money(amount), "currency": contract.currency}
 
 
 def daily_document(workspace_id: str, metric: str, state: WorkspaceState, now: datetime) -> dict[str, Any]:
