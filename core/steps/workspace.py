@@ -63,6 +63,7 @@ from ..alerts import levels_of, onto_cycle
 from ..contract_usage import WorkspaceReport
 from ..dedupe import FirstSeen, is_repeat
 from ..fin_limit import Transition
+from ..frozen import constructor
 from ..mail_cap import hour_start, take_mails
 from ..metering import (
     MetricTally,
@@ -90,6 +91,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Local midnights fall on whole quarter hours of UTC in every zone in use since 1979, so the
 # day of an instant is the day of its quarter hour; each cached bucket is checked at both ends.
 _DAY_BUCKET_MS = 15 * 60 * 1000
+
+# The values every workspace of a batch builds, built without the frozen __init__'s checks.
+_period_tally = constructor(PeriodTally)
+_metric_tally = constructor(MetricTally)
+_workspace_usage = constructor(WorkspaceUsage)
+_workspace_state = constructor(WorkspaceState)
 
 _DEAD_LETTER_TEXT = {
     RejectCode.OCCURRED_IN_FUTURE: "occurred_at is more than 5 minutes in the future",
@@ -333,7 +340,7 @@ class _Step:
             if opened is None:
                 return None
             period, bounds = opened
-            tally = MetricTally(metric, (PeriodTally(period),))
+            tally = _metric_tally(metric, (PeriodTally(period),))
         else:
             period = tally.periods[-1].period
             # Tallies of an earlier cycle (counted before the workspace heard of its contract)
@@ -408,7 +415,7 @@ class _Step:
             result.summed += run.summed
             result.counted[metric] += run.summed
             latest = run.tally.periods[-1]
-            updated = PeriodTally(
+            updated = _period_tally(
                 latest.period,
                 run.usage,
                 datetime.fromtimestamp(run.last_updated_ms / 1000, tz=UTC),
@@ -418,7 +425,7 @@ class _Step:
             )
             if tallies is None:
                 tallies = dict(usage.tallies)
-            tallies[metric] = MetricTally(metric, (*run.tally.periods[:-1], updated))
+            tallies[metric] = _metric_tally(metric, (*run.tally.periods[:-1], updated))
             self.changed[(metric, run.period)] = run.usage
             if fin.is_limited(self.state, metric):
                 # The run stayed within the limit's quiet bounds: the state only learns the usage.
@@ -430,7 +437,7 @@ class _Step:
         if tallies is not None or applied_through is not None:
             self.state = _with_usage(
                 self.state,
-                WorkspaceUsage(
+                _workspace_usage(
                     usage.tallies if tallies is None else MappingProxyType(tallies),
                     usage.applied_through if applied_through is None else applied_through,
                 ),
@@ -652,7 +659,7 @@ class _Step:
 def _with_usage(state: WorkspaceState, usage: WorkspaceUsage) -> WorkspaceState:
     """``replace(state, usage=usage)`` without ``replace``'s walk over the fields: every
     workspace of every batch makes one."""
-    return WorkspaceState(
+    return _workspace_state(
         usage,
         state.profile,
         state.alerts,

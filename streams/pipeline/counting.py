@@ -45,6 +45,8 @@ BATCH_WITHIN_SECONDS = 0.02
 # Decoded values kept in memory, so a busy workspace is not decoded again in every batch. A
 # value is only reused while the table still holds the very bytes it was decoded from.
 DECODED_KEPT = 100_000
+# A workspace the table has never held starts from this (frozen, so one serves all).
+_NEW_WORKSPACE = WorkspaceState()
 
 
 def register(mw: Meterwatch, ticks: PeriodTickIndex) -> None:
@@ -65,7 +67,7 @@ class DecodedValues:
 
     def load(self, workspace_id: str, raw: bytes | None) -> WorkspaceState:
         if raw is None:
-            return WorkspaceState()
+            return _NEW_WORKSPACE
         kept = self.values.get(workspace_id)
         if kept is not None and kept[0] is raw:
             return kept[1]

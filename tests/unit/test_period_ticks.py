@@ -3,10 +3,12 @@ a period that has ended gets a tick, and only values that changed are decoded ag
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from meterwatch.core.fin_limit import FinState, LimitSetting
+from meterwatch.core.metering import WorkspaceUsage
 from meterwatch.core.periods import CALENDAR_MONTH_UTC
 from meterwatch.core.steps.fin import period_tick_due
 from meterwatch.core.workspace import WorkspaceState
@@ -114,3 +116,18 @@ def test_a_value_counting_wrote_is_judged_from_its_state_without_decoding() -> N
     index.note("ws_b", NO_LIMIT, WorkspaceState())
     assert index.due([("ws_a", written), ("ws_b", NO_LIMIT)], IN_DECEMBER) == ["ws_a"]
     assert decoder.decoded == [ENABLED]
+
+
+def test_a_write_that_changed_usage_only_keeps_the_due_time_and_one_that_disabled_fin_moves_it() -> None:
+    index = PeriodTickIndex(CountingDecoder())
+    enabled = WorkspaceState(fin=fin("enabled", 1))
+    index.note("ws_a", ENABLED, enabled)
+    # More usage, the same profile, alerts and limits: the due time noted before still holds.
+    more = encode_workspace(replace(enabled, usage=WorkspaceUsage(applied_through=7)))
+    index.note("ws_a", more, decode_workspace(more))
+    assert index.due([("ws_a", more)], IN_DECEMBER) == []
+    disabled = WorkspaceState(fin=fin("disabled", 5))
+    index.note("ws_a", DISABLED, disabled)
+    assert index.due([("ws_a", DISABLED)], IN_DECEMBER) == ["ws_a"]
+    index.note("ws_a", ENABLED, enabled)
+    assert index.due([("ws_a", ENABLED)], IN_DECEMBER) == []
