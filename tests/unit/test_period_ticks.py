@@ -10,7 +10,9 @@ import pytest
 from meterwatch.core.fin_limit import FinState, LimitSetting
 from meterwatch.core.metering import WorkspaceUsage
 from meterwatch.core.periods import CALENDAR_MONTH_UTC
+from meterwatch.core.steps.alerting import forecast_tick_due
 from meterwatch.core.steps.fin import period_tick_due
+from meterwatch.core.steps.ticks import tick_due
 from meterwatch.core.workspace import WorkspaceState
 from meterwatch.streams.codec import decode_workspace, encode_workspace
 from meterwatch.streams.pipeline.period_timer import PeriodTickIndex
@@ -131,3 +133,17 @@ def test_a_write_that_changed_usage_only_keeps_the_due_time_and_one_that_disable
     assert index.due([("ws_a", DISABLED)], IN_DECEMBER) == ["ws_a"]
     index.note("ws_a", ENABLED, enabled)
     assert index.due([("ws_a", ENABLED)], IN_DECEMBER) == []
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        pytest.param(WorkspaceState(), id="new"),
+        pytest.param(WorkspaceState(usage=WorkspaceUsage(applied_through=3)), id="usage-only"),
+        pytest.param(WorkspaceState(fin=fin("enabled", 1)), id="fin-enabled"),
+        pytest.param(WorkspaceState(fin=fin("disabled", 5)), id="fin-disabled"),
+    ],
+)
+def test_tick_due_is_the_earliest_of_the_limits_and_the_forecasts(state: WorkspaceState) -> None:
+    dues = [at for at in (period_tick_due(state), forecast_tick_due(state)) if at is not None]
+    assert tick_due(state) == min(dues, default=None)
