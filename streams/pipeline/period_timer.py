@@ -34,31 +34,24 @@ class PeriodTickIndex:
 
     def __init__(self, decode: Callable[[bytes], WorkspaceState | None] = decode_workspace) -> None:
         self._decode = decode
-        # workspace id -> (its value, when its tick is due, what that was worked out from)
-        self._seen: dict[str, tuple[bytes, datetime | None, tuple[Any, ...] | None]] = {}
+        self._seen: dict[str, tuple[bytes, datetime | None]] = {}
 
     def note(self, workspace_id: str, raw: bytes, state: WorkspaceState) -> None:
-        """What counting has just written for ``workspace_id``: the next pass need not decode it.
-        The due time depends on the profile, alerts and limits only, so a write that changed
-        usage alone keeps the one noted before."""
-        inputs = (state.profile, state.alerts, state.fin, state.limits)
-        known = self._seen.get(workspace_id)
-        due = known[1] if known is not None and known[2] == inputs else tick_due(state)
-        self._seen[workspace_id] = (raw, due, inputs)
+        """What counting has just written for ``workspace_id``: the next pass need not decode it."""
+        self._seen[workspace_id] = (raw, tick_due(state))
 
     def due(self, values: Iterable[tuple[str, bytes]], now: datetime) -> list[str]:
-        seen: dict[str, tuple[bytes, datetime | None, tuple[Any, ...] | None]] = {}
+        seen: dict[str, tuple[bytes, datetime | None]] = {}
         due: list[str] = []
         for workspace_id, raw in values:
             known = self._seen.get(workspace_id)
             if known is not None and (known[0] is raw or known[0] == raw):
-                seen[workspace_id] = known if known[0] is raw else (raw, known[1], known[2])
                 at = known[1]
             else:
                 state = self._decode(raw)
                 at = None if state is None else tick_due(state)
-                # Workspaces no longer held (given up in a rebalance) drop out with the old dict.
-                seen[workspace_id] = (raw, at, None)
+            # Workspaces no longer held (given up in a rebalance) drop out with the old dict.
+            seen[workspace_id] = (raw, at)
             if at is not None and at <= now:
                 due.append(workspace_id)
         self._seen = seen
