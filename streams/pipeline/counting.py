@@ -71,7 +71,7 @@ class DecodedValues:
         kept = self.values.get(workspace_id)
         if kept is not None and kept[0] is raw:
             return kept[1]
-        state = decode_workspace(raw) or WorkspaceState()
+        state = decode_workspace(raw) or _NEW_WORKSPACE
         self.keep(workspace_id, raw, state)
         return state
 
