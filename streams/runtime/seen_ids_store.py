@@ -37,6 +37,8 @@ from ...logs import FAUST_SERVICES_LOG
 log = logging.getLogger(__name__)
 
 BLOOM_BITS_PER_KEY = 10
+# A memtable's own bloom filter, as a share of its size (charged to it): about 25 bits an id.
+MEMTABLE_BLOOM_RATIO = 0.05
 # Index and filter partitions (and their reads) of 4 KiB, like data blocks.
 METADATA_BLOCK_BYTES = 4 * 1024
 
@@ -92,6 +94,10 @@ class SharedCacheRocksDBOptions(RocksDBOptions):
         options.set_max_write_buffer_number(self.max_write_buffer_number)
         options.set_target_file_size_base(self.target_file_size_base)
         options.set_write_buffer_manager(self.write_buffer_manager)
+        # Nearly every lookup is of a new id; most ids a lookup could find are still in the
+        # memtables, so without a filter of their own each lookup searches them key by key.
+        options.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO)
+        options.set_memtable_whole_key_filtering(True)
         table = rocksdict.BlockBasedOptions()
         table.set_block_cache(self.cache)
         table.set_bloom_filter(BLOOM_BITS_PER_KEY, False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import weakref
 from dataclasses import fields
@@ -154,6 +155,34 @@ def test_ids_remembered_in_one_write_batch_are_found_by_one_multi_get(tmp_path) 
         _current_event.reset(token)
     assert table.get_many(3, ["ws_1\x1fa", "ws_9\x1fz", "ws_2\x1fb"], at) == [b"%d,10" % at, None, b"%d,20" % (at + 1)]
     assert table.get_many(4, ["ws_1\x1fa"], at) == [None]  # another partition's database
+
+
+def test_lookups_through_the_memtable_filters_find_every_id_and_only_those(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    mw = build({"METERWATCH_DATA_DIR": str(tmp_path)})
+    table = mw.tables.seen_event_ids
+    at = int(time.time() * 1000) - 60_000
+    rng = random.Random(7)
+    remembered: dict[str, bytes] = {}
+    event = _ActingFor(SimpleNamespace(partition=1))
+    token = _current_event.set(weakref.ref(event))
+    try:
+        table.send_changelog = lambda *args, **kwargs: None  # type: ignore[method-assign]
+        for batch in range(20):
+            entries = {
+                f"ws_{rng.randrange(500)}\x1fe{batch}-{i}": FirstSeen(at + batch, batch * 1000 + i) for i in range(1000)
+            }
+            table.remember(entries)
+            remembered.update({key: b"%d,%d" % first for key, first in entries.items()})
+    finally:
+        _current_event.reset(token)
+    asked = [*rng.sample(sorted(remembered), 5000), *(f"ws_{rng.randrange(500)}\x1fnew-{i}" for i in range(5000))]
+    rng.shuffle(asked)
+    expected = [remembered.get(key) for key in asked]
+    # In the memtables (their bloom filters), then in flushed files (the files' filters).
+    assert table.get_many(1, asked, at) == expected
+    for family in table.data.segments(1).families.values():
+        family.flush()
+    assert table.get_many(1, asked, at) == expected
 
 
 def test_recovery_puts_ids_in_their_segments_and_keeps_none_already_expired(tmp_path) -> None:  # type: ignore[no-untyped-def]
