@@ -75,6 +75,9 @@ def make_shape(name: str, events: int, batch_size: int) -> Shape:
         # At least two events per workspace, so every workspace is read, updated and written again.
         return Shape(name, "single events, 100,000 workspaces", 1, 100_000, max(events, 200_000))
     if name == "batch":
+        # At least 1,000,000 events: 200,000 in batches are counted in about a second, no longer
+        # than the worker takes to settle after it first answers /health.
+        events = max(events, 1_000_000)
         return Shape(name, f"batches of {batch_size}, 1,000 workspaces", batch_size, 1_000, -(-events // batch_size))
     raise ValueError(f"unknown shape {name!r} (single1k, single100k, batch)")
 

@@ -52,7 +52,7 @@ def parse_args() -> argparse.Namespace:
         "--events",
         type=int,
         default=200_000,
-        help="events per shape (default 200000; at least 200000 over 100,000 workspaces)",
+        help="events per shape (default 200000; at least 200000 over 100,000 workspaces, 1000000 in batches)",
     )
     parser.add_argument(
         "--shapes",
