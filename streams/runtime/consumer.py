@@ -18,7 +18,17 @@ acknowledged on a revoked partition and commits nothing then ("processed again e
 under exactly_once the open transaction is dropped with its producer, and the next owner redoes
 the work since the last commit. For counting that is only repeated effort, but a mail the SMTP
 server already took was sent again (the kill test's duplicate mails, on rebalances caused by
-another worker's restart). So what was acknowledged is committed first, while it is still ours.
+another worker's restart). So what was acknowledged is committed first, while it is still ours,
+and again once the streams are empty (Faust would forget those acknowledgements before that last
+commit).
+
+**No transaction stays open across a rebalance.** Under exactly_once a transaction holding a
+batch's sends that was not committed at the revoke stayed open into the next assignment when the
+worker kept the partition. Table recovery reads changelogs read_committed, so it restored the
+values from before that batch, the input was read again from the last commit, and the batch's
+alerts and Fin transitions went into the same open transaction a second time: committed later,
+each was published twice with the same id. Whatever a transaction still holds once the streams
+are empty is committed then (``transactions.SourcePartitionTransactions.end_open_transactions``).
 """
 
 from __future__ import annotations
@@ -207,7 +217,22 @@ class CommittedOrBeginningConsumer(Consumer):
             for settle in _BEFORE_HANDOVER.get(self.app, ()):
                 await settle()
             await commit_before_handover(self)
-        await super().on_partitions_revoked(revoked)
+        # Copied from faust-streaming 0.15.3, faust/transport/consumer.py,
+        # Consumer.on_partitions_revoked. Changed: the revoked partitions' acknowledgements are
+        # forgotten after the app's handler, whose last commit (once the streams are empty)
+        # then carries them, rather than before it; tracing spans dropped.
+        if self._active_partitions is not None:
+            self._active_partitions.difference_update(revoked)
+        self._paused_partitions.difference_update(revoked)
+        await self._on_partitions_revoked(revoked)
+        for tp in revoked:
+            self._gap.pop(tp, None)
+            self._acked.pop(tp, None)
+            self._acked_index.pop(tp, None)
+            self._read_offset.pop(tp, None)
+            self._committed_offset.pop(tp, None)
+        if revoked and self.in_transaction and not self.app.should_stop:
+            await self.transactions.end_open_transactions()
 
     async def request_rejoin(self) -> None:
         """Ask the group for a rebalance (streams/runtime/fencing.py)."""

@@ -9,6 +9,8 @@ makes it visible. The agents name that partition with ``partition_context.acting
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Mapping
 from typing import Any
@@ -21,8 +23,10 @@ from faust.types.tuples import RecordMetadata
 
 from ...logs import FAUST_SERVICES_LOG
 from .commit_gate import CommitGate
-from .consumer import CommittedOrBeginningConsumer, CommittedOrBeginningConsumerThread
+from .consumer import HANDOVER_COMMIT_SECONDS, CommittedOrBeginningConsumer, CommittedOrBeginningConsumerThread
 from .fencing import is_lost_transaction
+
+log = logging.getLogger(__name__)
 
 
 class SourcePartitionTransactions(TransactionManager):
@@ -50,6 +54,33 @@ class SourcePartitionTransactions(TransactionManager):
                 self.commit_gate.lose_transactions(error)
                 return False
             return True
+
+    async def end_open_transactions(self) -> None:
+        """Commit every transaction that still holds sends, without offsets; called at a revoke
+        once the streams are empty and the revoke's own commit has run.
+
+        Every input whose work is in such a transaction is acknowledged by then, and replaying
+        one is judged by the state committed with its outputs, so committing them without their
+        offsets never counts or publishes anything twice. A transaction left open instead would
+        be invisible to the next recovery of this very worker (``streams/runtime/consumer.py``).
+        """
+        driver = self.producer
+        async with self.commit_gate.commit():
+            if self.commit_gate.shut:
+                return  # lost work: streams/runtime/fencing.py gives it up
+            holding = [tid for tid, producer in driver._transaction_producers.items() if holds_sends(producer)]  # noqa: SLF001
+            try:
+                for transactional_id in holding:
+                    async with driver._trn_locks[transactional_id]:  # noqa: SLF001
+                        producer = driver._transaction_producers.get(transactional_id)  # noqa: SLF001
+                        if producer is not None:
+                            await asyncio.wait_for(producer.commit_transaction(), HANDOVER_COMMIT_SECONDS)
+            except Exception as error:
+                # Fenced, refused or too slow: what the transaction held is not ours to keep.
+                self.commit_gate.lose_transactions(error)
+                return
+        if holding:
+            log.info("rebalance: committed %d transaction(s) still open at the revoke", len(holding))
 
     def transactional_id_for(self, source: TP) -> str:
         group = self.app.assignor.group_for_topic(source.topic)
@@ -80,6 +111,12 @@ class SourcePartitionTransactions(TransactionManager):
             headers,
             transactional_id=self.transactional_id_for(event.message.tp),
         )
+
+
+def holds_sends(producer: Any) -> bool:
+    """Whether an aiokafka transactional producer is in a transaction that has sent something."""
+    txn = producer._txn_manager  # noqa: SLF001
+    return txn is not None and txn.is_in_transaction() and bool(txn.txn_partitions or txn.partitions_to_add())
 
 
 class CommittedEndConsumerThread(CommittedOrBeginningConsumerThread):

@@ -18,7 +18,7 @@ from faust.types import TP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from meterwatch.config import ProcessingGuarantee, load_settings
-from meterwatch.core.dedupe import FirstSeen
+from meterwatch.core.dedupe import FirstSeen, encode_first_seen
 from meterwatch.streams.app import Channels, create_app
 from meterwatch.streams.runtime.durable_table import (
     HEAD_MARK,
@@ -142,17 +142,24 @@ def test_bulk_table_writes_key_changelog_records_exactly_as_faust_does(key: str)
     assert table._changelog_key_encoder()(key) == own == orjson.dumps(key)  # noqa: SLF001
 
 
+def _remember(table, partition: int, batches: list[dict[str, FirstSeen]]) -> None:  # type: ignore[no-untyped-def]
+    """Remember each of ``batches`` in ``partition`` as counting does, one write batch each; the
+    changelog sends are dropped (no broker)."""
+    event = _ActingFor(SimpleNamespace(partition=partition))
+    token = _current_event.set(weakref.ref(event))
+    try:
+        table.send_changelog = lambda *args, **kwargs: None
+        for entries in batches:
+            table.remember(entries)
+    finally:
+        _current_event.reset(token)
+
+
 def test_ids_remembered_in_one_write_batch_are_found_by_one_multi_get(tmp_path) -> None:  # type: ignore[no-untyped-def]
     mw = build({"METERWATCH_DATA_DIR": str(tmp_path)})
     table = mw.tables.seen_event_ids
     at = int(time.time() * 1000) - 60_000
-    event = _ActingFor(SimpleNamespace(partition=3))
-    token = _current_event.set(weakref.ref(event))
-    try:
-        table.send_changelog = lambda *args, **kwargs: None  # type: ignore[method-assign]
-        table.remember({"ws_1\x1fa": FirstSeen(at, 10), "ws_2\x1fb": FirstSeen(at + 1, 20)})
-    finally:
-        _current_event.reset(token)
+    _remember(table, 3, [{"ws_1\x1fa": FirstSeen(at, 10), "ws_2\x1fb": FirstSeen(at + 1, 20)}])
     assert table.get_many(3, ["ws_1\x1fa", "ws_9\x1fz", "ws_2\x1fb"], at) == [b"%d,10" % at, None, b"%d,20" % (at + 1)]
     assert table.get_many(4, ["ws_1\x1fa"], at) == [None]  # another partition's database
 
@@ -162,19 +169,12 @@ def test_lookups_through_the_memtable_filters_find_every_id_and_only_those(tmp_p
     table = mw.tables.seen_event_ids
     at = int(time.time() * 1000) - 60_000
     rng = random.Random(7)
-    remembered: dict[str, bytes] = {}
-    event = _ActingFor(SimpleNamespace(partition=1))
-    token = _current_event.set(weakref.ref(event))
-    try:
-        table.send_changelog = lambda *args, **kwargs: None  # type: ignore[method-assign]
-        for batch in range(20):
-            entries = {
-                f"ws_{rng.randrange(500)}\x1fe{batch}-{i}": FirstSeen(at + batch, batch * 1000 + i) for i in range(1000)
-            }
-            table.remember(entries)
-            remembered.update({key: b"%d,%d" % first for key, first in entries.items()})
-    finally:
-        _current_event.reset(token)
+    batches = [
+        {f"ws_{rng.randrange(500)}\x1fe{batch}-{i}": FirstSeen(at + batch, batch * 1000 + i) for i in range(1000)}
+        for batch in range(20)
+    ]
+    _remember(table, 1, batches)
+    remembered = {key: encode_first_seen(first) for entries in batches for key, first in entries.items()}
     asked = [*rng.sample(sorted(remembered), 5000), *(f"ws_{rng.randrange(500)}\x1fnew-{i}" for i in range(5000))]
     rng.shuffle(asked)
     expected = [remembered.get(key) for key in asked]
