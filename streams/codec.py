@@ -41,7 +41,7 @@ def encode_workspace(state: WorkspaceState) -> bytes:
     value = {
         "usage": _usage(state.usage),
         "profile": _profile(state.profile),
-        "alerts": {metric: _alert_state(a) for metric, a in state.alerts.items()},
+        "alerts": {metric: _alert_state(a) for metric, a in state.alerts.items()} if state.alerts else {},
         "contract_others": None if others is None else {"period": _period(others.period), "usage": dict(others.usage)},
         "fin": None if state.fin is None else _fin(state.fin),
     }
@@ -217,10 +217,11 @@ def _read_alert_state(data: dict[str, Any]) -> AlertState:
 
 
 def _usage(usage: WorkspaceUsage) -> dict[str, Any]:
-    return {
-        "applied_through": usage.applied_through,
-        "tallies": {metric: [_period_tally(t) for t in tally.periods] for metric, tally in usage.tallies.items()},
-    }
+    tallies = {}
+    for metric, tally in usage.tallies.items():  # a loop: most workspaces have one metric of one period
+        periods = tally.periods
+        tallies[metric] = [_period_tally(periods[0])] if len(periods) == 1 else [_period_tally(t) for t in periods]
+    return {"applied_through": usage.applied_through, "tallies": tallies}
 
 
 def _read_usage(data: dict[str, Any]) -> WorkspaceUsage:
@@ -237,8 +238,8 @@ def _period_tally(tally: PeriodTally) -> dict[str, Any]:
         "end": tally.period.end,
         "usage": tally.usage,
         "last_updated": tally.last_updated,
-        "daily": dict(tally.daily),
-        "conversations": sorted(tally.conversations),
+        "daily": tally.daily.copy(),  # a dict or a read-only view of one: either copies the dict
+        "conversations": sorted(tally.conversations) if tally.conversations else [],
         "seats_carried_in": tally.seats_carried_in,
     }
 
@@ -255,6 +256,8 @@ def _read_period_tally(data: dict[str, Any]) -> PeriodTally:
 
 
 def _profile(profile: WorkspaceProfile) -> dict[str, Any]:
+    if profile.contract is None and not profile.billing_contacts:
+        return {"billing_contacts": [], "contract": None}
     return {"billing_contacts": list(profile.billing_contacts), "contract": _terms(profile.contract)}
 
 

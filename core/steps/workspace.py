@@ -93,6 +93,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DAY_BUCKET_MS = 15 * 60 * 1000
 
 # The values every workspace of a batch builds, built without the frozen __init__'s checks.
+# fin.limit_bounds of a metric without a limit
+_UNLIMITED = (0, 2**63)
 _period_tally = constructor(PeriodTally)
 _metric_tally = constructor(MetricTally)
 _workspace_usage = constructor(WorkspaceUsage)
@@ -226,6 +228,7 @@ class _Run:
         "floor",
         "day_bucket",
         "day",
+        "reported",
     )
 
     def __init__(
@@ -236,6 +239,7 @@ class _Run:
         keep_until_ms: int,
         cycle: BillingCycle,
         floor: int = 0,
+        reported: bool = True,
     ) -> None:
         latest = tally.periods[-1]
         self.tally = tally
@@ -255,6 +259,8 @@ class _Run:
         # The local day of the quarter hour of UTC last summed into (None: a day starts inside it).
         self.day_bucket = -1
         self.day: date | None = None
+        # Whether the workspace reports to a contract: only then is the change kept for it.
+        self.reported = reported
 
 
 class _Step:
@@ -332,15 +338,18 @@ class _Step:
         if needs_judging(self.state, metric):
             # A cost alert's levels are judged on every event that changes the cost it watches.
             return None
-        cycle = self.state.profile.cycle
+        profile = self.state.profile
+        cycle = profile.cycle
         tally = self.state.usage.tallies.get(metric)
         if tally is None or not tally.periods:
             # Counting opens the event's period empty, with nothing else to keep or prune.
             opened = _period_of(cycle, row[OCCURRED_AT])
             if opened is None:
                 return None
-            period, bounds = opened
-            tally = _metric_tally(metric, (PeriodTally(period),))
+            period, bounds, empty = opened
+            tally = empty.get(metric)
+            if tally is None:
+                tally = empty[metric] = _metric_tally(metric, (PeriodTally(period),))
         else:
             period = tally.periods[-1].period
             # Tallies of an earlier cycle (counted before the workspace heard of its contract)
@@ -348,17 +357,22 @@ class _Step:
             bounds = _run_bounds(cycle, period)
             if bounds is None:
                 return None
-        bound = _quiet_below(self.state, metric, period)
-        quiet_limit = fin.limit_bounds(self.state, metric, period)
-        if bound is None or quiet_limit is None:
-            return None
+        state = self.state
+        if not state.alerts and not state.limits:
+            # No alert level and no limit to reach (Fin's, always limited, is never summed).
+            bound, quiet_limit = MAX_AMOUNT + 1, _UNLIMITED
+        else:
+            bound = _quiet_below(state, metric, period)
+            quiet_limit = fin.limit_bounds(state, metric, period)
+            if bound is None or quiet_limit is None:
+                return None
         # Counting prunes periods past their grace at the time of each event; the run holds
         # only while no period it keeps would be pruned.
         keep_until_ms = bounds[1] + _GRACE_MS
         for older in tally.periods[:-1]:
             keep_until_ms = min(keep_until_ms, _ms(older.period.end) + _GRACE_MS)
         floor, ceiling = quiet_limit
-        return _Run(tally, bounds, min(bound, ceiling), keep_until_ms, cycle, floor)
+        return _Run(tally, bounds, min(bound, ceiling), keep_until_ms, cycle, floor, profile.contract is not None)
 
     def _count_fast(self, run: _Run, row: list[Any], origin: list[Any], position: int, key: str) -> bool:
         """Sum one additive event into ``run``; False if it needs the per-event path."""
@@ -388,9 +402,10 @@ class _Step:
             result.repeated += 1
             return True
         if run.daily is None:
-            run.daily = dict(run.tally.periods[-1].daily)
-            # The contract hears of changes in the order they first happened in the batch.
-            self.changed.setdefault((row[METRIC], run.period), after)
+            run.daily = run.tally.periods[-1].daily.copy()
+            if run.reported:
+                # The contract hears of changes in the order they first happened in the batch.
+                self.changed.setdefault((row[METRIC], run.period), after)
         run.daily[day] = run.daily.get(day, 0) + quantity
         run.usage = after
         run.last_updated_ms = received_ms
@@ -418,15 +433,17 @@ class _Step:
             updated = _period_tally(
                 latest.period,
                 run.usage,
-                datetime.fromtimestamp(run.last_updated_ms / 1000, tz=UTC),
+                _instant(run.last_updated_ms),
                 MappingProxyType(run.daily) if run.daily is not None else latest.daily,
                 latest.conversations,
                 latest.seats_carried_in,
             )
             if tallies is None:
                 tallies = dict(usage.tallies)
-            tallies[metric] = _metric_tally(metric, (*run.tally.periods[:-1], updated))
-            self.changed[(metric, run.period)] = run.usage
+            periods = run.tally.periods
+            tallies[metric] = _metric_tally(metric, (updated,) if len(periods) == 1 else (*periods[:-1], updated))
+            if run.reported:
+                self.changed[(metric, run.period)] = run.usage
             if fin.is_limited(self.state, metric):
                 # The run stayed within the limit's quiet bounds: the state only learns the usage.
                 self.state, transition = fin.on_usage(
@@ -468,7 +485,8 @@ class _Step:
             return
         self.state = replace(self.state, usage=replace(usage, tallies={**usage.tallies, metric: tally}))
         if change.after != change.before:
-            self.changed[(metric, change.period)] = change.after
+            if self.state.profile.contract is not None:
+                self.changed[(metric, change.period)] = change.after
             self._judge(row[EVENT_ID], metric, change, received)
             if prior.cost_alerts:
                 self._judge_costs(prior, row[EVENT_ID], metric, change.period, received)
@@ -566,9 +584,11 @@ class _Step:
             alerts = {metric: onto_cycle(alert, profile.cycle) for metric, alert in self.state.alerts.items()}
             self.state = costs_onto_cycle(replace(self.state, alerts=MappingProxyType(alerts)), profile.cycle)
         if profile.contract is not None and profile.contract != before.contract:
-            # A new contract learns what this workspace has used so far, and whom to tell.
-            for metric, tally in self.state.usage.tallies.items():
-                for period_tally in tally.periods:
+            # A new contract learns what this workspace has used so far, and whom to tell, metric
+            # by metric in name order (a workspace without a contract keeps no changes for one).
+            tallies = self.state.usage.tallies
+            for metric in sorted(tallies):
+                for period_tally in tallies[metric].periods:
                     self.changed[(metric, period_tally.period)] = period_tally.usage
             self.contacts_changed = True
         if profile.billing_contacts != before.billing_contacts:
@@ -691,8 +711,12 @@ def _quiet_below(state: WorkspaceState, metric: str, period: BillingPeriod) -> i
 # (anchor day, time zone, period) -> the period's bounds in milliseconds, or None (see _run_bounds)
 _BOUNDS: dict[tuple[int, str, BillingPeriod], tuple[int, int] | None] = {}
 _UNKNOWN: Any = object()
-# (anchor day, time zone) -> the period last opened and its bounds in milliseconds
-_OPENED: dict[tuple[int, str], tuple[BillingPeriod, tuple[int, int]]] = {}
+# The last (cycle, period, bounds) answered: most runs of a batch are of one cycle's one period
+# object, found by identity without hashing the period.
+_LAST_BOUNDS: list[tuple[Any, Any, tuple[int, int] | None]] = [(None, None, None)]
+# (anchor day, time zone) -> the period last opened, its bounds in milliseconds and, by metric,
+# the empty tally of that period every workspace opening it starts from (frozen, so shared)
+_OPENED: dict[tuple[int, str], tuple[BillingPeriod, tuple[int, int], dict[str, MetricTally]]] = {}
 
 
 def _whole_ms(period: BillingPeriod) -> bool:
@@ -703,9 +727,13 @@ def _run_bounds(cycle: BillingCycle, period: BillingPeriod) -> tuple[int, int] |
     """``period``'s bounds in whole milliseconds if a run can sum into it: it is one of
     ``cycle``'s periods and starts and ends on whole milliseconds. Else None. Cached: every run
     of every workspace asks."""
+    last = _LAST_BOUNDS[0]
+    if last[0] is cycle and last[1] is period:
+        return last[2]
     key = (cycle.anchor_day, cycle.timezone, period)
     bounds = _BOUNDS.get(key, _UNKNOWN)
     if bounds is not _UNKNOWN:
+        _LAST_BOUNDS[0] = (cycle, period, bounds)
         return bounds
     bounds = None
     if cycle.has_period(period) and _whole_ms(period):
@@ -713,10 +741,13 @@ def _run_bounds(cycle: BillingCycle, period: BillingPeriod) -> tuple[int, int] |
     if len(_BOUNDS) >= _DAYS_KEPT:
         _BOUNDS.clear()
     _BOUNDS[key] = bounds
+    _LAST_BOUNDS[0] = (cycle, period, bounds)
     return bounds
 
 
-def _period_of(cycle: BillingCycle, occurred_at: str) -> tuple[BillingPeriod, tuple[int, int]] | None:
+def _period_of(
+    cycle: BillingCycle, occurred_at: str
+) -> tuple[BillingPeriod, tuple[int, int], dict[str, MetricTally]] | None:
     """``cycle.period_containing`` of an event's time and its bounds in milliseconds, if they
     are whole milliseconds (else None), cached per cycle: the tallies a cycle opens are mostly
     of one period. None too for a time no period can be computed for (the per-event path
@@ -735,20 +766,26 @@ def _period_of(cycle: BillingCycle, occurred_at: str) -> tuple[BillingPeriod, tu
         return None
     if len(_OPENED) >= _DAYS_KEPT:
         _OPENED.clear()
-    opened = _OPENED[key] = (period, (_ms(period.start), _ms(period.end)))
+    opened = _OPENED[key] = (period, (_ms(period.start), _ms(period.end)), {})
     return opened
 
 
 _DAYS: dict[tuple[str, int], date] = {}
 _DAYS_KEPT = 65_536
+# The last (time zone, bucket) answered and its day: most runs of a batch ask for one.
+_LAST_DAY: list[tuple[tuple[str, int], date | None]] = [(("", -1), None)]
 
 
 def _bucket_day(cycle: BillingCycle, bucket: int) -> date | None:
     """The local day (``cycle.local_date``) of every instant of quarter hour ``bucket`` of UTC,
     cached per time zone; None if a day starts inside it."""
     key = (cycle.timezone, bucket)
+    last = _LAST_DAY[0]
+    if last[0] == key:
+        return last[1]
     day = _DAYS.get(key)
     if day is not None:
+        _LAST_DAY[0] = (key, day)
         return day
     first = _EPOCH + timedelta(milliseconds=bucket * _DAY_BUCKET_MS)
     day = cycle.local_date(first)
@@ -757,12 +794,27 @@ def _bucket_day(cycle: BillingCycle, bucket: int) -> date | None:
     if len(_DAYS) >= _DAYS_KEPT:
         _DAYS.clear()
     _DAYS[key] = day
+    _LAST_DAY[0] = (key, day)
     return day
 
 
 _ONE_MS = timedelta(milliseconds=1)
 # FirstSeen(at_ms, position) without the Python frame of a named tuple's __new__
 _first_seen = tuple.__new__
+
+
+_LAST_INSTANT: list[tuple[int, datetime]] = [(-1, _EPOCH)]
+
+
+def _instant(at_ms: int) -> datetime:
+    """The UTC datetime of ``at_ms``, as ``datetime.fromtimestamp(at_ms / 1000, tz=UTC)``: events
+    received within one millisecond share it, so the last one is kept."""
+    last = _LAST_INSTANT[0]
+    if last[0] == at_ms:
+        return last[1]
+    at = datetime.fromtimestamp(at_ms / 1000, tz=UTC)
+    _LAST_INSTANT[0] = (at_ms, at)
+    return at
 
 
 def _ms(at: datetime) -> int:

@@ -134,7 +134,7 @@ async def _judge_part(
     """Run the part's workspaces through the step and send the ids it counted."""
     by_workspace, keys, since_ms, event_at = await _split_by_workspace(mw, part, sinks)
     seen = _look_up_seen(mw, partition, keys, since_ms)
-    stored = mw.tables.workspaces.data
+    stored = mw.tables.workspaces.stored()
     out = BatchOutputs()
     written: list[tuple[str, WorkspaceState]] = []
     for workspace_id, messages in by_workspace.items():
@@ -180,7 +180,7 @@ def _write_history(mw: Meterwatch, partition: int, out: BatchOutputs) -> None:
     if not found:
         return
     table = mw.tables.alert_history
-    stored = table.data
+    stored = table.stored()
     writes = [
         (workspace_id, encode_history(added(decode_history(stored.get(workspace_id)), entries)))
         for workspace_id, entries in found.items()

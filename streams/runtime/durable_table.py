@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
@@ -219,6 +219,14 @@ class DurableTable(faust.Table):
             if not message.done():
                 message.set_exception(error)
 
+    def stored(self) -> MutableMapping[str, bytes]:
+        """The store's values by key: for Faust's in-memory store its own dict, which answers
+        without the Python-level ``get`` and ``__setitem__`` of the store (a ``KeyError`` raised
+        and caught for every key it does not hold)."""
+        store = self.data
+        own = getattr(store, "data", None)
+        return own if type(own) is dict else store
+
     def put_many(self, partition: int, items: Sequence[tuple[str, bytes]]) -> None:
         """Set every ``(key, value)`` of ``items`` (keys of ``partition``, each once) in the store and
         send them to the changelog, as ``table[key] = value`` would one by one.
@@ -229,7 +237,7 @@ class DurableTable(faust.Table):
         """
         if not items:
             return
-        store = self.data
+        store = self.stored()
         encode = self._changelog_key_encoder()
         split = self._parts_of
         records: list[tuple[bytes, bytes | None]] = []
