@@ -93,12 +93,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DAY_BUCKET_MS = 15 * 60 * 1000
 
 # The values every workspace of a batch builds, built without the frozen __init__'s checks.
-# fin.limit_bounds of a metric without a limit
-_UNLIMITED = (0, 2**63)
 _period_tally = constructor(PeriodTally)
 _metric_tally = constructor(MetricTally)
 _workspace_usage = constructor(WorkspaceUsage)
 _workspace_state = constructor(WorkspaceState)
+# fin.limit_bounds of a metric without a limit
+_UNLIMITED = (0, 2**63)
 
 _DEAD_LETTER_TEXT = {
     RejectCode.OCCURRED_IN_FUTURE: "occurred_at is more than 5 minutes in the future",
