@@ -28,7 +28,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from aiokafka.errors import IllegalOperation, ProducerFenced
+from aiokafka.errors import IllegalOperation, ProducerFenced, UnknownError
 from faust.exceptions import ProducerSendError
 from faust.stores.memory import Store as MemoryStore
 
@@ -52,6 +52,23 @@ def is_lost_transaction(error: BaseException) -> bool:
         if isinstance(seen, _LOST):
             return True
         if isinstance(seen, ProducerSendError) and "No transaction producer" in str(seen):
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def is_lost_commit(error: BaseException) -> bool:
+    """Whether a failed transaction commit leaves the worker's transactions lost: fenced, or
+    answered ``UNKNOWN_SERVER_ERROR``. Apache Kafka's transaction coordinator answers that to an
+    ``EndTxn`` that races a new owner's fence (its ``IllegalStateException``: a transition to
+    ONGOING while PREPARE_EPOCH_FENCE is pending), and aiokafka's sender stops for good on it.
+    Giving the work up is right whatever became of the transaction: the tables are rebuilt from
+    what was committed, and the input is read again from the offsets committed with it."""
+    if is_lost_transaction(error):
+        return True
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, UnknownError):
             return True
         seen = seen.__cause__
     return False

@@ -24,7 +24,7 @@ from faust.types.tuples import RecordMetadata
 from ...logs import FAUST_SERVICES_LOG
 from .commit_gate import CommitGate
 from .consumer import HANDOVER_COMMIT_SECONDS, CommittedOrBeginningConsumer, CommittedOrBeginningConsumerThread
-from .fencing import is_lost_transaction
+from .fencing import is_lost_commit
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,8 @@ class SourcePartitionTransactions(TransactionManager):
     async def commit(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
         # Copied from faust-streaming 0.15.3, faust/transport/consumer.py, TransactionManager.commit.
         # Changed: a transaction ends only between batches (streams/runtime/commit_gate.py), and a
-        # fenced producer shuts the gate instead of crashing the worker (streams/runtime/fencing.py).
+        # fenced producer, or a commit that raced a fence, shuts the gate instead of crashing the
+        # worker (streams/runtime/fencing.py).
         async with self.commit_gate.commit():
             if self.commit_gate.shut or not offsets:
                 return False
@@ -49,7 +50,7 @@ class SourcePartitionTransactions(TransactionManager):
                     by_transactional_id, group_id, start_new_transaction=start_new_transaction
                 )
             except Exception as error:
-                if not is_lost_transaction(error):
+                if not is_lost_commit(error):
                     raise
                 self.commit_gate.lose_transactions(error)
                 return False

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from aiokafka.errors import KafkaTimeoutError, ProducerFenced
+from aiokafka.errors import KafkaError, KafkaTimeoutError, ProducerFenced, UnknownError
 from faust.streams import current_event
 from faust.types import TP
 from meterwatch.config import ProcessingGuarantee, load_settings
@@ -75,6 +75,21 @@ async def test_a_fenced_commit_shuts_the_gate_instead_of_crashing_the_worker() -
     # Until the tables are rebuilt nothing more is committed: the producer would refuse anyway.
     assert not await manager.commit({EVENTS_0: 12})
     assert len(producer.commits) == 1
+
+
+async def test_a_commit_that_raced_a_fence_shuts_the_gate_instead_of_crashing_the_worker() -> None:
+    # What aiokafka raises when the coordinator answers EndTxn with UNKNOWN_SERVER_ERROR, as
+    # Apache Kafka does while a new owner's InitProducerId is fencing the transactional id.
+    raced = KafkaError("Unexpected error during batch delivery")
+    raced.__cause__ = UnknownError()
+    manager = transactions(FakeProducer(raced))
+    asked: list[str] = []
+    manager.commit_gate.on_lost = lambda: asked.append("rejoin")
+
+    assert not await manager.commit({EVENTS_0: 10})
+    assert manager.commit_gate.lost
+    assert asked == ["rejoin"]
+    assert manager.app.crashes == []  # type: ignore[attr-defined]
 
 
 async def test_other_commit_failures_are_not_taken_for_a_fence() -> None:
