@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import IllegalOperation, ProducerFenced, UnknownError
@@ -45,16 +46,20 @@ log = logging.getLogger(__name__)
 _LOST = (ProducerFenced, IllegalOperation)
 
 
-def is_lost_transaction(error: BaseException) -> bool:
-    """Whether ``error`` says this worker's transactional producer can no longer be used."""
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and the errors it was raised from, outermost first."""
     seen: BaseException | None = error
     while seen is not None:
-        if isinstance(seen, _LOST):
-            return True
-        if isinstance(seen, ProducerSendError) and "No transaction producer" in str(seen):
-            return True
+        yield seen
         seen = seen.__cause__
-    return False
+
+
+def is_lost_transaction(error: BaseException) -> bool:
+    """Whether ``error`` says this worker's transactional producer can no longer be used."""
+    return any(
+        isinstance(seen, _LOST) or (isinstance(seen, ProducerSendError) and "No transaction producer" in str(seen))
+        for seen in _causes(error)
+    )
 
 
 def is_lost_commit(error: BaseException) -> bool:
@@ -64,14 +69,7 @@ def is_lost_commit(error: BaseException) -> bool:
     ONGOING while PREPARE_EPOCH_FENCE is pending), and aiokafka's sender stops for good on it.
     Giving the work up is right whatever became of the transaction: the tables are rebuilt from
     what was committed, and the input is read again from the offsets committed with it."""
-    if is_lost_transaction(error):
-        return True
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, UnknownError):
-            return True
-        seen = seen.__cause__
-    return False
+    return is_lost_transaction(error) or any(isinstance(seen, UnknownError) for seen in _causes(error))
 
 
 def register(mw: Meterwatch) -> None:

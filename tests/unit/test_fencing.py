@@ -62,8 +62,17 @@ async def test_a_commit_goes_by_the_source_partitions_transactional_ids() -> Non
     assert producer.commits == [{"t.app-0-0": {EVENTS_0: 10}, "t.app-0-1": {EVENTS_1: 4}}]
 
 
-async def test_a_fenced_commit_shuts_the_gate_instead_of_crashing_the_worker() -> None:
-    producer = FakeProducer(ProducerFenced())
+def _raced_a_fence() -> KafkaError:
+    """What aiokafka raises when the coordinator answers EndTxn with UNKNOWN_SERVER_ERROR, as
+    Apache Kafka does while a new owner's InitProducerId is fencing the transactional id."""
+    raced = KafkaError("Unexpected error during batch delivery")
+    raced.__cause__ = UnknownError()
+    return raced
+
+
+@pytest.mark.parametrize("error", [ProducerFenced(), _raced_a_fence()], ids=["fenced", "raced_a_fence"])
+async def test_a_fenced_commit_shuts_the_gate_instead_of_crashing_the_worker(error: BaseException) -> None:
+    producer = FakeProducer(error)
     manager = transactions(producer)
     asked: list[str] = []
     manager.commit_gate.on_lost = lambda: asked.append("rejoin")
@@ -75,21 +84,6 @@ async def test_a_fenced_commit_shuts_the_gate_instead_of_crashing_the_worker() -
     # Until the tables are rebuilt nothing more is committed: the producer would refuse anyway.
     assert not await manager.commit({EVENTS_0: 12})
     assert len(producer.commits) == 1
-
-
-async def test_a_commit_that_raced_a_fence_shuts_the_gate_instead_of_crashing_the_worker() -> None:
-    # What aiokafka raises when the coordinator answers EndTxn with UNKNOWN_SERVER_ERROR, as
-    # Apache Kafka does while a new owner's InitProducerId is fencing the transactional id.
-    raced = KafkaError("Unexpected error during batch delivery")
-    raced.__cause__ = UnknownError()
-    manager = transactions(FakeProducer(raced))
-    asked: list[str] = []
-    manager.commit_gate.on_lost = lambda: asked.append("rejoin")
-
-    assert not await manager.commit({EVENTS_0: 10})
-    assert manager.commit_gate.lost
-    assert asked == ["rejoin"]
-    assert manager.app.crashes == []  # type: ignore[attr-defined]
 
 
 async def test_other_commit_failures_are_not_taken_for_a_fence() -> None:
