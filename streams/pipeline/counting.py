@@ -41,7 +41,10 @@ log = logging.getLogger(__name__)
 # stage fills records only as far as its own batch goes, so a take of 64 records is a few
 # thousand events when busy and one record when quiet.
 BATCH_MESSAGES = 64
-BATCH_WITHIN_SECONDS = 0.02
+# Once a batch is done, the next waits at most this long for more records. At a steady load what
+# arrived while the last batch ran is the next batch; every millisecond waited on top of it is
+# added to the delay of every alert in it.
+BATCH_WITHIN_SECONDS = 0.004
 # Decoded values kept in memory, so a busy workspace is not decoded again in every batch. A
 # value is only reused while the table still holds the very bytes it was decoded from.
 DECODED_KEPT = 100_000
