@@ -29,7 +29,7 @@ class Metric(str, enum.Enum):
 METRIC_NAMES: frozenset[str] = frozenset(metric_kinds.METRIC_KINDS)
 
 # The limits every validator of the wire applies: the pydantic models (usage_event.py,
-# commands.py) and the usage events' fast path (fast_usage.py), which must agree with them.
+# commands.py) and the usage events' fast path (usage_event.py), which must agree with them.
 # Usage, quantities, thresholds and limits are counts that must survive JSON consumers that read
 # numbers as doubles.
 MAX_AMOUNT = 2**53 - 1

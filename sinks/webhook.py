@@ -15,6 +15,7 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 import orjson
@@ -24,8 +25,10 @@ from ..core.webhooks import Answer, classify, event_and_id, signature
 from ..models.common import dumps
 from ..models.outputs import Kind, Output
 from .email import SendResult, ca_file_context
-from .kafka import KafkaSink
 from .mail_text import one_line
+
+if TYPE_CHECKING:
+    from .outputs import KafkaSink
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,8 @@ still counted there.
 This stage runs beside Faust rather than inside it: a service of the app owning a plain aiokafka
 consumer (its own group, ``{group}-ingest``: Faust's group uses Faust's assignor) and producer.
 Faust's per-message cost capped stage one far below what the broker delivers; here a message
-costs its decoding (models/fast_usage.py) and a share of a packed inbox record (models/internal.py).
+costs its decoding (the fast path of models/usage_event.py) and a share of a packed inbox
+record (models/internal.py).
 
 A batch is forwarded, every record acknowledged, and only then are its input offsets committed:
 in one transaction with its outputs under ``exactly_once``, after the acknowledgements under
@@ -29,7 +30,7 @@ from mode import Service
 
 from ...config import ProcessingGuarantee
 from ...logs import FAUST_SERVICES_LOG
-from ...sinks.kafka import retrieve_exception
+from ...sinks.outputs import retrieve_exception
 from ..runtime.kafka_client import close_quietly
 from ..runtime.rebalance_log import log_ingest_assigned, log_ingest_revoked
 from .ingest_batch import BatchBuilder, InboxPartitioner, IngestBatch

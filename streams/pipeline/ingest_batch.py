@@ -1,7 +1,7 @@
 """What one ingest batch produces, decided without I/O: inbox records per partition, dead letters,
 rejection counts, and the input offsets that become safe to commit once all of it is acknowledged.
 
-Each source message is decoded by the fast path (models/fast_usage.py); anything it declines is
+Each source message is decoded by the fast path (models/usage_event.py); anything it declines is
 read by ``parse_usage_message``, so dead letters keep their exact codes and messages.
 """
 
@@ -17,10 +17,9 @@ from aiokafka.partitioner import murmur2
 
 from ...core.rejections import RejectCode
 from ...models.common import dumps
-from ...models.fast_usage import Row, fast_rows
 from ...models.internal import RowPacker
 from ...models.outputs import dead_letter
-from ...models.usage_event import parse_usage_message
+from ...models.usage_event import Row, fast_rows, parse_usage_message
 
 log = logging.getLogger("meterwatch.streams.pipeline.ingest")
 

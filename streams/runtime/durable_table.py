@@ -36,7 +36,7 @@ from faust.streams import current_event
 from faust.types import EventT, FutureMessage
 
 from ...logs import FAUST_SERVICES_LOG
-from ...sinks.kafka import retrieve_exception
+from ...sinks.outputs import retrieve_exception
 
 # A changelog record batch: well under the broker's default 1 MB message size.
 CHANGELOG_BATCH_BYTES = 512 * 1024

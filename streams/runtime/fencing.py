@@ -33,7 +33,7 @@ from aiokafka.errors import IllegalOperation, ProducerFenced, UnknownError
 from faust.exceptions import ProducerSendError
 from faust.stores.memory import Store as MemoryStore
 
-from ...sinks.kafka import retrieve_exception
+from ...sinks.outputs import retrieve_exception
 from .seen_ids_store import SeenIdsStore
 
 if TYPE_CHECKING:

@@ -10,8 +10,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from meterwatch.models.fast_usage import fast_rows, utc_isoformat
-from meterwatch.models.usage_event import parse_usage_message
+from meterwatch.models.usage_event import fast_rows, parse_usage_message, utc_isoformat
 
 METRICS = ["messages_sent", "phone", "sms", "whatsapp", "email", "fin_resolutions", "seats"]
 MAX_Q = 2**53 - 1
