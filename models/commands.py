@@ -23,7 +23,7 @@ from pydantic_core import PydanticCustomError
 
 from ..core.alerts import CONTRACT_LEVEL_CHOICES, CONTRACT_LEVELS
 from ..core.periods import BillingCycle
-from ..sinks.mail_text import valid_address
+from ..sinks.email import valid_address
 from .common import MAX_AMOUNT, Identifier, Metric, Timestamp
 
 

@@ -24,8 +24,7 @@ from ..config.settings import Settings
 from ..core.webhooks import Answer, classify, event_and_id, signature
 from ..models.common import dumps
 from ..models.outputs import Kind, Output
-from .email import SendResult, ca_file_context
-from .mail_text import one_line
+from .email import SendResult, ca_file_context, one_line
 
 if TYPE_CHECKING:
     from .outputs import KafkaSink

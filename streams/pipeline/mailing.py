@@ -32,15 +32,13 @@ from ...models.outputs import ALERT, mail_id, recipient_mail_id
 from ...sinks.email import (
     EVERY_RECIPIENT_REFUSED,
     SMTP_TRANSACTION_SECONDS,
-    SmtpMailer,
-    smtp_tls_context,
-)
-from ...sinks.mail_text import (
     MailCompositionError,
+    SmtpMailer,
     compose_alert_mail,
     compose_fin_disabled_mail,
     mail_recipients,
     one_line,
+    smtp_tls_context,
 )
 from ...sinks.outputs import Sinks
 from ..runtime.commit_gate import acknowledge

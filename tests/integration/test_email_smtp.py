@@ -19,8 +19,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from meterwatch.config.settings import load_settings
-from meterwatch.sinks.email import Backoff, MailOutbox, SendResult, SmtpMailer
-from meterwatch.sinks.mail_text import compose_alert_mail
+from meterwatch.sinks.email import Backoff, MailOutbox, SendResult, SmtpMailer, compose_alert_mail
 
 from tests.support.worker import free_port
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from meterwatch.models.outputs import recipient_mail_id
-from meterwatch.sinks.mail_text import (
+from meterwatch.sinks.email import (
     MailCompositionError,
     NoValidRecipients,
     check_recipients,
@@ -212,7 +212,7 @@ def test_no_transition_field_can_add_a_header(payload: str) -> None:
 def test_hostile_recipients_are_dropped_reported_and_never_reach_a_header(caplog: pytest.LogCaptureFixture) -> None:
     hostile = ["ok@example.com", "a@example.com\r\nBcc: evil@attacker.test", "evil@attacker.test, b@example.com",
                "<c@example.com>", "Name <d@example.com>", "e@example.com\nX-Injected: 1"]  # fmt: skip
-    with caplog.at_level(logging.WARNING, logger="meterwatch.sinks.mail_text"):
+    with caplog.at_level(logging.WARNING, logger="meterwatch.sinks.email"):
         recipients = mail_recipients("al_9f1c", hostile)
 
     assert recipients == ("ok@example.com",)

@@ -31,7 +31,7 @@ from meterwatch.core.workspace import WorkspaceState
 from meterwatch.models.commands import CommandRejected, parse_command
 from meterwatch.models.internal import PERIOD_TICK
 from meterwatch.models.outputs import Kind, alert_record
-from meterwatch.sinks.mail_text import compose_alert_mail
+from meterwatch.sinks.email import compose_alert_mail
 from meterwatch.streams.codec import decode_workspace, encode_workspace
 from meterwatch.streams.http.usage_view import settings_document
 from meterwatch.streams.pipeline.period_timer import PeriodTickIndex

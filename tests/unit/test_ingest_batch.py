@@ -14,8 +14,8 @@ from aiokafka.partitioner import DefaultPartitioner
 from meterwatch.models.internal import EVENT_ID, O_KEY, O_OFFSET, ORIGIN, ROWS, WORKSPACE
 from meterwatch.models.outputs import dead_letter
 from meterwatch.models.usage_event import parse_usage_message
-from meterwatch.streams.pipeline import ingest_batch
-from meterwatch.streams.pipeline.ingest_batch import BatchBuilder, InboxPartitioner, take_batch
+from meterwatch.streams.pipeline import ingest
+from meterwatch.streams.pipeline.ingest import BatchBuilder, InboxPartitioner, take_batch
 
 from tests.support.messages import event
 
@@ -121,7 +121,7 @@ def test_an_unforeseen_failure_is_that_messages_alone(monkeypatch: pytest.Monkey
     def explode(raw: bytes | None) -> Any:
         raise KeyError("surprise")
 
-    monkeypatch.setattr(ingest_batch, "parse_usage_message", explode)
+    monkeypatch.setattr(ingest, "parse_usage_message", explode)
     builder = BatchBuilder(InboxPartitioner(2), NOW)
     builder.add(record(0, event("ws-a", event_id="before")))
     builder.add(record(1, b"{odd"))
