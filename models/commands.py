@@ -23,8 +23,7 @@ from pydantic_core import PydanticCustomError
 
 from ..core.alerts import CONTRACT_LEVEL_CHOICES, CONTRACT_LEVELS
 from ..core.periods import BillingCycle
-from ..sinks.email import valid_address
-from .common import MAX_AMOUNT, Identifier, Metric, Timestamp
+from .common import MAX_AMOUNT, Identifier, Metric, Timestamp, valid_address
 
 
 def _deliverable(address: str) -> str:

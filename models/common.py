@@ -46,6 +46,20 @@ Identifier = Annotated[str, StringConstraints(min_length=1, max_length=MAX_IDENT
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
 
 
+# Mail addresses: a recipient is rebuilt from these parts, so a comma, quote or bracket can never
+# add one. The billing-contact commands and the mailer check the same way.
+_LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
+_DOMAIN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_MAX_ADDRESS = 254  # RFC 5321 path limit
+
+
+def valid_address(address: Any) -> bool:
+    if not isinstance(address, str) or len(address) > _MAX_ADDRESS or address.count("@") != 1:
+        return False
+    local, domain = address.split("@")
+    return bool(_LOCAL_PART.match(local) and _DOMAIN.match(domain))
+
+
 def _rfc3339_text(value: Any) -> Any:
     # pydantic would also take epoch numbers and partial forms; the contract says RFC 3339.
     if isinstance(value, datetime):

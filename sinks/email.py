@@ -19,7 +19,6 @@ import hashlib
 import inspect
 import logging
 import random
-import re
 import ssl
 import textwrap
 import unicodedata
@@ -39,6 +38,7 @@ import aiosmtplib
 from ..config.settings import Settings
 from ..core.mail_retry import Backoff, GiveUp, RetryPolicy, after_failed_attempt
 from ..core.metric_kinds import METRIC_KINDS
+from ..models.common import valid_address
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +52,6 @@ _FIN_REASONS = {
 }
 _FIN_OTHER_REASON = "its resolutions this billing period are at or above the limit you set"
 _FIN = "fin_resolutions"
-# Addresses are rebuilt from these parts, so a comma, quote or bracket can never add a recipient.
-_LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
-_DOMAIN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
-_MAX_ADDRESS = 254  # RFC 5321 path limit
 _MAX_FIELD = 120  # keeps a hostile id from turning the subject into a wall of text
 _MAX_ID = 256
 
@@ -97,13 +93,6 @@ def one_line(value: Any, limit: int = _MAX_FIELD) -> str:
             kept.append(char)
     text = " ".join("".join(kept).split())
     return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
-
-
-def valid_address(address: Any) -> bool:
-    if not isinstance(address, str) or len(address) > _MAX_ADDRESS or address.count("@") != 1:
-        return False
-    local, domain = address.split("@")
-    return bool(_LOCAL_PART.match(local) and _DOMAIN.match(domain))
 
 
 def mail_recipients(record_id: str, addresses: Any) -> tuple[str, ...]:

@@ -590,19 +590,9 @@ class BatchBuilder:
     def _slow(self, record: SourceRecord) -> list[Row]:
         accepted, rejections = parse_usage_message(record.value)
         for rejection in rejections:
-            self._batch.rejected[rejection.code] += 1
-            letter = dead_letter(
-                source_topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                key=record.key,
-                value=rejection.value if rejection.value is not None else record.value,
-                code=rejection.code,
-                message=rejection.message,
-                at=self._now,
-            )
             key = rejection.workspace_id.encode() if rejection.workspace_id is not None else None
-            self._batch.dead_letters.append((key, dumps(letter)))
+            value = rejection.value if rejection.value is not None else record.value
+            self._dead_letter(record, key, value, rejection.code, rejection.message)
         return [
             (e.workspace_id, e.event_id, e.metric.value, e.quantity, e.occurred_at.isoformat(), e.conversation_id)
             for e in accepted
@@ -619,18 +609,25 @@ class BatchBuilder:
             RejectCode.INTERNAL_ERROR,
             exc_info=error,
         )
-        self._batch.rejected[RejectCode.INTERNAL_ERROR] += 1
+        message = f"{STAGE} failed on this input ({type(error).__name__}); see the worker log"
+        self._dead_letter(record, None, record.value, RejectCode.INTERNAL_ERROR, message)
+
+    def _dead_letter(
+        self, record: SourceRecord, kafka_key: bytes | None, value: bytes | None, code: str, message: str
+    ) -> None:
+        """A dead letter for ``record`` (or the one event ``value`` of it), under ``kafka_key``."""
+        self._batch.rejected[code] += 1
         letter = dead_letter(
             source_topic=record.topic,
             partition=record.partition,
             offset=record.offset,
             key=record.key,
-            value=record.value,
-            code=RejectCode.INTERNAL_ERROR,
-            message=f"{STAGE} failed on this input ({type(error).__name__}); see the worker log",
+            value=value,
+            code=code,
+            message=message,
             at=self._now,
         )
-        self._batch.dead_letters.append((None, dumps(letter)))
+        self._batch.dead_letters.append((kafka_key, dumps(letter)))
 
 
 def take_batch(
