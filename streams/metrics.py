@@ -86,6 +86,12 @@ class Metrics:
             "Inbox messages skipped because their workspace had already applied them (replays after a restart).",
             registry=r,
         )
+        self.inbox_rewinds = Counter(
+            "meterwatch_inbox_rewinds_total",
+            "Times a worker found the group's committed inbox offset past what its restored tables had "
+            "applied, and read the inbox again from there.",
+            registry=r,
+        )
         self.batch_size = Histogram(
             "meterwatch_batch_messages",
             "Messages per processed batch, by stage.",

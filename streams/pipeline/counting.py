@@ -27,7 +27,9 @@ from ...models.internal import COMMAND, O_RECEIVED_MS, ROWS, USAGE, InboxRecord,
 from ...sinks.outputs import Sinks, compose
 from ..codec import decode_workspace, encode_workspace
 from ..metrics import observe_ages
+from ..runtime.applied_marks import Rewinder, encode_mark, mark_key
 from ..runtime.batches import finish, handle_batch, source_parts
+from ..runtime.consumer import rewind_to_marks
 from ..runtime.partition_context import acting_for
 from .dead_letters import dead_letter_failure
 from .period_timer import PeriodTickIndex
@@ -54,6 +56,11 @@ _NEW_WORKSPACE = WorkspaceState()
 
 def register(mw: Meterwatch, ticks: PeriodTickIndex) -> None:
     decoded = DecodedValues(DECODED_KEPT)
+    marks = mw.tables.applied_through
+    rewind_to_marks(
+        mw.app,
+        Rewinder(mw.channels.workspace_inbox.get_topic_name(), marks.stored, mw.metrics.inbox_rewinds.inc),
+    )
 
     @mw.app.agent(mw.channels.workspace_inbox, name=f"{mw.settings.group_id}.count_usage")
     async def count_usage(stream):  # type: ignore[no-untyped-def]
@@ -160,6 +167,11 @@ async def _write_part(
         decoded.keep(workspace_id, raw, state)
         ticks.note(workspace_id, raw, state)
     mw.tables.workspaces.put_many(part.partition, writes)
+    # The part's mark (streams/runtime/applied_marks.py): under exactly_once in the same
+    # transaction as the values. Otherwise a mark may reach its changelog while the values do
+    # not; the batch then fails uncommitted, and a commit behind a mark asks for no rewind.
+    last = part.events[-1].message.offset
+    mw.tables.applied_through.put_many(part.partition, [(mark_key(part.partition), encode_mark(last))])
     out = part.out
     _write_history(mw, part.partition, out)
     await sinks.publish(out.outputs)

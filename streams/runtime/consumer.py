@@ -44,6 +44,7 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer, c
 from faust.types import TP
 
 from ...logs import FAUST_SERVICES_LOG
+from .applied_marks import Rewinder
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +55,16 @@ FETCH_MAX_WAIT_MS = 100
 
 
 async def seek_to_committed_or_beginning(
-    consumer: AIOKafkaConsumer, changelog_topics: set[str]
+    consumer: AIOKafkaConsumer, changelog_topics: set[str], rewinder: Rewinder | None = None
 ) -> Mapping[TP, int | None]:
     committed = await consumer.seek_to_committed()
     # Changelogs are never committed by the group: recovery places them itself.
     unread = [tp for tp, offset in committed.items() if not offset and tp.topic not in changelog_topics]
     if unread:
         await consumer.seek_to_beginning(*unread)
+    if rewinder is not None:
+        # Synchronously, with no await between the seek and Faust taking the offsets as read.
+        return rewinder.rewind(consumer, committed)
     return committed
 
 
@@ -145,8 +149,11 @@ class CommittedOrBeginningConsumerThread(AIOKafkaConsumerThread):
         return consumer
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
-        changelogs = set(self.consumer.app.tables.changelog_topics)
-        return await self.call_thread(seek_to_committed_or_beginning, self._ensure_consumer(), changelogs)
+        app = self.consumer.app
+        changelogs = set(app.tables.changelog_topics)
+        return await self.call_thread(
+            seek_to_committed_or_beginning, self._ensure_consumer(), changelogs, _REWINDERS.get(app)
+        )
 
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         ends = await super()._highwaters(partitions)
@@ -213,6 +220,9 @@ class CommittedOrBeginningConsumer(Consumer):
         return CommittedOrBeginningConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        rewinder = _REWINDERS.get(self.app)
+        if rewinder is not None:
+            rewinder.forget()  # counting goes on past the marks it restored
         if revoked and not self.app.should_stop:  # stopping: Faust's own shutdown commits
             for settle in _BEFORE_HANDOVER.get(self.app, ()):
                 await settle()
@@ -237,6 +247,23 @@ class CommittedOrBeginningConsumer(Consumer):
     async def request_rejoin(self) -> None:
         """Ask the group for a rebalance (streams/runtime/fencing.py)."""
         await self._thread.request_rejoin()
+
+
+_REWINDERS: weakref.WeakKeyDictionary[Any, Rewinder] = weakref.WeakKeyDictionary()
+
+
+def rewind_to_marks(app: Any, rewinder: Rewinder) -> None:
+    """Have every seek of ``app``'s consumer to the committed offsets read the inbox again from
+    the marks ``rewinder`` captured, where the group committed past them (streams/runtime/applied_marks.py)."""
+    _REWINDERS[app] = rewinder
+
+
+def capture_marks(app: Any, assignment: Any) -> None:
+    """The restored tables' marks of ``assignment``, for the seeks that follow; recovery calls it
+    right before it seeks the consumer to the committed offsets."""
+    rewinder = _REWINDERS.get(app)
+    if rewinder is not None:
+        rewinder.capture(assignment)
 
 
 _BEFORE_HANDOVER: weakref.WeakKeyDictionary[Any, list[Callable[[], Awaitable[None]]]] = weakref.WeakKeyDictionary()

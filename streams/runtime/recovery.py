@@ -52,6 +52,7 @@ from faust.tables.recovery import Recovery
 from faust.types import TP
 
 from ...logs import FAUST_SERVICES_LOG
+from .consumer import capture_marks
 
 NOTHING_READ = -1
 
@@ -118,6 +119,7 @@ class RebalanceSafeRecovery(Recovery):
         self.app.flow_control.resume()  # empties the stream queues: nothing in them is still wanted
         consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
         if assignment:
+            capture_marks(self.app, assignment)
             await self._wait(consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout)
         self.completed.set()
         consumer.resume_flow()

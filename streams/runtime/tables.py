@@ -38,6 +38,9 @@ class Tables:
     # workspace_id -> its alerts and limit transitions of the last periods (core.alert_history),
     # written beside the workspace's state in the same partition
     alert_history: DurableTable
+    # inbox partition -> the last inbox offset counting applied on it
+    # (streams/runtime/applied_marks.py), written beside the workspace values of each batch
+    applied_through: DurableTable
 
     def all(self) -> tuple[DurableTable, ...]:
         return (
@@ -47,6 +50,7 @@ class Tables:
             self.mails_sent,
             self.webhooks_sent,
             self.alert_history,
+            self.applied_through,
         )  # type: ignore[return-value]
 
 
@@ -75,6 +79,7 @@ def declare_tables(app: faust.App, settings: Settings) -> Tables:
         mails_sent=table("mails-sent"),
         webhooks_sent=table("webhooks-sent"),
         alert_history=table("alert-history"),
+        applied_through=table("applied-through"),
         seen_event_ids=table(
             "seen-event-ids",
             SeenEventIdsTable,
