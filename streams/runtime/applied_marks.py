@@ -1,9 +1,9 @@
 """Applied-through marks: the inbox is never read on from past what the tables hold.
 
 Every count batch writes, for each inbox partition it counted, the last inbox offset it applied
-(the ``applied-through`` table, keyed by the partition's number). The mark goes to the same
-changelog partition as the workspace values the batch wrote and, under exactly_once, in the same
-transaction, so a restored table's mark says how far the restored values reach.
+(the ``applied-through`` table, keyed by the partition's number), right after the workspace
+values. Its changelog partition has the same number as theirs, and under exactly_once the mark
+is in the same transaction, so a restored table's mark says how far the restored values reach.
 
 The group's committed offset should never be past that: work is committed only after its table
 writes are acknowledged. Were it past anyway (a hand-over that committed what the tables'
