@@ -74,7 +74,8 @@ class Rewinder:
         self._stored = stored
         self._counted = counted
         self._marks: dict[TP, int] = {}
-        # (partition, mark, committed) already reported: concurrent seeks rewind alike, once said.
+        # (partition, mark, committed) reported since the marks were captured: the seeks of one
+        # recovery rewind alike, and it is said once.
         self._reported: set[tuple[TP, int, int]] = set()
 
     def capture(self, assignment: Iterable[Any]) -> None:
@@ -90,6 +91,7 @@ class Rewinder:
 
     def forget(self) -> None:
         self._marks = {}
+        self._reported = set()
 
     def rewind(self, consumer: Any, committed: Mapping[Any, int | None]) -> Mapping[Any, int | None]:
         """Seek ``consumer`` (aiokafka's, just sought to ``committed``) back to the marks where
@@ -97,15 +99,15 @@ class Rewinder:
         marks = self._marks
         if not marks:
             return committed
-        by_tp = {TP(tp.topic, tp.partition): tp for tp in committed}
-        found = rewinds({tp: committed[own] for tp, own in by_tp.items()}, marks)
+        # Faust's TP and aiokafka's TopicPartition are named tuples of the same fields: either
+        # finds the other in a mapping. Only the seek needs aiokafka's own.
+        found = rewinds(committed, marks)
         if not found:
             return committed
         adjusted: MutableMapping[Any, int | None] = dict(committed)
         for tp, (offset, start) in sorted(found.items()):
-            own = by_tp[tp]
             consumer.seek(TopicPartition(tp.topic, tp.partition), start)
-            adjusted[own] = start
+            adjusted[tp] = start
             if (tp, start - 1, offset) not in self._reported:
                 self._reported.add((tp, start - 1, offset))
                 self._counted()

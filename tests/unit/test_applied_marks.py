@@ -143,6 +143,24 @@ async def test_once_a_rebalance_begins_the_captured_marks_are_stale_and_unused()
     assert counted == []
 
 
+async def test_a_later_recovery_that_finds_the_same_gap_reads_again_and_says_so_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    counted: list[int] = []
+    marks = rewinder({mark_key(0): encode_mark(9)}, counted)
+    for _ in range(2):  # a recovery, a rebalance before anything was counted, a recovery
+        consumer = SeekingConsumer({TopicPartition(INBOX, 0): 15})
+        marks.capture(ASSIGNED)
+        with caplog.at_level(logging.WARNING):
+            returned = await seek_to_committed_or_beginning(consumer, {CHANGELOG}, marks)  # type: ignore[arg-type]
+        # The offsets Faust takes are keyed by aiokafka's own partitions, as it handed them over.
+        assert returned == {TopicPartition(INBOX, 0): 10}
+        assert [type(tp) for tp in returned] == [TopicPartition]
+        marks.forget()
+    assert counted == [1, 1]
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
+
+
 async def test_an_unreadable_mark_is_no_reason_to_read_again() -> None:
     counted: list[int] = []
     marks = rewinder({mark_key(0): b"not a number"}, counted)
