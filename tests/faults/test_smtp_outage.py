@@ -1,12 +1,12 @@
 """The SMTP server down for 60 s under alert traffic (fault suite).
 
-Counting must not wait for mail: events/s with the server down stay within 15 % of
+Counting must not wait for mail: events/s with the server down stay within 25 % of
 undisturbed runs measured in the same test, on the same worker, with the same traffic shape.
 Each side has four runs of about 3 s, each begun on a quiet machine: undisturbed ones before the
 outage and after its mail has gone out, and four inside the 60 s outage. A busy machine only ever slows a run (single runs
 on either side range over +-15 % on a 2-core machine), so each side is judged by its fastest
-run. Counting that waited for mail would lose whole seconds a run to connection retries, far
-below the bound. Afterwards every alert is mailed exactly once.
+run; the fastest of four can still differ by 15 % between the sides, hence the bound. Counting
+that waited for mail would lose whole seconds a run to connection retries, far below it. Afterwards every alert is mailed exactly once.
 """
 
 from __future__ import annotations
@@ -135,4 +135,4 @@ async def test_counting_keeps_its_pace_while_smtp_is_down_and_every_alert_is_mai
     assert mailed == expected, "every alert mailed exactly once"
     outage_alerts = {a["alert_id"] for a in alerts if a["workspace_id"] in during_outage}
     assert mails_during_outage <= len(alerts) - len(outage_alerts), "nothing was mailed while the server was down"
-    assert down >= 0.85 * calm, f"counting slowed to {down / calm:.2f} x while SMTP was down"
+    assert down >= 0.75 * calm, f"counting slowed to {down / calm:.2f} x while SMTP was down"
