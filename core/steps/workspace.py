@@ -17,6 +17,11 @@ other event (seats, Fin, another period or day bucket that cannot be resolved ch
 or limit within reach, a time to reject) and every command first folds the open runs back into
 the state and then goes through the per-event path, ``_count_one``. The
 property-based tests run random streams through both and require identical results.
+
+Most workspaces of a batch get one message of one or a few events. When a run would sum all
+of them and nothing watches the metric (no alert, limit, cost alert or contract),
+``_sum_alone`` sums them into the state directly, without the step's or the run's
+bookkeeping; anything else goes to ``_Step``.
 """
 
 from __future__ import annotations
@@ -99,6 +104,8 @@ _workspace_usage = constructor(WorkspaceUsage)
 _workspace_state = constructor(WorkspaceState)
 # fin.limit_bounds of a metric without a limit
 _UNLIMITED = (0, 2**63)
+# The metrics a run sums: additive ones (distinct conversations and daily maxima are judged)
+_SUMMABLE = frozenset(metric for metric, kind in METRIC_KINDS.items() if kind.counting is Counting.ADDITIVE)
 
 _DEAD_LETTER_TEXT = {
     RejectCode.OCCURRED_IN_FUTURE: "occurred_at is more than 5 minutes in the future",
@@ -207,6 +214,12 @@ def step(
 
     ``batched=False`` judges every event on its own: the reference the batched path is
     tested against."""
+    if batched and len(messages) == 1:
+        message = messages[0]
+        if type(message) is RowsMessage and message.rows and message.offset > state.usage.applied_through:
+            summed = _sum_alone(state, message, seen, out)
+            if summed is not None:
+                return summed, True
     return _Step(workspace_id, state, seen, config, out, batched).run(messages)
 
 
@@ -331,32 +344,18 @@ class _Step:
     def _open_run(self, metric: str, row: list[Any]) -> _Run | None:
         """A run for ``metric`` if its events can be summed without judgement, else None.
         ``row`` is the run's first event: a metric's first event opens its period."""
-        # Only additive events are summed; distinct conversations and daily maxima are judged.
-        kind = METRIC_KINDS.get(metric)
-        if not self.batched or kind is None or kind.counting is not Counting.ADDITIVE:
+        if not self.batched or metric not in _SUMMABLE:
             return None
         if needs_judging(self.state, metric):
             # A cost alert's levels are judged on every event that changes the cost it watches.
             return None
         profile = self.state.profile
         cycle = profile.cycle
-        tally = self.state.usage.tallies.get(metric)
-        if tally is None or not tally.periods:
-            # Counting opens the event's period empty, with nothing else to keep or prune.
-            opened = _period_of(cycle, row[OCCURRED_AT])
-            if opened is None:
-                return None
-            period, bounds, empty = opened
-            tally = empty.get(metric)
-            if tally is None:
-                tally = empty[metric] = _metric_tally(metric, (PeriodTally(period),))
-        else:
-            period = tally.periods[-1].period
-            # Tallies of an earlier cycle (counted before the workspace heard of its contract)
-            # are not the periods new events fall into.
-            bounds = _run_bounds(cycle, period)
-            if bounds is None:
-                return None
+        newest = _newest_period(cycle, self.state.usage.tallies.get(metric), metric, row)
+        if newest is None:
+            return None
+        tally, bounds, keep_until_ms = newest
+        period = tally.periods[-1].period
         state = self.state
         if not state.alerts and not state.limits:
             # No alert level and no limit to reach (Fin's, always limited, is never summed).
@@ -366,11 +365,6 @@ class _Step:
             quiet_limit = fin.limit_bounds(state, metric, period)
             if bound is None or quiet_limit is None:
                 return None
-        # Counting prunes periods past their grace at the time of each event; the run holds
-        # only while no period it keeps would be pruned.
-        keep_until_ms = bounds[1] + _GRACE_MS
-        for older in tally.periods[:-1]:
-            keep_until_ms = min(keep_until_ms, _ms(older.period.end) + _GRACE_MS)
         floor, ceiling = quiet_limit
         return _Run(tally, bounds, min(bound, ceiling), keep_until_ms, cycle, floor, profile.contract is not None)
 
@@ -429,26 +423,15 @@ class _Step:
                 continue
             result.summed += run.summed
             result.counted[metric] += run.summed
-            latest = run.tally.periods[-1]
-            updated = _period_tally(
-                latest.period,
-                run.usage,
-                _instant(run.last_updated_ms),
-                MappingProxyType(run.daily) if run.daily is not None else latest.daily,
-                latest.conversations,
-                latest.seats_carried_in,
-            )
             if tallies is None:
                 tallies = dict(usage.tallies)
-            periods = run.tally.periods
-            tallies[metric] = _metric_tally(metric, (updated,) if len(periods) == 1 else (*periods[:-1], updated))
+            tallies[metric] = summed = _summed_tally(metric, run.tally, run.usage, run.last_updated_ms, run.daily)
             if run.reported:
                 self.changed[(metric, run.period)] = run.usage
             if fin.is_limited(self.state, metric):
                 # The run stayed within the limit's quiet bounds: the state only learns the usage.
-                self.state, transition = fin.on_usage(
-                    self.state, self.workspace_id, run.usage, run.period, updated.last_updated, metric
-                )
+                at = summed.periods[-1].last_updated
+                self.state, transition = fin.on_usage(self.state, self.workspace_id, run.usage, run.period, at, metric)
                 self._publish_transition(metric, transition)
         self.runs = {}
         if tallies is not None or applied_through is not None:
@@ -692,6 +675,84 @@ def _with_usage(state: WorkspaceState, usage: WorkspaceUsage) -> WorkspaceState:
     )
 
 
+def _sum_alone(
+    state: WorkspaceState, message: RowsMessage, seen: Mapping[str, FirstSeen | None], out: BatchOutputs
+) -> WorkspaceState | None:
+    """``state`` after ``message``, its workspace's only message of the batch, when a run would
+    sum every event of it: events of one additive metric that no alert, limit, cost alert or
+    contract watches, each new, in the metric's newest period (as ``_Step._count_fast`` checks
+    them). Else None, with nothing recorded: ``_Step`` takes it. Most workspaces of a batch get
+    one event, and this spares them the step's and the run's bookkeeping."""
+    rows = message.rows
+    metric = rows[0][2][METRIC]
+    profile = state.profile
+    if (
+        metric not in _SUMMABLE
+        or metric in state.alerts
+        or metric in state.limits
+        or profile.contract is not None
+        or needs_judging(state, metric)
+    ):
+        return None
+    tallies = state.usage.tallies
+    cycle = profile.cycle
+    newest = _newest_period(cycle, tallies.get(metric), metric, rows[0][2])
+    if newest is None:
+        return None
+    tally, (start_ms, end_ms), keep_until_ms = newest
+    usage = tally.periods[-1].usage
+    origins = message.origins
+    first_seen = out.first_seen
+    summed = []
+    for position, key, row in rows:
+        received_ms = origins[row[ORIGIN]][O_RECEIVED_MS]
+        if row[METRIC] != metric or received_ms > keep_until_ms or key in first_seen or seen.get(key) is not None:
+            return None
+        occurred_at = datetime.fromisoformat(row[OCCURRED_AT])
+        occurred_ms = (occurred_at - _EPOCH) // _ONE_MS  # _ms, inline
+        usage += row[QUANTITY]
+        if (
+            occurred_ms >= received_ms + _FUTURE_MS
+            or not start_ms <= occurred_ms < end_ms
+            or not 0 <= usage <= MAX_AMOUNT
+        ):
+            return None
+        day = _bucket_day(cycle, occurred_ms // _DAY_BUCKET_MS) or cycle.local_date(occurred_at)
+        summed.append((position, key, occurred_ms, received_ms, day, row[QUANTITY]))
+    if len(summed) > 1 and len({key for _, key, *_ in summed}) < len(summed):
+        return None  # the same event twice: the later one is a repeat
+    daily = tally.periods[-1].daily.copy()
+    for position, key, occurred_ms, received_ms, day, quantity in summed:
+        daily[day] = daily.get(day, 0) + quantity
+        out.occurred.append(occurred_ms)
+        out.received.append(received_ms)
+        first_seen[key] = _first_seen(FirstSeen, (received_ms, position))
+    out.summed += len(summed)
+    out.counted[metric] += len(summed)
+    # A dict or a read-only view of one: copy() gives a dict either way, faster than dict().
+    after = tallies.copy()  # type: ignore[attr-defined]
+    after[metric] = _summed_tally(metric, tally, usage, received_ms, daily)
+    return _with_usage(state, _workspace_usage(MappingProxyType(after), message.offset))
+
+
+def _summed_tally(
+    metric: str, tally: MetricTally, usage: int, last_updated_ms: int, daily: dict[date, int] | None
+) -> MetricTally:
+    """``tally`` with events summed into its newest period: its ``usage``, ``daily`` (None: as
+    it was) and the time the last was received."""
+    periods = tally.periods
+    latest = periods[-1]
+    updated = _period_tally(
+        latest.period,
+        usage,
+        _instant(last_updated_ms),
+        MappingProxyType(daily) if daily is not None else latest.daily,
+        latest.conversations,
+        latest.seats_carried_in,
+    )
+    return _metric_tally(metric, (updated,) if len(periods) == 1 else (*periods[:-1], updated))
+
+
 def _quiet_below(state: WorkspaceState, metric: str, period: BillingPeriod) -> int | None:
     """The usage of ``metric`` in ``period`` below which a rise can alert nothing, or None when
     even that cannot be known without judging (the alert state is of another period)."""
@@ -743,6 +804,35 @@ def _run_bounds(cycle: BillingCycle, period: BillingPeriod) -> tuple[int, int] |
     _BOUNDS[key] = bounds
     _LAST_BOUNDS[0] = (cycle, period, bounds)
     return bounds
+
+
+def _newest_period(
+    cycle: BillingCycle, tally: MetricTally | None, metric: str, row: list[Any]
+) -> tuple[MetricTally, tuple[int, int], int] | None:
+    """The tally of ``metric`` a run sums into (``row``, the run's first event, opens the
+    period of a metric without one), its newest period's bounds in milliseconds and the time of
+    receipt up to which none of its periods would be pruned; None if no run can sum into it."""
+    if tally is None or not tally.periods:
+        # Counting opens the event's period empty, with nothing else to keep or prune.
+        opened = _period_of(cycle, row[OCCURRED_AT])
+        if opened is None:
+            return None
+        period, bounds, empty = opened
+        tally = empty.get(metric)
+        if tally is None:
+            tally = empty[metric] = _metric_tally(metric, (PeriodTally(period),))
+        return tally, bounds, bounds[1] + _GRACE_MS
+    # Tallies of an earlier cycle (counted before the workspace heard of its contract) are not
+    # the periods new events fall into.
+    bounds = _run_bounds(cycle, tally.periods[-1].period)
+    if bounds is None:
+        return None
+    # Counting prunes periods past their grace at the time of each event; a run holds only
+    # while no period it keeps would be pruned.
+    keep_until_ms = bounds[1] + _GRACE_MS
+    for older in tally.periods[:-1]:
+        keep_until_ms = min(keep_until_ms, _ms(older.period.end) + _GRACE_MS)
+    return tally, bounds, keep_until_ms
 
 
 def _period_of(

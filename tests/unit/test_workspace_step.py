@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from meterwatch.core.dedupe import FirstSeen
 from meterwatch.core.metering import MetricTally, WorkspaceUsage
+from meterwatch.core.steps import workspace as workspace_step
 from meterwatch.core.steps.fin import period_tick_due
 from meterwatch.core.steps.workspace import (
     BatchOutputs,
@@ -39,6 +40,7 @@ WORKSPACE = "ws_1"
 # Small caps, so the random streams also reach them: contacts rejected, mail held back.
 CONFIG = StepConfig(window_ms=24 * 3600 * 1000, mail_enabled=True, max_billing_contacts=3, max_mails_per_hour=5)
 ADDITIVE = ["messages_sent", "phone", "sms", "whatsapp", "email"]
+METRICS = st.sampled_from([*ADDITIVE, *ADDITIVE, "seats", "fin_resolutions"])
 # Near a month's end in UTC and in Dublin, and near the 15th (the contract's anchor).
 BASES = [datetime(2026, 11, 30, 22, tzinfo=UTC), datetime(2026, 12, 14, 23, 30, tzinfo=UTC)]
 
@@ -52,8 +54,8 @@ def _iso(at: datetime) -> str:
 
 
 @st.composite
-def usage_rows(draw: st.DrawFn, base: datetime) -> dict[str, Any]:
-    metric = draw(st.sampled_from([*ADDITIVE, *ADDITIVE, "seats", "fin_resolutions"]))
+def usage_rows(draw: st.DrawFn, base: datetime, metric: str | None = None) -> dict[str, Any]:
+    metric = metric or draw(METRICS)
     if metric == "seats":
         quantity = draw(st.integers(0, 12))
     elif metric == "fin_resolutions":
@@ -200,6 +202,24 @@ def cost_streams(draw: st.DrawFn) -> list[list[tuple[str, Any]]]:
     return batches
 
 
+@st.composite
+def lone_streams(draw: st.DrawFn) -> list[list[tuple[str, Any]]]:
+    """Batches of one message each, mostly one to three events of one metric: what most
+    workspaces of a batch get, so that many are counted alone (``_sum_alone``), and the
+    settings, limits, contracts, cost alerts, repeats, late and future events among them make
+    others fall back to the run."""
+    base = draw(st.sampled_from(BASES))
+    batches = []
+    for _ in range(draw(st.integers(1, 12))):
+        if draw(st.integers(0, 5)) == 0:
+            received = _ms(base) + draw(st.integers(-3 * 24 * 3600_000, 3 * 24 * 3600_000))
+            batches.append([("command", (draw(st.one_of(commands(), cost_commands())), received))])
+        else:
+            metric = draw(st.one_of(METRICS, st.none()))  # None: each event its own metric
+            batches.append([("rows", draw(st.lists(usage_rows(base, metric), min_size=1, max_size=3)))])
+    return batches
+
+
 def _messages(batch: list[tuple[str, Any]], first_offset: int) -> list[Message]:
     """The batch as inbox messages, through the real packed encoding."""
     messages: list[Message] = []
@@ -339,6 +359,48 @@ def test_the_random_streams_do_take_the_batched_path() -> None:
     assert sum(1 for n in SUMMED if n > 0) > len(SUMMED) // 10
     assert {"sms", "whatsapp", "email"} & set(LIMITED)
     assert "fin_resolutions" in LIMITED
+
+
+@settings(**EQUIVALENCE)
+@given(lone_streams(), st.booleans())
+def test_lone_messages_counted_alone_equal_judging_every_event(
+    batches: list[list[tuple[str, Any]]], replay: bool
+) -> None:
+    _run_both(batches, replay)
+
+
+@settings(**EQUIVALENCE, derandomize=True)
+@given(lone_streams())
+def _the_same_lone_streams_every_time(batches: list[list[tuple[str, Any]]]) -> None:
+    _run_both(batches, replay_first=False)
+
+
+# (offset, whether counted alone) of every message offered to _sum_alone, while recorded
+ALONE: list[tuple[int, bool]] = []
+
+
+@pytest.fixture
+def alone(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
+    """Records what ``_sum_alone`` answers, in ``ALONE``."""
+    sum_alone = workspace_step._sum_alone
+
+    def recorded(state: WorkspaceState, message: Any, *args: Any) -> WorkspaceState | None:
+        summed = sum_alone(state, message, *args)
+        ALONE.append((message.offset, summed is not None))
+        return summed
+
+    ALONE.clear()
+    monkeypatch.setattr(workspace_step, "_sum_alone", recorded)
+    return ALONE
+
+
+def test_the_random_lone_streams_are_often_counted_alone_and_often_not(alone: list[tuple[int, bool]]) -> None:
+    """Guards the property above against streams that never take the lone-message path, or
+    never fall back from it (one fixed, derandomized draw)."""
+    _the_same_lone_streams_every_time()
+    taken = sum(1 for _, counted in alone if counted)
+    assert taken > len(alone) // 8, (taken, len(alone))
+    assert len(alone) - taken > len(alone) // 4, (taken, len(alone))
 
 
 def test_a_quiet_run_is_summed_and_a_crossing_still_alerts_once_with_its_event() -> None:
@@ -642,3 +704,121 @@ def test_a_new_period_enables_a_reached_sms_limit_and_its_timer_is_due_at_the_pe
     (record,) = ticked.out.outputs.of(Kind.FIN_TRANSITION)
     assert (record["metric"], record["state"], record["reason"], record["usage"]) == ("sms", "enabled", "new_period", 0)
     assert period_tick_due(ticked.state) is None
+
+
+def _row(event_id: str, quantity: int, occurred: datetime, *, metric: str = "sms", delay_s: int = 1) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "metric": metric,
+        "quantity": quantity,
+        "occurred_at": _iso(occurred),
+        "conversation_id": None,
+        "received_ms": _ms(occurred + timedelta(seconds=delay_s)),
+    }
+
+
+NOV_10 = datetime(2026, 11, 10, 12, tzinfo=UTC)
+# The first batch of most cases: one sms event, which opens November.
+OPENED = [[("rows", [_row("first", 1, NOV_10)])]]
+
+
+def _setting(command: dict[str, Any]) -> list[tuple[str, Any]]:
+    return [("command", ({"command_id": "set-1", **command}, _ms(NOV_10)))]
+
+
+LONE_CASES = [
+    # (case, batches before, the lone message's events, counted alone)
+    ("the first event of a workspace", [], [_row("e1", 2, NOV_10)], True),
+    ("a quiet event", OPENED, [_row("e1", 2, NOV_10)], True),
+    ("a few events of one metric", OPENED, [_row(f"e{i}", i, NOV_10) for i in range(1, 4)], True),
+    ("another day of the period", OPENED, [_row("e1", 2, NOV_10 + timedelta(days=3))], True),
+    (
+        "an alert on another metric",
+        [
+            *OPENED,
+            _setting(
+                {"type": "alert_settings", "metric": "email", "threshold": 2, "enabled": True, "early_warnings": True}
+            ),
+        ],
+        [_row("e1", 2, NOV_10)],
+        True,
+    ),
+    (
+        "an alert level in reach",
+        [
+            *OPENED,
+            _setting(
+                {"type": "alert_settings", "metric": "sms", "threshold": 2, "enabled": True, "early_warnings": True}
+            ),
+        ],
+        [_row("e1", 2, NOV_10)],
+        False,
+    ),
+    (
+        "an alert level far off",
+        [
+            *OPENED,
+            _setting(
+                {"type": "alert_settings", "metric": "sms", "threshold": 10**6, "enabled": True, "early_warnings": True}
+            ),
+        ],
+        [_row("e1", 2, NOV_10)],
+        False,
+    ),
+    ("a limit", [*OPENED, [_sms_limit(100)]], [_row("e1", 2, NOV_10)], False),
+    (
+        "a contract",
+        [
+            *OPENED,
+            _setting(
+                {
+                    "type": "contract_terms",
+                    "contract_id": "c_1",
+                    "workspace_ids": [WORKSPACE],
+                    "billing_anchor": "2026-01-01",
+                    "timezone": "UTC",
+                    "currency": "EUR",
+                    "prices": {},
+                }
+            ),
+        ],
+        [_row("e1", 2, NOV_10)],
+        False,
+    ),
+    ("seats", OPENED, [_row("e1", 2, NOV_10, metric="seats")], False),
+    ("Fin", OPENED, [{**_row("e1", 1, NOV_10, metric="fin_resolutions"), "conversation_id": "c1"}], False),
+    ("two metrics", OPENED, [_row("e1", 2, NOV_10), _row("e2", 2, NOV_10, metric="email")], False),
+    ("the next period", OPENED, [_row("e1", 2, datetime(2026, 12, 1, 0, 1, tzinfo=UTC))], False),
+    ("the period before", OPENED, [_row("e1", 2, datetime(2026, 10, 31, 23, 59, tzinfo=UTC), delay_s=3600)], False),
+    ("past the period's grace", OPENED, [_row("e1", 2, NOV_10, delay_s=29 * 24 * 3600)], False),
+    ("in the future", OPENED, [_row("e1", 2, NOV_10, delay_s=-301)], False),
+    ("a repeat of an earlier batch", OPENED, [_row("first", 1, NOV_10)], False),
+    ("one event twice", OPENED, [_row("e1", 2, NOV_10), _row("e1", 2, NOV_10)], False),
+    ("usage below zero", OPENED, [_row("e1", -2, NOV_10)], False),
+    ("usage past the JSON bound", OPENED, [_row("e1", 2**53 - 1, NOV_10)], False),
+]
+
+
+@pytest.mark.parametrize(("events", "before", "rows", "counted_alone"), LONE_CASES, ids=[c[0] for c in LONE_CASES])
+def test_a_lone_message_is_counted_alone_only_when_a_run_would_sum_it_whole(
+    alone: list[tuple[int, bool]],
+    events: str,
+    before: list[list[tuple[str, Any]]],
+    rows: list[dict[str, Any]],
+    counted_alone: bool,
+) -> None:
+    """Whichever way it goes, it gives what judging every event gives (``_run_both``)."""
+    *_, last = _run_both([*before, [("rows", rows)]], replay_first=False)
+    assert dict(alone).get(len(before), False) is counted_alone
+    if counted_alone:
+        assert last.out.summed == last.out.counted.total() == len(rows)
+
+
+def test_a_message_replayed_alone_or_among_others_is_not_counted_alone(alone: list[tuple[int, bool]]) -> None:
+    (first,) = _run_both(OPENED, replay_first=False)
+    messages = _messages(OPENED[0], 0)
+    again = _step(first.state, messages, {}, batched=True)
+    assert (again.state, again.out.replayed, again.applied) == (first.state, 1, False)
+    more = _messages([("rows", [_row("e1", 2, NOV_10)]), ("rows", [_row("e2", 2, NOV_10)])], 1)
+    assert _step(first.state, more, {}, batched=True).out.summed == 2
+    assert alone == [(0, True)]
