@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent import futures
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, NamedTuple
 
 import orjson
@@ -112,10 +114,7 @@ async def count_batch(mw: Meterwatch, events: list[EventT], decoded: DecodedValu
             max_billing_contacts=mw.settings.max_billing_contacts,
             max_mails_per_hour=mw.settings.max_mails_per_workspace_hour,
         )
-        judged = []
-        for partition, part in source_parts(events):
-            with acting_for(part[-1]):
-                judged.append(await _judge_part(mw, partition, part, sinks, decoded, config))
+        judged = await _judge_parts(mw, source_parts(events), sinks, decoded, config)
         await mw.tables.seen_event_ids.wait_for_writes()
         for part in judged:
             with acting_for(part.events[-1]):
@@ -133,27 +132,61 @@ class _JudgedPart(NamedTuple):
     event_at: dict[int, EventT]  # inbox offset -> its event, for the dead letter of a failure
 
 
-async def _judge_part(
+class _SplitPart(NamedTuple):
+    """One source partition of a batch, split by workspace (``_split_by_workspace``)."""
+
+    partition: int
+    events: list[EventT]
+    by_workspace: dict[str, list[Message]]
+    event_at: dict[int, EventT]
+    lookup: Future[list[bytes | None]] | None  # the dedupe store's values of the part's keys
+    keys: list[str]
+
+
+async def _judge_parts(
     mw: Meterwatch,
-    partition: int,
-    part: list[EventT],
+    parts: list[tuple[int, list[EventT]]],
     sinks: Sinks,
     decoded: DecodedValues,
     config: StepConfig,
-) -> _JudgedPart:
+) -> list[_JudgedPart]:
+    """Run every part's workspaces through the step and send the ids each counted.
+
+    Each part's ids are looked up on the dedupe store's lookup thread as soon as the part is
+    split, so the store reads while the next parts are split and the earlier ones stepped.
+    Nothing awaits until every lookup has ended; the records that could not be read are
+    dead-lettered after that."""
+    split: list[_SplitPart] = []
+    unreadable: list[tuple[EventT, Exception]] = []
+    try:
+        for partition, part in parts:
+            by_workspace, keys, since_ms, event_at = _split_by_workspace(part, unreadable)
+            lookup = mw.tables.seen_event_ids.get_many_soon(partition, keys, since_ms) if keys else None
+            split.append(_SplitPart(partition, part, by_workspace, event_at, lookup, keys))
+        judged = []
+        for part in split:
+            with acting_for(part.events[-1]):
+                judged.append(_judge_part(mw, part, decoded, config))
+    finally:
+        futures.wait([part.lookup for part in split if part.lookup is not None])
+    for event, error in unreadable:
+        await dead_letter_failure(mw, sinks, "count_usage", event, error)
+    return judged
+
+
+def _judge_part(mw: Meterwatch, part: _SplitPart, decoded: DecodedValues, config: StepConfig) -> _JudgedPart:
     """Run the part's workspaces through the step and send the ids it counted."""
-    by_workspace, keys, since_ms, event_at = await _split_by_workspace(mw, part, sinks)
-    seen = _look_up_seen(mw, partition, keys, since_ms)
+    seen = _seen(part.keys, part.lookup.result()) if part.lookup is not None else {}
     stored = mw.tables.workspaces.stored()
     out = BatchOutputs()
     written: list[tuple[str, WorkspaceState]] = []
-    for workspace_id, messages in by_workspace.items():
+    for workspace_id, messages in part.by_workspace.items():
         state = decoded.load(workspace_id, stored.get(workspace_id))
         state, applied = step(workspace_id, state, messages, seen, config, out)
         if applied:
             written.append((workspace_id, state))
     mw.tables.seen_event_ids.remember(out.first_seen)
-    return _JudgedPart(partition, part, written, out, event_at)
+    return _JudgedPart(part.partition, part.events, written, out, part.event_at)
 
 
 async def _write_part(
@@ -206,12 +239,12 @@ def _write_history(mw: Meterwatch, partition: int, out: BatchOutputs) -> None:
 _NO_EVENTS = 2**63  # the earliest Kafka time of a part without usage events: later than any
 
 
-async def _split_by_workspace(
-    mw: Meterwatch, part: list[EventT], sinks: Sinks
+def _split_by_workspace(
+    part: list[EventT], unreadable: list[tuple[EventT, Exception]]
 ) -> tuple[dict[str, list[Message]], list[str], int, dict[int, EventT]]:
     """The part's messages per workspace in inbox order, the dedupe keys of their events, the
     earliest Kafka time of those events, and each message's event by offset (for the dead
-    letter of a failure)."""
+    letter of a failure). A record that cannot be read is added to ``unreadable``."""
     by_workspace: dict[str, list[Message]] = {}
     keys: list[str] = []
     since_ms = _NO_EVENTS
@@ -240,17 +273,12 @@ async def _split_by_workspace(
             for workspace_id, rows_message in rows_by_workspace(offset, rows, origins, keys).items():
                 by_workspace.setdefault(workspace_id, []).append(rows_message)
         except Exception as error:
-            await dead_letter_failure(mw, sinks, "count_usage", event, error)
+            unreadable.append((event, error))
     return by_workspace, keys, since_ms, event_at
 
 
-def _look_up_seen(mw: Meterwatch, partition: int, keys: list[str], since_ms: int) -> dict[str, FirstSeen | None]:
-    """What the dedupe store knows of ``keys`` (events received at ``since_ms`` or later), in
-    one multi-get per segment of the partition's database."""
-    if not keys:
-        return {}
-    table = mw.tables.seen_event_ids
-    values = table.get_many(partition, keys, since_ms)
+def _seen(keys: list[str], values: list[bytes | None]) -> dict[str, FirstSeen | None]:
+    """What the dedupe store knew of ``keys`` (``values``, as read), by key."""
     return {key: decode_first_seen(value) for key, value in zip(keys, values, strict=True) if value is not None}
 
 

@@ -1,4 +1,5 @@
-"""A group committed past what the tables hold: the worker reads the inbox again from its mark.
+"""The workspace inbox: a group committed past what the tables hold is read again from its mark,
+and a record counting cannot read is dead-lettered without the records beside it.
 
 The tables record, per inbox partition, the last inbox offset counting applied
 (streams/runtime/applied_marks.py). Here inbox records are written and the worker group's
@@ -19,9 +20,9 @@ from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssigno
 from meterwatch.models.internal import RowPacker
 from meterwatch.streams.pipeline.ingest import InboxPartitioner
 
-from tests.support.kafka_io import committed_offsets, produce
+from tests.support.kafka_io import committed_offsets, produce, read_all
 from tests.support.messages import event
-from tests.support.worker import WorkerProcess, eventually, metric_samples, usage_shown
+from tests.support.worker import WorkerProcess, eventually, http_get, metric_samples, usage_shown
 
 WORKSPACE = "ws_marks"
 REWIND = "the tables hold what was applied through offset"
@@ -33,22 +34,28 @@ class _SameProtocol(RoundRobinPartitionAssignor):
     name = "faust"
 
 
-async def write_unapplied_rows(deployment: dict[str, str], inbox: str, quantities: list[int]) -> int:
-    """Inbox records of WORKSPACE no worker has applied, one event each; the offset after the last."""
+async def write_unapplied_rows(
+    deployment: dict[str, str], inbox: str, quantities: list[int | bytes], workspace: str = WORKSPACE
+) -> int:
+    """Inbox records of ``workspace`` no worker has applied, one event each (a ``bytes`` item is
+    written as it is, in place of a record); the offset after the last."""
     bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
-    partition = InboxPartitioner(int(deployment["METERWATCH_PARTITIONS"]))(WORKSPACE)
+    partition = InboxPartitioner(int(deployment["METERWATCH_PARTITIONS"]))(workspace)
     now = datetime.now(UTC)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
         last = -1
         for quantity in quantities:
-            packer = RowPacker()
-            source = deployment["METERWATCH_TOPIC_PREFIX"] + "usage.events"
-            packer.add_origin(source, 0, 0, WORKSPACE.encode(), int(now.timestamp() * 1000))
-            packer.add_row(WORKSPACE, uuid.uuid4().hex, "messages_sent", quantity, now.isoformat(), None)
-            (record,) = packer.records()
-            sent = await producer.send_and_wait(inbox, record, key=WORKSPACE.encode(), partition=partition)
+            if isinstance(quantity, bytes):
+                record = quantity
+            else:
+                packer = RowPacker()
+                source = deployment["METERWATCH_TOPIC_PREFIX"] + "usage.events"
+                packer.add_origin(source, 0, 0, workspace.encode(), int(now.timestamp() * 1000))
+                packer.add_row(workspace, uuid.uuid4().hex, "messages_sent", quantity, now.isoformat(), None)
+                (record,) = packer.records()
+            sent = await producer.send_and_wait(inbox, record, key=workspace.encode(), partition=partition)
             last = sent.offset
     finally:
         await producer.stop()
@@ -129,6 +136,44 @@ async def test_a_commit_past_the_tables_is_read_again(deployment: dict[str, str]
         await eventually(lambda: usage_shown(worker, [WORKSPACE]) == {WORKSPACE: 34}, timeout=60)
         assert rewind_lines(log_path, 3) == []
         assert rewinds(worker) == 0
+    finally:
+        worker.stop()
+        print(f"\n--- worker log tail ---\n{worker.log_tail(40)}")
+
+
+async def test_an_inbox_record_counting_cannot_read_is_dead_lettered_and_the_others_counted(
+    deployment: dict[str, str], tmp_path: Path
+) -> None:
+    prefix = deployment["METERWATCH_TOPIC_PREFIX"]
+    inbox = prefix + deployment["METERWATCH_APP_ID"] + "-workspace-inbox"
+    workspace = "ws_unreadable_inbox"
+    worker = WorkerProcess(
+        env=deployment, log_path=tmp_path / "worker.log", web_port=int(deployment["METERWATCH_WEB_PORT"])
+    )
+    try:
+        worker.start().wait_healthy()
+        # Other workspaces' events in the same batches, on every partition.
+        await produce(
+            deployment["METERWATCH_KAFKA_BOOTSTRAP"],
+            prefix + "usage.events",
+            [(f"ws_beside_{i}".encode(), event(f"ws_beside_{i}", "messages_sent", 1)) for i in range(40)],
+        )
+        after = await write_unapplied_rows(
+            deployment, inbox, [10, b"{not an inbox record", b'{"kind": "other"}', 5], workspace
+        )
+        await eventually(lambda: usage_shown(worker, [workspace]) == {workspace: 15}, timeout=60)
+        beside = [f"ws_beside_{i}" for i in range(40)]
+        await eventually(lambda: usage_shown(worker, beside) == dict.fromkeys(beside, 1), timeout=60)
+        letters = await read_all(deployment["METERWATCH_KAFKA_BOOTSTRAP"], prefix + "usage.dead-letter", expect=2)
+        partition = InboxPartitioner(int(deployment["METERWATCH_PARTITIONS"]))(workspace)
+        assert sorted(
+            (letter["source_topic"], letter["partition"], letter["offset"], letter["value"]) for letter in letters
+        ) == [
+            (inbox, partition, after - 3, "{not an inbox record"),
+            (inbox, partition, after - 2, '{"kind": "other"}'),
+        ]
+        assert {(letter["key"], letter["error"]["code"]) for letter in letters} == {(workspace, "internal_error")}
+        assert http_get(f"{worker.base_url}/health")[0] == 200
     finally:
         worker.stop()
         print(f"\n--- worker log tail ---\n{worker.log_tail(40)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 import weakref
 from dataclasses import fields
@@ -28,6 +29,7 @@ from meterwatch.streams.runtime.durable_table import (
     part_keys,
     split_value,
 )
+from meterwatch.streams.runtime.seen_ids_store import IdSegments
 from meterwatch.streams.runtime.seen_ids_table import CHUNK_KEY_PREFIX, pack_chunk
 from meterwatch.streams.topics import TOPICS, TopicNames, topic_specs
 
@@ -183,6 +185,30 @@ def test_lookups_through_the_memtable_filters_find_every_id_and_only_those(tmp_p
     for family in table.data.segments(1).families.values():
         family.flush()
     assert table.get_many(1, asked, at) == expected
+
+
+def test_lookups_on_the_lookup_thread_find_what_the_calling_thread_finds(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    mw = build({"METERWATCH_DATA_DIR": str(tmp_path)})
+    table = mw.tables.seen_event_ids
+    at = int(time.time() * 1000) - 60_000
+    remembered = {f"ws_{i % 7}\x1fe{i}": FirstSeen(at, i) for i in range(3000)}
+    _remember(table, 2, [remembered])
+    asked = [*remembered, *(f"ws_{i % 7}\x1fnew-{i}" for i in range(3000))]
+    read_on: list[str] = []
+    read = IdSegments.get_many
+
+    def get_many(segments, keys, since_ms):  # type: ignore[no-untyped-def]
+        read_on.append(threading.current_thread().name)
+        return read(segments, keys, since_ms)
+
+    monkeypatch.setattr(IdSegments, "get_many", get_many)
+    soon = [table.get_many_soon(partition, asked, at) for partition in (2, 5)]
+    assert (
+        soon[0].result() == table.get_many(2, asked, at) == [*(b"%d,%d" % (at, i) for i in range(3000)), *[None] * 3000]
+    )
+    assert soon[1].result() == [None] * len(asked)  # another partition's database
+    assert read_on[0].startswith("dedupe-lookups") and read_on[1].startswith("dedupe-lookups")
+    assert read_on[2] == threading.current_thread().name
 
 
 def test_recovery_puts_ids_in_their_segments_and_keeps_none_already_expired(tmp_path) -> None:  # type: ignore[no-untyped-def]
