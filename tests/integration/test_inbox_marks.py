@@ -36,16 +36,16 @@ class _SameProtocol(RoundRobinPartitionAssignor):
 
 async def write_unapplied_rows(
     deployment: dict[str, str], inbox: str, quantities: list[int | bytes], workspace: str = WORKSPACE
-) -> int:
+) -> list[int]:
     """Inbox records of ``workspace`` no worker has applied, one event each (a ``bytes`` item is
-    written as it is, in place of a record); the offset after the last."""
+    written as it is, in place of a record); their offsets."""
     bootstrap = deployment["METERWATCH_KAFKA_BOOTSTRAP"]
     partition = InboxPartitioner(int(deployment["METERWATCH_PARTITIONS"]))(workspace)
     now = datetime.now(UTC)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
-        last = -1
+        offsets = []
         for quantity in quantities:
             if isinstance(quantity, bytes):
                 record = quantity
@@ -56,10 +56,10 @@ async def write_unapplied_rows(
                 packer.add_row(workspace, uuid.uuid4().hex, "messages_sent", quantity, now.isoformat(), None)
                 (record,) = packer.records()
             sent = await producer.send_and_wait(inbox, record, key=workspace.encode(), partition=partition)
-            last = sent.offset
+            offsets.append(sent.offset)
     finally:
         await producer.stop()
-    return last + 1
+    return offsets
 
 
 async def commit_as_the_group(deployment: dict[str, str], inbox: str, offset: int) -> None:
@@ -116,7 +116,7 @@ async def test_a_commit_past_the_tables_is_read_again(deployment: dict[str, str]
         assert applied, "the worker commits what it counted when it stops"
 
         # Three records the tables never saw, and the group committed past them.
-        past = await write_unapplied_rows(deployment, inbox, [10, 10, 10])
+        past = (await write_unapplied_rows(deployment, inbox, [10, 10, 10]))[-1] + 1
         await commit_as_the_group(deployment, inbox, past)
         assert (await committed_offsets(deployment, inbox))[partition] == past
 
@@ -158,7 +158,7 @@ async def test_an_inbox_record_counting_cannot_read_is_dead_lettered_and_the_oth
             prefix + "usage.events",
             [(f"ws_beside_{i}".encode(), event(f"ws_beside_{i}", "messages_sent", 1)) for i in range(40)],
         )
-        after = await write_unapplied_rows(
+        offsets = await write_unapplied_rows(
             deployment, inbox, [10, b"{not an inbox record", b'{"kind": "other"}', 5], workspace
         )
         await eventually(lambda: usage_shown(worker, [workspace]) == {workspace: 15}, timeout=60)
@@ -169,8 +169,8 @@ async def test_an_inbox_record_counting_cannot_read_is_dead_lettered_and_the_oth
         assert sorted(
             (letter["source_topic"], letter["partition"], letter["offset"], letter["value"]) for letter in letters
         ) == [
-            (inbox, partition, after - 3, "{not an inbox record"),
-            (inbox, partition, after - 2, '{"kind": "other"}'),
+            (inbox, partition, offsets[1], "{not an inbox record"),
+            (inbox, partition, offsets[2], '{"kind": "other"}'),
         ]
         assert {(letter["key"], letter["error"]["code"]) for letter in letters} == {(workspace, "internal_error")}
         assert http_get(f"{worker.base_url}/health")[0] == 200

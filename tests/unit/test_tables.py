@@ -203,11 +203,10 @@ def test_lookups_on_the_lookup_thread_find_what_the_calling_thread_finds(tmp_pat
 
     monkeypatch.setattr(IdSegments, "get_many", get_many)
     soon = [table.get_many_soon(partition, asked, at) for partition in (2, 5)]
-    assert (
-        soon[0].result() == table.get_many(2, asked, at) == [*(b"%d,%d" % (at, i) for i in range(3000)), *[None] * 3000]
-    )
-    assert soon[1].result() == [None] * len(asked)  # another partition's database
-    assert read_on[0].startswith("dedupe-lookups") and read_on[1].startswith("dedupe-lookups")
+    found = [lookup.result() for lookup in soon]
+    assert len(read_on) == 2 and all(name.startswith("dedupe-lookups") for name in read_on)
+    assert found[0] == table.get_many(2, asked, at) == [*(b"%d,%d" % (at, i) for i in range(3000)), *[None] * 3000]
+    assert found[1] == [None] * len(asked)  # another partition's database
     assert read_on[2] == threading.current_thread().name
 
 
