@@ -52,10 +52,11 @@ from .streams.topics import (
 )
 from .tokens import Keys
 
-# The stop budget, ten seconds in all: demo traffic and the output reader, then the worker (its
+# The stop budget, ten seconds in all: demo traffic, the output reader and the summary (which
+# waits, within this, for the worker to account for the last events sent), then the worker (its
 # own METERWATCH_SHUTDOWN_TIMEOUT is capped to this, and it is SIGKILLed a second after), then
 # the broker, which exits at once on SIGTERM.
-_TRAFFIC_STOP_SECONDS = 1.5
+_TRAFFIC_STOP_SECONDS = 2.5
 _WORKER_STOP_SECONDS = 5.0
 
 
@@ -262,9 +263,11 @@ async def _run(
         for task in tasks:
             task.cancel()
         # Bounded: the stop budget must hold even if the broker no longer answers.
-        closing = [*tasks, asyncio.create_task(producer.stop())]
+        deadline = asyncio.get_running_loop().time() + _TRAFFIC_STOP_SECONDS - 0.3
+        flushed = asyncio.create_task(producer.stop())
+        closing = [*tasks, flushed]
         if consuming:
-            closing.append(asyncio.create_task(_summarise(account, base, service, settings)))
+            closing.append(asyncio.create_task(_summarise(account, base, service, settings, flushed, deadline)))
         if account.webhooks is not None:
             closing.append(asyncio.create_task(account.webhooks.stop()))
         await asyncio.wait(closing, timeout=_TRAFFIC_STOP_SECONDS)
@@ -286,6 +289,11 @@ class _Account:
         self.mailbox: LocalMailbox | None = None
         self.webhooks: LocalWebhookReceiver | None = None
         self.results: dict[str, dict[str, Any]] = {}
+
+    def delivered(self, sent: asyncio.Future[Any]) -> None:
+        """An event's send is over: it counts as sent once the broker has it."""
+        if not sent.cancelled() and sent.exception() is None:
+            self.sent += 1
 
     def note(self, topic: str, record: dict[str, Any]) -> None:
         if topic == USAGE_ALERTS:
@@ -361,8 +369,9 @@ async def _play_demo(
     filled = backfill(datetime.now(UTC), rng)
     topic = settings.topic(USAGE_EVENTS)
     sending = [await producer.send(topic, orjson.dumps(e), key=e["workspace_id"].encode()) for e in filled.events]
+    for sent in sending:
+        sent.add_done_callback(account.delivered)
     await asyncio.gather(*sending)
-    account.sent += len(filled.events)
     _say(f"DEMO   backfilled {len(filled.events)} events, the billing period so far: " + "; ".join(filled.notes))
     await usage.wait_for_usage(SMS_WORKSPACE, "sms", filled.totals[SMS_WORKSPACE, "sms"], timeout=60)
     _say(f"DEMO   {SMS_WORKSPACE} turns on forecast warnings for its SMS alert")
@@ -370,8 +379,8 @@ async def _play_demo(
     live = LiveUsage(filled, rng)
     while True:
         event, note = live.next(datetime.now(UTC))
-        await producer.send(topic, orjson.dumps(event), key=event["workspace_id"].encode())
-        account.sent += 1
+        sent = await producer.send(topic, orjson.dumps(event), key=event["workspace_id"].encode())
+        sent.add_done_callback(account.delivered)
         if note is not None:
             _say(f"DEMO   {note}")
         await asyncio.sleep(rng.expovariate(rate))
@@ -392,10 +401,23 @@ async def _send_commands(
         _say("some of the demo's settings were not applied (see above); the demo goes on all the same")
 
 
-async def _summarise(account: _Account, base: str, token: str | None, settings: Settings) -> None:
-    metrics = await _Usage(base, token).metrics()
-    counted = int(metrics.get("meterwatch_events_counted_total", 0))
-    repeats = int(metrics.get("meterwatch_events_repeated_total", 0))
+async def _summarise(
+    account: _Account, base: str, token: str | None, settings: Settings, flushed: asyncio.Task[None], deadline: float
+) -> None:
+    """The summary line, once every event the broker took is counted, skipped as a repeat or
+    rejected, or once ``deadline`` (event loop time) comes, whichever is first."""
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(asyncio.shield(flushed), max(0.0, deadline - loop.time()))
+    usage = _Usage(base, token)
+    while True:
+        metrics = await usage.metrics()
+        counted = int(metrics.get("meterwatch_events_counted_total", 0))
+        repeats = int(metrics.get("meterwatch_events_repeated_total", 0))
+        rejected = int(metrics.get("meterwatch_events_rejected_total", 0))
+        if counted + repeats + rejected >= account.sent or loop.time() + 0.1 > deadline:
+            break
+        await asyncio.sleep(0.1)
     if account.mailbox is not None:
         mails = f"mails: {account.mailbox.received} (in {account.mailbox.path})"
     else:

@@ -223,8 +223,9 @@ def the_summary_adds_up(dev: Dev) -> None:
     assert figures["repeats skipped"] == 1, line
     assert figures["dead letters"] == 0, line
     assert figures["alerts"] >= 3 and figures["limit changes"] >= 2, line
-    in_flight = figures["events sent"] - figures["repeats skipped"] - figures["counted"]
-    assert figures["counted"] > 0 and 0 <= in_flight <= 50, line
+    # Every event the broker took is accounted for by the time the summary is printed.
+    assert figures["counted"] > 0, line
+    assert figures["events sent"] == figures["counted"] + figures["repeats skipped"], line
     assert figures["webhooks"] > 0, line
     deliveries = [line for line in dev.lines() if line.startswith("WEBHOOK ")]
     assert any(" alert " in d for d in deliveries) and any(" limit " in d for d in deliveries), deliveries
