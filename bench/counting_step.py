@@ -9,8 +9,14 @@ judged in a few seconds, apart from the broker-bound figures of ``bench/run.py``
 collector is off; with ``--collector`` it runs as in the worker (``meterwatch/collector.py``: off
 during a batch, on again after it) and the time its collections take is printed too.
 
+Workspaces start empty and every event is a message sent. With ``--lived-in-days N`` each starts
+with N days of usage of each of the seven metrics in the current period (and, with
+``--fin-conversations C``, C Fin conversations), as a workspace late in its billing month, and
+the events are SMS, email and WhatsApp messages at random: a value of many metrics, of which an
+event changes one.
+
     .venv/bin/python bench/counting_step.py [--workspaces 100000] [--events 200000] [--batch 36000]
-        [--collector]
+        [--collector] [--lived-in-days 28 [--fin-conversations 2000]]
 """
 
 from __future__ import annotations
@@ -20,10 +26,13 @@ import contextlib
 import gc
 import random
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
-from meterwatch.core.metric_kinds import MESSAGES_SENT
+from meterwatch.core.metering import MetricTally, PeriodTally, WorkspaceUsage
+from meterwatch.core.metric_kinds import EMAIL, FIN_RESOLUTIONS, MESSAGES_SENT, METRIC_KINDS, SMS, WHATSAPP
+from meterwatch.core.periods import CALENDAR_MONTH_UTC, BillingPeriod
 from meterwatch.core.steps.workspace import BatchOutputs, Message, StepConfig, rows_by_workspace, step
 from meterwatch.core.workspace import WorkspaceState
 from meterwatch.models.internal import EVENTS_PER_MESSAGE
@@ -42,18 +51,33 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=36_000, help="events per counting batch")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--collector", action="store_true", help="run the cyclic collector as the worker does")
+    parser.add_argument(
+        "--lived-in-days", type=int, default=0, help="days of usage of every metric each workspace starts with"
+    )
+    parser.add_argument(
+        "--fin-conversations", type=int, default=0, help="with --lived-in-days: Fin conversations counted so far"
+    )
     args = parser.parse_args()
 
     rng = random.Random(args.seed)
     received_ms = int(time.time() * 1000)
     occurred_at = datetime.fromtimestamp(received_ms / 1000 - 5, tz=UTC).isoformat()
     origins = [["usage.events", 0, 0, None, received_ms]]
+    lived_in = args.lived_in_days > 0
+    metrics = [SMS, EMAIL, WHATSAPP] if lived_in else [MESSAGES_SENT]
     rows = [
-        [f"ws-{rng.randrange(args.workspaces):06d}", f"ev-{i}", MESSAGES_SENT, 1, occurred_at, None, 0]
+        [f"ws-{rng.randrange(args.workspaces):06d}", f"ev-{i}", rng.choice(metrics), 1, occurred_at, None, 0]
         for i in range(args.events)
     ]
     stored: dict[str, bytes] = {}
     decoded = DecodedValues(DECODED_KEPT)
+    if lived_in:
+        period = CALENDAR_MONTH_UTC.period_containing(datetime.fromisoformat(occurred_at))
+        for index in range(args.workspaces):
+            workspace_id = f"ws-{index:06d}"
+            state = lived_in_state(rng, period, args.lived_in_days, args.fin_conversations)
+            stored[workspace_id] = raw = encode_workspace(state)
+            decoded.keep(workspace_id, raw, state)
     split_s = step_s = encode_s = 0.0
     offset = 0
     collecting = CollectionTime()
@@ -92,7 +116,7 @@ def main() -> None:
         split_s += split - began
         step_s += stepped - split
         encode_s += encoded - stepped
-        assert out.counted[MESSAGES_SENT] == len(batch), "every event is counted"
+        assert sum(out.counted.values()) == len(batch), "every event is counted"
     gc.enable()
     if collecting in gc.callbacks:
         gc.callbacks.remove(collecting)
@@ -111,6 +135,21 @@ def main() -> None:
         )
         + f", together {together * per_event:.2f}"
     )
+
+
+def lived_in_state(rng: random.Random, period: BillingPeriod, days: int, conversations: int) -> WorkspaceState:
+    """A workspace with ``days`` days of every metric's usage in ``period`` (only their number
+    matters here, so they are the period's first days) and ``conversations`` Fin conversations."""
+    first = period.start.date()
+    tallies = {}
+    for metric in METRIC_KINDS:
+        daily = {first + timedelta(days=day): rng.randrange(1, 500) for day in range(days)}
+        counted = frozenset(
+            f"{rng.getrandbits(128):032x}" for _ in range(conversations if metric == FIN_RESOLUTIONS else 0)
+        )
+        tally = PeriodTally(period, sum(daily.values()), period.start, MappingProxyType(daily), counted)
+        tallies[metric] = MetricTally(metric, (tally,))
+    return WorkspaceState(usage=WorkspaceUsage(MappingProxyType(tallies), applied_through=0))
 
 
 class CollectionTime:

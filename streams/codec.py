@@ -6,8 +6,10 @@ orjson writes both natively in that very form (``_NATIVE``), which is how values
 
 from __future__ import annotations
 
+import weakref
 from datetime import date, datetime
 from decimal import Decimal
+from functools import partial
 from types import MappingProxyType
 from typing import Any
 
@@ -224,6 +226,64 @@ def _usage(usage: WorkspaceUsage) -> dict[str, Any]:
     return {"applied_through": usage.applied_through, "tallies": tallies}
 
 
+class EncodedConversations:
+    """Large sets of a period's Fin conversations, kept encoded while they live.
+
+    A workspace value is written whole, and a period's Fin conversations are written one by
+    one in sorted order: a busy Fin workspace counts thousands in a month, and were they encoded
+    again for every event of every metric, an SMS would cost that workspace a millisecond. Sets
+    are frozen and a tally that gains no conversation keeps its set, so the bytes of a set
+    encoded before are taken from here instead.
+
+    An encoding is kept from the set's first write for as long as the set lives (a weak
+    reference drops it with the set), while the encodings kept add up to at most
+    ``limit_bytes``; once they do, further sets are encoded in place until room is made.
+    Nothing is evicted for a newcomer: with more large sets than fit, a cache that made room
+    would drop each one before its next use, and encode every one twice. Sets smaller than
+    ``MIN_CONVERSATIONS`` are encoded in place: cheaper than keeping and finding them.
+    """
+
+    MIN_CONVERSATIONS = 64
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self.bytes = 0
+        # id(conversations) -> (a weak reference to the set, its encoding, the encoding's size)
+        self._kept: dict[int, tuple[weakref.ref[frozenset[str]], orjson.Fragment, int]] = {}
+
+    def encoded(self, conversations: frozenset[str]) -> list[str] | orjson.Fragment:
+        """``conversations`` as the sorted JSON array a value holds: the kept bytes of an
+        earlier call for the same set, if any."""
+        if len(conversations) < self.MIN_CONVERSATIONS:
+            return sorted(conversations)
+        entry = self._kept.get(id(conversations))
+        if entry is not None:  # a set's entry goes with it, so no other object has its id
+            return entry[1]
+        if self.bytes >= self.limit_bytes:
+            return sorted(conversations)
+        raw = _packed(orjson.dumps(sorted(conversations)))
+        fragment = orjson.Fragment(raw)
+        key = id(conversations)
+        self._kept[key] = (weakref.ref(conversations, partial(self._forget, key)), fragment, len(raw))
+        self.bytes += len(raw)
+        return fragment
+
+    def clear(self) -> None:
+        self._kept.clear()
+        self.bytes = 0
+
+    def _forget(self, key: int, _gone: weakref.ref[frozenset[str]]) -> None:
+        entry = self._kept.pop(key, None)
+        if entry is not None:
+            self.bytes -= entry[2]
+
+
+# The encodings kept at most (a little more: the last one admitted may pass it). 2,000
+# conversation ids of 32 characters are about 70 kB encoded.
+ENCODED_CONVERSATIONS_BYTES = 64 * 1024 * 1024
+encoded_conversations = EncodedConversations(ENCODED_CONVERSATIONS_BYTES)
+
+
 def _read_usage(data: dict[str, Any]) -> WorkspaceUsage:
     tallies = {
         metric: MetricTally(metric, tuple(_read_period_tally(t) for t in periods))
@@ -239,7 +299,7 @@ def _period_tally(tally: PeriodTally) -> dict[str, Any]:
         "usage": tally.usage,
         "last_updated": tally.last_updated,
         "daily": tally.daily.copy(),  # a dict or a read-only view of one: either copies the dict
-        "conversations": sorted(tally.conversations) if tally.conversations else [],
+        "conversations": encoded_conversations.encoded(tally.conversations) if tally.conversations else [],
         "seats_carried_in": tally.seats_carried_in,
     }
 

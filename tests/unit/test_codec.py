@@ -21,7 +21,9 @@ from meterwatch.core.mail_cap import MailHour
 from meterwatch.core.metering import MetricTally, PeriodTally, WorkspaceUsage
 from meterwatch.core.periods import BillingPeriod
 from meterwatch.core.workspace import ContractOthers, WorkspaceState
+from meterwatch.streams import codec
 from meterwatch.streams.codec import (
+    EncodedConversations,
     decode_contract_usage,
     decode_workspace,
     encode_contract_usage,
@@ -87,6 +89,88 @@ def workspace_states(draw: st.DrawFn) -> WorkspaceState:
         recent_commands=MappingProxyType(recent),
         mail_hour=mail_hour,
     )
+
+
+@st.composite
+def lived_in_tallies(draw: st.DrawFn) -> PeriodTally:
+    """A period's tally with up to a month of days and a few Fin conversations, or enough of them
+    for its encoding to be kept."""
+    period = draw(periods())
+    first = draw(st.dates(date(2020, 1, 1), date(2039, 1, 1)))
+    days = {first + timedelta(days=i): draw(st.integers(-9, 10**6)) for i in range(draw(st.integers(0, 31)))}
+    return PeriodTally(
+        period=period,
+        usage=draw(st.integers(0, 2**53 - 1)),
+        last_updated=draw(st.none() | instants),
+        daily=MappingProxyType(days),
+        conversations=frozenset(
+            draw(st.lists(st.text(max_size=40), max_size=4) | st.sets(st.text(min_size=8), min_size=64, max_size=66))
+        ),
+        seats_carried_in=draw(st.integers(0, 1000)),
+    )
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    workspace_states(),
+    st.lists(st.tuples(st.sampled_from(["email", "sms", "seats", "fin_resolutions"]), lived_in_tallies()), max_size=8),
+)
+def test_encodings_kept_from_earlier_values_give_the_bytes_of_a_fresh_encoding(
+    state: WorkspaceState, changes: list[tuple[str, PeriodTally]]
+) -> None:
+    """Events change one metric's newest period and keep every other tally object: the value
+    written after each must be, byte for byte, what encoding it with nothing kept gives."""
+    states = [state]
+    for metric, newest in changes:
+        tallies = dict(state.usage.tallies)
+        older = tallies[metric].periods[:-1] if metric in tallies else ()
+        tallies[metric] = MetricTally(metric, (*older, newest))
+        state = WorkspaceState(usage=WorkspaceUsage(MappingProxyType(tallies), state.usage.applied_through + 1))
+        states.append(state)
+    written = [encode_workspace(s) for s in states]
+    written_again = [encode_workspace(s) for s in states]  # every large tally now kept
+    for index, each in enumerate(states):
+        codec.encoded_conversations.clear()
+        fresh = encode_workspace(each)
+        assert written[index] == fresh == written_again[index]
+        assert decode_workspace(fresh) == each
+
+
+def _conversations(count: int, first: int = 0) -> frozenset[str]:
+    return frozenset(f"conversation-{first + i:05d}" for i in range(count))
+
+
+def test_once_the_limit_is_reached_sets_are_encoded_in_place_until_a_kept_one_is_gone() -> None:
+    sets = [_conversations(100, first=1000 * i) for i in range(8)]
+    one = len(orjson.dumps(sorted(sets[0])))
+    kept = EncodedConversations(limit_bytes=5 * one)
+    first = [kept.encoded(each) for each in sets[:5]]
+    assert kept.bytes == 5 * one
+    later = kept.encoded(sets[5])
+    assert later == sorted(sets[5]), "no room: encoded in place"
+    assert [kept.encoded(each) for each in sets[:5]] == first, "the kept ones stay, none dropped for it"
+    del sets[0], first
+    assert kept.bytes == 4 * one
+    assert isinstance(kept.encoded(sets[4]), orjson.Fragment), "room again"
+
+
+def test_sets_alike_but_for_their_ids_each_keep_their_own_encoding() -> None:
+    kept = EncodedConversations(limit_bytes=1 << 20)
+    one, other = _conversations(100), _conversations(100, first=500)
+    for _ in range(2):
+        assert orjson.loads(orjson.dumps(kept.encoded(one))) == sorted(one)
+        assert orjson.loads(orjson.dumps(kept.encoded(other))) == sorted(other)
+
+
+def test_an_encoding_is_kept_while_its_set_lives_and_a_small_set_is_encoded_in_place() -> None:
+    kept = EncodedConversations(limit_bytes=1 << 20)
+    conversations = _conversations(100)
+    fragment = kept.encoded(conversations)
+    assert kept.encoded(conversations) is fragment and kept.bytes > 0
+    assert orjson.loads(orjson.dumps(fragment)) == sorted(conversations)
+    del conversations
+    assert kept.bytes == 0, "the encoding went with its set"
+    assert kept.encoded(_conversations(10)) == sorted(_conversations(10)) and kept.bytes == 0
 
 
 def _times_as_text(value: Any) -> Any:
