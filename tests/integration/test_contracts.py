@@ -62,6 +62,12 @@ def parse(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def usage_of(worker: WorkerProcess, workspace: str) -> dict:
+    """``GET /usage`` of ``workspace``, or ``{}`` while the worker does not know it (404)."""
+    status, body = http_get(f"{worker.base_url}/usage/{workspace}")
+    return body if status == 200 else {}
+
+
 def contract_usage_seen_by(worker: WorkerProcess, workspace: str, metric: str = "sms") -> int | None:
     """The contract's usage of ``metric`` as the workspace's usage page shows it."""
     status, body = http_get(f"{worker.base_url}/usage/{workspace}")
@@ -167,12 +173,7 @@ async def test_contract_alerts_at_80_and_100_percent_go_to_every_members_contact
     await asyncio.sleep(2)  # the contacts reach the contract's owner before the usage does
     await produce(bootstrap, prefix + "usage.events", [(b"ws_a1", event("ws_a1", "sms", 50))])
     await produce(bootstrap, prefix + "usage.events", [(b"ws_a2", event("ws_a2", "sms", 35))])  # 85 of 100
-    await eventually(
-        lambda: (
-            (http_get(f"{running_worker.base_url}/usage/ws_a1")[1]["metrics"]["sms"]["contract"] or {}).get("usage")
-            == 85
-        )
-    )
+    await eventually(lambda: contract_usage_seen_by(running_worker, "ws_a1") == 85)
     await produce(bootstrap, prefix + "usage.events", [(b"ws_a2", event("ws_a2", "sms", 20))])  # 105 of 100
 
     async def contract_alerts() -> list[dict] | None:
@@ -205,8 +206,9 @@ async def test_usage_counted_before_a_workspace_joined_does_not_alert_the_contra
     command = subscription("c_late", ["ws_early", "ws_joiner"])
     command["prices"]["whatsapp"] = {"unit_price": "0.01", "included": 10}
     await produce(bootstrap, prefix + "usage.control", [(b"c_late", command)])
-    await eventually(lambda: http_get(f"{running_worker.base_url}/usage/ws_early")[1]["contract_id"] == "c_late")
-    await eventually(lambda: http_get(f"{running_worker.base_url}/usage/ws_joiner")[1]["contract_id"] == "c_late")
+    # ws_joiner has no usage: the worker knows it (200) only once the contract's terms reach it.
+    await eventually(lambda: usage_of(running_worker, "ws_early").get("contract_id") == "c_late")
+    await eventually(lambda: usage_of(running_worker, "ws_joiner").get("contract_id") == "c_late")
     await produce(bootstrap, prefix + "usage.events", [(b"ws_joiner", event("ws_joiner", "whatsapp", 12))])
 
     async def contract_alerts() -> list[dict] | None:
