@@ -263,6 +263,7 @@ async def _run(
         for task in tasks:
             task.cancel()
         # Bounded: the stop budget must hold even if the broker no longer answers.
+        # The summary gives up waiting early enough to be printed within the budget.
         deadline = asyncio.get_running_loop().time() + _TRAFFIC_STOP_SECONDS - 0.3
         flushed = asyncio.create_task(producer.stop())
         closing = [*tasks, flushed]
