@@ -128,7 +128,7 @@ def test_encodings_kept_from_earlier_values_give_the_bytes_of_a_fresh_encoding(
         state = WorkspaceState(usage=WorkspaceUsage(MappingProxyType(tallies), state.usage.applied_through + 1))
         states.append(state)
     written = [encode_workspace(s) for s in states]
-    written_again = [encode_workspace(s) for s in states]  # every large tally now kept
+    written_again = [encode_workspace(s) for s in states]  # every large set now kept
     for index, each in enumerate(states):
         codec.encoded_conversations.clear()
         fresh = encode_workspace(each)
@@ -154,7 +154,7 @@ def test_once_the_limit_is_reached_sets_are_encoded_in_place_until_a_kept_one_is
     assert isinstance(kept.encoded(sets[4]), orjson.Fragment), "room again"
 
 
-def test_sets_alike_but_for_their_ids_each_keep_their_own_encoding() -> None:
+def test_two_sets_of_one_size_each_keep_their_own_encoding() -> None:
     kept = EncodedConversations(limit_bytes=1 << 20)
     one, other = _conversations(100), _conversations(100, first=500)
     for _ in range(2):
