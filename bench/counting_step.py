@@ -3,7 +3,7 @@
 Single-event traffic spread over ``--workspaces`` workspaces is packed into inbox records of
 1,000 rows, as stage one packs it, and counted in batches of ``--batch`` events the way
 ``streams/pipeline/counting.py`` counts them: the records split by workspace, each workspace's
-messages through the step (``core/steps/workspace.py``), each changed value encoded and kept.
+messages through the step (``core/steps/workspace.py``) and its changed value encoded and kept.
 It prints the cost per event of each of the three, so a change to the step or the codec can be
 judged in a few seconds, apart from the broker-bound figures of ``bench/run.py``. The cyclic
 collector is off; with ``--collector`` it runs as in the worker (``meterwatch/collector.py``: off
@@ -100,22 +100,24 @@ def main() -> None:
                 by_workspace.setdefault(workspace_id, []).append(message)
         split = time.perf_counter()
         out = BatchOutputs()
-        written: list[tuple[str, WorkspaceState]] = []
+        written: list[tuple[str, bytes]] = []
+        encoding = 0.0
         for workspace_id, messages in by_workspace.items():
             state = decoded.load(workspace_id, stored.get(workspace_id))
             state, applied = step(workspace_id, state, messages, {}, CONFIG, out)
             if applied:
-                written.append((workspace_id, state))
+                # Encoded right after its step, as the worker does.
+                before = time.perf_counter()
+                raw = encode_workspace(state)
+                written.append((workspace_id, raw))
+                decoded.keep(workspace_id, raw, state)
+                encoding += time.perf_counter() - before
+        stored.update(written)
         stepped = time.perf_counter()
-        for workspace_id, state in written:
-            raw = encode_workspace(state)
-            stored[workspace_id] = raw
-            decoded.keep(workspace_id, raw, state)
-        encoded = time.perf_counter()
         pause.__exit__(None, None, None)
         split_s += split - began
-        step_s += stepped - split
-        encode_s += encoded - stepped
+        step_s += stepped - split - encoding
+        encode_s += encoding
         assert sum(out.counted.values()) == len(batch), "every event is counted"
     gc.enable()
     if collecting in gc.callbacks:

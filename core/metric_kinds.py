@@ -52,3 +52,6 @@ METRIC_KINDS: dict[str, MetricKind] = {
         MetricKind(SEATS, Counting.DAILY_MAXIMUM, "Seats", "Teammate seats in use each day."),
     )
 }
+
+# The metrics whose usage is the sum of their events' quantities
+ADDITIVE_METRICS = frozenset(metric for metric, kind in METRIC_KINDS.items() if kind.counting is Counting.ADDITIVE)

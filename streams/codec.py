@@ -25,6 +25,7 @@ from ..core.mail_cap import MailHour
 from ..core.metering import MetricTally, PeriodTally, WorkspaceUsage
 from ..core.metric_kinds import FIN_RESOLUTIONS
 from ..core.periods import BillingCycle, BillingPeriod
+from ..core.plain import PLAIN_METRICS, PlainWorkspace
 from ..core.workspace import ContractOthers, WorkspaceState
 
 # datetime and date (dict keys included) written by orjson, as their isoformat() would be
@@ -38,7 +39,9 @@ def _packed(raw: bytes) -> bytes:
     return bytes(memoryview(raw))
 
 
-def encode_workspace(state: WorkspaceState) -> bytes:
+def encode_workspace(state: WorkspaceState | PlainWorkspace) -> bytes:
+    if type(state) is PlainWorkspace:
+        return _encode_plain(state)
     others = state.contract_others
     value = {
         "usage": _usage(state.usage),
@@ -56,6 +59,43 @@ def encode_workspace(state: WorkspaceState) -> bytes:
     if state.cost_alerts:
         value["cost_alerts"] = {key: _cost_alert_state(a) for key, a in state.cost_alerts.items()}
     return _packed(orjson.dumps(value, option=_NATIVE))
+
+
+# A plain workspace's value (core/plain.py), as encode_workspace writes its WorkspaceState: the
+# same bytes, put together from the parts that change.
+_PLAIN_VALUE = (
+    b'{"usage":{"applied_through":%d,"tallies":{%b}},'
+    b'"profile":{"billing_contacts":[],"contract":null},"alerts":{},"contract_others":null,"fin":null}'
+)
+_PLAIN_TALLY = (
+    b'%b:[{"start":%b,"end":%b,"usage":%d,"last_updated":%b,"daily":%b,"conversations":[],"seats_carried_in":0}]'
+)
+# period -> its start and end as JSON; most plain workspaces are in one of a few periods
+_PERIOD_JSON: dict[BillingPeriod, tuple[bytes, bytes]] = {}
+_METRIC_JSON = {metric: orjson.dumps(metric) for metric in PLAIN_METRICS}
+
+
+def _encode_plain(plain: PlainWorkspace) -> bytes:
+    tallies = []
+    for tally in plain.tallies:
+        period = tally.period
+        ends = _PERIOD_JSON.get(period)
+        if ends is None:
+            if len(_PERIOD_JSON) >= 1024:
+                _PERIOD_JSON.clear()
+            ends = _PERIOD_JSON[period] = (orjson.dumps(period.start), orjson.dumps(period.end))
+        tallies.append(
+            _PLAIN_TALLY
+            % (
+                _METRIC_JSON[tally.metric],
+                ends[0],
+                ends[1],
+                tally.usage,
+                orjson.dumps(tally.last_updated),
+                orjson.dumps(tally.daily, option=_NATIVE),
+            )
+        )
+    return _PLAIN_VALUE % (plain.applied_through, tallies[0] if len(tallies) == 1 else b",".join(tallies))
 
 
 def decode_workspace(raw: bytes | None) -> WorkspaceState | None:

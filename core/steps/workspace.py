@@ -18,10 +18,11 @@ or limit within reach, a time to reject) and every command first folds the open 
 the state and then goes through the per-event path, ``_count_one``. The
 property-based tests run random streams through both and require identical results.
 
-Most workspaces of a batch get one message of one or a few events. When a run would sum all
-of them and nothing watches the metric (no alert, limit, cost alert or contract),
-``_sum_alone`` sums them into the state directly, without the step's or the run's
-bookkeeping; anything else goes to ``_Step``.
+Most workspaces of a batch get one or two messages of one or a few events. When they are all
+usage, a run would sum every event of them and nothing watches the metric (no alert, limit,
+cost alert or contract), ``_sum_alone`` sums them into the state directly, without the step's
+or the run's bookkeeping, and ``_sum_plain`` into a plain workspace (``core/plain.py``), which
+stays plain; anything else goes to ``_Step``.
 """
 
 from __future__ import annotations
@@ -78,8 +79,16 @@ from ..metering import (
     WorkspaceUsage,
     count_reading,
 )
-from ..metric_kinds import FIN_RESOLUTIONS, METRIC_KINDS, Counting
-from ..periods import LATE_EVENT_GRACE, MAX_FUTURE_SKEW, BillingCycle, BillingPeriod, event_time_rejection
+from ..metric_kinds import ADDITIVE_METRICS, FIN_RESOLUTIONS
+from ..periods import (
+    CALENDAR_MONTH_UTC,
+    LATE_EVENT_GRACE,
+    MAX_FUTURE_SKEW,
+    BillingCycle,
+    BillingPeriod,
+    event_time_rejection,
+)
+from ..plain import PlainTally, PlainWorkspace, state_of
 from ..rejections import RejectCode
 from ..workspace import WorkspaceState
 from . import commands, fin
@@ -105,7 +114,7 @@ _workspace_state = constructor(WorkspaceState)
 # fin.limit_bounds of a metric without a limit
 _UNLIMITED = (0, 2**63)
 # The metrics a run sums: additive ones (distinct conversations and daily maxima are judged)
-_SUMMABLE = frozenset(metric for metric, kind in METRIC_KINDS.items() if kind.counting is Counting.ADDITIVE)
+_SUMMABLE = ADDITIVE_METRICS
 
 _DEAD_LETTER_TEXT = {
     RejectCode.OCCURRED_IN_FUTURE: "occurred_at is more than 5 minutes in the future",
@@ -201,26 +210,33 @@ def rows_by_workspace(
 
 def step(
     workspace_id: str,
-    state: WorkspaceState,
+    state: WorkspaceState | PlainWorkspace,
     messages: list[Message],
     seen: Mapping[str, FirstSeen | None],
     config: StepConfig,
     out: BatchOutputs,
     *,
     batched: bool = True,
-) -> tuple[WorkspaceState, bool]:
+) -> tuple[WorkspaceState | PlainWorkspace, bool]:
     """Apply ``messages`` (inbox order) to ``state``. ``seen`` holds, for every dedupe key of
     the rows, what the dedupe store knew before this batch (absent: never seen).
 
-    ``batched=False`` judges every event on its own: the reference the batched path is
-    tested against."""
-    if batched and len(messages) == 1:
-        message = messages[0]
-        if type(message) is RowsMessage and message.rows and message.offset > state.usage.applied_through:
-            summed = _sum_alone(state, message, seen, out)
+    A plain workspace (``core/plain.py``) that a lone message leaves plain comes back plain;
+    otherwise the result is a :class:`WorkspaceState`. ``batched=False`` judges every event on
+    its own: the reference the batched path is tested against."""
+    plain = type(state) is PlainWorkspace
+    if batched and messages:
+        applied_through = state.applied_through if plain else state.usage.applied_through  # type: ignore[union-attr]
+        for message in messages:
+            if type(message) is not RowsMessage or not message.rows or message.offset <= applied_through:
+                break
+        else:
+            summed = (_sum_plain if plain else _sum_alone)(state, messages, seen, out)  # type: ignore[operator]
             if summed is not None:
                 return summed, True
-    return _Step(workspace_id, state, seen, config, out, batched).run(messages)
+    if plain:
+        state = state_of(state)  # type: ignore[arg-type]
+    return _Step(workspace_id, state, seen, config, out, batched).run(messages)  # type: ignore[arg-type]
 
 
 class _Run:
@@ -676,15 +692,16 @@ def _with_usage(state: WorkspaceState, usage: WorkspaceUsage) -> WorkspaceState:
 
 
 def _sum_alone(
-    state: WorkspaceState, message: RowsMessage, seen: Mapping[str, FirstSeen | None], out: BatchOutputs
+    state: WorkspaceState, messages: list[RowsMessage], seen: Mapping[str, FirstSeen | None], out: BatchOutputs
 ) -> WorkspaceState | None:
-    """``state`` after ``message``, its workspace's only message of the batch, when a run would
-    sum every event of it: events of one additive metric that no alert, limit, cost alert or
-    contract watches, each new, in the metric's newest period (as ``_Step._count_fast`` checks
-    them). Else None, with nothing recorded: ``_Step`` takes it. Most workspaces of a batch get
-    one event, and this spares them the step's and the run's bookkeeping."""
-    rows = message.rows
-    metric = rows[0][2][METRIC]
+    """``state`` after ``messages``, its workspace's messages of the batch, all usage not applied
+    yet, when a run would sum every event of them: events of one additive metric that no alert,
+    limit, cost alert or contract watches, each new, in the metric's newest period (as
+    ``_Step._count_fast`` checks them). Else None, with nothing recorded: ``_Step`` takes them.
+    Most workspaces of a batch get one or two events, and this spares them the step's and the
+    run's bookkeeping."""
+    first = messages[0].rows[0][2]
+    metric = first[METRIC]
     profile = state.profile
     if (
         metric not in _SUMMABLE
@@ -696,32 +713,110 @@ def _sum_alone(
         return None
     tallies = state.usage.tallies
     cycle = profile.cycle
-    newest = _newest_period(cycle, tallies.get(metric), metric, rows[0][2])
+    newest = _newest_period(cycle, tallies.get(metric), metric, first)
     if newest is None:
         return None
     tally, (start_ms, end_ms), keep_until_ms = newest
-    usage = tally.periods[-1].usage
-    origins = message.origins
+    latest = tally.periods[-1]
+    summed = _summed_alone(messages, metric, latest.usage, start_ms, end_ms, keep_until_ms, cycle, seen, out)
+    if summed is None:
+        return None
+    usage, events = summed
+    daily = _record_alone(out, metric, events, latest.daily)
+    # A dict or a read-only view of one: copy() gives a dict either way, faster than dict().
+    after = tallies.copy()  # type: ignore[attr-defined]
+    after[metric] = _summed_tally(metric, tally, usage, events[-1][3], daily)
+    return _with_usage(state, _workspace_usage(MappingProxyType(after), messages[-1].offset))
+
+
+def _sum_plain(
+    plain: PlainWorkspace, messages: list[RowsMessage], seen: Mapping[str, FirstSeen | None], out: BatchOutputs
+) -> PlainWorkspace | None:
+    """``_sum_alone`` of a plain workspace (``core/plain.py``), in its narrow form: nothing
+    watches its metrics and its cycle is the calendar month in UTC. None where ``_sum_alone``
+    would answer None, with nothing recorded."""
+    first = messages[0].rows[0][2]
+    metric = first[METRIC]
+    if metric not in _SUMMABLE:
+        return None
+    tallies = plain.tallies
+    index = 0
+    for tally in tallies:
+        if tally.metric == metric:
+            bounds = _run_bounds(CALENDAR_MONTH_UTC, tally.period)
+            if bounds is None:
+                return None
+            period, usage, daily = tally.period, tally.usage, tally.daily
+            break
+        index += 1
+    else:
+        opened = _period_of(CALENDAR_MONTH_UTC, first[OCCURRED_AT])
+        if opened is None:
+            return None
+        period, bounds, _ = opened
+        usage, daily = 0, _NO_DAYS
+    start_ms, end_ms = bounds
+    summed = _summed_alone(messages, metric, usage, start_ms, end_ms, end_ms + _GRACE_MS, CALENDAR_MONTH_UTC, seen, out)
+    if summed is None:
+        return None
+    usage, events = summed
+    daily = _record_alone(out, metric, events, daily)
+    tally = _new(PlainTally, (metric, period, usage, _instant(events[-1][3]), daily))
+    return _new(PlainWorkspace, (messages[-1].offset, (*tallies[:index], tally, *tallies[index + 1 :])))
+
+
+# An event of a message summed alone: (position, dedupe key, occurred and received in epoch
+# milliseconds, local day, quantity)
+_Summed = tuple[int, str, int, int, date, int]
+_NO_DAYS: Mapping[date, int] = MappingProxyType({})
+# A named tuple built from its fields' tuple, without the Python frame of its __new__
+_new = tuple.__new__
+
+
+def _summed_alone(
+    messages: list[RowsMessage],
+    metric: str,
+    usage: int,
+    start_ms: int,
+    end_ms: int,
+    keep_until_ms: int,
+    cycle: BillingCycle,
+    seen: Mapping[str, FirstSeen | None],
+    out: BatchOutputs,
+) -> tuple[int, list[_Summed]] | None:
+    """The usage after every event of ``messages`` summed into a period of ``metric`` that
+    spans ``[start_ms, end_ms)``, and those events; None if one of them needs judging (another
+    metric, a repeat, a time outside the period or past ``keep_until_ms``, a usage out of
+    bounds). Nothing is recorded until ``_record_alone``."""
+    summed: list[_Summed] = []
     first_seen = out.first_seen
-    summed = []
-    for position, key, row in rows:
-        received_ms = origins[row[ORIGIN]][O_RECEIVED_MS]
-        if row[METRIC] != metric or received_ms > keep_until_ms or key in first_seen or seen.get(key) is not None:
-            return None
-        occurred_at = datetime.fromisoformat(row[OCCURRED_AT])
-        occurred_ms = (occurred_at - _EPOCH) // _ONE_MS  # _ms, inline
-        usage += row[QUANTITY]
-        if (
-            occurred_ms >= received_ms + _FUTURE_MS
-            or not start_ms <= occurred_ms < end_ms
-            or not 0 <= usage <= MAX_AMOUNT
-        ):
-            return None
-        day = _bucket_day(cycle, occurred_ms // _DAY_BUCKET_MS) or cycle.local_date(occurred_at)
-        summed.append((position, key, occurred_ms, received_ms, day, row[QUANTITY]))
+    for message in messages:
+        origins = message.origins
+        for position, key, row in message.rows:
+            received_ms = origins[row[ORIGIN]][O_RECEIVED_MS]
+            if row[METRIC] != metric or received_ms > keep_until_ms or key in first_seen or seen.get(key) is not None:
+                return None
+            occurred_at = datetime.fromisoformat(row[OCCURRED_AT])
+            occurred_ms = (occurred_at - _EPOCH) // _ONE_MS  # _ms, inline
+            usage += row[QUANTITY]
+            if (
+                occurred_ms >= received_ms + _FUTURE_MS
+                or not start_ms <= occurred_ms < end_ms
+                or not 0 <= usage <= MAX_AMOUNT
+            ):
+                return None
+            day = _bucket_day(cycle, occurred_ms // _DAY_BUCKET_MS) or cycle.local_date(occurred_at)
+            summed.append((position, key, occurred_ms, received_ms, day, row[QUANTITY]))
     if len(summed) > 1 and len({key for _, key, *_ in summed}) < len(summed):
         return None  # the same event twice: the later one is a repeat
-    daily = tally.periods[-1].daily.copy()
+    return usage, summed
+
+
+def _record_alone(out: BatchOutputs, metric: str, summed: list[_Summed], daily: Mapping[date, int]) -> dict[date, int]:
+    """Record ``summed`` (of ``_summed_alone``) in ``out``; ``daily`` with them added."""
+    # A dict or a read-only view of one: copy() gives a dict either way, faster than dict().
+    daily = daily.copy()  # type: ignore[attr-defined]
+    first_seen = out.first_seen
     for position, key, occurred_ms, received_ms, day, quantity in summed:
         daily[day] = daily.get(day, 0) + quantity
         out.occurred.append(occurred_ms)
@@ -729,10 +824,7 @@ def _sum_alone(
         first_seen[key] = _first_seen(FirstSeen, (received_ms, position))
     out.summed += len(summed)
     out.counted[metric] += len(summed)
-    # A dict or a read-only view of one: copy() gives a dict either way, faster than dict().
-    after = tallies.copy()  # type: ignore[attr-defined]
-    after[metric] = _summed_tally(metric, tally, usage, received_ms, daily)
-    return _with_usage(state, _workspace_usage(MappingProxyType(after), message.offset))
+    return daily
 
 
 def _summed_tally(

@@ -23,6 +23,7 @@ from faust.types import EventT
 from ... import collector
 from ...core.alert_history import added, decode_history, encode_history, entries_of
 from ...core.dedupe import FirstSeen, decode_first_seen
+from ...core.plain import NEW_WORKSPACE, PlainWorkspace, plain_of
 from ...core.steps.workspace import BatchOutputs, CommandMessage, Message, StepConfig, rows_by_workspace, step
 from ...core.workspace import WorkspaceState
 from ...models.internal import COMMAND, O_RECEIVED_MS, ROWS, USAGE, InboxRecord, legacy_rows
@@ -52,8 +53,6 @@ BATCH_WITHIN_SECONDS = 0.004
 # Decoded values kept in memory, so a busy workspace is not decoded again in every batch. A
 # value is only reused while the table still holds the very bytes it was decoded from.
 DECODED_KEPT = 100_000
-# A workspace the table has never held starts from this (frozen, so one serves all).
-_NEW_WORKSPACE = WorkspaceState()
 
 
 def register(mw: Meterwatch, ticks: PeriodTickIndex) -> None:
@@ -71,29 +70,36 @@ def register(mw: Meterwatch, ticks: PeriodTickIndex) -> None:
 
 
 class DecodedValues:
-    """workspace id -> (the table's bytes, their decoded state), at most ``limit`` of them."""
+    """workspace id -> (the table's bytes, their decoded state), at most ``limit`` of them.
+
+    A state is kept in its plain form (``core/plain.py``) when it has one: a workspace with
+    nothing but usage, the most common, then takes a few objects instead of a dozen."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.values: dict[str, tuple[bytes, WorkspaceState]] = {}
+        self.values: dict[str, tuple[bytes, WorkspaceState | PlainWorkspace]] = {}
 
-    def load(self, workspace_id: str, raw: bytes | None) -> WorkspaceState:
+    def load(self, workspace_id: str, raw: bytes | None) -> WorkspaceState | PlainWorkspace:
         if raw is None:
-            return _NEW_WORKSPACE
+            return NEW_WORKSPACE  # a workspace the table has never held (frozen, so one serves all)
         kept = self.values.get(workspace_id)
         if kept is not None and kept[0] is raw:
             return kept[1]
-        state = decode_workspace(raw) or _NEW_WORKSPACE
-        self.keep(workspace_id, raw, state)
-        return state
+        return self.keep(workspace_id, raw, decode_workspace(raw) or WorkspaceState())
 
-    def keep(self, workspace_id: str, raw: bytes, state: WorkspaceState) -> None:
+    def keep(
+        self, workspace_id: str, raw: bytes, state: WorkspaceState | PlainWorkspace
+    ) -> WorkspaceState | PlainWorkspace:
+        """Keep ``state``, the value of ``raw``; the form kept."""
+        if type(state) is WorkspaceState:
+            state = plain_of(state) or state
         values = self.values
         if workspace_id not in values and len(values) >= self.limit:
             # Drop the oldest tenth: cheaper than an LRU's bookkeeping on every read.
             for key in list(values)[: self.limit // 10 or 1]:
                 del values[key]
         values[workspace_id] = (raw, state)
+        return state
 
 
 async def count_batch(mw: Meterwatch, events: list[EventT], decoded: DecodedValues, ticks: PeriodTickIndex) -> None:
@@ -114,20 +120,29 @@ async def count_batch(mw: Meterwatch, events: list[EventT], decoded: DecodedValu
             max_billing_contacts=mw.settings.max_billing_contacts,
             max_mails_per_hour=mw.settings.max_mails_per_workspace_hour,
         )
-        judged = await _judge_parts(mw, source_parts(events), sinks, decoded, config)
+        judged = await _judge_parts(mw, source_parts(events), sinks, Known(decoded, ticks), config)
         await mw.tables.seen_event_ids.wait_for_writes()
         for part in judged:
             with acting_for(part.events[-1]):
-                await _write_part(mw, part, sinks, decoded, ticks)
+                await _write_part(mw, part, sinks)
         await finish(mw, sinks)
 
 
+class Known(NamedTuple):
+    """What counting keeps of the values it writes: their decoded states, and when each
+    workspace needs a period tick. Both answer for a value only while the table holds its very
+    bytes, so a state is noted as soon as it is encoded, before the batch is written."""
+
+    decoded: DecodedValues
+    ticks: PeriodTickIndex
+
+
 class _JudgedPart(NamedTuple):
-    """One source partition of a batch, judged: the states to write and what to publish."""
+    """One source partition of a batch, judged: the values to write and what to publish."""
 
     partition: int
     events: list[EventT]
-    written: list[tuple[str, WorkspaceState]]
+    written: list[tuple[str, bytes]]
     out: BatchOutputs
     event_at: dict[int, EventT]  # inbox offset -> its event, for the dead letter of a failure
 
@@ -147,7 +162,7 @@ async def _judge_parts(
     mw: Meterwatch,
     parts: list[tuple[int, list[EventT]]],
     sinks: Sinks,
-    decoded: DecodedValues,
+    known: Known,
     config: StepConfig,
 ) -> list[_JudgedPart]:
     """Run every part's workspaces through the step and send the ids each counted.
@@ -166,7 +181,7 @@ async def _judge_parts(
         judged = []
         for part in split:
             with acting_for(part.events[-1]):
-                judged.append(_judge_part(mw, part, decoded, config))
+                judged.append(_judge_part(mw, part, known, config))
     finally:
         futures.wait([part.lookup for part in split if part.lookup is not None])
     for event, error in unreadable:
@@ -174,32 +189,30 @@ async def _judge_parts(
     return judged
 
 
-def _judge_part(mw: Meterwatch, part: _SplitPart, decoded: DecodedValues, config: StepConfig) -> _JudgedPart:
-    """Run the part's workspaces through the step and send the ids it counted."""
+def _judge_part(mw: Meterwatch, part: _SplitPart, known: Known, config: StepConfig) -> _JudgedPart:
+    """Run the part's workspaces through the step and send the ids it counted.
+
+    Each changed state is encoded right after its step, while it is still in the processor's
+    caches: over many workspaces, coming back to it after the whole part costs more than the
+    encoding itself."""
     seen = _seen(part.keys, part.lookup.result()) if part.lookup is not None else {}
     stored = mw.tables.workspaces.stored()
     out = BatchOutputs()
-    written: list[tuple[str, WorkspaceState]] = []
+    written: list[tuple[str, bytes]] = []
+    load, keep, note = known.decoded.load, known.decoded.keep, known.ticks.note
     for workspace_id, messages in part.by_workspace.items():
-        state = decoded.load(workspace_id, stored.get(workspace_id))
-        state, applied = step(workspace_id, state, messages, seen, config, out)
+        state, applied = step(workspace_id, load(workspace_id, stored.get(workspace_id)), messages, seen, config, out)
         if applied:
-            written.append((workspace_id, state))
+            raw = encode_workspace(state)
+            written.append((workspace_id, raw))
+            note(workspace_id, raw, keep(workspace_id, raw, state))
     mw.tables.seen_event_ids.remember(out.first_seen)
     return _JudgedPart(part.partition, part.events, written, out, part.event_at)
 
 
-async def _write_part(
-    mw: Meterwatch, part: _JudgedPart, sinks: Sinks, decoded: DecodedValues, ticks: PeriodTickIndex
-) -> None:
-    """Write the part's states and hand its outputs and failures to the sinks."""
-    writes = []
-    for workspace_id, state in part.written:
-        raw = encode_workspace(state)
-        writes.append((workspace_id, raw))
-        decoded.keep(workspace_id, raw, state)
-        ticks.note(workspace_id, raw, state)
-    mw.tables.workspaces.put_many(part.partition, writes)
+async def _write_part(mw: Meterwatch, part: _JudgedPart, sinks: Sinks) -> None:
+    """Write the part's values and hand its outputs and failures to the sinks."""
+    mw.tables.workspaces.put_many(part.partition, part.written)
     # The part's mark (streams/runtime/applied_marks.py): under exactly_once in the same
     # transaction as the values. Otherwise a mark may reach its changelog while the values do
     # not; the batch then fails uncommitted, and a commit behind a mark asks for no rewind.

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer
 
+from ...core.plain import PlainWorkspace
 from ...core.steps.ticks import tick_due
 from ...core.workspace import WorkspaceState
 from ...models.internal import period_tick
@@ -36,7 +37,7 @@ class PeriodTickIndex:
         self._decode = decode
         self._seen: dict[str, tuple[bytes, datetime | None]] = {}
 
-    def note(self, workspace_id: str, raw: bytes, state: WorkspaceState) -> None:
+    def note(self, workspace_id: str, raw: bytes, state: WorkspaceState | PlainWorkspace) -> None:
         """What counting has just written for ``workspace_id``: the next pass need not decode it."""
         self._seen[workspace_id] = (raw, tick_due(state))
 

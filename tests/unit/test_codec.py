@@ -16,10 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from meterwatch.core.alerts import AlertSetting, AlertState, ContractAlertSetting, ContractAlertState, ScheduledSetting
 from meterwatch.core.contract_usage import ContractPeriod, ContractUsage
+from meterwatch.core.contracts import WorkspaceProfile
 from meterwatch.core.fin_limit import FinState, LimitSetting
 from meterwatch.core.mail_cap import MailHour
 from meterwatch.core.metering import MetricTally, PeriodTally, WorkspaceUsage
 from meterwatch.core.periods import BillingPeriod
+from meterwatch.core.plain import PLAIN_METRICS, PlainTally, PlainWorkspace, plain_of, state_of
 from meterwatch.core.workspace import ContractOthers, WorkspaceState
 from meterwatch.streams import codec
 from meterwatch.streams.codec import (
@@ -288,3 +290,54 @@ def test_who_made_a_setting_and_when_is_kept() -> None:
     assert (read.setting.changed_by, read.setting.changed_at) == ("alice", at)
     assert (read.scheduled.setting.changed_by, read.scheduled.setting.changed_at) == ("bob", later)
     assert (back.fin.setting.changed_by, back.fin.setting.changed_at) == ("carol", at)
+
+
+@st.composite
+def plain_workspaces(draw: st.DrawFn) -> PlainWorkspace:
+    metrics = draw(st.lists(st.sampled_from(sorted(PLAIN_METRICS)), unique=True, max_size=5))
+    tallies = []
+    for metric in metrics:
+        days = draw(st.dictionaries(st.dates(date(2020, 1, 1), date(2040, 1, 1)), st.integers(-9, 2**53), max_size=31))
+        tallies.append(PlainTally(metric, draw(periods()), draw(st.integers(0, 2**53 - 1)), draw(instants), days))
+    return PlainWorkspace(draw(st.integers(-1, 2**40)), tuple(tallies))
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(plain_workspaces())
+def test_a_plain_workspace_is_written_as_the_bytes_of_its_state_and_reads_back_plain(plain: PlainWorkspace) -> None:
+    state = state_of(plain)
+    assert encode_workspace(plain) == encode_workspace(state)
+    assert plain_of(state) == plain
+    assert plain_of(decode_workspace(encode_workspace(plain))) == plain  # type: ignore[arg-type]
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(workspace_states())
+def test_a_state_has_a_plain_form_only_when_that_form_stands_for_it_exactly(state: WorkspaceState) -> None:
+    plain = plain_of(state)
+    if plain is not None:
+        assert state_of(plain) == state
+
+
+def test_a_workspace_with_more_than_usage_has_no_plain_form() -> None:
+    period = BillingPeriod(datetime(2026, 12, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
+    at = datetime(2026, 12, 3, tzinfo=UTC)
+
+    def usage_of(metric: str, **tally: Any) -> WorkspaceUsage:
+        counted = PeriodTally(period, 5, at, MappingProxyType({date(2026, 12, 3): 5}), **tally)
+        return WorkspaceUsage(MappingProxyType({metric: MetricTally(metric, (counted,))}), 7)
+
+    plain = WorkspaceState(usage=usage_of("sms"))
+    assert plain_of(plain) == PlainWorkspace(7, (PlainTally("sms", period, 5, at, {date(2026, 12, 3): 5}),))
+    earlier = PeriodTally(BillingPeriod(datetime(2026, 11, 1, tzinfo=UTC), period.start), 1, at)
+    others = [
+        WorkspaceState(usage=usage_of("seats")),
+        WorkspaceState(usage=usage_of("fin_resolutions", conversations=frozenset({"c1"}))),
+        WorkspaceState(usage=WorkspaceUsage(MappingProxyType({"sms": MetricTally("sms", (earlier, earlier))}))),
+        WorkspaceState(usage=WorkspaceUsage(MappingProxyType({"sms": MetricTally("sms", (PeriodTally(period),))}))),
+        WorkspaceState(usage=plain.usage, profile=WorkspaceProfile(billing_contacts=("billing@example.com",))),
+        WorkspaceState(usage=plain.usage, mail_hour=MailHour(1, 1)),
+        WorkspaceState(usage=plain.usage, recent_commands=MappingProxyType({"c": 1})),
+        WorkspaceState(usage=plain.usage, contract_others=ContractOthers(period)),
+    ]
+    assert [plain_of(state) for state in others] == [None] * len(others)

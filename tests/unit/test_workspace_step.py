@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from meterwatch.core.dedupe import FirstSeen
 from meterwatch.core.metering import MetricTally, WorkspaceUsage
+from meterwatch.core.plain import PlainWorkspace, as_state, plain_of
 from meterwatch.core.steps import workspace as workspace_step
 from meterwatch.core.steps.fin import period_tick_due
 from meterwatch.core.steps.workspace import (
@@ -35,6 +36,7 @@ from meterwatch.core.steps.workspace import (
 from meterwatch.core.workspace import WorkspaceState
 from meterwatch.models.internal import RowPacker
 from meterwatch.models.outputs import Kind
+from meterwatch.streams.codec import encode_workspace
 
 WORKSPACE = "ws_1"
 # Small caps, so the random streams also reach them: contacts rejected, mail held back.
@@ -79,6 +81,21 @@ def usage_rows(draw: st.DrawFn, base: datetime, metric: str | None = None) -> di
         "occurred_at": _iso(occurred.astimezone(UTC)),
         "conversation_id": f"c{draw(st.integers(0, 4))}" if metric == "fin_resolutions" else None,
         "received_ms": _ms(occurred) + delay,
+    }
+
+
+@st.composite
+def quiet_rows(draw: st.DrawFn, base: datetime, metric: str) -> dict[str, Any]:
+    """An event no judgement needs to see, unless an alert or limit is set: new, of one small
+    quantity, in the period of ``base``, received soon after."""
+    occurred = base + timedelta(seconds=draw(st.integers(-1800, 1800)))
+    return {
+        "event_id": f"q{draw(st.integers(0, 10**9))}",
+        "metric": metric,
+        "quantity": draw(st.integers(1, 6)),
+        "occurred_at": _iso(occurred),
+        "conversation_id": "c1" if metric == "fin_resolutions" else None,
+        "received_ms": _ms(occurred) + draw(st.integers(0, 120_000)),
     }
 
 
@@ -204,7 +221,7 @@ def cost_streams(draw: st.DrawFn) -> list[list[tuple[str, Any]]]:
 
 @st.composite
 def lone_streams(draw: st.DrawFn) -> list[list[tuple[str, Any]]]:
-    """Batches of one message each, mostly one to three events of one metric: what most
+    """Batches of one to three messages, mostly of one to three events of one metric: what most
     workspaces of a batch get, so that many are counted alone (``_sum_alone``), and the
     settings, limits, contracts, cost alerts, repeats, late and future events among them make
     others fall back to the run."""
@@ -216,7 +233,12 @@ def lone_streams(draw: st.DrawFn) -> list[list[tuple[str, Any]]]:
             batches.append([("command", (draw(st.one_of(commands(), cost_commands())), received))])
         else:
             metric = draw(st.one_of(METRICS, st.none()))  # None: each event its own metric
-            batches.append([("rows", draw(st.lists(usage_rows(base, metric), min_size=1, max_size=3)))])
+            messages = draw(st.sampled_from([1, 1, 1, 2, 3]))
+            # Several messages whose events could all be summed are rare among random rows.
+            rows = (
+                quiet_rows(base, metric or "sms") if messages > 1 and draw(st.booleans()) else usage_rows(base, metric)
+            )
+            batches.append([("rows", draw(st.lists(rows, min_size=1, max_size=3))) for _ in range(messages)])
     return batches
 
 
@@ -274,6 +296,8 @@ def _comparable(step_result: Result) -> dict[str, Any]:
 
 
 SUMMED: list[int] = []
+# Whether the plain form of each state it was offered came back plain, for the guard below.
+PLAIN: list[bool] = []
 # The metrics of the usage.limits records the random streams made, for the guard below.
 LIMITED: list[str] = []
 # The levels of the cost alerts the random streams made, for the guard below.
@@ -299,6 +323,14 @@ def _run_both(
         batched = _step(state, messages, seen, batched=True)
         single = _step(state, messages, seen, batched=False)
         assert _comparable(batched) == _comparable(single)
+        plain = plain_of(state)
+        if plain is not None:
+            # The narrow form of the same workspace: the same results, the state widened, and
+            # the very bytes the worker writes for it.
+            narrow = _step(plain, messages, seen, batched=True)  # type: ignore[arg-type]
+            PLAIN.append(type(narrow.state) is PlainWorkspace)
+            assert _comparable(narrow._replace(state=as_state(narrow.state))) == _comparable(batched)
+            assert encode_workspace(narrow.state) == encode_workspace(batched.state)
         results.append(batched)
         SUMMED.append(batched.out.summed)
         LIMITED.extend(record["metric"] for record in batched.out.outputs.of(Kind.FIN_TRANSITION))
@@ -372,7 +404,7 @@ def _the_same_lone_streams_every_time(batches: list[list[tuple[str, Any]]]) -> N
     _run_both(batches, replay_first=False)
 
 
-# (offset, whether counted alone) of every message offered to _sum_alone, while recorded
+# (last offset, whether counted alone) of the messages offered to _sum_alone, while recorded
 ALONE: list[tuple[int, bool]] = []
 
 
@@ -381,9 +413,9 @@ def alone(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
     """Records what ``_sum_alone`` answers, in ``ALONE``."""
     sum_alone = workspace_step._sum_alone
 
-    def recorded(state: WorkspaceState, message: Any, *args: Any) -> WorkspaceState | None:
-        summed = sum_alone(state, message, *args)
-        ALONE.append((message.offset, summed is not None))
+    def recorded(state: WorkspaceState, messages: list[Any], *args: Any) -> WorkspaceState | None:
+        summed = sum_alone(state, messages, *args)
+        ALONE.append((messages[-1].offset, summed is not None))
         return summed
 
     ALONE.clear()
@@ -391,13 +423,31 @@ def alone(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
     return ALONE
 
 
-def test_the_random_lone_streams_are_often_counted_alone_and_often_not(alone: list[tuple[int, bool]]) -> None:
+def test_the_random_lone_streams_are_often_counted_alone_and_often_not(
+    alone: list[tuple[int, bool]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Guards the property above against streams that never take the lone-message path, or
-    never fall back from it (one fixed, derandomized draw)."""
+    never fall back from it, in either form of a workspace, or never sum several messages
+    (one fixed, derandomized draw)."""
+    summed_alone = workspace_step._summed_alone
+    several: list[bool] = []  # whether the messages were summed, for each batch of several
+
+    def recorded(messages: list[Any], *args: Any) -> tuple[int, list[Any]] | None:
+        summed = summed_alone(messages, *args)
+        if len(messages) > 1:
+            several.append(summed is not None)
+        return summed
+
+    monkeypatch.setattr(workspace_step, "_summed_alone", recorded)
+    PLAIN.clear()
     _the_same_lone_streams_every_time()
+    assert sum(several) >= 20, (sum(several), len(several))
     taken = sum(1 for _, counted in alone if counted)
     assert taken > len(alone) // 8, (taken, len(alone))
     assert len(alone) - taken > len(alone) // 4, (taken, len(alone))
+    kept_plain = sum(PLAIN)
+    assert kept_plain > len(PLAIN) // 8, (kept_plain, len(PLAIN))
+    assert len(PLAIN) - kept_plain > len(PLAIN) // 8, (kept_plain, len(PLAIN))
 
 
 def test_a_quiet_run_is_summed_and_a_crossing_still_alerts_once_with_its_event() -> None:
@@ -817,5 +867,8 @@ def test_a_message_replayed_alone_or_among_others_is_not_counted_alone(alone: li
     again = _step(first.state, messages, {}, batched=True)
     assert (again.state, again.out.replayed, again.applied) == (first.state, 1, False)
     more = _messages([("rows", [_row("e1", 2, NOV_10)]), ("rows", [_row("e2", 2, NOV_10)])], 1)
+    replayed_first = _step(first.state, [*messages, *more], {}, batched=True)
+    assert (replayed_first.out.replayed, replayed_first.out.summed) == (1, 2)
+    # Only the first batch's message and the two new ones on their own were counted alone.
     assert _step(first.state, more, {}, batched=True).out.summed == 2
-    assert alone == [(0, True)]
+    assert alone == [(0, True), (2, True)]
