@@ -221,8 +221,8 @@ def step(
     """Apply ``messages`` (inbox order) to ``state``. ``seen`` holds, for every dedupe key of
     the rows, what the dedupe store knew before this batch (absent: never seen).
 
-    A plain workspace (``core/plain.py``) that a lone message leaves plain comes back plain;
-    otherwise the result is a :class:`WorkspaceState`. ``batched=False`` judges every event on
+    A plain workspace (``core/plain.py``) whose messages are summed without judgement
+    (``_sum_plain``) comes back plain; otherwise the result is a :class:`WorkspaceState`. ``batched=False`` judges every event on
     its own: the reference the batched path is tested against."""
     plain = type(state) is PlainWorkspace
     if batched and messages:
