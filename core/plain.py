@@ -7,7 +7,8 @@ touches the workspace; a :class:`PlainWorkspace` holds the same in three or four
 keeps more of them in its caches and builds fewer per event. It is a frozen value too, with
 exactly one :class:`WorkspaceState` of its own (``state_of``), and a state has a plain form
 exactly when ``plain_of`` gives one: ``state_of(plain_of(s)) == s``. The counting step sums a
-lone message into a plain workspace directly and widens it to a state for anything else; the
+workspace's usage messages into a plain workspace directly and widens it to a state for
+anything else; the
 property-based tests require both to give the same results.
 """
 
