@@ -31,32 +31,55 @@ class PeriodTickIndex:
     """Which workspaces need a period tick, decoding only the values that changed since the last
     pass. Decoding every workspace every pass blocked the event loop for seconds per 100,000
     workspaces (bench/period_timer.py); table values are replaced, never mutated, so a value
-    equal to the one seen last time has the same due time."""
+    equal to the one seen last time has the same due time.
+
+    Counting notes each value as soon as it is encoded, before the table holds it: a pass that
+    runs in between (while the batch waits for its dedupe ids) still finds the value it judged
+    last time in the table, and keeps the note for the next pass, which finds it written."""
 
     def __init__(self, decode: Callable[[bytes], WorkspaceState | None] = decode_workspace) -> None:
         self._decode = decode
         self._seen: dict[str, tuple[bytes, datetime | None]] = {}
+        self._noted: dict[str, tuple[bytes, datetime | None]] = {}  # since the last pass
+        self._unwritten: dict[str, tuple[bytes, datetime | None]] = {}  # noted, not in the table at the last pass
 
     def note(self, workspace_id: str, raw: bytes, state: WorkspaceState | PlainWorkspace) -> None:
-        """What counting has just written for ``workspace_id``: the next pass need not decode it."""
-        self._seen[workspace_id] = (raw, tick_due(state))
+        """What counting has just encoded for ``workspace_id``: once the table holds ``raw``, no
+        pass needs to decode it."""
+        self._noted[workspace_id] = (raw, tick_due(state))
 
     def due(self, values: Iterable[tuple[str, bytes]], now: datetime) -> list[str]:
         seen: dict[str, tuple[bytes, datetime | None]] = {}
         due: list[str] = []
+        last, noted, earlier = self._seen, self._noted, self._unwritten
+        unwritten: dict[str, tuple[bytes, datetime | None]] = {}
         for workspace_id, raw in values:
-            known = self._seen.get(workspace_id)
-            if known is not None and (known[0] is raw or known[0] == raw):
-                at = known[1]
-            else:
-                state = self._decode(raw)
-                at = None if state is None else tick_due(state)
-            # Workspaces no longer held (given up in a rebalance) drop out with the old dict.
-            seen[workspace_id] = (raw, at)
+            known = noted.pop(workspace_id, None)
+            if known is not None and not _holds(known, raw):
+                unwritten[workspace_id] = known  # not written yet: for the next pass
+                known = None
+            if known is None:
+                known = earlier.get(workspace_id)
+                if known is None or not _holds(known, raw):
+                    known = last.get(workspace_id)
+                    if known is None or not _holds(known, raw):
+                        state = self._decode(raw)
+                        known = (raw, None if state is None else tick_due(state))
+            # Workspaces no longer held (given up in a rebalance) drop out with the old dicts.
+            seen[workspace_id] = known
+            at = known[1]
             if at is not None and at <= now:
                 due.append(workspace_id)
-        self._seen = seen
+        # Notes of workspaces the table does not hold yet wait for the next pass too; a note
+        # still not written by then was of a batch that failed, and is dropped.
+        unwritten.update(noted)
+        self._seen, self._noted, self._unwritten = seen, {}, unwritten
         return due
+
+
+def _holds(known: tuple[bytes, datetime | None], raw: bytes) -> bool:
+    """Whether ``known`` was judged from ``raw``: the same bytes, or equal ones read back."""
+    return known[0] is raw or known[0] == raw
 
 
 class TickSender:

@@ -7,6 +7,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from meterwatch.core.fin_limit import FinState, LimitSetting
 from meterwatch.core.metering import WorkspaceUsage
 from meterwatch.core.periods import CALENDAR_MONTH_UTC
@@ -133,6 +135,80 @@ def test_a_write_that_changed_usage_only_keeps_the_due_time_and_one_that_disable
     assert index.due([("ws_a", DISABLED)], IN_DECEMBER) == ["ws_a"]
     index.note("ws_a", ENABLED, enabled)
     assert index.due([("ws_a", ENABLED)], IN_DECEMBER) == []
+
+
+def test_a_pass_before_the_noted_value_is_written_keeps_the_note() -> None:
+    decoder = CountingDecoder()
+    index = PeriodTickIndex(decoder)
+    assert index.due([("ws_a", ENABLED)], IN_DECEMBER) == []
+    # Counting encodes and notes new values; a pass runs before the table holds them.
+    disabled = value(fin("disabled", 5))
+    index.note("ws_a", disabled, decode_workspace(disabled))
+    index.note("ws_new", NO_LIMIT, WorkspaceState())
+    assert index.due([("ws_a", ENABLED)], IN_DECEMBER) == []
+    # The batch is written: the next pass judges both from their notes.
+    assert index.due([("ws_a", disabled), ("ws_new", NO_LIMIT)], IN_DECEMBER) == ["ws_a"]
+    assert decoder.decoded == [ENABLED]
+
+
+def test_a_note_whose_write_never_came_is_dropped_after_one_more_pass() -> None:
+    decoder = CountingDecoder()
+    index = PeriodTickIndex(decoder)
+    index.note("ws_a", DISABLED, decode_workspace(DISABLED))  # its batch fails: never written
+    for _ in range(3):
+        assert index.due([("ws_a", ENABLED)], IN_DECEMBER) == []
+    assert decoder.decoded == [ENABLED]
+    # Were the failed batch's bytes written after all, much later, they are judged afresh.
+    assert index.due([("ws_a", bytes(bytearray(DISABLED)))], IN_DECEMBER) == ["ws_a"]
+    assert decoder.decoded == [ENABLED, DISABLED]
+
+
+VALUES = [DISABLED, ENABLED, NO_LIMIT, value(fin("disabled", 7)), value(fin("enabled", 3))]
+
+# One step of counting and the timer: ("note", ws, v) encodes value v for ws; ("write", ws) puts
+# ws's last noted value in the table; ("fail", ws) drops it unwritten; ("drop", ws) gives ws up
+# in a rebalance; ("pass",) runs the timer.
+_steps = st.one_of(
+    st.tuples(st.just("note"), st.sampled_from("abc"), st.integers(0, len(VALUES) - 1)),
+    st.tuples(st.sampled_from(["write", "fail", "drop"]), st.sampled_from("abc")),
+    st.just(("pass",)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_steps, max_size=40))
+def test_every_pass_answers_for_what_the_table_holds(steps: list[tuple]) -> None:
+    decoder = CountingDecoder()
+    index = PeriodTickIndex(decoder)
+    table: dict[str, tuple[bytes, int]] = {}  # ws -> (value, the pass count when it was noted)
+    pending: dict[str, tuple[bytes, int]] = {}
+    last_pass: dict[str, bytes] = {}
+    passes = 0
+    for step in steps:
+        kind, ws = step[0], f"ws_{step[1]}" if len(step) > 1 else ""
+        if kind == "note":
+            raw = bytes(bytearray(VALUES[step[2]]))  # a new object, as each encoding is
+            pending[ws] = (raw, passes)
+            index.note(ws, raw, decode_workspace(raw))
+        elif kind == "write" and ws in pending:
+            table[ws] = pending.pop(ws)
+        elif kind == "fail":
+            pending.pop(ws, None)
+        elif kind == "drop":
+            table.pop(ws, None)
+        elif kind == "pass":
+            held = [(w, raw) for w, (raw, _) in table.items()]
+            expected = [
+                w for w, raw in held if (at := tick_due(decode_workspace(raw))) is not None and at <= IN_DECEMBER
+            ]
+            # Decoded only: a value neither noted since the pass before the last one, nor the
+            # one the last pass saw.
+            new = sum(1 for w, (raw, noted) in table.items() if noted < passes - 1 and last_pass.get(w) != raw)
+            before = len(decoder.decoded)
+            assert index.due(held, IN_DECEMBER) == expected
+            assert len(decoder.decoded) - before <= new
+            last_pass = dict(held)
+            passes += 1
 
 
 @pytest.mark.parametrize(
