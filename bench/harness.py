@@ -286,6 +286,47 @@ def _our_cpu(processes: dict[int, tuple[int, float, float, str]]) -> float:
     return sum(processes[pid][1] + processes[pid][2] for pid in _ours(processes) if pid in processes)
 
 
+class CpuSplit:
+    """Where the machine's CPU went over a stretch of time: a worker's main process and its stage
+    one (its child), this benchmark's own process (producing, reading alerts), the rest of this
+    benchmark's children (the embedded broker), and processes that are not ours; in cores."""
+
+    def __init__(self, worker_pid: int) -> None:
+        self.worker_pid = worker_pid
+        self.started = time.monotonic()
+        self.busy = _system_busy_seconds()
+        self.before = _processes()
+
+    def finish(self) -> dict[str, float]:
+        after = _processes()
+        elapsed = max(1e-6, time.monotonic() - self.started)
+        stage_one = set(process_tree(self.worker_pid)) - {self.worker_pid}
+        ours = _ours(after)
+        used = {
+            "worker": 0.0,
+            "worker stage one": 0.0,
+            "benchmark (producer, alert reader)": 0.0,
+            "broker and other children": 0.0,
+        }
+        for pid in ours:
+            if pid not in after:
+                continue
+            delta = after[pid][1] - (self.before[pid][1] if pid in self.before else 0.0)
+            if pid == self.worker_pid:
+                used["worker"] += delta
+            elif pid in stage_one:
+                used["worker stage one"] += delta
+            elif pid == os.getpid():
+                used["benchmark (producer, alert reader)"] += delta
+            else:
+                used["broker and other children"] += delta
+        split = {name: round(seconds / elapsed, 2) for name, seconds in used.items()}
+        busy = (_system_busy_seconds() - self.busy) / elapsed
+        split["not ours"] = round(max(0.0, busy - sum(used.values()) / elapsed), 2)
+        split["machine busy"] = round(busy, 2)
+        return split
+
+
 class ForeignLoad:
     """CPU used during a phase by processes that are not this benchmark or its children:
     the machine's busy time (/proc/stat) less ours, so processes that came and went count too.

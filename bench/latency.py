@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from harness import RESULTS, PhaseFailed, log, tail
+from harness import RESULTS, CpuSplit, PhaseFailed, log, tail
 from meterwatch.models.internal import EVENT_ID
 from producing import METRIC, Producer, make_shape
 from worker import MeterwatchWorker, wait_counter
@@ -114,6 +114,8 @@ async def _measure(
 
         live = shape.encode(rng, 0, messages_total)
         on_live()
+        cpu = CpuSplit(worker.pid)
+        cpu_cores: dict[str, float] | None = None
         delays_published: list[float] = []
         delays_received: list[float] = []
         causes: dict[str, tuple[float, float]] = {}  # cause event id -> (triggered, published)
@@ -134,6 +136,8 @@ async def _measure(
                     causes[alert["cause_event_id"]] = (triggered, record.timestamp / 1000)
             if not producing.done():
                 continue
+            if cpu_cores is None:
+                cpu_cores = cpu.finish()
             if len(delays_published) >= expected_alerts:
                 break
             if batch:
@@ -166,6 +170,8 @@ async def _measure(
         # event to the inbox record carrying it, and from that record to the alert record.
         "to_inbox_seconds": stats(to_inbox),
         "inbox_to_alert_seconds": stats(inbox_to_alert),
+        # Cores used while the live events were being produced, by process.
+        "cpu_cores": cpu_cores,
     }
 
 

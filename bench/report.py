@@ -231,6 +231,14 @@ def latency_lines(latency: dict[str, Any]) -> list[str]:
             if (to := latency.get("to_inbox_seconds")) and (on := latency.get("inbox_to_alert_seconds"))
             else []
         ),
+        *(
+            [
+                f"  cores used meanwhile ({cpu['machine busy']:.2f} of the machine's): "
+                + ", ".join(f"{name} {cores:.2f}" for name, cores in cpu.items() if name != "machine busy")
+            ]
+            if (cpu := latency.get("cpu_cores"))
+            else []
+        ),
         *batch_lines(latency.get("batches")),
     ]
 
