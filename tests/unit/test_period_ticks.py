@@ -151,6 +151,20 @@ def test_a_pass_before_the_noted_value_is_written_keeps_the_note() -> None:
     assert decoder.decoded == [ENABLED]
 
 
+def test_a_value_written_and_noted_again_before_the_pass_is_not_decoded() -> None:
+    decoder = CountingDecoder()
+    index = PeriodTickIndex(decoder)
+    # One batch writes the workspace; the next one encodes it again and waits for its dedupe
+    # ids when the pass runs: the table holds the first batch's value.
+    disabled = value(fin("disabled", 5))
+    index.note("ws_a", disabled, decode_workspace(disabled))
+    enabled = value(fin("enabled", 1))
+    index.note("ws_a", enabled, decode_workspace(enabled))
+    assert index.due([("ws_a", disabled)], IN_DECEMBER) == ["ws_a"]
+    assert index.due([("ws_a", enabled)], IN_DECEMBER) == []
+    assert decoder.decoded == []
+
+
 def test_a_note_whose_write_never_came_is_dropped_after_one_more_pass() -> None:
     decoder = CountingDecoder()
     index = PeriodTickIndex(decoder)
@@ -183,17 +197,22 @@ def test_every_pass_answers_for_what_the_table_holds(steps: list[tuple]) -> None
     table: dict[str, tuple[bytes, int]] = {}  # ws -> (value, the pass count when it was noted)
     pending: dict[str, tuple[bytes, int]] = {}
     last_pass: dict[str, bytes] = {}
+    failed: set[str] = set()  # a batch of the workspace failed since its value was written
     passes = 0
     for step in steps:
         kind, ws = step[0], f"ws_{step[1]}" if len(step) > 1 else ""
         if kind == "note":
+            if ws in pending:
+                failed.add(ws)  # a workspace is noted again only after its batch was written or failed
             raw = bytes(bytearray(VALUES[step[2]]))  # a new object, as each encoding is
             pending[ws] = (raw, passes)
             index.note(ws, raw, decode_workspace(raw))
         elif kind == "write" and ws in pending:
             table[ws] = pending.pop(ws)
-        elif kind == "fail":
-            pending.pop(ws, None)
+            failed.discard(ws)
+        elif kind == "fail" and ws in pending:
+            del pending[ws]
+            failed.add(ws)
         elif kind == "drop":
             table.pop(ws, None)
         elif kind == "pass":
@@ -201,9 +220,13 @@ def test_every_pass_answers_for_what_the_table_holds(steps: list[tuple]) -> None
             expected = [
                 w for w, raw in held if (at := tick_due(decode_workspace(raw))) is not None and at <= IN_DECEMBER
             ]
-            # Decoded only: a value neither noted since the pass before the last one, nor the
-            # one the last pass saw.
-            new = sum(1 for w, (raw, noted) in table.items() if noted < passes - 1 and last_pass.get(w) != raw)
+            # Decoded only: a value the last pass did not see, and that was not noted since the
+            # pass before the last one (or was, but a later batch of its workspace failed).
+            new = sum(
+                1
+                for w, (raw, noted) in table.items()
+                if last_pass.get(w) != raw and (noted < passes - 1 or w in failed)
+            )
             before = len(decoder.decoded)
             assert index.due(held, IN_DECEMBER) == expected
             assert len(decoder.decoded) - before <= new
