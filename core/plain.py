@@ -8,8 +8,7 @@ keeps more of them in its caches and builds fewer per event. It is a frozen valu
 exactly one :class:`WorkspaceState` of its own (``state_of``), and a state has a plain form
 exactly when ``plain_of`` gives one: ``state_of(plain_of(s)) == s``. The counting step sums a
 workspace's usage messages into a plain workspace directly and widens it to a state for
-anything else; the
-property-based tests require both to give the same results.
+anything else; the property-based tests require both to give the same results.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import logging
 import time
 from concurrent import futures
 from concurrent.futures import Future
+from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple
 
 import orjson
@@ -24,6 +25,7 @@ from ... import collector
 from ...core.alert_history import added, decode_history, encode_history, entries_of
 from ...core.dedupe import FirstSeen, decode_first_seen
 from ...core.plain import NEW_WORKSPACE, PlainWorkspace, plain_of
+from ...core.steps.ticks import tick_due
 from ...core.steps.workspace import BatchOutputs, CommandMessage, Message, StepConfig, rows_by_workspace, step
 from ...core.workspace import WorkspaceState
 from ...models.internal import COMMAND, O_RECEIVED_MS, ROWS, USAGE, InboxRecord, legacy_rows
@@ -124,14 +126,14 @@ async def count_batch(mw: Meterwatch, events: list[EventT], decoded: DecodedValu
         await mw.tables.seen_event_ids.wait_for_writes()
         for part in judged:
             with acting_for(part.events[-1]):
-                await _write_part(mw, part, sinks)
+                await _write_part(mw, part, sinks, ticks)
         await finish(mw, sinks)
 
 
 class Known(NamedTuple):
-    """What counting keeps of the values it writes: their decoded states, and when each
-    workspace needs a period tick. Both answer for a value only while the table holds its very
-    bytes, so a state is noted as soon as it is encoded, before the batch is written."""
+    """What counting keeps of the values it writes: their decoded states, kept as soon as they
+    are encoded (each answers only for its very bytes), and when each workspace needs a period
+    tick, noted once the table holds them."""
 
     decoded: DecodedValues
     ticks: PeriodTickIndex
@@ -143,6 +145,7 @@ class _JudgedPart(NamedTuple):
     partition: int
     events: list[EventT]
     written: list[tuple[str, bytes]]
+    due: list[datetime | None]  # when each written state needs a period tick (tick_due)
     out: BatchOutputs
     event_at: dict[int, EventT]  # inbox offset -> its event, for the dead letter of a failure
 
@@ -199,20 +202,22 @@ def _judge_part(mw: Meterwatch, part: _SplitPart, known: Known, config: StepConf
     stored = mw.tables.workspaces.stored()
     out = BatchOutputs()
     written: list[tuple[str, bytes]] = []
-    load, keep, note = known.decoded.load, known.decoded.keep, known.ticks.note
+    due: list[datetime | None] = []
+    load, keep = known.decoded.load, known.decoded.keep
     for workspace_id, messages in part.by_workspace.items():
         state, applied = step(workspace_id, load(workspace_id, stored.get(workspace_id)), messages, seen, config, out)
         if applied:
             raw = encode_workspace(state)
             written.append((workspace_id, raw))
-            note(workspace_id, raw, keep(workspace_id, raw, state))
+            due.append(tick_due(keep(workspace_id, raw, state)))
     mw.tables.seen_event_ids.remember(out.first_seen)
-    return _JudgedPart(part.partition, part.events, written, out, part.event_at)
+    return _JudgedPart(part.partition, part.events, written, due, out, part.event_at)
 
 
-async def _write_part(mw: Meterwatch, part: _JudgedPart, sinks: Sinks) -> None:
+async def _write_part(mw: Meterwatch, part: _JudgedPart, sinks: Sinks, ticks: PeriodTickIndex) -> None:
     """Write the part's values and hand its outputs and failures to the sinks."""
     mw.tables.workspaces.put_many(part.partition, part.written)
+    ticks.note(part.written, part.due)
     # The part's mark (streams/runtime/applied_marks.py): under exactly_once in the same
     # transaction as the values. Otherwise a mark may reach its changelog while the values do
     # not; the batch then fails uncommitted, and a commit behind a mark asks for no rewind.

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer
 
-from ...core.plain import PlainWorkspace
 from ...core.steps.ticks import tick_due
 from ...core.workspace import WorkspaceState
 from ...models.internal import period_tick
@@ -33,58 +32,40 @@ class PeriodTickIndex:
     workspaces (bench/period_timer.py); table values are replaced, never mutated, so a value
     equal to the one seen last time has the same due time.
 
-    Counting notes each value as soon as it is encoded, before the table holds it. A pass that
-    runs in between (while the batch waits for its dedupe ids) finds in the table the value of an
-    earlier batch, which it judged last time or which counting noted before this one; it keeps
-    the new note for the next pass, which finds it written."""
+    Counting notes each value it writes, with the due time of the state it encoded, right after
+    the table holds it; a value the table holds that neither the last pass saw nor counting
+    noted since (a recovery, a rebalance) is decoded."""
 
     def __init__(self, decode: Callable[[bytes], WorkspaceState | None] = decode_workspace) -> None:
         self._decode = decode
-        self._seen: dict[str, tuple[bytes, datetime | None]] = {}
-        self._noted: dict[str, tuple[bytes, datetime | None]] = {}  # since the last pass
-        # Notes since the last pass that a later note of the same workspace replaced: written
-        # by then (or failed), since counting notes a workspace again only in a later batch.
-        self._replaced: dict[str, tuple[bytes, datetime | None]] = {}
-        self._unwritten: dict[str, tuple[bytes, datetime | None]] = {}  # noted, not in the table at the last pass
+        self._seen: dict[str, tuple[bytes, datetime | None]] = {}  # at the last pass
+        self._noted: dict[str, tuple[bytes, datetime | None]] = {}  # written since the last pass
 
-    def note(self, workspace_id: str, raw: bytes, state: WorkspaceState | PlainWorkspace) -> None:
-        """What counting has just encoded for ``workspace_id``: once the table holds ``raw``, no
-        pass needs to decode it."""
+    def note(self, written: Sequence[tuple[str, bytes]], due: Sequence[datetime | None]) -> None:
+        """Counting has just written ``written``, ``(workspace id, value)`` pairs whose states
+        are due for a tick at ``due`` (``tick_due``, in the same order)."""
         noted = self._noted
-        replaced = noted.get(workspace_id)
-        if replaced is not None:
-            self._replaced[workspace_id] = replaced
-        noted[workspace_id] = (raw, tick_due(state))
+        for (workspace_id, raw), at in zip(written, due, strict=True):
+            noted[workspace_id] = (raw, at)
 
     def due(self, values: Iterable[tuple[str, bytes]], now: datetime) -> list[str]:
         seen: dict[str, tuple[bytes, datetime | None]] = {}
         due: list[str] = []
-        last, noted, replaced, earlier = self._seen, self._noted, self._replaced, self._unwritten
-        unwritten: dict[str, tuple[bytes, datetime | None]] = {}
+        last, noted = self._seen, self._noted
         for workspace_id, raw in values:
-            known = noted.pop(workspace_id, None)
-            if known is not None and not _holds(known, raw):
-                unwritten[workspace_id] = known  # not written yet: for the next pass
-                known = None
-            if known is None:
-                # Any of these judged from the same bytes has the right due time.
+            # Either judged from the same bytes has the right due time.
+            known = noted.get(workspace_id)
+            if known is None or not _holds(known, raw):
                 known = last.get(workspace_id)
                 if known is None or not _holds(known, raw):
-                    known = replaced.get(workspace_id)
-                    if known is None or not _holds(known, raw):
-                        known = earlier.get(workspace_id)
-                        if known is None or not _holds(known, raw):
-                            state = self._decode(raw)
-                            known = (raw, None if state is None else tick_due(state))
+                    state = self._decode(raw)
+                    known = (raw, None if state is None else tick_due(state))
             # Workspaces no longer held (given up in a rebalance) drop out with the old dicts.
             seen[workspace_id] = known
             at = known[1]
             if at is not None and at <= now:
                 due.append(workspace_id)
-        # Notes of workspaces the table does not hold yet wait for the next pass too; a note
-        # still not written by then was of a batch that failed, and is dropped.
-        unwritten.update(noted)
-        self._seen, self._noted, self._replaced, self._unwritten = seen, {}, {}, unwritten
+        self._seen, self._noted = seen, {}
         return due
 
 

@@ -110,81 +110,67 @@ def test_an_empty_value_is_never_due() -> None:
     assert PeriodTickIndex().due([("ws_gone", b"")], IN_DECEMBER) == []
 
 
+def written(index: PeriodTickIndex, *values: tuple[str, bytes, WorkspaceState]) -> None:
+    """Counting writes ``values`` and notes them, with their states' due times."""
+    index.note([(ws, raw) for ws, raw, _ in values], [tick_due(state) for _, _, state in values])
+
+
 def test_a_value_counting_wrote_is_judged_from_its_state_without_decoding() -> None:
     decoder = CountingDecoder()
     index = PeriodTickIndex(decoder)
     index.due([("ws_a", ENABLED)], IN_DECEMBER)
     # Counting disables Fin and writes the value: the timer learns it from counting's own state.
-    written = value(fin("disabled", 5))
-    index.note("ws_a", written, decode_workspace(written))
-    index.note("ws_b", NO_LIMIT, WorkspaceState())
-    assert index.due([("ws_a", written), ("ws_b", NO_LIMIT)], IN_DECEMBER) == ["ws_a"]
+    disabled = value(fin("disabled", 5))
+    written(index, ("ws_a", disabled, decode_workspace(disabled)), ("ws_b", NO_LIMIT, WorkspaceState()))
+    assert index.due([("ws_a", disabled), ("ws_b", NO_LIMIT)], IN_DECEMBER) == ["ws_a"]
     assert decoder.decoded == [ENABLED]
 
 
 def test_a_write_that_changed_usage_only_keeps_the_due_time_and_one_that_disabled_fin_moves_it() -> None:
     index = PeriodTickIndex(CountingDecoder())
     enabled = WorkspaceState(fin=fin("enabled", 1))
-    index.note("ws_a", ENABLED, enabled)
+    written(index, ("ws_a", ENABLED, enabled))
     # More usage, the same profile, alerts and limits: the due time noted before still holds.
     more = encode_workspace(replace(enabled, usage=WorkspaceUsage(applied_through=7)))
-    index.note("ws_a", more, decode_workspace(more))
+    written(index, ("ws_a", more, decode_workspace(more)))
     assert index.due([("ws_a", more)], IN_DECEMBER) == []
-    disabled = WorkspaceState(fin=fin("disabled", 5))
-    index.note("ws_a", DISABLED, disabled)
+    written(index, ("ws_a", DISABLED, WorkspaceState(fin=fin("disabled", 5))))
     assert index.due([("ws_a", DISABLED)], IN_DECEMBER) == ["ws_a"]
-    index.note("ws_a", ENABLED, enabled)
+    written(index, ("ws_a", ENABLED, enabled))
     assert index.due([("ws_a", ENABLED)], IN_DECEMBER) == []
 
 
-def test_a_pass_before_the_noted_value_is_written_keeps_the_note() -> None:
+def test_a_pass_while_a_batch_waits_to_be_written_judges_what_the_table_holds() -> None:
     decoder = CountingDecoder()
     index = PeriodTickIndex(decoder)
-    assert index.due([("ws_a", ENABLED)], IN_DECEMBER) == []
-    # Counting encodes and notes new values; a pass runs before the table holds them.
-    disabled = value(fin("disabled", 5))
-    index.note("ws_a", disabled, decode_workspace(disabled))
-    index.note("ws_new", NO_LIMIT, WorkspaceState())
-    assert index.due([("ws_a", ENABLED)], IN_DECEMBER) == []
-    # The batch is written: the next pass judges both from their notes.
-    assert index.due([("ws_a", disabled), ("ws_new", NO_LIMIT)], IN_DECEMBER) == ["ws_a"]
-    assert decoder.decoded == [ENABLED]
-
-
-def test_a_value_written_and_noted_again_before_the_pass_is_not_decoded() -> None:
-    decoder = CountingDecoder()
-    index = PeriodTickIndex(decoder)
-    # One batch writes the workspace; the next one encodes it again and waits for its dedupe
-    # ids when the pass runs: the table holds the first batch's value.
-    disabled = value(fin("disabled", 5))
-    index.note("ws_a", disabled, decode_workspace(disabled))
+    assert index.due([("ws_a", DISABLED)], IN_DECEMBER) == ["ws_a"]
+    # A batch has enabled Fin again and waits for its dedupe ids: the table still holds the
+    # value the last pass saw, and nothing is decoded for it.
+    assert index.due([("ws_a", DISABLED)], IN_DECEMBER) == ["ws_a"]
     enabled = value(fin("enabled", 1))
-    index.note("ws_a", enabled, decode_workspace(enabled))
-    assert index.due([("ws_a", disabled)], IN_DECEMBER) == ["ws_a"]
+    written(index, ("ws_a", enabled, decode_workspace(enabled)))
     assert index.due([("ws_a", enabled)], IN_DECEMBER) == []
-    assert decoder.decoded == []
+    assert decoder.decoded == [DISABLED]
 
 
-def test_a_note_whose_write_never_came_is_dropped_after_one_more_pass() -> None:
+def test_a_value_the_table_got_without_a_note_is_decoded() -> None:
     decoder = CountingDecoder()
     index = PeriodTickIndex(decoder)
-    index.note("ws_a", DISABLED, decode_workspace(DISABLED))  # its batch fails: never written
-    for _ in range(3):
-        assert index.due([("ws_a", ENABLED)], IN_DECEMBER) == []
-    assert decoder.decoded == [ENABLED]
-    # Were the failed batch's bytes written after all, much later, they are judged afresh.
-    assert index.due([("ws_a", bytes(bytearray(DISABLED)))], IN_DECEMBER) == ["ws_a"]
-    assert decoder.decoded == [ENABLED, DISABLED]
+    written(index, ("ws_a", ENABLED, decode_workspace(ENABLED)))
+    # A recovery replaced the value counting wrote.
+    restored = value(fin("disabled", 7))
+    assert index.due([("ws_a", restored)], IN_DECEMBER) == ["ws_a"]
+    assert decoder.decoded == [restored]
 
 
 VALUES = [DISABLED, ENABLED, NO_LIMIT, value(fin("disabled", 7)), value(fin("enabled", 3))]
 
-# One step of counting and the timer: ("note", ws, v) encodes value v for ws; ("write", ws) puts
-# ws's last noted value in the table; ("fail", ws) drops it unwritten; ("drop", ws) gives ws up
-# in a rebalance; ("pass",) runs the timer.
+# One step of counting and the timer: ("write", ws, v) writes value v for ws and notes it, as
+# counting does; ("restore", ws, v) puts v in the table unnoted, as a recovery does; ("drop",
+# ws) gives ws up in a rebalance; ("pass",) runs the timer.
 _steps = st.one_of(
-    st.tuples(st.just("note"), st.sampled_from("abc"), st.integers(0, len(VALUES) - 1)),
-    st.tuples(st.sampled_from(["write", "fail", "drop"]), st.sampled_from("abc")),
+    st.tuples(st.sampled_from(["write", "restore"]), st.sampled_from("abc"), st.integers(0, len(VALUES) - 1)),
+    st.tuples(st.just("drop"), st.sampled_from("abc")),
     st.just(("pass",)),
 )
 
@@ -194,44 +180,29 @@ _steps = st.one_of(
 def test_every_pass_answers_for_what_the_table_holds(steps: list[tuple]) -> None:
     decoder = CountingDecoder()
     index = PeriodTickIndex(decoder)
-    table: dict[str, tuple[bytes, int]] = {}  # ws -> (value, the pass count when it was noted)
-    pending: dict[str, tuple[bytes, int]] = {}
+    table: dict[str, bytes] = {}
+    noted: dict[str, bytes] = {}  # written and noted since the last pass
     last_pass: dict[str, bytes] = {}
-    failed: set[str] = set()  # a batch of the workspace failed since its value was written
-    passes = 0
     for step in steps:
         kind, ws = step[0], f"ws_{step[1]}" if len(step) > 1 else ""
-        if kind == "note":
-            if ws in pending:
-                failed.add(ws)  # a workspace is noted again only after its batch was written or failed
-            raw = bytes(bytearray(VALUES[step[2]]))  # a new object, as each encoding is
-            pending[ws] = (raw, passes)
-            index.note(ws, raw, decode_workspace(raw))
-        elif kind == "write" and ws in pending:
-            table[ws] = pending.pop(ws)
-            failed.discard(ws)
-        elif kind == "fail" and ws in pending:
-            del pending[ws]
-            failed.add(ws)
+        if kind in ("write", "restore"):
+            raw = table[ws] = bytes(bytearray(VALUES[step[2]]))  # a new object, as each encoding is
+            if kind == "write":
+                written(index, (ws, raw, decode_workspace(raw)))
+                noted[ws] = raw
         elif kind == "drop":
             table.pop(ws, None)
         elif kind == "pass":
-            held = [(w, raw) for w, (raw, _) in table.items()]
+            held = list(table.items())
             expected = [
                 w for w, raw in held if (at := tick_due(decode_workspace(raw))) is not None and at <= IN_DECEMBER
             ]
-            # Decoded only: a value the last pass did not see, and that was not noted since the
-            # pass before the last one (or was, but a later batch of its workspace failed).
-            new = sum(
-                1
-                for w, (raw, noted) in table.items()
-                if last_pass.get(w) != raw and (noted < passes - 1 or w in failed)
-            )
+            # Decoded only: a value neither the last pass saw nor counting noted since.
+            new = sum(1 for w, raw in held if raw not in (last_pass.get(w), noted.get(w)))
             before = len(decoder.decoded)
             assert index.due(held, IN_DECEMBER) == expected
             assert len(decoder.decoded) - before <= new
-            last_pass = dict(held)
-            passes += 1
+            last_pass, noted = dict(held), {}
 
 
 @pytest.mark.parametrize(
