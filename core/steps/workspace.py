@@ -32,6 +32,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
+from operator import itemgetter
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -768,6 +769,7 @@ def _sum_plain(
 # An event of a message summed alone: (position, dedupe key, occurred and received in epoch
 # milliseconds, local day, quantity)
 _Summed = tuple[int, str, int, int, date, int]
+_KEY_OF, _OCCURRED_OF, _RECEIVED_OF = itemgetter(1), itemgetter(2), itemgetter(3)
 _NO_DAYS: Mapping[date, int] = MappingProxyType({})
 # A named tuple built from its fields' tuple, without the Python frame of its __new__
 _new = tuple.__new__
@@ -789,7 +791,11 @@ def _summed_alone(
     metric, a repeat, a time outside the period or past ``keep_until_ms``, a usage out of
     bounds). Nothing is recorded until ``_record_alone``."""
     summed: list[_Summed] = []
+    add = summed.append
     first_seen = out.first_seen
+    # The quarter hour of UTC of the last event and its local day (None: a day starts inside
+    # it, so each event's own)
+    bucket, bucket_day, day = -1, None, None
     for message in messages:
         origins = message.origins
         for position, key, row in message.rows:
@@ -805,9 +811,12 @@ def _summed_alone(
                 or not 0 <= usage <= MAX_AMOUNT
             ):
                 return None
-            day = _bucket_day(cycle, occurred_ms // _DAY_BUCKET_MS) or cycle.local_date(occurred_at)
-            summed.append((position, key, occurred_ms, received_ms, day, row[QUANTITY]))
-    if len(summed) > 1 and len({key for _, key, *_ in summed}) < len(summed):
+            if occurred_ms // _DAY_BUCKET_MS != bucket or bucket_day is None:
+                bucket = occurred_ms // _DAY_BUCKET_MS
+                bucket_day = _bucket_day(cycle, bucket)
+                day = bucket_day or cycle.local_date(occurred_at)
+            add((position, key, occurred_ms, received_ms, day, row[QUANTITY]))
+    if len(summed) > 1 and len(set(map(_KEY_OF, summed))) < len(summed):
         return None  # the same event twice: the later one is a repeat
     return usage, summed
 
@@ -817,11 +826,11 @@ def _record_alone(out: BatchOutputs, metric: str, summed: list[_Summed], daily: 
     # A dict or a read-only view of one: copy() gives a dict either way, faster than dict().
     daily = daily.copy()  # type: ignore[attr-defined]
     first_seen = out.first_seen
-    for position, key, occurred_ms, received_ms, day, quantity in summed:
+    for position, key, _, received_ms, day, quantity in summed:
         daily[day] = daily.get(day, 0) + quantity
-        out.occurred.append(occurred_ms)
-        out.received.append(received_ms)
         first_seen[key] = _first_seen(FirstSeen, (received_ms, position))
+    out.occurred += map(_OCCURRED_OF, summed)
+    out.received += map(_RECEIVED_OF, summed)
     out.summed += len(summed)
     out.counted[metric] += len(summed)
     return daily

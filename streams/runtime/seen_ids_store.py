@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Sequence
+from itertools import repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,9 @@ from ...core.dedupe import Segment, can_judge, is_expired, segment_for
 from ...logs import FAUST_SERVICES_LOG
 
 log = logging.getLogger(__name__)
+
+# The fields of an entry of IdSegments.write
+_KEY, _AT_MS, _VALUE = itemgetter(0), itemgetter(1), itemgetter(2)
 
 BLOOM_BITS_PER_KEY = 10
 # A memtable's own bloom filter, as a share of its size (charged to it): about 25 bits an id.
@@ -172,27 +178,39 @@ class IdSegments:
                     found[i] = value
         return found
 
-    def write(self, entries: Iterable[tuple[bytes, int, bytes]]) -> None:
+    def write(self, entries: Sequence[tuple[bytes, int, bytes]]) -> None:
         """Store ``(key, first seen ms, value)`` entries, each in the segment of its time, in one
         write batch, then drop the segments the partition's Kafka time has left behind. An entry
         already that far behind is not kept."""
+        if not entries:
+            return
         batch = rocksdict.WriteBatch(raw_mode=True)
         window_ms = self.window_ms
         newest = self.stream_ms
-        start = end = 0
-        handle = None
-        put = batch.put
-        for key, at_ms, value in entries:
-            # A batch's ids are mostly of one segment: look it up again only when one is not.
-            if not start <= at_ms < end:
-                segment = segment_for(at_ms, window_ms)
-                start, end = segment
-                handle = None if is_expired(segment, self.stream_ms, window_ms) else self._handle(segment)
-            if handle is None:
-                continue
-            put(key, value, handle)
-            if at_ms > newest:
-                newest = at_ms
+        times = list(map(_AT_MS, entries))
+        earliest, latest = min(times), max(times)
+        segment = segment_for(earliest, window_ms)
+        if latest < segment.end_ms:
+            # The common case, every id of one segment: put them without a Python frame each.
+            if not is_expired(segment, newest, window_ms):
+                puts = map(batch.put, map(_KEY, entries), map(_VALUE, entries), repeat(self._handle(segment)))
+                deque(puts, maxlen=0)
+                newest = max(newest, latest)
+        else:
+            start = end = 0
+            handle = None
+            put = batch.put
+            for key, at_ms, value in entries:
+                # Look the segment up again only when an id is not of the last one.
+                if not start <= at_ms < end:
+                    segment = segment_for(at_ms, window_ms)
+                    start, end = segment
+                    handle = None if is_expired(segment, self.stream_ms, window_ms) else self._handle(segment)
+                if handle is None:
+                    continue
+                put(key, value, handle)
+                if at_ms > newest:
+                    newest = at_ms
         self.db.write(batch)
         self._advance(newest)
 

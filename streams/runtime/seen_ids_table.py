@@ -10,17 +10,21 @@ ids); the changelog's time retention ends them (``streams/runtime/tables.py``).
 from __future__ import annotations
 
 import uuid
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import accumulate, count
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from operator import add, itemgetter
 from typing import Any
 
 from faust.streams import current_event
 from faust.types import EventT
 from yarl import URL
 
-from ...core.dedupe import FirstSeen, encode_first_seen
-from .durable_table import ChangelogRecord, DurableTable, fast_key_encoder
+from ...core.dedupe import FirstSeen
+from .durable_table import ChangelogRecord, DurableTable, fast_key_encoder, json_string
 from .seen_ids_store import SeenIdsStore
 
 # Identifiers never hold C0 controls (models.common), so these cannot occur inside a key or value.
@@ -28,6 +32,7 @@ from .seen_ids_store import SeenIdsStore
 CHUNK_KEY_PREFIX = "\x00chunk:"
 _FIELD = b"\t"
 _ENTRY = b"\n"
+_AT_MS = itemgetter(0)  # FirstSeen.at_ms
 
 
 # Well under the broker's default 1 MB message size, with room for the record's own overhead.
@@ -48,17 +53,18 @@ def pack_entry(key: str, value: bytes) -> bytes:
 
 
 def pack_entries(entries: Iterable[bytes], max_bytes: int = MAX_CHUNK_BYTES) -> Iterator[bytes]:
-    """Packed entries (``pack_entry``) joined into as few chunks as fit ``max_bytes`` each."""
-    chunk: list[bytes] = []
-    size = 0
-    for entry in entries:
-        if chunk and size + len(entry) + 1 > max_bytes:
-            yield _ENTRY.join(chunk)
-            chunk, size = [], 0
-        chunk.append(entry)
-        size += len(entry) + 1
-    if chunk:
-        yield _ENTRY.join(chunk)
+    """Packed entries (``pack_entry``) joined into as few chunks as fit ``max_bytes`` each, in
+    order: each chunk takes entries while they fit (an entry never splits, so one larger than
+    ``max_bytes`` goes alone)."""
+    entries = entries if isinstance(entries, list) else list(entries)
+    # ends[i]: the bytes of entries[:i + 1], each with its separator; a chunk from entry s to e
+    # is ends[e] - ends[s - 1] - 1 bytes long.
+    ends = list(map(add, accumulate(map(len, entries)), count(1)))
+    start, before = 0, 0
+    while start < len(entries):
+        end = max(bisect_right(ends, before + max_bytes, start), start + 1)  # entries[start:end]
+        yield _ENTRY.join(entries[start:end])
+        start, before = end, ends[end - 1]
 
 
 def unpack_chunk(raw: bytes) -> Iterator[tuple[str, bytes]]:
@@ -120,27 +126,28 @@ class SeenEventIdsTable(DurableTable):
         """The stored values of ``keys`` (None where absent), read from ``partition``'s RocksDB
         database in one multi-get per segment rather than one table lookup per key; ``since_ms``
         is the earliest Kafka time of the events asking (older segments cannot judge them)."""
-        encode = self._key_encoder()
-        return self.data.segments(partition).get_many([encode(key) for key in keys], since_ms)
+        return self.data.segments(partition).get_many(self._encode_keys(keys), since_ms)
 
     def get_many_soon(self, partition: int, keys: list[str], since_ms: int) -> Future[list[bytes | None]]:
         """``get_many``, its reads run on the table's lookup thread. RocksDB's multi-get lets go
         of the GIL while it reads, so the caller's own work goes on meanwhile. The caller waits
         for the result before it next awaits: a rebalance then never closes a database that is
         being read."""
-        encode = self._key_encoder()
         segments = self.data.segments(partition)  # opened here, on the event loop's thread
         lookups = self._lookups
         if lookups is None:
             lookups = self._lookups = ThreadPoolExecutor(1, thread_name_prefix="dedupe-lookups")
-        return lookups.submit(segments.get_many, [encode(key) for key in keys], since_ms)
+        return lookups.submit(segments.get_many, self._encode_keys(keys), since_ms)
 
-    def _key_encoder(self) -> Callable[[str], bytes]:
-        """The store's key encoding (``fast_key_encoder`` of Faust's own)."""
+    def _encode_keys(self, keys: Iterable[str]) -> list[bytes]:
+        """``keys`` in the store's key encoding (``fast_key_encoder`` of Faust's own)."""
         encoder = self._encoder
         if encoder is None:
             encoder = self._encoder = fast_key_encoder(self.data._encode_key)  # noqa: SLF001
-        return encoder
+        if encoder is json_string:
+            # json_string of each key, without a Python frame per key
+            return list(map(str.encode, map(encode_basestring, keys)))
+        return list(map(encoder, keys))
 
     def remember(self, entries: Mapping[str, FirstSeen]) -> None:
         """Store ``entries`` locally and send them to the changelog in as few records as fit.
@@ -154,15 +161,13 @@ class SeenEventIdsTable(DurableTable):
         event = current_event()
         assert event is not None, "remember() runs acting for an event of the partition"
         partition = event.message.partition
-        encode = self._key_encoder()
-        stored: list[tuple[bytes, int, bytes]] = []
-        packed: list[bytes] = []
-        for key, first in entries.items():
-            value = encode_first_seen(first)
-            stored.append((encode(key), first.at_ms, value))
-            packed.append(key.encode() + _FIELD + value)  # pack_entry, inline
-        # The local store only; the chunks below are the changelog.
+        firsts = entries.values()
+        values = list(map(b"%d,%d".__mod__, firsts))  # encode_first_seen of each
+        # The local store only; the chunks below are the changelog. Built without a Python
+        # frame per entry: (encoded key, first seen ms, value) and pack_entry's bytes.
+        stored = list(zip(self._encode_keys(entries), map(_AT_MS, firsts), values, strict=True))
         self.data.segments(partition).write(stored)
+        packed = list(map(_FIELD.join, zip(map(str.encode, entries), values, strict=True)))
         for chunk in pack_entries(packed):
             self.send_changelog(partition, CHUNK_KEY_PREFIX + uuid.uuid4().hex, chunk)
 

@@ -111,7 +111,8 @@ def test_an_id_that_arrives_already_two_windows_behind_is_not_kept(tmp_path) -> 
     segments.write([(b"new", now, b"%d,1" % now)])
     old = now - 3 * WINDOW_MS
     segments.write([(b"old", old, b"%d,2" % old), (b"also-new", now, b"%d,3" % now)])
-    assert set(stored(segments, [b"new", b"old", b"also-new"])) == {b"new", b"also-new"}
+    segments.write([(b"old-alone", old, b"%d,4" % old), (b"old-too", old + 1, b"%d,5" % (old + 1))])
+    assert set(stored(segments, [b"new", b"old", b"also-new", b"old-alone", b"old-too"])) == {b"new", b"also-new"}
 
 
 def test_a_kafka_time_ahead_of_the_clock_expires_nothing_early(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -12,6 +12,7 @@ from meterwatch.streams.runtime.seen_ids_table import (
     MAX_CHUNK_BYTES,
     pack_chunk,
     pack_chunks,
+    pack_entries,
     unpack_changelog,
     unpack_chunk,
 )
@@ -54,6 +55,25 @@ def test_chunks_fit_their_size_and_together_carry_every_entry_once(entries: dict
     assert all(len(chunk) <= max(max_bytes, longest_entry) for chunk in chunks)
     unpacked = [pair for chunk in chunks for pair in unpack_chunk(chunk)]
     assert dict(unpacked) == entries and len(unpacked) == len(entries)
+
+
+def greedy_chunks(entries: list[bytes], max_bytes: int) -> list[bytes]:
+    """The chunks taken one entry at a time: a chunk takes the next entry while it fits."""
+    chunks: list[list[bytes]] = []
+    size = 0
+    for entry in entries:
+        if not chunks or size + len(entry) + 1 > max_bytes:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(entry)
+        size += len(entry) + 1
+    return [b"\n".join(chunk) for chunk in chunks]
+
+
+@given(st.lists(st.binary(min_size=0, max_size=80), max_size=60), st.integers(1, 400))
+def test_entries_are_packed_as_taking_one_at_a_time_would_pack_them(entries: list[bytes], max_bytes: int) -> None:
+    assert list(pack_entries(entries, max_bytes)) == greedy_chunks(entries, max_bytes)
+    assert list(pack_entries(iter(entries), max_bytes)) == greedy_chunks(entries, max_bytes)
 
 
 def test_a_large_batch_of_ids_goes_out_in_records_under_the_broker_limit() -> None:

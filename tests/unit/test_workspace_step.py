@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from meterwatch.core.dedupe import FirstSeen
 from meterwatch.core.metering import MetricTally, WorkspaceUsage
+from meterwatch.core.periods import BillingCycle
 from meterwatch.core.plain import PlainWorkspace, as_state, plain_of
 from meterwatch.core.steps import workspace as workspace_step
 from meterwatch.core.steps.fin import period_tick_due
@@ -872,3 +873,64 @@ def test_a_message_replayed_alone_or_among_others_is_not_counted_alone(alone: li
     # Only the first batch's message and the two new ones on their own were counted alone.
     assert _step(first.state, more, {}, batched=True).out.summed == 2
     assert alone == [(0, True), (2, True)]
+
+
+# Zones whose days start on a quarter hour of UTC, and one whose days then started inside one
+# (Monrovia kept UTC-00:44:30 until 1972), so every event of such a quarter hour needs its own day.
+_DAY_CASES = [
+    ("UTC", datetime(2026, 11, 28, tzinfo=UTC)),
+    ("America/St_Johns", datetime(2026, 11, 28, tzinfo=UTC)),
+    ("Asia/Kathmandu", datetime(2026, 11, 28, tzinfo=UTC)),
+    ("Africa/Monrovia", datetime(1971, 3, 10, tzinfo=UTC)),
+]
+
+
+_DAY_MS = 24 * 3600 * 1000
+# Times from the first case day's UTC midnight: anywhere in three days, or within ten minutes of
+# a Monrovia midnight (00:44:30 UTC), inside the quarter hour it starts in or next to it.
+_AT_MS = st.one_of(
+    st.integers(0, 3 * _DAY_MS),
+    st.builds(lambda day, ms: day * _DAY_MS + 2_670_000 + ms, st.integers(0, 2), st.integers(-600_000, 600_000)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(_DAY_CASES),
+    st.lists(st.tuples(_AT_MS, st.integers(0, 5)), min_size=1, max_size=40),
+    st.integers(1, 3),
+)
+def test_a_run_gives_each_event_its_own_local_day(
+    case: tuple[str, datetime], events: list[tuple[int, int]], per_message: int
+) -> None:
+    zone, start = case
+    cycle = BillingCycle(1, zone)
+    batch = []
+    for first in range(0, len(events), per_message):
+        rows = [
+            {
+                "event_id": f"e{first + i}",
+                "metric": "sms",
+                "quantity": quantity,
+                "occurred_at": _iso(start + timedelta(milliseconds=at_ms)),
+                "conversation_id": None,
+                "received_ms": _ms(start) + at_ms + 1000,
+            }
+            for i, (at_ms, quantity) in enumerate(events[first : first + per_message])
+        ]
+        batch.append(("usage", rows))
+    messages = _messages(batch, 0)
+    out = BatchOutputs()
+    summed = workspace_step._summed_alone(messages, "sms", 0, -(2**62), 2**62, 2**62, cycle, {}, out)
+    assert summed is not None
+    usage, run = summed
+    assert usage == sum(quantity for _, quantity in events)
+    assert [(key, occurred_ms, day, quantity) for _, key, occurred_ms, _, day, quantity in run] == [
+        (
+            dedupe_key(WORKSPACE, f"e{i}"),
+            _ms(start) + at_ms,
+            cycle.local_date(start + timedelta(milliseconds=at_ms)),
+            quantity,
+        )
+        for i, (at_ms, quantity) in enumerate(events)
+    ]
