@@ -25,8 +25,12 @@ def is_repeat(first: FirstSeen | None, position: int, now_ms: int, window_ms: in
     return now_ms - first.at_ms < window_ms
 
 
+# The stored bytes of a FirstSeen: "at_ms,position"
+FIRST_SEEN_FORMAT = b"%d,%d"
+
+
 def encode_first_seen(first: FirstSeen) -> bytes:
-    return b"%d,%d" % first  # (at_ms, position)
+    return FIRST_SEEN_FORMAT % first
 
 
 def decode_first_seen(raw: bytes | None) -> FirstSeen | None:

@@ -122,21 +122,12 @@ async def count_batch(mw: Meterwatch, events: list[EventT], decoded: DecodedValu
             max_billing_contacts=mw.settings.max_billing_contacts,
             max_mails_per_hour=mw.settings.max_mails_per_workspace_hour,
         )
-        judged = await _judge_parts(mw, source_parts(events), sinks, Known(decoded, ticks), config)
+        judged = await _judge_parts(mw, source_parts(events), sinks, decoded, config)
         await mw.tables.seen_event_ids.wait_for_writes()
         for part in judged:
             with acting_for(part.events[-1]):
                 await _write_part(mw, part, sinks, ticks)
         await finish(mw, sinks)
-
-
-class Known(NamedTuple):
-    """What counting keeps of the values it writes: their decoded states, kept as soon as they
-    are encoded (each answers only for its very bytes), and when each workspace needs a period
-    tick, noted once the table holds them."""
-
-    decoded: DecodedValues
-    ticks: PeriodTickIndex
 
 
 class _JudgedPart(NamedTuple):
@@ -165,7 +156,7 @@ async def _judge_parts(
     mw: Meterwatch,
     parts: list[tuple[int, list[EventT]]],
     sinks: Sinks,
-    known: Known,
+    decoded: DecodedValues,
     config: StepConfig,
 ) -> list[_JudgedPart]:
     """Run every part's workspaces through the step and send the ids each counted.
@@ -184,7 +175,7 @@ async def _judge_parts(
         judged = []
         for part in split:
             with acting_for(part.events[-1]):
-                judged.append(_judge_part(mw, part, known, config))
+                judged.append(_judge_part(mw, part, decoded, config))
     finally:
         futures.wait([part.lookup for part in split if part.lookup is not None])
     for event, error in unreadable:
@@ -192,7 +183,7 @@ async def _judge_parts(
     return judged
 
 
-def _judge_part(mw: Meterwatch, part: _SplitPart, known: Known, config: StepConfig) -> _JudgedPart:
+def _judge_part(mw: Meterwatch, part: _SplitPart, decoded: DecodedValues, config: StepConfig) -> _JudgedPart:
     """Run the part's workspaces through the step and send the ids it counted.
 
     Each changed state is encoded right after its step, while it is still in the processor's
@@ -203,7 +194,7 @@ def _judge_part(mw: Meterwatch, part: _SplitPart, known: Known, config: StepConf
     out = BatchOutputs()
     written: list[tuple[str, bytes]] = []
     due: list[datetime | None] = []
-    load, keep = known.decoded.load, known.decoded.keep
+    load, keep = decoded.load, decoded.keep
     for workspace_id, messages in part.by_workspace.items():
         state, applied = step(workspace_id, load(workspace_id, stored.get(workspace_id)), messages, seen, config, out)
         if applied:

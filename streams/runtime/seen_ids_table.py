@@ -23,7 +23,7 @@ from faust.streams import current_event
 from faust.types import EventT
 from yarl import URL
 
-from ...core.dedupe import FirstSeen
+from ...core.dedupe import FIRST_SEEN_FORMAT, FirstSeen
 from .durable_table import ChangelogRecord, DurableTable, fast_key_encoder, json_string
 from .seen_ids_store import SeenIdsStore
 
@@ -162,7 +162,7 @@ class SeenEventIdsTable(DurableTable):
         assert event is not None, "remember() runs acting for an event of the partition"
         partition = event.message.partition
         firsts = entries.values()
-        values = list(map(b"%d,%d".__mod__, firsts))  # encode_first_seen of each
+        values = list(map(FIRST_SEEN_FORMAT.__mod__, firsts))  # encode_first_seen of each
         # The local store only; the chunks below are the changelog. Built without a Python
         # frame per entry: (encoded key, first seen ms, value) and pack_entry's bytes.
         stored = list(zip(self._encode_keys(entries), map(_AT_MS, firsts), values, strict=True))
