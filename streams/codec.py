@@ -25,7 +25,7 @@ from ..core.mail_cap import MailHour
 from ..core.metering import MetricTally, PeriodTally, WorkspaceUsage
 from ..core.metric_kinds import FIN_RESOLUTIONS
 from ..core.periods import BillingCycle, BillingPeriod
-from ..core.plain import PLAIN_METRICS, PlainWorkspace
+from ..core.plain import PLAIN_METRICS, PlainTally, PlainWorkspace
 from ..core.workspace import ContractOthers, WorkspaceState
 
 # datetime and date (dict keys included) written by orjson, as their isoformat() would be
@@ -75,27 +75,42 @@ _PERIOD_JSON: dict[BillingPeriod, tuple[bytes, bytes]] = {}
 _METRIC_JSON = {metric: orjson.dumps(metric) for metric in PLAIN_METRICS}
 
 
+# The last period and last_updated written and their JSON: the values of a batch are mostly of
+# one period, and events received in one millisecond share one datetime (core/steps).
+_LAST_PERIOD: list[Any] = [None, None]
+_LAST_UPDATED: list[Any] = [None, None]
+
+
 def _encode_plain(plain: PlainWorkspace) -> bytes:
-    tallies = []
-    for tally in plain.tallies:
-        period = tally.period
+    tallies = [_encode_plain_tally(tally) for tally in plain.tallies]
+    return _PLAIN_VALUE % (plain.applied_through, tallies[0] if len(tallies) == 1 else b",".join(tallies))
+
+
+def _encode_plain_tally(tally: PlainTally) -> bytes:
+    period = tally.period
+    if _LAST_PERIOD[0] is period:
+        ends = _LAST_PERIOD[1]
+    else:
         ends = _PERIOD_JSON.get(period)
         if ends is None:
             if len(_PERIOD_JSON) >= 1024:
                 _PERIOD_JSON.clear()
             ends = _PERIOD_JSON[period] = (orjson.dumps(period.start), orjson.dumps(period.end))
-        tallies.append(
-            _PLAIN_TALLY
-            % (
-                _METRIC_JSON[tally.metric],
-                ends[0],
-                ends[1],
-                tally.usage,
-                orjson.dumps(tally.last_updated),
-                orjson.dumps(tally.daily, option=_NATIVE),
-            )
-        )
-    return _PLAIN_VALUE % (plain.applied_through, tallies[0] if len(tallies) == 1 else b",".join(tallies))
+        _LAST_PERIOD[:] = period, ends
+    last_updated = tally.last_updated
+    if _LAST_UPDATED[0] is last_updated:
+        updated = _LAST_UPDATED[1]
+    else:
+        updated = orjson.dumps(last_updated)
+        _LAST_UPDATED[:] = last_updated, updated
+    return _PLAIN_TALLY % (
+        _METRIC_JSON[tally.metric],
+        ends[0],
+        ends[1],
+        tally.usage,
+        updated,
+        orjson.dumps(tally.daily, option=_NATIVE),
+    )
 
 
 def decode_workspace(raw: bytes | None) -> WorkspaceState | None:

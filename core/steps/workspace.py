@@ -22,7 +22,8 @@ Most workspaces of a batch get one or two messages of one or a few events. When 
 usage, a run would sum every event of them and nothing watches the metric (no alert, limit,
 cost alert or contract), ``_sum_alone`` sums them into the state directly, without the step's
 or the run's bookkeeping, and ``_sum_plain`` into a plain workspace (``core/plain.py``), which
-stays plain; anything else goes to ``_Step``.
+stays plain (one event, the commonest case over many workspaces, by ``_summed_one``, without a
+run's lists); anything else goes to ``_Step``.
 """
 
 from __future__ import annotations
@@ -757,12 +758,22 @@ def _sum_plain(
         period, bounds, _ = opened
         usage, daily = 0, _NO_DAYS
     start_ms, end_ms = bounds
-    summed = _summed_alone(messages, metric, usage, start_ms, end_ms, end_ms + _GRACE_MS, CALENDAR_MONTH_UTC, seen, out)
-    if summed is None:
-        return None
-    usage, events = summed
-    daily = _record_alone(out, metric, events, daily)
-    tally = _new(PlainTally, (metric, period, usage, _instant(events[-1][3]), daily))
+    if len(messages) == 1 and len(messages[0].rows) == 1:
+        # One event, as most workspaces of a batch get when there are many of them
+        one = _summed_one(messages[0], metric, usage, start_ms, end_ms, seen, out, daily)
+        if one is None:
+            return None
+        usage, last_received_ms, daily = one
+    else:
+        summed = _summed_alone(
+            messages, metric, usage, start_ms, end_ms, end_ms + _GRACE_MS, CALENDAR_MONTH_UTC, seen, out
+        )
+        if summed is None:
+            return None
+        usage, events = summed
+        daily = _record_alone(out, metric, events, daily)
+        last_received_ms = events[-1][3]
+    tally = _new(PlainTally, (metric, period, usage, _instant(last_received_ms), daily))
     return _new(PlainWorkspace, (messages[-1].offset, (*tallies[:index], tally, *tallies[index + 1 :])))
 
 
@@ -819,6 +830,41 @@ def _summed_alone(
     if len(summed) > 1 and len(set(map(_KEY_OF, summed))) < len(summed):
         return None  # the same event twice: the later one is a repeat
     return usage, summed
+
+
+def _summed_one(
+    message: RowsMessage,
+    metric: str,
+    usage: int,
+    start_ms: int,
+    end_ms: int,
+    seen: Mapping[str, FirstSeen | None],
+    out: BatchOutputs,
+    daily: Mapping[date, int],
+) -> tuple[int, int, dict[date, int]] | None:
+    """``_summed_alone`` and ``_record_alone`` of a plain workspace's message of one event, of
+    ``metric``: the usage after it, when it was received and ``daily`` with it added; None, with
+    nothing recorded, where ``_summed_alone`` would answer None."""
+    ((position, key, row),) = message.rows
+    received_ms = message.origins[row[ORIGIN]][O_RECEIVED_MS]
+    first_seen = out.first_seen
+    if received_ms > end_ms + _GRACE_MS or key in first_seen or seen.get(key) is not None:
+        return None
+    occurred_at = datetime.fromisoformat(row[OCCURRED_AT])
+    occurred_ms = (occurred_at - _EPOCH) // _ONE_MS  # _ms, inline
+    quantity = row[QUANTITY]
+    usage += quantity
+    if occurred_ms >= received_ms + _FUTURE_MS or not start_ms <= occurred_ms < end_ms or not 0 <= usage <= MAX_AMOUNT:
+        return None
+    day = _bucket_day(CALENDAR_MONTH_UTC, occurred_ms // _DAY_BUCKET_MS) or CALENDAR_MONTH_UTC.local_date(occurred_at)
+    daily = daily.copy()  # type: ignore[attr-defined]
+    daily[day] = daily.get(day, 0) + quantity
+    first_seen[key] = _first_seen(FirstSeen, (received_ms, position))
+    out.occurred.append(occurred_ms)
+    out.received.append(received_ms)
+    out.summed += 1
+    out.counted[metric] += 1
+    return usage, received_ms, daily
 
 
 def _record_alone(out: BatchOutputs, metric: str, summed: list[_Summed], daily: Mapping[date, int]) -> dict[date, int]:

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PERIOD_CHECK_SECONDS = 10.0
+# The fields of a written (workspace id, value) pair
+_WORKSPACE_ID, _VALUE = itemgetter(0), itemgetter(1)
 
 
 class PeriodTickIndex:
@@ -44,9 +47,7 @@ class PeriodTickIndex:
     def note(self, written: Sequence[tuple[str, bytes]], due: Sequence[datetime | None]) -> None:
         """Counting has just written ``written``, ``(workspace id, value)`` pairs whose states
         are due for a tick at ``due`` (``tick_due``, in the same order)."""
-        noted = self._noted
-        for (workspace_id, raw), at in zip(written, due, strict=True):
-            noted[workspace_id] = (raw, at)
+        self._noted.update(zip(map(_WORKSPACE_ID, written), zip(map(_VALUE, written), due, strict=True), strict=True))
 
     def due(self, values: Iterable[tuple[str, bytes]], now: datetime) -> list[str]:
         seen: dict[str, tuple[bytes, datetime | None]] = {}

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from meterwatch.core.dedupe import FirstSeen
 from meterwatch.core.metering import MetricTally, WorkspaceUsage
-from meterwatch.core.periods import BillingCycle
+from meterwatch.core.periods import LATE_EVENT_GRACE, MAX_FUTURE_SKEW, BillingCycle
 from meterwatch.core.plain import PlainWorkspace, as_state, plain_of
 from meterwatch.core.steps import workspace as workspace_step
 from meterwatch.core.steps.fin import period_tick_due
@@ -35,6 +35,7 @@ from meterwatch.core.steps.workspace import (
     step,
 )
 from meterwatch.core.workspace import WorkspaceState
+from meterwatch.models.common import MAX_AMOUNT
 from meterwatch.models.internal import RowPacker
 from meterwatch.models.outputs import Kind
 from meterwatch.streams.codec import encode_workspace
@@ -428,10 +429,11 @@ def test_the_random_lone_streams_are_often_counted_alone_and_often_not(
     alone: list[tuple[int, bool]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Guards the property above against streams that never take the lone-message path, or
-    never fall back from it, in either form of a workspace, or never sum several messages
-    (one fixed, derandomized draw)."""
-    summed_alone = workspace_step._summed_alone
+    never fall back from it, in either form of a workspace, or never sum several messages, or
+    never give a plain workspace one event alone (one fixed, derandomized draw)."""
+    summed_alone, summed_one = workspace_step._summed_alone, workspace_step._summed_one
     several: list[bool] = []  # whether the messages were summed, for each batch of several
+    one: list[bool] = []  # whether the event was summed, for each plain workspace given one
 
     def recorded(messages: list[Any], *args: Any) -> tuple[int, list[Any]] | None:
         summed = summed_alone(messages, *args)
@@ -439,10 +441,17 @@ def test_the_random_lone_streams_are_often_counted_alone_and_often_not(
             several.append(summed is not None)
         return summed
 
+    def recorded_one(*args: Any) -> tuple[int, int, dict[Any, int]] | None:
+        summed = summed_one(*args)
+        one.append(summed is not None)
+        return summed
+
     monkeypatch.setattr(workspace_step, "_summed_alone", recorded)
+    monkeypatch.setattr(workspace_step, "_summed_one", recorded_one)
     PLAIN.clear()
     _the_same_lone_streams_every_time()
     assert sum(several) >= 20, (sum(several), len(several))
+    assert sum(one) >= 20 and len(one) - sum(one) >= 20, (sum(one), len(one))
     taken = sum(1 for _, counted in alone if counted)
     assert taken > len(alone) // 8, (taken, len(alone))
     assert len(alone) - taken > len(alone) // 4, (taken, len(alone))
@@ -522,6 +531,57 @@ def test_a_new_workspace_opens_its_period_in_a_run() -> None:
     (_, new_york) = _run_both([[("command", (zone, _ms(at)))], [("rows", rows)]], replay_first=False)
     assert new_york.out.summed == 5
     assert [t.usage for t in new_york.state.usage.tallies["email"].periods] == [9]
+
+
+_NOVEMBER_END = datetime(2026, 12, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+@pytest.mark.parametrize(
+    ("occurred", "received", "quantity", "alone"),
+    [
+        # the last millisecond of the period, received at once: summed into it
+        (_NOVEMBER_END - _MS, _NOVEMBER_END, 4, True),
+        # the first of the next period: judged, and counted there
+        (_NOVEMBER_END, _NOVEMBER_END + _MS, 4, False),
+        # received on the last millisecond of the grace after the period: summed into it
+        (_NOVEMBER_END - timedelta(hours=1), _NOVEMBER_END + LATE_EVENT_GRACE, 4, True),
+        # a millisecond after the grace: judged (and rejected as too late)
+        (_NOVEMBER_END - timedelta(hours=1), _NOVEMBER_END + LATE_EVENT_GRACE + _MS, 4, False),
+        # just inside and just at the allowed clock skew ahead of its receipt
+        (_NOVEMBER_END - timedelta(hours=1), _NOVEMBER_END - timedelta(hours=1) - MAX_FUTURE_SKEW + _MS, 4, True),
+        (_NOVEMBER_END - timedelta(hours=1), _NOVEMBER_END - timedelta(hours=1) - MAX_FUTURE_SKEW, 4, False),
+        # a correction taking the usage to zero, and one taking it below zero
+        (_NOVEMBER_END - timedelta(hours=1), _NOVEMBER_END, -5, True),
+        (_NOVEMBER_END - timedelta(hours=1), _NOVEMBER_END, -6, False),
+        # the JSON bound reached, and passed
+        (_NOVEMBER_END - timedelta(hours=1), _NOVEMBER_END, MAX_AMOUNT - 5, True),
+        (_NOVEMBER_END - timedelta(hours=1), _NOVEMBER_END, MAX_AMOUNT - 4, False),
+    ],
+)
+def test_a_plain_workspaces_one_event_is_summed_alone_only_inside_every_bound(
+    occurred: datetime, received: datetime, quantity: int, alone: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A workspace with usage only, given one event: at each edge (period end, late grace,
+    clock skew, zero and the JSON bound) the same results as judging the event, in both forms
+    of the workspace, and summed without judgement exactly inside them."""
+    summed_one = workspace_step._summed_one
+    taken: list[bool] = []
+
+    def recorded(*args: Any) -> tuple[int, int, dict[Any, int]] | None:
+        summed = summed_one(*args)
+        taken.append(summed is not None)
+        return summed
+
+    monkeypatch.setattr(workspace_step, "_summed_one", recorded)
+    first = {**_email_row("first", 5), "occurred_at": _iso(_NOVEMBER_END - timedelta(days=2))}
+    first["received_ms"] = _ms(_NOVEMBER_END - timedelta(days=2))
+    event = {**_email_row("edge", quantity), "occurred_at": _iso(occurred), "received_ms": _ms(received)}
+    _, edge = _run_both([[("rows", [first])], [("rows", [event])]], replay_first=False)
+    assert taken == [True, alone]
+    if alone:
+        (november,) = edge.state.usage.tallies["email"].periods
+        assert november.usage == 5 + quantity
 
 
 def _email_row(event_id: str, quantity: int) -> dict[str, Any]:
