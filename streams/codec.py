@@ -75,10 +75,11 @@ _PERIOD_JSON: dict[BillingPeriod, tuple[bytes, bytes]] = {}
 _METRIC_JSON = {metric: orjson.dumps(metric) for metric in PLAIN_METRICS}
 
 
-# The last period and last_updated written and their JSON: the values of a batch are mostly of
-# one period, and events received in one millisecond share one datetime (core/steps).
-_LAST_PERIOD: list[Any] = [None, None]
-_LAST_UPDATED: list[Any] = [None, None]
+# The last (period, its JSON) and (last_updated, its JSON) written, each read and replaced as one
+# reference: the values of a batch are mostly of one period, and events received in one
+# millisecond share one datetime (core/steps).
+_LAST_PERIOD: list[tuple[Any, tuple[bytes, bytes]]] = [(None, (b"", b""))]
+_LAST_UPDATED: list[tuple[Any, bytes]] = [(None, b"")]
 
 
 def _encode_plain(plain: PlainWorkspace) -> bytes:
@@ -88,21 +89,23 @@ def _encode_plain(plain: PlainWorkspace) -> bytes:
 
 def _encode_plain_tally(tally: PlainTally) -> bytes:
     period = tally.period
-    if _LAST_PERIOD[0] is period:
-        ends = _LAST_PERIOD[1]
+    last_period = _LAST_PERIOD[0]
+    if last_period[0] is period:
+        ends = last_period[1]
     else:
         ends = _PERIOD_JSON.get(period)
         if ends is None:
             if len(_PERIOD_JSON) >= 1024:
                 _PERIOD_JSON.clear()
             ends = _PERIOD_JSON[period] = (orjson.dumps(period.start), orjson.dumps(period.end))
-        _LAST_PERIOD[:] = period, ends
+        _LAST_PERIOD[0] = (period, ends)
     last_updated = tally.last_updated
-    if _LAST_UPDATED[0] is last_updated:
-        updated = _LAST_UPDATED[1]
+    last = _LAST_UPDATED[0]
+    if last[0] is last_updated:
+        updated = last[1]
     else:
         updated = orjson.dumps(last_updated)
-        _LAST_UPDATED[:] = last_updated, updated
+        _LAST_UPDATED[0] = (last_updated, updated)
     return _PLAIN_TALLY % (
         _METRIC_JSON[tally.metric],
         ends[0],
