@@ -116,11 +116,11 @@ def create_app(
     from .http import access, alert_history_api, metrics_endpoint, settings_api, usage_api, usage_page
     from .pipeline import contracts, counting, ingest, mailing, period_timer, route_commands, webhooks
 
-    # Counting tells the period timer what it writes, so the timer need not decode it again.
-    ticks = period_timer.PeriodTickIndex()
+    # The values counting keeps decoded; the period timer judges from them instead of decoding.
+    decoded = counting.DecodedValues(counting.DECODED_KEPT)
     ingest.register(built)
     route_commands.register(built)
-    counting.register(built, ticks)
+    counting.register(built, decoded)
     contracts.register(built)
     access.register(built)
     usage_api.register(built)
@@ -129,7 +129,7 @@ def create_app(
     usage_page.register(built)
     metrics_endpoint.register(built)
     runtime.register(built)
-    period_timer.register(built, ticks)
+    period_timer.register(built, period_timer.PeriodTickIndex(known=decoded.values))
     mailing.register(built)
     webhooks.register(built)
     return built

@@ -15,7 +15,6 @@ import logging
 import time
 from concurrent import futures
 from concurrent.futures import Future
-from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple
 
 import orjson
@@ -25,7 +24,6 @@ from ... import collector
 from ...core.alert_history import added, decode_history, encode_history, entries_of
 from ...core.dedupe import FirstSeen, decode_first_seen
 from ...core.plain import NEW_WORKSPACE, PlainWorkspace, plain_of
-from ...core.steps.ticks import tick_due
 from ...core.steps.workspace import BatchOutputs, CommandMessage, Message, StepConfig, rows_by_workspace, step
 from ...core.workspace import WorkspaceState
 from ...models.internal import COMMAND, O_RECEIVED_MS, ROWS, USAGE, InboxRecord, legacy_rows
@@ -37,7 +35,6 @@ from ..runtime.batches import finish, handle_batch, source_parts
 from ..runtime.consumer import rewind_to_marks
 from ..runtime.partition_context import acting_for
 from .dead_letters import dead_letter_failure
-from .period_timer import PeriodTickIndex
 
 if TYPE_CHECKING:
     from ..app import Meterwatch
@@ -57,8 +54,8 @@ BATCH_WITHIN_SECONDS = 0.004
 DECODED_KEPT = 100_000
 
 
-def register(mw: Meterwatch, ticks: PeriodTickIndex) -> None:
-    decoded = DecodedValues(DECODED_KEPT)
+def register(mw: Meterwatch, decoded: DecodedValues) -> None:
+    """``decoded``: the values kept in memory (``DecodedValues``), which the period timer reads too."""
     marks = mw.tables.applied_through
     rewind_to_marks(
         mw.app,
@@ -68,14 +65,15 @@ def register(mw: Meterwatch, ticks: PeriodTickIndex) -> None:
     @mw.app.agent(mw.channels.workspace_inbox, name=f"{mw.settings.group_id}.count_usage")
     async def count_usage(stream):  # type: ignore[no-untyped-def]
         async for events in stream.take_events(BATCH_MESSAGES, within=BATCH_WITHIN_SECONDS):
-            await handle_batch(mw, "count", events, lambda mw, events: count_batch(mw, events, decoded, ticks))
+            await handle_batch(mw, "count", events, lambda mw, events: count_batch(mw, events, decoded))
 
 
 class DecodedValues:
     """workspace id -> (the table's bytes, their decoded state), at most ``limit`` of them.
 
     A state is kept in its plain form (``core/plain.py``) when it has one: a workspace with
-    nothing but usage, the most common, then takes a few objects instead of a dozen."""
+    nothing but usage, the most common, then takes a few objects instead of a dozen. The period
+    timer reads ``values`` too (``PeriodTickIndex``), so that it need not decode them again."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -104,7 +102,7 @@ class DecodedValues:
         return state
 
 
-async def count_batch(mw: Meterwatch, events: list[EventT], decoded: DecodedValues, ticks: PeriodTickIndex) -> None:
+async def count_batch(mw: Meterwatch, events: list[EventT], decoded: DecodedValues) -> None:
     """Count a batch in two passes over its partitions, with one wait between them.
 
     Event ids are remembered before the counts they guard are written: were the counts kept and
@@ -126,7 +124,7 @@ async def count_batch(mw: Meterwatch, events: list[EventT], decoded: DecodedValu
         await mw.tables.seen_event_ids.wait_for_writes()
         for part in judged:
             with acting_for(part.events[-1]):
-                await _write_part(mw, part, sinks, ticks)
+                await _write_part(mw, part, sinks)
         await finish(mw, sinks)
 
 
@@ -136,7 +134,6 @@ class _JudgedPart(NamedTuple):
     partition: int
     events: list[EventT]
     written: list[tuple[str, bytes]]
-    due: list[datetime | None]  # when each written state needs a period tick (tick_due)
     out: BatchOutputs
     event_at: dict[int, EventT]  # inbox offset -> its event, for the dead letter of a failure
 
@@ -193,22 +190,20 @@ def _judge_part(mw: Meterwatch, part: _SplitPart, decoded: DecodedValues, config
     stored = mw.tables.workspaces.stored()
     out = BatchOutputs()
     written: list[tuple[str, bytes]] = []
-    due: list[datetime | None] = []
     load, keep = decoded.load, decoded.keep
     for workspace_id, messages in part.by_workspace.items():
         state, applied = step(workspace_id, load(workspace_id, stored.get(workspace_id)), messages, seen, config, out)
         if applied:
             raw = encode_workspace(state)
             written.append((workspace_id, raw))
-            due.append(tick_due(keep(workspace_id, raw, state)))
+            keep(workspace_id, raw, state)
     mw.tables.seen_event_ids.remember(out.first_seen)
-    return _JudgedPart(part.partition, part.events, written, due, out, part.event_at)
+    return _JudgedPart(part.partition, part.events, written, out, part.event_at)
 
 
-async def _write_part(mw: Meterwatch, part: _JudgedPart, sinks: Sinks, ticks: PeriodTickIndex) -> None:
+async def _write_part(mw: Meterwatch, part: _JudgedPart, sinks: Sinks) -> None:
     """Write the part's values and hand its outputs and failures to the sinks."""
     mw.tables.workspaces.put_many(part.partition, part.written)
-    ticks.note(part.written, part.due)
     # The part's mark (streams/runtime/applied_marks.py): under exactly_once in the same
     # transaction as the values. Otherwise a mark may reach its changelog while the values do
     # not; the batch then fails uncommitted, and a commit behind a mark asks for no rewind.

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer
 
+from ...core.plain import PlainWorkspace
 from ...core.steps.ticks import tick_due
 from ...core.workspace import WorkspaceState
 from ...models.internal import period_tick
@@ -25,8 +25,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PERIOD_CHECK_SECONDS = 10.0
-# The fields of a written (workspace id, value) pair
-_WORKSPACE_ID, _VALUE = itemgetter(0), itemgetter(1)
 
 
 class PeriodTickIndex:
@@ -35,38 +33,41 @@ class PeriodTickIndex:
     workspaces (bench/period_timer.py); table values are replaced, never mutated, so a value
     equal to the one seen last time has the same due time.
 
-    Counting notes each value it writes, with the due time of the state it encoded, right after
-    the table holds it; a value the table holds that neither the last pass saw nor counting
-    noted since (a recovery, a rebalance) is decoded."""
+    ``known`` maps a workspace id to the value counting last wrote or read for it and that
+    value's state (counting's decoded values, ``streams/pipeline/counting.py``): a changed value
+    counting holds is judged from its state, so counting tells the timer nothing as it writes.
+    A value the table holds that neither the last pass saw nor counting holds (a recovery, a
+    rebalance, a state counting no longer keeps) is decoded."""
 
-    def __init__(self, decode: Callable[[bytes], WorkspaceState | None] = decode_workspace) -> None:
+    def __init__(
+        self,
+        decode: Callable[[bytes], WorkspaceState | None] = decode_workspace,
+        known: Mapping[str, tuple[bytes, WorkspaceState | PlainWorkspace]] | None = None,
+    ) -> None:
         self._decode = decode
+        self._known = {} if known is None else known
         self._seen: dict[str, tuple[bytes, datetime | None]] = {}  # at the last pass
-        self._noted: dict[str, tuple[bytes, datetime | None]] = {}  # written since the last pass
-
-    def note(self, written: Sequence[tuple[str, bytes]], due: Sequence[datetime | None]) -> None:
-        """Counting has just written ``written``, ``(workspace id, value)`` pairs whose states
-        are due for a tick at ``due`` (``tick_due``, in the same order)."""
-        self._noted.update(zip(map(_WORKSPACE_ID, written), zip(map(_VALUE, written), due, strict=True), strict=True))
 
     def due(self, values: Iterable[tuple[str, bytes]], now: datetime) -> list[str]:
         seen: dict[str, tuple[bytes, datetime | None]] = {}
         due: list[str] = []
-        last, noted = self._seen, self._noted
+        last, held = self._seen, self._known
         for workspace_id, raw in values:
-            # Either judged from the same bytes has the right due time.
-            known = noted.get(workspace_id)
+            # Judged from the same bytes, or from their own state: the right due time either way.
+            known = last.get(workspace_id)
             if known is None or not _holds(known, raw):
-                known = last.get(workspace_id)
-                if known is None or not _holds(known, raw):
+                kept = held.get(workspace_id)
+                if kept is not None and kept[0] is raw:
+                    known = (raw, tick_due(kept[1]))
+                else:
                     state = self._decode(raw)
                     known = (raw, None if state is None else tick_due(state))
-            # Workspaces no longer held (given up in a rebalance) drop out with the old dicts.
+            # Workspaces no longer held (given up in a rebalance) drop out with the old dict.
             seen[workspace_id] = known
             at = known[1]
             if at is not None and at <= now:
                 due.append(workspace_id)
-        self._seen, self._noted = seen, {}
+        self._seen = seen
         return due
 
 
@@ -106,7 +107,7 @@ class TickSender:
 
 
 def register(mw: Meterwatch, index: PeriodTickIndex) -> None:
-    """``index`` is kept up to date by counting (``PeriodTickIndex.note``) as it writes."""
+    """``index`` judges from counting's decoded values where it can (``PeriodTickIndex``)."""
     sender = TickSender(mw)
 
     @mw.app.timer(PERIOD_CHECK_SECONDS)

@@ -110,53 +110,59 @@ def test_an_empty_value_is_never_due() -> None:
     assert PeriodTickIndex().due([("ws_gone", b"")], IN_DECEMBER) == []
 
 
-def written(index: PeriodTickIndex, *values: tuple[str, bytes, WorkspaceState]) -> None:
-    """Counting writes ``values`` and notes them, with their states' due times."""
-    index.note([(ws, raw) for ws, raw, _ in values], [tick_due(state) for _, _, state in values])
+def written(known: dict[str, tuple[bytes, WorkspaceState]], *values: tuple[str, bytes, WorkspaceState]) -> None:
+    """Counting writes ``values``, keeping each one's state among its decoded values."""
+    for ws, raw, state in values:
+        known[ws] = (raw, state)
 
 
 def test_a_value_counting_wrote_is_judged_from_its_state_without_decoding() -> None:
     decoder = CountingDecoder()
-    index = PeriodTickIndex(decoder)
+    known: dict[str, tuple[bytes, WorkspaceState]] = {}
+    index = PeriodTickIndex(decoder, known)
     index.due([("ws_a", ENABLED)], IN_DECEMBER)
     # Counting disables Fin and writes the value: the timer learns it from counting's own state.
     disabled = value(fin("disabled", 5))
-    written(index, ("ws_a", disabled, decode_workspace(disabled)), ("ws_b", NO_LIMIT, WorkspaceState()))
+    written(known, ("ws_a", disabled, decode_workspace(disabled)), ("ws_b", NO_LIMIT, WorkspaceState()))
     assert index.due([("ws_a", disabled), ("ws_b", NO_LIMIT)], IN_DECEMBER) == ["ws_a"]
     assert decoder.decoded == [ENABLED]
 
 
 def test_a_write_that_changed_usage_only_keeps_the_due_time_and_one_that_disabled_fin_moves_it() -> None:
-    index = PeriodTickIndex(CountingDecoder())
+    decoder = CountingDecoder()
+    known: dict[str, tuple[bytes, WorkspaceState]] = {}
+    index = PeriodTickIndex(decoder, known)
     enabled = WorkspaceState(fin=fin("enabled", 1))
-    written(index, ("ws_a", ENABLED, enabled))
-    # More usage, the same profile, alerts and limits: the due time noted before still holds.
+    written(known, ("ws_a", ENABLED, enabled))
+    # More usage, the same profile, alerts and limits: still not due.
     more = encode_workspace(replace(enabled, usage=WorkspaceUsage(applied_through=7)))
-    written(index, ("ws_a", more, decode_workspace(more)))
+    written(known, ("ws_a", more, decode_workspace(more)))
     assert index.due([("ws_a", more)], IN_DECEMBER) == []
-    written(index, ("ws_a", DISABLED, WorkspaceState(fin=fin("disabled", 5))))
+    written(known, ("ws_a", DISABLED, WorkspaceState(fin=fin("disabled", 5))))
     assert index.due([("ws_a", DISABLED)], IN_DECEMBER) == ["ws_a"]
-    written(index, ("ws_a", ENABLED, enabled))
+    written(known, ("ws_a", ENABLED, enabled))
     assert index.due([("ws_a", ENABLED)], IN_DECEMBER) == []
 
 
 def test_a_pass_while_a_batch_waits_to_be_written_judges_what_the_table_holds() -> None:
     decoder = CountingDecoder()
-    index = PeriodTickIndex(decoder)
+    known: dict[str, tuple[bytes, WorkspaceState]] = {}
+    index = PeriodTickIndex(decoder, known)
     assert index.due([("ws_a", DISABLED)], IN_DECEMBER) == ["ws_a"]
     # A batch has enabled Fin again and waits for its dedupe ids: the table still holds the
     # value the last pass saw, and nothing is decoded for it.
     assert index.due([("ws_a", DISABLED)], IN_DECEMBER) == ["ws_a"]
     enabled = value(fin("enabled", 1))
-    written(index, ("ws_a", enabled, decode_workspace(enabled)))
+    written(known, ("ws_a", enabled, decode_workspace(enabled)))
     assert index.due([("ws_a", enabled)], IN_DECEMBER) == []
     assert decoder.decoded == [DISABLED]
 
 
-def test_a_value_the_table_got_without_a_note_is_decoded() -> None:
+def test_a_value_the_table_got_without_counting_is_decoded() -> None:
     decoder = CountingDecoder()
-    index = PeriodTickIndex(decoder)
-    written(index, ("ws_a", ENABLED, decode_workspace(ENABLED)))
+    known: dict[str, tuple[bytes, WorkspaceState]] = {}
+    index = PeriodTickIndex(decoder, known)
+    written(known, ("ws_a", ENABLED, decode_workspace(ENABLED)))
     # A recovery replaced the value counting wrote.
     restored = value(fin("disabled", 7))
     assert index.due([("ws_a", restored)], IN_DECEMBER) == ["ws_a"]
@@ -165,12 +171,13 @@ def test_a_value_the_table_got_without_a_note_is_decoded() -> None:
 
 VALUES = [DISABLED, ENABLED, NO_LIMIT, value(fin("disabled", 7)), value(fin("enabled", 3))]
 
-# One step of counting and the timer: ("write", ws, v) writes value v for ws and notes it, as
-# counting does; ("restore", ws, v) puts v in the table unnoted, as a recovery does; ("drop",
-# ws) gives ws up in a rebalance; ("pass",) runs the timer.
+# One step of counting and the timer: ("write", ws, v) writes value v for ws and keeps its state,
+# as counting does; ("restore", ws, v) puts v in the table alone, as a recovery does; ("forget",
+# ws) drops the state counting kept, as it does for its oldest ones; ("drop", ws) gives ws up in
+# a rebalance; ("pass",) runs the timer.
 _steps = st.one_of(
     st.tuples(st.sampled_from(["write", "restore"]), st.sampled_from("abc"), st.integers(0, len(VALUES) - 1)),
-    st.tuples(st.just("drop"), st.sampled_from("abc")),
+    st.tuples(st.sampled_from(["forget", "drop"]), st.sampled_from("abc")),
     st.just(("pass",)),
 )
 
@@ -179,17 +186,18 @@ _steps = st.one_of(
 @given(st.lists(_steps, max_size=40))
 def test_every_pass_answers_for_what_the_table_holds(steps: list[tuple]) -> None:
     decoder = CountingDecoder()
-    index = PeriodTickIndex(decoder)
+    known: dict[str, tuple[bytes, WorkspaceState]] = {}
+    index = PeriodTickIndex(decoder, known)
     table: dict[str, bytes] = {}
-    noted: dict[str, bytes] = {}  # written and noted since the last pass
     last_pass: dict[str, bytes] = {}
     for step in steps:
         kind, ws = step[0], f"ws_{step[1]}" if len(step) > 1 else ""
         if kind in ("write", "restore"):
             raw = table[ws] = bytes(bytearray(VALUES[step[2]]))  # a new object, as each encoding is
             if kind == "write":
-                written(index, (ws, raw, decode_workspace(raw)))
-                noted[ws] = raw
+                written(known, (ws, raw, decode_workspace(raw)))
+        elif kind == "forget":
+            known.pop(ws, None)
         elif kind == "drop":
             table.pop(ws, None)
         elif kind == "pass":
@@ -197,12 +205,12 @@ def test_every_pass_answers_for_what_the_table_holds(steps: list[tuple]) -> None
             expected = [
                 w for w, raw in held if (at := tick_due(decode_workspace(raw))) is not None and at <= IN_DECEMBER
             ]
-            # Decoded only: a value neither the last pass saw nor counting noted since.
-            new = sum(1 for w, raw in held if raw not in (last_pass.get(w), noted.get(w)))
+            # Decoded only: a value neither the last pass saw nor counting holds.
+            new = sum(1 for w, raw in held if raw != last_pass.get(w) and known.get(w, (None,))[0] is not raw)
             before = len(decoder.decoded)
             assert index.due(held, IN_DECEMBER) == expected
             assert len(decoder.decoded) - before <= new
-            last_pass, noted = dict(held), {}
+            last_pass = dict(held)
 
 
 @pytest.mark.parametrize(
