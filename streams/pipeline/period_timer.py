@@ -57,7 +57,7 @@ class PeriodTickIndex:
             known = last.get(workspace_id)
             if known is None or not _holds(known, raw):
                 kept = held.get(workspace_id)
-                if kept is not None and kept[0] is raw:
+                if kept is not None and _holds(kept, raw):
                     known = (raw, tick_due(kept[1]))
                 else:
                     state = self._decode(raw)
@@ -71,8 +71,9 @@ class PeriodTickIndex:
         return due
 
 
-def _holds(known: tuple[bytes, datetime | None], raw: bytes) -> bool:
-    """Whether ``known`` was judged from ``raw``: the same bytes, or equal ones read back."""
+def _holds(known: tuple[bytes, Any], raw: bytes) -> bool:
+    """Whether ``known`` (a due time or a state, with its bytes) was made from ``raw``: the same
+    bytes, or equal ones read back."""
     return known[0] is raw or known[0] == raw
 
 
